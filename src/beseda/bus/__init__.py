@@ -1,0 +1,58 @@
+"""The bus between server processes: live delivery and presence.
+
+In one process it is :class:`beseda.bus.local.LocalBus`; a Redis adapter can replace it
+without touching the core. The bus carries hints only: the database is the truth, and a node
+that missed bus traffic backfills from storage by cursor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..protocol.errors import BesedaError
+from ..protocol.schema import Message
+
+
+class BusError(BesedaError):
+    """The bus failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessagePosted:
+    """A committed message to deliver to ``recipients`` (user ids; ``None`` means everyone)."""
+
+    message: Message
+    recipients: tuple[int, ...] | None
+    origin: int | None = None
+    """The connection that sent it (it gets the acknowledgement instead)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChanged:
+    user_id: int
+    name: str
+    online: bool
+
+
+BusEvent = MessagePosted | PresenceChanged
+
+
+class Bus(Protocol):
+    """Publish/subscribe of bus events, and the count of each user's connections."""
+
+    def subscribe(self, handler: Callable[[BusEvent], None]) -> None: ...
+
+    async def publish(self, event: BusEvent) -> None: ...
+
+    async def user_connected(self, user_id: int) -> bool:
+        """Count a new connection of the user; True when it is the user's first."""
+
+    async def user_disconnected(self, user_id: int) -> bool:
+        """Count a closed connection of the user; True when it was the user's last."""
+
+    async def online(self, user_ids: list[int]) -> set[int]:
+        """Which of these users have at least one connection."""
+
+    async def close(self) -> None: ...

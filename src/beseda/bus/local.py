@@ -1,0 +1,48 @@
+"""The in-process bus: synchronous fan-out to subscribers, presence counts in a dict."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+
+from . import BusEvent
+
+log = logging.getLogger(__name__)
+
+
+class LocalBus:
+    """A bus for a single server process (implements :class:`beseda.bus.Bus`)."""
+
+    def __init__(self) -> None:
+        self._handlers: list[Callable[[BusEvent], None]] = []
+        self._connections: Counter[int] = Counter()
+
+    def subscribe(self, handler: Callable[[BusEvent], None]) -> None:
+        self._handlers.append(handler)
+
+    async def publish(self, event: BusEvent) -> None:
+        for handler in self._handlers:
+            try:
+                handler(event)
+            except Exception:
+                # One broken subscriber must not stop delivery to the others.
+                log.exception("bus subscriber failed on %r", event)
+
+    async def user_connected(self, user_id: int) -> bool:
+        self._connections[user_id] += 1
+        return self._connections[user_id] == 1
+
+    async def user_disconnected(self, user_id: int) -> bool:
+        count = self._connections[user_id] - 1
+        if count <= 0:
+            del self._connections[user_id]
+            return True
+        self._connections[user_id] = count
+        return False
+
+    async def online(self, user_ids: list[int]) -> set[int]:
+        return {user_id for user_id in user_ids if user_id in self._connections}
+
+    async def close(self) -> None:
+        self._handlers.clear()

@@ -1,0 +1,113 @@
+"""Command line: ``beseda serve`` and ``beseda client``. Argument parsing only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .server import config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="beseda", description="A self-hosted chat messenger.")
+    parser.add_argument("--version", action="version", version=f"beseda {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the chat server",
+        description="Run the chat server. Every flag also reads a BESEDA_* environment variable.",
+    )
+    serve.add_argument(
+        "--host", help=f"address to listen on (BESEDA_HOST, default {config.DEFAULT_HOST})"
+    )
+    serve.add_argument(
+        "--port", type=int, help=f"TCP port (BESEDA_PORT, default {config.DEFAULT_PORT})"
+    )
+    serve.add_argument(
+        "--db",
+        type=Path,
+        help=f"SQLite database file, created on first start (BESEDA_DB, default "
+        f"{config.default_db_path()})",
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="log verbosity (BESEDA_LOG_LEVEL, default INFO)",
+    )
+    serve.add_argument(
+        "--auth-timeout",
+        type=float,
+        help="seconds a connection may stay without logging in (BESEDA_AUTH_TIMEOUT, default 10)",
+    )
+    serve.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        help="connections allowed from one address (BESEDA_MAX_CONNECTIONS_PER_ADDRESS, "
+        "default 64)",
+    )
+    serve.add_argument(
+        "--message-rate",
+        type=float,
+        help="messages per second per user (BESEDA_MESSAGE_RATE, default 20)",
+    )
+    serve.add_argument(
+        "--message-burst",
+        type=int,
+        help="messages a user may send at once (BESEDA_MESSAGE_BURST, default 100)",
+    )
+
+    client = commands.add_parser("client", help="open the desktop client")
+    client.add_argument("--server", help="server address, HOST:PORT")
+    client.add_argument("--lang", help="interface language (en, ru)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return _client(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server.app import StartupError, serve
+
+    settings = config.from_environment(
+        host=args.host,
+        port=args.port,
+        db=args.db,
+        log_level=args.log_level,
+        auth_timeout=args.auth_timeout,
+        max_connections_per_address=args.max_connections_per_address,
+        message_rate=args.message_rate,
+        message_burst=args.message_burst,
+    )
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as exc:
+        print(f"beseda: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _client(args: argparse.Namespace) -> int:
+    try:
+        from .gui.app import run  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        print("beseda: the desktop client is not built yet.", file=sys.stderr)
+        return 2
+    return int(run(server=args.server, lang=args.lang))

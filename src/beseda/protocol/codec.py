@@ -1,0 +1,155 @@
+"""Sans-I/O codec: bytes in, typed messages out; typed messages in, bytes out.
+
+Framing is one JSON object per line, terminated by ``\\n``. Nothing here touches a socket, so
+server, client library and tests share it and it is tested without any I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TypeVar
+
+import msgspec
+
+from . import errors
+from .schema import (
+    MAX_LINE_BYTES,
+    REQUEST_TYPES,
+    AnyRequest,
+    AnyServerMessage,
+    RequestId,
+)
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+_request_decoder: msgspec.json.Decoder[AnyRequest] = msgspec.json.Decoder(AnyRequest)
+_server_decoder: msgspec.json.Decoder[AnyServerMessage] = msgspec.json.Decoder(AnyServerMessage)
+
+
+class _Envelope(msgspec.Struct):
+    """What we can still read from a request that failed validation: its id and type."""
+
+    id: RequestId | None = None
+    type: str | None = None
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    """Encode one message as a line, newline included."""
+    return _encoder.encode(message) + b"\n"
+
+
+def encode_data(data: msgspec.Struct) -> msgspec.Raw:
+    """Encode reply data once so that it can be embedded in a ``Result`` without re-encoding."""
+    return msgspec.Raw(_encoder.encode(data))
+
+
+class LineBuffer:
+    """Splits a byte stream into lines, refusing any line longer than ``max_line``.
+
+    Memory stays bounded: at most ``max_line`` bytes of an unfinished line are kept.
+    """
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+        self.max_line = max_line
+        self._buffer = bytearray()
+        self.overflowed = False
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """Yield each complete line in ``data`` (without its newline).
+
+        Raises ``ProtocolError(LINE_TOO_LONG)`` once a line exceeds the bound; after that the
+        buffer accepts nothing more (the connection is to be closed).
+        """
+        if self.overflowed:
+            return
+        start = 0
+        buffer = self._buffer
+        while True:
+            end = data.find(b"\n", start)
+            if end < 0:
+                break
+            if buffer:
+                buffer += data[start:end]
+                line = bytes(buffer)
+                buffer.clear()
+            else:
+                line = data[start:end]
+            start = end + 1
+            if len(line) > self.max_line:
+                self._overflow()
+            yield line
+        rest = len(data) - start
+        if rest:
+            if len(buffer) + rest > self.max_line:
+                self._overflow()
+            buffer += data[start:]
+
+    def _overflow(self) -> None:
+        self.overflowed = True
+        self._buffer = bytearray()
+        raise errors.ProtocolError(
+            errors.LINE_TOO_LONG,
+            f"A line may be at most {self.max_line} bytes.",
+            fatal=True,
+        )
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an unfinished line held."""
+        return len(self._buffer)
+
+
+def decode_request(line: bytes) -> AnyRequest:
+    """Decode and validate one request line.
+
+    Raises ``ProtocolError`` with ``bad_json``, ``unknown_type`` or ``bad_request``; the
+    request id is attached when it could be read, so the error can answer that request.
+    """
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    try:
+        return _request_decoder.decode(line)
+    except msgspec.ValidationError as exc:
+        envelope = _read_envelope(line)
+        request_id = envelope.id if envelope else None
+        if envelope is None:
+            raise errors.ProtocolError(
+                errors.BAD_REQUEST, f"A request must be a JSON object with an id and a type: {exc}"
+            ) from None
+        if envelope.type is None:
+            raise errors.ProtocolError(
+                errors.BAD_REQUEST, "The request has no type.", request_id=request_id
+            ) from None
+        if envelope.type not in REQUEST_TYPES:
+            raise errors.ProtocolError(
+                errors.UNKNOWN_TYPE,
+                f"Unknown request type {envelope.type!r}.",
+                request_id=request_id,
+            ) from None
+        raise errors.ProtocolError(errors.BAD_REQUEST, str(exc), request_id=request_id) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise errors.ProtocolError(errors.BAD_JSON, f"Malformed JSON: {exc}") from None
+
+
+def _read_envelope(line: bytes) -> _Envelope | None:
+    try:
+        return _envelope_decoder.decode(line)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        return None
+
+
+def decode_server_message(line: bytes) -> AnyServerMessage:
+    """Decode one line sent by a server (used by clients)."""
+    try:
+        return _server_decoder.decode(line)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise errors.ProtocolError(errors.BAD_JSON, f"Unreadable server line: {exc}") from None
+
+
+def decode_data(raw: msgspec.Raw, type_: type[T]) -> T:
+    """Decode the ``data`` of a ``Result`` as the type the request expects."""
+    return msgspec.json.decode(raw, type=type_)

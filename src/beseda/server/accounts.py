@@ -1,0 +1,216 @@
+"""Accounts: username rules, password hashing, session tokens and login throttling.
+
+Username rules (docs/protocol.md repeats them):
+
+* 1 to 32 characters after NFKC normalisation;
+* letters and digits of any script, plus ``_ - .``; no spaces, control, format (zero-width,
+  bidi) or symbol characters;
+* letters from one script only (``pаypal`` with a Cyrillic ``а`` is refused), so that a name
+  cannot pose as another;
+* unique after NFKC and case folding: ``Admin``, ``ＡＤＭＩＮ`` and ``admin`` are one name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import argon2
+
+from ..protocol import errors
+from ..protocol.errors import ProtocolError
+
+MIN_NAME = 1
+MAX_NAME = 32
+MIN_PASSWORD = 8
+MAX_PASSWORD = 256
+_NAME_PUNCTUATION = frozenset("_-.")
+
+
+def canonical_name(raw: str) -> str:
+    """The look-up key of a name: NFKC, case-folded, NFKC again (folding can denormalise)."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", raw).casefold())
+
+
+def _script(char: str) -> str:
+    # The first word of a character's Unicode name is its script for the letters we accept
+    # ("LATIN SMALL LETTER A", "CYRILLIC SMALL LETTER A", "CJK UNIFIED IDEOGRAPH-4E00" …).
+    return unicodedata.name(char, "UNKNOWN").split(" ", 1)[0]
+
+
+def check_username(raw: str) -> tuple[str, str]:
+    """Validate a requested username; returns ``(display name, key)`` or raises."""
+    name = unicodedata.normalize("NFKC", raw)
+    if not MIN_NAME <= len(name) <= MAX_NAME:
+        raise ProtocolError(
+            errors.INVALID_USERNAME,
+            f"A username has {MIN_NAME} to {MAX_NAME} characters.",
+        )
+    scripts = set()
+    for char in name:
+        category = unicodedata.category(char)
+        if category.startswith("L"):
+            scripts.add(_script(char))
+        elif category != "Nd" and char not in _NAME_PUNCTUATION:
+            raise ProtocolError(
+                errors.INVALID_USERNAME,
+                f"A username may contain letters, digits, '_', '-' and '.', not {char!r}.",
+            )
+    if len(scripts) > 1:
+        raise ProtocolError(
+            errors.INVALID_USERNAME,
+            "A username may not mix letters of different scripts "
+            f"({', '.join(sorted(scripts)).lower()}).",
+        )
+    return name, canonical_name(name)
+
+
+def check_password(password: str) -> None:
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise ProtocolError(
+            errors.INVALID_PASSWORD,
+            f"A password has {MIN_PASSWORD} to {MAX_PASSWORD} characters.",
+        )
+
+
+def new_token() -> tuple[str, bytes]:
+    """A session token (256 random bits) and the hash under which it is stored."""
+    token = secrets.token_urlsafe(32)
+    return token, hash_token(token)
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+class PasswordHasher:
+    """argon2id hashing on worker threads, never on the event loop.
+
+    The defaults are OWASP's minimum for argon2id (19 MiB, 2 passes, 1 lane).
+    """
+
+    def __init__(
+        self,
+        *,
+        time_cost: int = 2,
+        memory_cost: int = 19 * 1024,
+        parallelism: int = 1,
+        workers: int = 2,
+    ) -> None:
+        self._hasher = argon2.PasswordHasher(
+            time_cost=time_cost,
+            memory_cost=memory_cost,
+            parallelism=parallelism,
+            type=argon2.Type.ID,
+        )
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="beseda-argon2")
+        # Verifying against this when the user does not exist makes both cases cost the same.
+        self._dummy = self._hasher.hash(secrets.token_hex(16))
+
+    async def hash(self, password: str) -> str:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._hasher.hash, password)
+
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        """True when ``password`` matches; with ``None`` it burns the same time and fails."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, self._verify, password_hash or self._dummy, password, password_hash
+        )
+
+    def _verify(self, password_hash: str, password: str, real: str | None) -> bool:
+        try:
+            self._hasher.verify(password_hash, password)
+        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+            return False
+        return real is not None
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        return self._hasher.check_needs_rehash(password_hash)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    stamp: float
+
+
+@dataclass
+class TokenBucket:
+    """Rate limits keyed by anything: ``rate`` per second, bursts up to ``burst``."""
+
+    rate: float
+    burst: float
+    _buckets: dict[object, _Bucket] = field(default_factory=dict)
+
+    def take(self, key: object, now: float) -> float:
+        """Spend one token; returns 0 when allowed, else the seconds until one is available."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) > 100_000:
+                self._prune(now)
+            bucket = self._buckets[key] = _Bucket(self.burst, now)
+        else:
+            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
+            bucket.stamp = now
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return 0.0
+        return (1 - bucket.tokens) / self.rate
+
+    def peek(self, key: object, now: float) -> float:
+        """Seconds until ``key`` may take a token (0 when it may now), spending nothing."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return 0.0
+        tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
+    def _prune(self, now: float) -> None:
+        # Drop buckets that have refilled completely: they hold no information.
+        full = [
+            key
+            for key, bucket in self._buckets.items()
+            if bucket.tokens + (now - bucket.stamp) * self.rate >= self.burst
+        ]
+        for key in full:
+            del self._buckets[key]
+
+
+class LoginThrottle:
+    """Failed logins are limited per account name and per address.
+
+    Only failures spend tokens, so a user who types the password right is never slowed. The
+    key is the canonical name whether or not the account exists, so the throttle does not
+    reveal which names exist.
+    """
+
+    def __init__(
+        self,
+        *,
+        per_account: tuple[float, float] = (5 / 60, 10),
+        per_address: tuple[float, float] = (20 / 60, 30),
+    ) -> None:
+        self._accounts = TokenBucket(*per_account)
+        self._addresses = TokenBucket(*per_address)
+
+    def check(self, key: str, address: str, now: float) -> None:
+        """Raise ``rate_limited`` when either bucket is empty."""
+        wait = max(self._accounts.peek(key, now), self._addresses.peek(address, now))
+        if wait > 0:
+            raise ProtocolError(
+                errors.RATE_LIMITED,
+                "Too many failed logins; wait before trying again.",
+                retry_after=round(wait, 3),
+            )
+
+    def failed(self, key: str, address: str, now: float) -> None:
+        self._accounts.take(key, now)
+        self._addresses.take(address, now)

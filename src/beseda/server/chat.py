@@ -1,0 +1,329 @@
+"""The chat core: typed requests in, typed results and bus events out.
+
+It knows nothing of sockets, bytes or SQL. A transport hands it a :class:`Session` per
+connection and each decoded request; storage, bus, delivery hub and hasher are handed in by the
+composition root (``app.py``).
+
+The order of work for a message is the promise of the protocol: validate, persist (commit),
+publish to the bus (delivery), and only then return the acknowledgement.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import msgspec
+
+from ..bus import Bus, MessagePosted, PresenceChanged
+from ..protocol import errors, schema
+from ..protocol.errors import ProtocolError
+from ..protocol.schema import GENERAL
+from ..storage import NameTakenError, NewMessage, Storage, UserRecord
+from . import accounts
+from .config import Limits
+
+log = logging.getLogger(__name__)
+
+
+class Peer(Protocol):
+    """The core's view of a connection: an id, an address, and a way to push bytes."""
+
+    conn_id: int
+    address: str
+
+    def deliver(self, data: bytes) -> None:
+        """Queue already-encoded lines for sending; never blocks."""
+
+
+@dataclass(eq=False)
+class Session:
+    """Per-connection state of the core: who is logged in and with which token."""
+
+    peer: Peer
+    user: UserRecord | None = None
+    token_hash: bytes | None = None
+
+
+class Hub(Protocol):
+    """Where authenticated sessions are registered for live delivery (``delivery.py``)."""
+
+    def attach(self, session: Session) -> None: ...
+
+    def detach(self, session: Session) -> None: ...
+
+
+def dm_conversation(a: int, b: int) -> str:
+    """The id of the direct conversation between two user ids (order does not matter)."""
+    low, high = sorted((a, b))
+    return f"dm:{low}:{high}"
+
+
+def dm_members(conversation: str) -> tuple[int, int] | None:
+    """The two user ids of a direct conversation id, or None when it is not one."""
+    parts = conversation.split(":")
+    if len(parts) != 3 or parts[0] != "dm" or not all(p.isdigit() for p in parts[1:]):
+        return None
+    return int(parts[1]), int(parts[2])
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Chat:
+    """Accounts, general room, direct messages, history, sync, directory and presence."""
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        bus: Bus,
+        hub: Hub,
+        hasher: accounts.PasswordHasher,
+        limits: Limits,
+        clock: Callable[[], int] = _now_ms,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._storage = storage
+        self._bus = bus
+        self._hub = hub
+        self._hasher = hasher
+        self._limits = limits
+        self._clock = clock
+        self._monotonic = monotonic
+        self._throttle = accounts.LoginThrottle(
+            per_account=limits.login_failures_per_account,
+            per_address=limits.login_failures_per_address,
+        )
+        self._message_rate = accounts.TokenBucket(limits.message_rate, limits.message_burst)
+        self._handlers: dict[type[schema.Request], Callable[..., Awaitable[msgspec.Struct]]] = {
+            schema.Register: self._register,
+            schema.Login: self._login,
+            schema.Logout: self._logout,
+            schema.Send: self._send,
+            schema.DirectMessage: self._direct_message,
+            schema.History: self._history,
+            schema.Sync: self._sync,
+            schema.Users: self._users,
+            schema.Conversations: self._conversations,
+            schema.Ping: self._ping,
+        }
+
+    async def handle(self, session: Session, request: schema.AnyRequest) -> msgspec.Struct:
+        """Carry out one request; returns the reply data or raises ``ProtocolError``."""
+        handler = self._handlers[type(request)]
+        if session.user is None and not isinstance(
+            request, schema.Register | schema.Login | schema.Ping
+        ):
+            raise ProtocolError(errors.NOT_AUTHENTICATED)
+        return await handler(session, request)
+
+    async def disconnect(self, session: Session) -> None:
+        """The connection is gone: forget it and announce presence if it was the last."""
+        await self._sign_out(session)
+
+    # -- accounts ------------------------------------------------------------------------------
+
+    async def _register(self, session: Session, request: schema.Register) -> schema.AuthResult:
+        self._require_anonymous(session)
+        name, key = accounts.check_username(request.username)
+        accounts.check_password(request.password)
+        password_hash = await self._hasher.hash(request.password)
+        try:
+            user = await self._storage.create_user(name, key, password_hash, self._clock())
+        except NameTakenError:
+            raise ProtocolError(errors.NAME_TAKEN, f"The name {name!r} is taken.") from None
+        return await self._start_session(session, user)
+
+    async def _login(self, session: Session, request: schema.Login) -> schema.AuthResult:
+        self._require_anonymous(session)
+        address = session.peer.address
+        now = self._monotonic()
+        if request.token is not None:
+            self._throttle.check("", address, now)
+            token_hash = accounts.hash_token(request.token)
+            user = await self._storage.user_by_token(token_hash)
+            if user is None:
+                self._throttle.failed("", address, now)
+                raise ProtocolError(errors.BAD_CREDENTIALS, "The session token is not valid.")
+            return await self._authenticate(session, user, request.token, token_hash)
+        if request.username is None or request.password is None:
+            raise ProtocolError(
+                errors.BAD_REQUEST, "login needs a username and password, or a token."
+            )
+        key = accounts.canonical_name(request.username)
+        self._throttle.check(key, address, now)
+        user = await self._storage.user_by_key(key)
+        if not await self._hasher.verify(user.password_hash if user else None, request.password):
+            self._throttle.failed(key, address, now)
+            raise ProtocolError(errors.BAD_CREDENTIALS)
+        assert user is not None
+        if self._hasher.needs_rehash(user.password_hash):
+            await self._storage.set_password_hash(
+                user.id, await self._hasher.hash(request.password)
+            )
+        return await self._start_session(session, user)
+
+    async def _logout(self, session: Session, request: schema.Logout) -> schema.Empty:
+        if session.token_hash is not None:
+            await self._storage.delete_token(session.token_hash)
+        await self._sign_out(session)
+        return schema.Empty()
+
+    def _require_anonymous(self, session: Session) -> None:
+        if session.user is not None:
+            raise ProtocolError(
+                errors.ALREADY_AUTHENTICATED,
+                f"This connection is logged in as {session.user.name!r}; log out first.",
+            )
+
+    async def _start_session(self, session: Session, user: UserRecord) -> schema.AuthResult:
+        token, token_hash = accounts.new_token()
+        await self._storage.add_token(token_hash, user.id, self._clock())
+        return await self._authenticate(session, user, token, token_hash)
+
+    async def _authenticate(
+        self, session: Session, user: UserRecord, token: str, token_hash: bytes
+    ) -> schema.AuthResult:
+        if session.user is not None:  # a concurrent login on this connection won the race
+            raise ProtocolError(errors.ALREADY_AUTHENTICATED)
+        session.user = user
+        session.token_hash = token_hash
+        self._hub.attach(session)
+        if await self._bus.user_connected(user.id):
+            await self._bus.publish(PresenceChanged(user.id, user.name, online=True))
+        log.info("conn %d: logged in as %s", session.peer.conn_id, user.name)
+        return schema.AuthResult(user=user.name, token=token)
+
+    async def _sign_out(self, session: Session) -> None:
+        user = session.user
+        if user is None:
+            return
+        self._hub.detach(session)
+        session.user = session.token_hash = None
+        if await self._bus.user_disconnected(user.id):
+            await self._bus.publish(PresenceChanged(user.id, user.name, online=False))
+
+    # -- messages ------------------------------------------------------------------------------
+
+    async def _send(self, session: Session, request: schema.Send) -> schema.SendResult:
+        assert session.user is not None
+        return await self._post(session, session.user, None, request.client_id, request.text)
+
+    async def _direct_message(
+        self, session: Session, request: schema.DirectMessage
+    ) -> schema.SendResult:
+        assert session.user is not None
+        recipient = await self._user_named(request.to)
+        return await self._post(session, session.user, recipient, request.client_id, request.text)
+
+    async def _post(
+        self,
+        session: Session,
+        sender: UserRecord,
+        recipient: UserRecord | None,
+        client_id: str,
+        text: str,
+    ) -> schema.SendResult:
+        if not text.strip():
+            raise ProtocolError(errors.EMPTY_MESSAGE)
+        if len(text) > schema.MAX_TEXT_CHARS:
+            raise ProtocolError(
+                errors.MESSAGE_TOO_LONG,
+                f"A message may have at most {schema.MAX_TEXT_CHARS} characters; "
+                f"this one has {len(text)}.",
+            )
+        wait = self._message_rate.take(sender.id, self._monotonic())
+        if wait:
+            raise ProtocolError(errors.RATE_LIMITED, retry_after=round(wait, 3))
+        conversation = GENERAL if recipient is None else dm_conversation(sender.id, recipient.id)
+        stored, duplicate = await self._storage.append_message(
+            NewMessage(conversation, sender, recipient, client_id, text, self._clock())
+        )
+        if duplicate:
+            if stored.conversation != conversation or stored.text != text:
+                raise ProtocolError(errors.CLIENT_ID_REUSED)
+        else:
+            # No await between the commit and this publish: deliveries leave in commit order.
+            recipients = None if recipient is None else (sender.id, recipient.id)
+            await self._bus.publish(MessagePosted(stored, recipients, session.peer.conn_id))
+        return schema.SendResult(message=stored, duplicate=duplicate)
+
+    async def _user_named(self, name: str) -> UserRecord:
+        user = await self._storage.user_by_key(accounts.canonical_name(name))
+        if user is None:
+            raise ProtocolError(errors.UNKNOWN_USER, f"No user is named {name!r}.")
+        return user
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def _history(self, session: Session, request: schema.History) -> schema.HistoryResult:
+        assert session.user is not None
+        if (request.conversation is None) == (request.peer is None):
+            raise ProtocolError(
+                errors.BAD_REQUEST, "history needs exactly one of conversation or peer."
+            )
+        if request.peer is not None:
+            peer = await self._user_named(request.peer)
+            conversation = dm_conversation(session.user.id, peer.id)
+        else:
+            assert request.conversation is not None
+            conversation = request.conversation
+            self._require_member(session.user, conversation)
+        messages, more = await self._storage.history(conversation, request.before, request.limit)
+        return schema.HistoryResult(conversation=conversation, messages=messages, more=more)
+
+    def _require_member(self, user: UserRecord, conversation: str) -> None:
+        if conversation == GENERAL:
+            return
+        members = dm_members(conversation)
+        if members is None or user.id not in members:
+            # The same answer whether it does not exist or is someone else's.
+            raise ProtocolError(
+                errors.UNKNOWN_CONVERSATION, f"No conversation {conversation!r} is yours."
+            )
+
+    async def _sync(self, session: Session, request: schema.Sync) -> schema.SyncResult:
+        assert session.user is not None
+        conversations = await self._storage.conversations_of(session.user.id)
+        cursors = {}
+        for record in conversations:
+            after = request.cursors.get(record.conversation, 0)
+            if record.last_seq > after:
+                cursors[record.conversation] = after
+        if not cursors:
+            return schema.SyncResult(messages=[], more=False)
+        messages, more = await self._storage.messages_after(cursors, request.limit)
+        return schema.SyncResult(messages=messages, more=more)
+
+    async def _users(self, session: Session, request: schema.Users) -> schema.UsersResult:
+        query = accounts.canonical_name(request.query.strip())
+        after = accounts.canonical_name(request.after) if request.after else None
+        records = await self._storage.list_users(query, after, request.limit + 1)
+        page = records[: request.limit]
+        online = await self._bus.online([record.id for record in page])
+        return schema.UsersResult(
+            users=[schema.UserEntry(name=r.name, online=r.id in online) for r in page],
+            next=page[-1].key if len(records) > request.limit else None,
+        )
+
+    async def _conversations(
+        self, session: Session, request: schema.Conversations
+    ) -> schema.ConversationsResult:
+        assert session.user is not None
+        records = await self._storage.conversations_of(session.user.id)
+        return schema.ConversationsResult(
+            conversations=[
+                schema.ConversationEntry(
+                    conversation=r.conversation, peer=r.peer, last_seq=r.last_seq, last_ts=r.last_ts
+                )
+                for r in records
+            ]
+        )
+
+    async def _ping(self, session: Session, request: schema.Ping) -> schema.Empty:
+        return schema.Empty()

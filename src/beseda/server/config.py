@@ -1,0 +1,97 @@
+"""Server settings: defaults, environment variables (``BESEDA_*``) and command-line flags.
+
+Every limit the protocol documents lives here with its default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import platformdirs
+
+from ..protocol.schema import MAX_LINE_BYTES
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7878
+
+
+def default_db_path() -> Path:
+    """``beseda.db`` in the user's data directory (e.g. ``~/.local/share/beseda``)."""
+    return platformdirs.user_data_path("beseda") / "beseda.db"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-connection and per-user limits (see docs/protocol.md, "Limits")."""
+
+    max_line_bytes: int = MAX_LINE_BYTES
+    auth_timeout: float = 10.0
+    """Seconds a connection may stay without logging in."""
+    max_connections_per_address: int = 64
+    message_rate: float = 20.0
+    """Messages (general and direct) per second per user, sustained."""
+    message_burst: int = 100
+    """Messages a user may send at once before the rate applies."""
+    send_buffer_bytes: int = 2 * 1024 * 1024
+    """Outbound bytes queued for one connection before it is dropped as a slow consumer."""
+    max_pending_requests: int = 64
+    """Requests read but not yet handled on one connection before reading pauses."""
+    login_failures_per_account: tuple[float, float] = (5 / 60, 10)
+    """(refill per second, burst) of failed logins per account name."""
+    login_failures_per_address: tuple[float, float] = (20 / 60, 30)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    db: Path = field(default_factory=default_db_path)
+    log_level: str = "INFO"
+    limits: Limits = field(default_factory=Limits)
+    shutdown_grace: float = 5.0
+    """Seconds to let in-flight requests finish on SIGINT/SIGTERM."""
+
+
+_ENV = {
+    "host": ("BESEDA_HOST", str),
+    "port": ("BESEDA_PORT", int),
+    "db": ("BESEDA_DB", Path),
+    "log_level": ("BESEDA_LOG_LEVEL", str),
+}
+_LIMIT_ENV = {
+    "auth_timeout": float,
+    "max_connections_per_address": int,
+    "message_rate": float,
+    "message_burst": int,
+    "send_buffer_bytes": int,
+}
+
+
+def from_environment(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+    """Settings from ``BESEDA_*`` variables, then explicit overrides (flags) on top."""
+    env = dict(os.environ if environ is None else environ)
+    values: dict[str, object] = {}
+    for name, (variable, convert) in _ENV.items():
+        if variable in env:
+            values[name] = convert(env[variable])
+    limits: dict[str, object] = {}
+    for name, convert in _LIMIT_ENV.items():
+        variable = f"BESEDA_{name.upper()}"
+        if variable in env:
+            limits[name] = convert(env[variable])
+    known = {f.name for f in fields(Settings)}
+    known_limits = {f.name for f in fields(Limits)}
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        if name in known:
+            values[name] = value
+        elif name in known_limits:
+            limits[name] = value
+        else:
+            raise TypeError(f"unknown setting {name}")
+    if limits:
+        values["limits"] = Limits(**limits)  # type: ignore[arg-type]
+    return Settings(**values)  # type: ignore[arg-type]

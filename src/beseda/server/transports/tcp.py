@@ -1,0 +1,299 @@
+"""The TCP transport: bytes ↔ codec ↔ core, and nothing else.
+
+Each connection is an ``asyncio.Protocol``: incoming bytes are split into lines (bounded),
+queued, and handled one request at a time by a worker task, so replies leave in request order.
+Outgoing lines are appended to a per-connection list and written once per loop iteration
+(coalescing many small lines into one ``write``); a connection whose unsent bytes exceed the
+bound is dropped as a slow consumer rather than allowed to hold memory or anyone's time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+from typing import Final
+
+from ... import __version__
+from ...protocol import codec, errors, schema
+from ...protocol.errors import ProtocolError
+from ...storage import StorageError
+from ..chat import Chat, Session
+from ..config import Limits
+from ..limits import AddressLimiter
+
+log = logging.getLogger(__name__)
+
+_ids = itertools.count(1)
+_STOP: Final = b""
+
+
+class TcpConnection(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, listener: TcpListener) -> None:
+        self.conn_id = next(_ids)
+        self.address = "?"
+        self._listener = listener
+        self._limits = listener.limits
+        self._chat = listener.chat
+        self._loop = asyncio.get_running_loop()
+        self._lines = codec.LineBuffer(self._limits.max_line_bytes)
+        self._requests: asyncio.Queue[bytes] = asyncio.Queue()
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._transport: asyncio.Transport | None = None
+        self._counted = False
+        self._closing = False
+        self._paused = False
+        self._shutting_down = False
+        self._auth_timer: asyncio.TimerHandle | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self.session = Session(self)
+        self.closed = self._loop.create_future()
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self.address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._listener.connections.add(self)
+        if not self._listener.addresses.acquire(self.address):
+            log.warning(
+                "conn %d: refused, too many connections from %s", self.conn_id, self.address
+            )
+            self.close_with(errors.TOO_MANY_CONNECTIONS)
+            return
+        self._counted = True
+        log.debug("conn %d: opened from %s", self.conn_id, self.address)
+        self.deliver(codec.encode(self._listener.hello))
+        self._auth_timer = self._loop.call_later(self._limits.auth_timeout, self._auth_timeout)
+        self._worker = self._loop.create_task(self._work(), name=f"beseda-conn-{self.conn_id}")
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            for line in self._lines.feed(data):
+                if line.strip():
+                    self._requests.put_nowait(line)
+        except ProtocolError as exc:
+            log.info("conn %d: %s", self.conn_id, exc)
+            self.close_with(exc.code, exc.message, as_error=True)
+            return
+        if not self._paused and self._requests.qsize() >= self._limits.max_pending_requests:
+            # Back-pressure: stop reading until the worker catches up.
+            assert self._transport is not None
+            self._transport.pause_reading()
+            self._paused = True
+
+    def eof_received(self) -> bool | None:
+        self._requests.put_nowait(_STOP)
+        return True  # keep the write side open until the pending replies are sent
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+        if self._counted:
+            self._listener.addresses.release(self.address)
+            self._counted = False
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()
+        self._listener.connections.discard(self)
+        self._listener.track(self._loop.create_task(self._chat.disconnect(self.session)))
+        if not self.closed.done():
+            self.closed.set_result(None)
+        log.debug("conn %d: closed (%s)", self.conn_id, exc or "clean")
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            line = await self._requests.get()
+            if line is _STOP:
+                if self._shutting_down:
+                    self.close_with(errors.SERVER_SHUTDOWN)
+                else:
+                    self._close_when_flushed()
+                return
+            if self._paused and self._requests.qsize() < self._limits.max_pending_requests // 2:
+                assert self._transport is not None
+                self._transport.resume_reading()
+                self._paused = False
+            await self._handle(line)
+
+    async def _handle(self, line: bytes) -> None:
+        request_id: int | str | None = None
+        reply: schema.Result | schema.Error
+        try:
+            request = codec.decode_request(line)
+            request_id = request.id
+            data = await self._chat.handle(self.session, request)
+        except ProtocolError as exc:
+            reply = schema.Error(
+                id=exc.request_id if request_id is None else request_id,
+                code=exc.code,
+                message=exc.message,
+                retry_after=exc.retry_after,
+            )
+        except StorageError as exc:
+            log.error("conn %d: storage failed: %s", self.conn_id, exc)
+            reply = schema.Error(
+                id=request_id,
+                code=errors.STORAGE_UNAVAILABLE,
+                message=errors.MESSAGES[errors.STORAGE_UNAVAILABLE],
+            )
+        except Exception:
+            log.exception("conn %d: failed to handle a request", self.conn_id)
+            reply = schema.Error(
+                id=request_id,
+                code=errors.INTERNAL_ERROR,
+                message=errors.MESSAGES[errors.INTERNAL_ERROR],
+            )
+        else:
+            if self._auth_timer is not None and self.session.user is not None:
+                self._auth_timer.cancel()
+                self._auth_timer = None
+            reply = schema.Result(id=request.id, data=codec.encode_data(data))
+        self.deliver(codec.encode(reply))
+
+    def _auth_timeout(self) -> None:
+        self._auth_timer = None
+        if self.session.user is None:
+            log.info("conn %d: no login within %.1f s", self.conn_id, self._limits.auth_timeout)
+            self.close_with(errors.AUTH_TIMEOUT)
+
+    # -- output --------------------------------------------------------------------------------
+
+    def deliver(self, data: bytes) -> None:
+        """Queue a line; it is written at the end of this loop iteration. Never blocks."""
+        if self._closing or self._transport is None:
+            return
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if (
+            self._out_bytes + self._transport.get_write_buffer_size()
+            > self._limits.send_buffer_bytes
+        ):
+            log.warning(
+                "conn %d: dropped as a slow consumer (%d bytes unsent)",
+                self.conn_id,
+                self._out_bytes + self._transport.get_write_buffer_size(),
+            )
+            # It is not reading, so a goodbye would not reach it: drop at once and free the
+            # buffer. It loses nothing: after reconnecting it syncs from its cursors.
+            self._closing = True
+            self._out.clear()
+            self._transport.abort()
+
+    def _flush(self) -> None:
+        if self._out and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"".join(self._out) if len(self._out) > 1 else self._out[0])
+        self._out.clear()
+        self._out_bytes = 0
+
+    def close_with(self, code: str, message: str | None = None, *, as_error: bool = False) -> None:
+        """Say why (a ``bye`` event, or an ``error`` for a protocol violation), then close."""
+        if self._closing:
+            return
+        text = message or errors.MESSAGES.get(code, code)
+        event: schema.ServerMessage = (
+            schema.Error(id=None, code=code, message=text)
+            if as_error
+            else schema.Bye(code=code, message=text)
+        )
+        self.deliver(codec.encode(event))
+        self._close_when_flushed()
+
+    def _close_when_flushed(self) -> None:
+        self._closing = True
+        if self._worker is not None and self._worker is not asyncio.current_task():
+            self._worker.cancel()
+        self._flush()
+        if self._transport is not None:
+            self._transport.close()  # sends what is buffered, then closes
+
+    async def finish(self, grace: float) -> None:
+        """Graceful close: stop reading, let queued requests finish, say bye, close."""
+        if self._transport is None or self._closing:
+            return
+        self._transport.pause_reading()
+        self._shutting_down = True
+        self._requests.put_nowait(_STOP)
+        worker = self._worker
+        if worker is not None:
+            # _STOP makes the worker say bye and close after the requests queued before it.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(worker), grace)
+        if not self._closing:
+            self.close_with(errors.SERVER_SHUTDOWN)
+
+
+class TcpListener:
+    """Accepts TCP connections and owns them."""
+
+    def __init__(self, chat: Chat, limits: Limits) -> None:
+        self.chat = chat
+        self.limits = limits
+        self.addresses = AddressLimiter(limits.max_connections_per_address)
+        self.connections: set[TcpConnection] = set()
+        self.hello = schema.Hello(
+            server=f"beseda {__version__}",
+            protocol=schema.PROTOCOL_VERSION,
+            limits={
+                "max_line_bytes": limits.max_line_bytes,
+                "max_text_chars": schema.MAX_TEXT_CHARS,
+                "auth_timeout": limits.auth_timeout,
+                "message_rate": limits.message_rate,
+                "message_burst": limits.message_burst,
+            },
+        )
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: TcpConnection(self), host, port, reuse_address=True, backlog=1024
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, finish in-flight requests, tell clients, close."""
+        if self._server is None:
+            return
+        self._server.close()
+        connections = list(self.connections)
+        await asyncio.gather(*(c.finish(grace) for c in connections))
+        await self._wait_closed(connections, grace)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._server = None
+
+    async def _wait_closed(self, connections: list[TcpConnection], grace: float) -> None:
+        pending = [c.closed for c in connections if not c.closed.done()]
+        if pending:
+            _, still_open = await asyncio.wait(pending, timeout=grace)
+            for connection in connections:
+                if not connection.closed.done() and connection._transport is not None:
+                    connection._transport.abort()
+            if still_open:
+                await asyncio.wait(still_open, timeout=1)

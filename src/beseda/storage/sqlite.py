@@ -1,0 +1,454 @@
+"""SQLite storage: WAL, ``synchronous=FULL``, one writer thread with group commit.
+
+Why a writer thread: a commit waits for the disk (fsync). The event loop must never wait for
+that, and SQLite allows one writer at a time anyway. So every write is a small function queued
+to a single thread, which takes everything queued, runs it in one transaction (each write in
+its own savepoint, so one failing write does not fail its neighbours), commits once, and only
+then resolves the callers' futures. Under load many writes share one fsync (group commit);
+without load a write costs one commit. Reads run on a small pool of reader threads, each with
+its own connection; WAL lets them read while the writer writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..protocol.schema import GENERAL, Message
+from . import ConversationRecord, NameTakenError, NewMessage, StorageError, UserRecord
+from .migrations import MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_BATCH = 512
+"""Most writes committed in one transaction."""
+
+_MESSAGE_COLUMNS = """
+    m.id, m.conversation, m.seq, s.name, r.name, m.text, m.ts, m.client_id
+    FROM messages m
+    JOIN users s ON s.id = m.sender_id
+    LEFT JOIN users r ON r.id = m.recipient_id
+"""
+
+
+def _message(row: tuple[Any, ...]) -> Message:
+    return Message(
+        id=row[0],
+        conversation=row[1],
+        seq=row[2],
+        sender=row[3],
+        to=row[4],
+        text=row[5],
+        ts=row[6],
+        client_id=row[7],
+    )
+
+
+def _user(row: tuple[Any, ...] | None) -> UserRecord | None:
+    return UserRecord(*row) if row else None
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open a connection with the settings every beseda connection uses."""
+    uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations in order; returns the schema version."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > len(MIGRATIONS):
+        raise StorageError(
+            f"The database has schema version {version}, newer than this beseda knows "
+            f"({len(MIGRATIONS)}). Upgrade beseda."
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        log.info("applying migration %d", number)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in script:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)
+
+
+class _Writer(threading.Thread):
+    """The single writer: runs queued write functions in batches, one commit per batch."""
+
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(name="beseda-sqlite-writer", daemon=True)
+        self._path = path
+        self._loop = loop
+        self._queue: queue.SimpleQueue[
+            tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None
+        ] = queue.SimpleQueue()
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.batches = 0
+        self.writes = 0
+
+    def submit(self, work: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put((work, future))
+        return future
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def run(self) -> None:
+        try:
+            conn = connect(self._path)
+            migrate(conn)
+        except (sqlite3.Error, StorageError, OSError) as exc:
+            error = exc if isinstance(exc, StorageError) else StorageError(str(exc))
+            self._loop.call_soon_threadsafe(_set_exception, self.ready, error)
+            return
+        self._loop.call_soon_threadsafe(_set_result, self.ready, None)
+        try:
+            self._serve(conn)
+        finally:
+            conn.close()
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        while True:
+            item = self._queue.get()
+            stopping = item is None
+            batch = [] if item is None else [item]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    continue
+                batch.append(item)
+            if batch:
+                outcomes = self._commit(conn, batch)
+                self._loop.call_soon_threadsafe(_resolve, outcomes)
+            if stopping:
+                return
+
+    def _commit(
+        self,
+        conn: sqlite3.Connection,
+        batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]],
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for work, future in batch:
+                conn.execute("SAVEPOINT w")
+                try:
+                    result = work(conn)
+                except (sqlite3.IntegrityError, StorageError) as exc:
+                    conn.execute("ROLLBACK TO w")
+                    outcomes.append((future, None, _map_error(exc)))
+                else:
+                    outcomes.append((future, result, None))
+                conn.execute("RELEASE w")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.error("commit of %d writes failed: %s", len(batch), exc)
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.exception("rollback failed")
+            error = StorageError(f"The database could not commit: {exc}")
+            return [(future, None, error) for _, future in batch]
+        self.batches += 1
+        self.writes += len(batch)
+        return outcomes
+
+
+def _map_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, StorageError):
+        return exc
+    return StorageError(str(exc))
+
+
+def _set_result(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+def _resolve(outcomes: Iterable[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    # Resolved in commit order, so the callers resume (and deliver) in commit order.
+    for future, result, error in outcomes:
+        if error is None:
+            _set_result(future, result)
+        else:
+            _set_exception(future, error)
+
+
+class SQLiteStorage:
+    """The embedded default store (implements :class:`beseda.storage.Storage`)."""
+
+    def __init__(self, path: Path | str, *, readers: int = 2) -> None:
+        self.path = Path(path)
+        self._readers = readers
+        self._writer: _Writer | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    async def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"Cannot create the directory of {self.path}: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        self._writer = _Writer(self.path, loop)
+        self._writer.start()
+        try:
+            await self._writer.ready
+        except StorageError as exc:
+            self._writer = None
+            raise StorageError(f"Cannot open the database {self.path}: {exc}") from exc
+        self._pool = ThreadPoolExecutor(self._readers, thread_name_prefix="beseda-sqlite-reader")
+
+    async def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.stop()
+            await asyncio.to_thread(writer.join)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counts of committed batches and writes (group-commit efficiency)."""
+        if self._writer is None:
+            return {"batches": 0, "writes": 0}
+        return {"batches": self._writer.batches, "writes": self._writer.writes}
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer is None:
+            raise StorageError("The database is closed.")
+        return await self._writer.submit(work)
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._pool is None:
+            raise StorageError("The database is closed.")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._run_read, work)
+
+    def _run_read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        try:
+            if conn is None:
+                conn = connect(self.path)
+                self._local.conn = conn
+                with self._lock:
+                    self._connections.append(conn)
+            return work(conn)
+        except sqlite3.Error as exc:
+            raise StorageError(f"The database could not be read: {exc}") from exc
+
+    # -- accounts ------------------------------------------------------------------------------
+
+    async def create_user(self, name: str, key: str, password_hash: str, now: int) -> UserRecord:
+        def work(conn: sqlite3.Connection) -> UserRecord:
+            try:
+                cursor = conn.execute(
+                    "INSERT INTO users (name, key, password_hash, created_at) VALUES (?, ?, ?, ?)",
+                    (name, key, password_hash, now),
+                )
+            except sqlite3.IntegrityError:
+                raise NameTakenError(key) from None
+            assert cursor.lastrowid is not None
+            return UserRecord(cursor.lastrowid, name, key, password_hash)
+
+        return await self._write(work)
+
+    async def user_by_key(self, key: str) -> UserRecord | None:
+        return await self._read(
+            lambda conn: _user(
+                conn.execute(
+                    "SELECT id, name, key, password_hash FROM users WHERE key = ?", (key,)
+                ).fetchone()
+            )
+        )
+
+    async def set_password_hash(self, user_id: int, password_hash: str) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                "UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id)
+            )
+        )
+
+    async def add_token(self, token_hash: bytes, user_id: int, now: int) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO tokens (hash, user_id, created_at) VALUES (?, ?, ?)",
+                (token_hash, user_id, now),
+            )
+        )
+
+    async def user_by_token(self, token_hash: bytes) -> UserRecord | None:
+        return await self._read(
+            lambda conn: _user(
+                conn.execute(
+                    "SELECT u.id, u.name, u.key, u.password_hash FROM tokens t "
+                    "JOIN users u ON u.id = t.user_id WHERE t.hash = ?",
+                    (token_hash,),
+                ).fetchone()
+            )
+        )
+
+    async def delete_token(self, token_hash: bytes) -> None:
+        await self._write(
+            lambda conn: conn.execute("DELETE FROM tokens WHERE hash = ?", (token_hash,))
+        )
+
+    async def list_users(self, query: str, after: str | None, limit: int) -> list[UserRecord]:
+        def work(conn: sqlite3.Connection) -> list[UserRecord]:
+            rows = conn.execute(
+                "SELECT id, name, key, password_hash FROM users "
+                "WHERE key > ? AND instr(key, ?) > 0 ORDER BY key LIMIT ?",
+                (after or "", query, limit),
+            ).fetchall()
+            return [UserRecord(*row) for row in rows]
+
+        return await self._read(work)
+
+    # -- messages ------------------------------------------------------------------------------
+
+    async def append_message(self, message: NewMessage) -> tuple[Message, bool]:
+        def work(conn: sqlite3.Connection) -> tuple[Message, bool]:
+            existing = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} WHERE m.sender_id = ? AND m.client_id = ?",
+                (message.sender.id, message.client_id),
+            ).fetchone()
+            if existing is not None:
+                return _message(existing), True
+            recipient = message.recipient
+            if recipient is not None:
+                low, high = sorted((message.sender.id, recipient.id))
+                conn.execute(
+                    "INSERT INTO conversations (id, last_seq, user_a, user_b) VALUES (?, 0, ?, ?) "
+                    "ON CONFLICT (id) DO NOTHING",
+                    (message.conversation, low, high),
+                )
+            row = conn.execute(
+                "UPDATE conversations SET last_seq = last_seq + 1, last_ts = ? WHERE id = ? "
+                "RETURNING last_seq",
+                (message.ts, message.conversation),
+            ).fetchone()
+            if row is None:
+                raise StorageError(f"no conversation {message.conversation!r}")
+            seq = row[0]
+            cursor = conn.execute(
+                "INSERT INTO messages (conversation, seq, sender_id, recipient_id, client_id, "
+                "text, ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message.conversation,
+                    seq,
+                    message.sender.id,
+                    recipient.id if recipient else None,
+                    message.client_id,
+                    message.text,
+                    message.ts,
+                ),
+            )
+            assert cursor.lastrowid is not None
+            stored = Message(
+                id=cursor.lastrowid,
+                conversation=message.conversation,
+                seq=seq,
+                sender=message.sender.name,
+                to=recipient.name if recipient else None,
+                text=message.text,
+                ts=message.ts,
+                client_id=message.client_id,
+            )
+            return stored, False
+
+        return await self._write(work)
+
+    async def history(
+        self, conversation: str, before: int | None, limit: int
+    ) -> tuple[list[Message], bool]:
+        def work(conn: sqlite3.Connection) -> tuple[list[Message], bool]:
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = ? AND m.seq < ? "
+                "ORDER BY m.seq DESC LIMIT ?",
+                (conversation, before if before is not None else 2**62, limit + 1),
+            ).fetchall()
+            more = len(rows) > limit
+            return [_message(row) for row in reversed(rows[:limit])], more
+
+        return await self._read(work)
+
+    async def messages_after(
+        self, cursors: dict[str, int], limit: int
+    ) -> tuple[list[Message], bool]:
+        def work(conn: sqlite3.Connection) -> tuple[list[Message], bool]:
+            collected: list[Message] = []
+            for conversation, after in cursors.items():
+                rows = conn.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = ? AND m.seq > ? "
+                    "ORDER BY m.seq LIMIT ?",
+                    (conversation, after, limit + 1),
+                ).fetchall()
+                collected.extend(_message(row) for row in rows)
+            # Ordering by id keeps each conversation's run contiguous from its cursor, since
+            # ids grow with seq inside a conversation; cutting at ``limit`` keeps a prefix.
+            collected.sort(key=lambda message: message.id)
+            return collected[:limit], len(collected) > limit
+
+        return await self._read(work)
+
+    async def conversations_of(self, user_id: int) -> list[ConversationRecord]:
+        def work(conn: sqlite3.Connection) -> list[ConversationRecord]:
+            rows = conn.execute(
+                "SELECT c.id, CASE WHEN c.user_a = ? THEN b.name ELSE a.name END, "
+                "c.last_seq, c.last_ts FROM conversations c "
+                "LEFT JOIN users a ON a.id = c.user_a LEFT JOIN users b ON b.id = c.user_b "
+                "WHERE c.id = ? OR c.user_a = ? OR c.user_b = ? "
+                "ORDER BY coalesce(c.last_ts, 0) DESC",
+                (user_id, GENERAL, user_id, user_id),
+            ).fetchall()
+            return [
+                ConversationRecord(
+                    conversation=row[0],
+                    peer=None if row[0] == GENERAL else row[1],
+                    last_seq=row[2],
+                    last_ts=row[3],
+                )
+                for row in rows
+            ]
+
+        return await self._read(work)
