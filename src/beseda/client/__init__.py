@@ -1,0 +1,34 @@
+"""The asyncio client library: used by the desktop client, by bots and by the tests.
+
+>>> client = Client("127.0.0.1", 7878)
+>>> await client.connect()
+>>> await client.login("alice", "correct horse")
+>>> await client.send("hello")
+>>> async for event in client.events():
+...     print(event)
+
+It keeps a cursor per conversation and delivers every message exactly once, in order within
+its conversation, across dropped connections and server restarts: after reconnecting it logs
+in with the session token, resends unacknowledged messages with their original client ids
+(the server stores each only once) and syncs from its cursors.
+"""
+
+from .connection import (
+    Client,
+    ClientEvent,
+    ConnectionLostError,
+    ConnectionState,
+    MessageReceived,
+    PresenceChanged,
+    StateChanged,
+)
+
+__all__ = [
+    "Client",
+    "ClientEvent",
+    "ConnectionLostError",
+    "ConnectionState",
+    "MessageReceived",
+    "PresenceChanged",
+    "StateChanged",
+]

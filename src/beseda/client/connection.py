@@ -1,0 +1,506 @@
+"""The client: one logical session over a succession of TCP connections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import itertools
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+
+from ..protocol import codec, errors, schema
+from ..protocol.errors import BesedaError, ProtocolError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+READ_LIMIT = 64 * 1024 * 1024
+"""Largest line the client accepts from a server."""
+
+
+class ConnectionLostError(BesedaError):
+    """The connection dropped and the request cannot be retried (or reconnecting is off)."""
+
+
+class ConnectionState(enum.Enum):
+    OFFLINE = "offline"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """A message new to this client (its own acknowledged messages included), exactly once."""
+
+    message: schema.Message
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChanged:
+    user: str
+    online: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    state: ConnectionState
+    retry_in: float | None = None
+    """While reconnecting: seconds until the next attempt."""
+    reason: str | None = None
+    """Why the connection went down or could not resume (an error code or text)."""
+
+
+ClientEvent = MessageReceived | PresenceChanged | StateChanged
+
+
+@dataclass(eq=False)
+class _Pending:
+    request: schema.Request
+    result_type: type[msgspec.Struct]
+    future: asyncio.Future[Any]
+    retry: bool
+    """Resent after a reconnect (reads, and sends: the client id makes them idempotent)."""
+    attempts: int = 0
+
+
+@dataclass
+class _Conversation:
+    cursor: int = 0
+    held: dict[int, schema.Message] = field(default_factory=dict)
+
+
+class Client:
+    """A beseda client with automatic reconnect and resume.
+
+    ``cursors`` (conversation id → last seq seen) may be passed in to resume a previous run;
+    :attr:`cursors` always holds the current ones.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 7878,
+        *,
+        reconnect: bool = True,
+        min_backoff: float = 0.2,
+        max_backoff: float = 15.0,
+        connect_timeout: float = 10.0,
+        cursors: dict[str, int] | None = None,
+        max_rate_limit_retries: int = 50,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.reconnect = reconnect
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self.connect_timeout = connect_timeout
+        self.max_rate_limit_retries = max_rate_limit_retries
+        self.user: str | None = None
+        self.token: str | None = None
+        self.hello: schema.Hello | None = None
+        self.state = ConnectionState.OFFLINE
+        self._conversations: dict[str, _Conversation] = {
+            conversation: _Conversation(cursor) for conversation, cursor in (cursors or {}).items()
+        }
+        self._ids = itertools.count(1)
+        self._pending: dict[int | str, _Pending] = {}
+        self._events: asyncio.Queue[ClientEvent] = asyncio.Queue()
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._sync_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._authenticated = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the connection (raises ``OSError`` when the server cannot be reached)."""
+        self._closed = False
+        self._set_state(ConnectionState.CONNECTING)
+        try:
+            await self._open()
+        except BaseException:
+            self._set_state(ConnectionState.OFFLINE)
+            raise
+        self._set_state(ConnectionState.CONNECTED)
+
+    async def close(self) -> None:
+        """Close for good: no reconnect; pending requests fail with ConnectionLostError."""
+        self._closed = True
+        for task in (self._supervisor, self._sync_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self._drop_connection()
+        self._fail_pending(lambda p: True, "The client was closed.")
+        self._set_state(ConnectionState.OFFLINE)
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def register(self, username: str, password: str) -> schema.AuthResult:
+        """Create an account and log in with it."""
+        result = await self._call(
+            schema.Register(id=0, username=username, password=password),
+            schema.AuthResult,
+            retry=False,
+        )
+        await self._logged_in(result)
+        return result
+
+    async def login(
+        self, username: str | None = None, password: str | None = None, *, token: str | None = None
+    ) -> schema.AuthResult:
+        """Log in with a password or a session token from an earlier login."""
+        result = await self._call(
+            schema.Login(id=0, username=username, password=password, token=token),
+            schema.AuthResult,
+            retry=False,
+        )
+        await self._logged_in(result)
+        return result
+
+    async def logout(self) -> None:
+        """Revoke this session's token; the connection stays open, logged out."""
+        await self._call(schema.Logout(id=0), schema.Empty, retry=False)
+        self.user = self.token = None
+        self._authenticated.clear()
+
+    async def send(self, text: str, *, client_id: str | None = None) -> schema.Message:
+        """Post to the general room; returns the stored message once it is committed."""
+        request = schema.Send(id=0, client_id=client_id or new_client_id(), text=text)
+        result = await self._call(request, schema.SendResult)
+        self._accept(result.message)
+        return result.message
+
+    async def dm(self, to: str, text: str, *, client_id: str | None = None) -> schema.Message:
+        """Send a private message to ``to``."""
+        request = schema.DirectMessage(
+            id=0, to=to, client_id=client_id or new_client_id(), text=text
+        )
+        result = await self._call(request, schema.SendResult)
+        self._accept(result.message)
+        return result.message
+
+    async def history(
+        self,
+        conversation: str | None = None,
+        *,
+        peer: str | None = None,
+        before: int | None = None,
+        limit: int = schema.DEFAULT_PAGE,
+    ) -> schema.HistoryResult:
+        """One page of history, oldest first; ``before=result.messages[0].seq`` pages back."""
+        if conversation is None and peer is None:
+            conversation = schema.GENERAL
+        return await self._call(
+            schema.History(
+                id=0, conversation=conversation, peer=peer, before=before, limit=limit
+            ),
+            schema.HistoryResult,
+        )
+
+    async def users(
+        self, query: str = "", *, after: str | None = None, limit: int = schema.DEFAULT_PAGE
+    ) -> schema.UsersResult:
+        """A page of the user directory, filtered by ``query`` (server-side search)."""
+        return await self._call(
+            schema.Users(id=0, query=query, after=after, limit=limit), schema.UsersResult
+        )
+
+    async def conversations(self) -> list[schema.ConversationEntry]:
+        result = await self._call(schema.Conversations(id=0), schema.ConversationsResult)
+        return result.conversations
+
+    async def ping(self) -> None:
+        await self._call(schema.Ping(id=0), schema.Empty)
+
+    async def sync(self) -> list[schema.Message]:
+        """Fetch everything after the cursors; returns the messages new to this client.
+
+        They are also put on the event stream. Runs by itself after every (re)login.
+        """
+        new: list[schema.Message] = []
+        while True:
+            cursors = {c: conv.cursor for c, conv in self._conversations.items()}
+            result = await self._call(schema.Sync(id=0, cursors=cursors), schema.SyncResult)
+            for message in result.messages:
+                new.extend(self._accept(message))
+            if not result.more:
+                return new
+
+    @property
+    def cursors(self) -> dict[str, int]:
+        """Conversation id → seq of the last message delivered to this client."""
+        return {c: conv.cursor for c, conv in self._conversations.items()}
+
+    def set_cursor(self, conversation: str, seq: int) -> None:
+        """Start delivering ``conversation`` after ``seq`` (e.g. after loading its history)."""
+        state = self._conversations.setdefault(conversation, _Conversation())
+        if seq > state.cursor:
+            state.cursor = seq
+            state.held = {s: m for s, m in state.held.items() if s > seq}
+
+    async def events(self) -> AsyncIterator[ClientEvent]:
+        """Messages, presence changes and connection state changes, as they happen."""
+        while True:
+            yield await self._events.get()
+
+    def next_event_nowait(self) -> ClientEvent | None:
+        try:
+            return self._events.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    async def next_event(self, timeout: float | None = None) -> ClientEvent:
+        return await asyncio.wait_for(self._events.get(), timeout)
+
+    # -- the request machinery -----------------------------------------------------------------
+
+    async def _call(self, request: schema.Request, result_type: type[T], *, retry: bool = True) -> T:
+        if self._closed:
+            raise ConnectionLostError("The client is closed.")
+        request.id = next(self._ids)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        pending = _Pending(request, result_type, future, retry)
+        self._pending[request.id] = pending
+        if self._writer is not None and (
+            self._authenticated.is_set() or not retry or self.token is None
+        ):
+            self._write(request)
+        elif self.state is not ConnectionState.RECONNECTING:
+            del self._pending[request.id]
+            raise ConnectionLostError("Not connected.")
+        # else: queued; sent after the reconnect logs in again.
+        try:
+            return await future
+        finally:
+            self._pending.pop(request.id, None)
+
+    def _write(self, request: schema.Request) -> None:
+        assert self._writer is not None
+        pending = self._pending.get(request.id)
+        if pending is not None:
+            pending.attempts += 1
+        self._writer.write(codec.encode(request))
+
+    async def _open(self) -> None:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port, limit=READ_LIMIT), self.connect_timeout
+        )
+        try:
+            line = await asyncio.wait_for(reader.readline(), self.connect_timeout)
+            hello = codec.decode_server_message(line)
+        except BaseException:
+            writer.close()
+            raise
+        if isinstance(hello, schema.Bye | schema.Error):
+            writer.close()
+            raise ConnectionRefusedError(f"{hello.code}: {hello.message}")
+        if not isinstance(hello, schema.Hello):
+            writer.close()
+            raise ProtocolError(errors.BAD_JSON, f"Expected hello, got {hello!r}")
+        self.hello = hello
+        self._writer = writer
+        self._reader_task = asyncio.create_task(self._read(reader), name="beseda-client-reader")
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        reason: str | None = None
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                message = codec.decode_server_message(line)
+                if isinstance(message, schema.Bye):
+                    reason = message.code
+                else:
+                    self._dispatch(message)
+        except (OSError, ProtocolError, ValueError) as exc:
+            reason = reason or str(exc)
+        except asyncio.CancelledError:
+            return
+        self._connection_lost(reason or "connection closed")
+
+    def _dispatch(self, message: schema.AnyServerMessage) -> None:
+        if isinstance(message, schema.Result):
+            pending = self._pending.get(message.id)
+            if pending is not None and not pending.future.done():
+                try:
+                    data = codec.decode_data(message.data, pending.result_type)
+                except msgspec.ValidationError as exc:
+                    pending.future.set_exception(ProtocolError(errors.BAD_JSON, str(exc)))
+                else:
+                    pending.future.set_result(data)
+        elif isinstance(message, schema.Error):
+            pending = self._pending.get(message.id) if message.id is not None else None
+            if pending is None:
+                log.warning("server error: %s: %s", message.code, message.message)
+                return
+            if (
+                message.code == errors.RATE_LIMITED
+                and isinstance(pending.request, schema.Send | schema.DirectMessage)
+                and pending.attempts <= self.max_rate_limit_retries
+            ):
+                # The message was not stored; send it again (same client id) when allowed.
+                asyncio.get_running_loop().call_later(
+                    message.retry_after or 1.0, self._resend, pending
+                )
+                return
+            if not pending.future.done():
+                pending.future.set_exception(
+                    ProtocolError(
+                        message.code,
+                        message.message,
+                        request_id=message.id,
+                        retry_after=message.retry_after,
+                    )
+                )
+        elif isinstance(message, schema.MessageEvent):
+            self._accept(message.message)
+        elif isinstance(message, schema.PresenceEvent):
+            self._events.put_nowait(PresenceChanged(message.user, message.online))
+
+    def _resend(self, pending: _Pending) -> None:
+        if pending.future.done() or pending.request.id not in self._pending:
+            return
+        if self._writer is not None and self._authenticated.is_set():
+            self._write(pending.request)
+        # Otherwise the reconnect resends it.
+
+    # -- exactly once, in order ----------------------------------------------------------------
+
+    def _accept(self, message: schema.Message) -> list[schema.Message]:
+        """Deliver ``message`` if it is the next in its conversation; hold it if it is ahead
+        (and fetch the gap); drop it if already delivered. Returns what was delivered."""
+        state = self._conversations.setdefault(message.conversation, _Conversation())
+        if message.seq <= state.cursor:
+            return []
+        if message.seq > state.cursor + 1:
+            state.held[message.seq] = message
+            self._schedule_sync()
+            return []
+        delivered = [message]
+        state.cursor = message.seq
+        while state.cursor + 1 in state.held:
+            state.cursor += 1
+            delivered.append(state.held.pop(state.cursor))
+        for item in delivered:
+            self._events.put_nowait(MessageReceived(item))
+        return delivered
+
+    def _schedule_sync(self) -> None:
+        if self._sync_task is None or self._sync_task.done():
+            self._sync_task = asyncio.create_task(self._background_sync())
+
+    async def _background_sync(self) -> None:
+        try:
+            await self.sync()
+        except (BesedaError, OSError) as exc:
+            log.info("sync failed: %s", exc)
+
+    # -- reconnecting --------------------------------------------------------------------------
+
+    async def _logged_in(self, result: schema.AuthResult) -> None:
+        self.user = result.user
+        self.token = result.token
+        self._authenticated.set()
+        self._schedule_sync()
+
+    def _connection_lost(self, reason: str) -> None:
+        self._writer = None
+        self._authenticated.clear()
+        if self._closed:
+            return
+        # Requests that cannot be repeated fail now; the rest wait for the reconnect.
+        can_resume = self.reconnect and self.token is not None
+        self._fail_pending(lambda p: not (p.retry and can_resume), f"Connection lost: {reason}")
+        if not can_resume:
+            self._set_state(ConnectionState.OFFLINE, reason=reason)
+            return
+        if self._supervisor is None or self._supervisor.done():
+            self._supervisor = asyncio.create_task(self._reconnect(reason))
+
+    async def _reconnect(self, reason: str) -> None:
+        delay = self.min_backoff
+        while not self._closed:
+            wait = delay * random.uniform(0.5, 1.0)
+            self._set_state(ConnectionState.RECONNECTING, retry_in=wait, reason=reason)
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, self.max_backoff)
+            try:
+                await self._open()
+                await self._resume()
+            except ProtocolError as exc:
+                if exc.code == errors.BAD_CREDENTIALS:
+                    # The token was revoked (logged out elsewhere): a person must log in.
+                    self.token = None
+                    await self._drop_connection()
+                    self._fail_pending(lambda p: True, "The session ended; log in again.")
+                    self._set_state(ConnectionState.OFFLINE, reason=exc.code)
+                    return
+                reason = exc.code
+                await self._drop_connection()
+            except (OSError, TimeoutError, ConnectionLostError) as exc:
+                reason = str(exc) or type(exc).__name__
+                await self._drop_connection()
+            else:
+                return
+
+    async def _resume(self) -> None:
+        token = self.token
+        assert token is not None
+        result = await self._call(schema.Login(id=0, token=token), schema.AuthResult, retry=False)
+        self.user = result.user
+        self._authenticated.set()
+        self._set_state(ConnectionState.CONNECTED)
+        # Unacknowledged requests go out again in their original order, same client ids.
+        for pending in sorted(self._pending.values(), key=lambda p: int(p.request.id)):
+            if pending.retry and not pending.future.done():
+                self._write(pending.request)
+        self._schedule_sync()
+
+    async def _drop_connection(self) -> None:
+        writer, self._writer = self._writer, None
+        reader_task, self._reader_task = self._reader_task, None
+        if reader_task is not None and reader_task is not asyncio.current_task():
+            reader_task.cancel()
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    def _fail_pending(self, which: Any, text: str) -> None:
+        for pending in list(self._pending.values()):
+            if which(pending) and not pending.future.done():
+                pending.future.set_exception(ConnectionLostError(text))
+
+    def _set_state(
+        self, state: ConnectionState, *, retry_in: float | None = None, reason: str | None = None
+    ) -> None:
+        if state is self.state and state is not ConnectionState.RECONNECTING:
+            return
+        self.state = state
+        self._events.put_nowait(StateChanged(state, retry_in, reason))
+
+
+def new_client_id() -> str:
+    """A fresh client message id (random, so retries after a restart stay unique)."""
+    return uuid.uuid4().hex
