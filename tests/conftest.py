@@ -63,6 +63,8 @@ def make_server(tmp_path: Path, hasher: PasswordHasher) -> Iterator[Callable[...
         return server
 
     yield make
+    for server in servers:
+        await server.stop()  # a no-op for servers already stopped
 
 
 @pytest.fixture

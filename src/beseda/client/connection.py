@@ -211,9 +211,7 @@ class Client:
         if conversation is None and peer is None:
             conversation = schema.GENERAL
         return await self._call(
-            schema.History(
-                id=0, conversation=conversation, peer=peer, before=before, limit=limit
-            ),
+            schema.History(id=0, conversation=conversation, peer=peer, before=before, limit=limit),
             schema.HistoryResult,
         )
 
@@ -274,7 +272,9 @@ class Client:
 
     # -- the request machinery -----------------------------------------------------------------
 
-    async def _call(self, request: schema.Request, result_type: type[T], *, retry: bool = True) -> T:
+    async def _call(
+        self, request: schema.Request, result_type: type[T], *, retry: bool = True
+    ) -> T:
         if self._closed:
             raise ConnectionLostError("The client is closed.")
         request.id = next(self._ids)
