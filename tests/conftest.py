@@ -53,7 +53,9 @@ def hasher() -> Iterator[PasswordHasher]:
 
 
 @pytest.fixture
-def make_server(tmp_path: Path, hasher: PasswordHasher) -> Iterator[Callable[..., Server]]:
+async def make_server(
+    tmp_path: Path, hasher: PasswordHasher
+) -> AsyncIterator[Callable[..., Server]]:
     """Build (not start) servers; each is stopped at the end of the test if still running."""
     servers: list[Server] = []
 
