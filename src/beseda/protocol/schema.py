@@ -29,6 +29,8 @@ MAX_PAGE: Final = 200
 DEFAULT_PAGE: Final = 50
 MAX_SYNC_PAGE: Final = 1000
 """Largest number of messages one ``sync`` reply carries."""
+MAX_SYNC_CHARS: Final = 1_000_000
+"""A ``sync`` reply stops early (``more`` = true) once its texts add up to this many chars."""
 MAX_SYNC_CURSORS: Final = 10_000
 
 RequestId = int | Annotated[str, msgspec.Meta(max_length=MAX_REQUEST_ID_CHARS)]

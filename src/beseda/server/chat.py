@@ -298,6 +298,12 @@ class Chat:
         if not cursors:
             return schema.SyncResult(messages=[], more=False)
         messages, more = await self._storage.messages_after(cursors, request.limit)
+        # Bound the reply's size too: a prefix (by id) keeps every conversation contiguous.
+        total = 0
+        for index, message in enumerate(messages):
+            total += len(message.text)
+            if total > schema.MAX_SYNC_CHARS and index > 0:
+                return schema.SyncResult(messages=messages[:index], more=True)
         return schema.SyncResult(messages=messages, more=more)
 
     async def _users(self, session: Session, request: schema.Users) -> schema.UsersResult:
