@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 
 from ..bus.local import LocalBus
@@ -58,8 +59,9 @@ class Server:
             await self.tcp.start(self.settings.host, self.settings.port)
         except OSError as exc:
             await self.storage.close()
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise StartupError(
-                f"Cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror or exc}"
+                f"Cannot listen on {self.settings.host}:{self.settings.port}: {reason}"
             ) from exc
         log.info(
             "beseda listening on %s:%d, database %s",
