@@ -105,13 +105,26 @@ class TcpConnection(asyncio.Protocol):
         if self._counted:
             self._listener.addresses.release(self.address)
             self._counted = False
-        if self._worker is not None and not self._worker.done():
-            self._worker.cancel()
+        self._stop_worker()
         self._listener.connections.discard(self)
-        self._listener.track(self._loop.create_task(self._chat.disconnect(self.session)))
+        self._listener.track(self._loop.create_task(self._forget()))
         if not self.closed.done():
             self.closed.set_result(None)
         log.debug("conn %d: closed (%s)", self.conn_id, exc or "clean")
+
+    def _stop_worker(self) -> None:
+        # Drop what was read but not started; let the request in hand finish. Cancelling it
+        # could leave a committed message unpublished or a login half done.
+        while not self._requests.empty():
+            self._requests.get_nowait()
+        self._requests.put_nowait(_STOP)
+
+    async def _forget(self) -> None:
+        # Only after the worker is done: a login finishing late must not leave a ghost session.
+        if self._worker is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        await self._chat.disconnect(self.session)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -218,7 +231,7 @@ class TcpConnection(asyncio.Protocol):
     def _close_when_flushed(self) -> None:
         self._closing = True
         if self._worker is not None and self._worker is not asyncio.current_task():
-            self._worker.cancel()
+            self._stop_worker()
         self._flush()
         if self._transport is not None:
             self._transport.close()  # sends what is buffered, then closes
