@@ -45,6 +45,9 @@ def test_settings(tmp_path: Path, **limits: object) -> Settings:
     )
 
 
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 @pytest.fixture
 def hasher() -> Iterator[PasswordHasher]:
     h = PasswordHasher(**FAST_HASHER_ARGS)

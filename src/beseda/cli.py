@@ -63,6 +63,22 @@ def _parser() -> argparse.ArgumentParser:
         help="messages a user may send at once (BESEDA_MESSAGE_BURST, default 100)",
     )
 
+    serve.add_argument("--tls-cert", type=Path, help="TLS certificate chain, PEM (BESEDA_TLS_CERT)")
+    serve.add_argument("--tls-key", type=Path, help="TLS private key, PEM (BESEDA_TLS_KEY)")
+    serve.add_argument(
+        "--tls",
+        choices=["auto"],
+        help="'auto': create a self-signed certificate beside the database on first start "
+        "and use it (BESEDA_TLS=auto)",
+    )
+    serve.add_argument(
+        "--allow-plaintext",
+        action="store_true",
+        default=None,
+        help="allow listening without TLS on an address other than loopback "
+        "(BESEDA_ALLOW_PLAINTEXT=1)",
+    )
+
     client = commands.add_parser("client", help="open the desktop client")
     client.add_argument("--server", help="server address, HOST:PORT")
     client.add_argument("--lang", help="interface language (en, ru)")
@@ -88,6 +104,10 @@ def _serve(args: argparse.Namespace) -> int:
         max_connections_per_address=args.max_connections_per_address,
         message_rate=args.message_rate,
         message_burst=args.message_burst,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_auto=True if args.tls == "auto" else None,
+        allow_plaintext=args.allow_plaintext,
     )
     logging.basicConfig(
         level=settings.log_level,

@@ -8,6 +8,7 @@ import enum
 import itertools
 import logging
 import random
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from .. import tls as tlslib
 from ..protocol import codec, errors, schema
 from ..protocol.errors import BesedaError, ProtocolError
 
@@ -96,9 +98,22 @@ class Client:
         connect_timeout: float = 10.0,
         cursors: dict[str, int] | None = None,
         max_rate_limit_retries: int = 50,
+        tls: bool | ssl.SSLContext = False,
+        fingerprint: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.fingerprint = fingerprint
+        """When set, the server's certificate must have this SHA-256 fingerprint (pinning)."""
+        self._tls: ssl.SSLContext | None
+        if isinstance(tls, ssl.SSLContext):
+            self._tls = tls
+        elif fingerprint is not None:
+            self._tls = tlslib.pinning_context()
+        elif tls:
+            self._tls = tlslib.verifying_context()
+        else:
+            self._tls = None
         self.reconnect = reconnect
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
@@ -303,9 +318,17 @@ class Client:
 
     async def _open(self) -> None:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port, limit=READ_LIMIT), self.connect_timeout
+            asyncio.open_connection(
+                self.host,
+                self.port,
+                limit=READ_LIMIT,
+                ssl=self._tls,
+                server_hostname=self.host if self._tls else None,
+            ),
+            self.connect_timeout,
         )
         try:
+            self._check_fingerprint(writer)
             line = await asyncio.wait_for(reader.readline(), self.connect_timeout)
             hello = codec.decode_server_message(line)
         except BaseException:
@@ -320,6 +343,17 @@ class Client:
         self.hello = hello
         self._writer = writer
         self._reader_task = asyncio.create_task(self._read(reader), name="beseda-client-reader")
+
+    def _check_fingerprint(self, writer: asyncio.StreamWriter) -> None:
+        if self.fingerprint is None:
+            return
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        actual = tlslib.certificate_fingerprint(der) if der else "no certificate"
+        if actual != self.fingerprint:
+            raise tlslib.CertificateChangedError(
+                f"{self.host}:{self.port}", self.fingerprint, actual
+            )
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         reason: str | None = None
@@ -448,6 +482,12 @@ class Client:
             try:
                 await self._open()
                 await self._resume()
+            except tlslib.TLSError as exc:
+                # Never talk to an impostor; a person must decide.
+                await self._drop_connection()
+                self._fail_pending(lambda p: True, str(exc))
+                self._set_state(ConnectionState.OFFLINE, reason=str(exc))
+                return
             except ProtocolError as exc:
                 if exc.code == errors.BAD_CREDENTIALS:
                     # The token was revoked (logged out elsewhere): a person must log in.

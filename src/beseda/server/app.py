@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
+import ssl
 
+from .. import tls
 from ..bus.local import LocalBus
 from ..storage.sqlite import SQLiteStorage
 from .accounts import PasswordHasher
@@ -20,6 +23,15 @@ from .delivery import DeliveryHub
 from .transports.tcp import TcpListener
 
 log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class StartupError(Exception):
@@ -45,6 +57,8 @@ class Server:
         )
         self.bus.subscribe(self.hub.on_event)
         self.tcp = TcpListener(self.chat, settings.limits)
+        self.fingerprint: str | None = None
+        """SHA-256 fingerprint of the TLS certificate, when TLS is on."""
 
     @property
     def port(self) -> int:
@@ -56,7 +70,12 @@ class Server:
         except Exception as exc:
             raise StartupError(str(exc)) from exc
         try:
-            await self.tcp.start(self.settings.host, self.settings.port)
+            context = self._tls_context()
+        except Exception:
+            await self.storage.close()
+            raise
+        try:
+            await self.tcp.start(self.settings.host, self.settings.port, context)
         except OSError as exc:
             await self.storage.close()
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
@@ -69,6 +88,28 @@ class Server:
             self.port,
             self.settings.db,
         )
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        settings = self.settings
+        if not settings.tls:
+            if not settings.allow_plaintext and not is_loopback(settings.host):
+                raise StartupError(
+                    f"Refusing to listen on {settings.host} without TLS: pass --tls-cert and "
+                    "--tls-key, or --tls auto, or --allow-plaintext if the network is trusted."
+                )
+            return None
+        try:
+            if settings.tls_auto and settings.tls_cert is None:
+                cert, key = tls.ensure_self_signed(settings.db.parent, settings.host)
+            else:
+                assert settings.tls_cert is not None
+                cert, key = settings.tls_cert, settings.tls_key or settings.tls_cert
+            context = tls.server_context(cert, key)
+            self.fingerprint = tls.file_fingerprint(cert)
+        except (tls.TLSError, OSError, ValueError) as exc:
+            raise StartupError(str(exc)) from exc
+        log.info("TLS on; certificate %s, fingerprint %s", cert, self.fingerprint)
+        return context
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests and commits, tell clients, close."""

@@ -6,6 +6,7 @@ Every limit the protocol documents lives here with its default.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -52,15 +53,32 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     shutdown_grace: float = 5.0
     """Seconds to let in-flight requests finish on SIGINT/SIGTERM."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_auto: bool = False
+    """Create a self-signed certificate beside the database on first start, and use it."""
+    allow_plaintext: bool = False
+    """Listen without TLS on an address other than loopback (an explicit choice)."""
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_auto or self.tls_cert is not None
 
 
-_ENV = {
+_ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "host": ("BESEDA_HOST", str),
     "port": ("BESEDA_PORT", int),
     "db": ("BESEDA_DB", Path),
     "log_level": ("BESEDA_LOG_LEVEL", str),
+    "tls_cert": ("BESEDA_TLS_CERT", Path),
+    "tls_key": ("BESEDA_TLS_KEY", Path),
+    "tls_auto": ("BESEDA_TLS", lambda value: value.strip().lower() == "auto"),
+    "allow_plaintext": (
+        "BESEDA_ALLOW_PLAINTEXT",
+        lambda value: value.strip() in ("1", "yes", "true"),
+    ),
 }
-_LIMIT_ENV = {
+_LIMIT_ENV: dict[str, Callable[[str], object]] = {
     "auth_timeout": float,
     "max_connections_per_address": int,
     "message_rate": float,

@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import socket
+import ssl
 from typing import Final
 
 from ... import __version__
@@ -274,10 +275,16 @@ class TcpListener:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: TcpConnection(self), host, port, reuse_address=True, backlog=1024
+            lambda: TcpConnection(self),
+            host,
+            port,
+            reuse_address=True,
+            backlog=1024,
+            ssl=tls,
+            ssl_handshake_timeout=self.limits.auth_timeout if tls else None,
         )
 
     @property
