@@ -43,7 +43,7 @@ class Server:
 
     def __init__(self, settings: Settings, *, hasher: PasswordHasher | None = None) -> None:
         self.settings = settings
-        self.storage = SQLiteStorage(settings.db)
+        self.storage = SQLiteStorage(settings.db, busy_timeout=settings.db_busy_timeout)
         self.bus = LocalBus()
         self.hub = DeliveryHub()
         self.hasher = hasher or PasswordHasher()

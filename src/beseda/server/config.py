@@ -51,6 +51,8 @@ class Settings:
     db: Path = field(default_factory=default_db_path)
     log_level: str = "INFO"
     limits: Limits = field(default_factory=Limits)
+    db_busy_timeout: float = 5.0
+    """Seconds a write waits for a database locked by another process before failing."""
     shutdown_grace: float = 5.0
     """Seconds to let in-flight requests finish on SIGINT/SIGTERM."""
     tls_cert: Path | None = None

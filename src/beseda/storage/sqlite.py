@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -57,11 +58,13 @@ def _user(row: tuple[Any, ...] | None) -> UserRecord | None:
     return UserRecord(*row) if row else None
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(
+    path: Path, *, readonly: bool = False, busy_timeout_ms: int = 5000
+) -> sqlite3.Connection:
     """Open a connection with the settings every beseda connection uses."""
     uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     conn.execute("PRAGMA foreign_keys = ON")
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
@@ -91,19 +94,35 @@ def migrate(conn: sqlite3.Connection) -> int:
     return len(MIGRATIONS)
 
 
-class _Writer(threading.Thread):
-    """The single writer: runs queued write functions in batches, one commit per batch."""
+Batch = list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
+Outcomes = list[tuple[asyncio.Future[Any], Any, BaseException | None]]
 
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
+
+class _Writer(threading.Thread):
+    """The single writer: runs queued write functions in batches, one commit per batch.
+
+    It never dies of a failed write: a failed commit (disk full, read-only file system, a lock
+    held too long) fails that batch's futures and the next batch tries again, so the server
+    recovers by itself once the cause is fixed. Before each batch it checks that the database
+    file is still the one it opened: SQLite would go on writing into a deleted file, and
+    acknowledge messages that vanish at the next restart.
+    """
+
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, busy_timeout_ms: int) -> None:
         super().__init__(name="beseda-sqlite-writer", daemon=True)
         self._path = path
         self._loop = loop
+        self._busy_timeout_ms = busy_timeout_ms
         self._queue: queue.SimpleQueue[
             tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None
         ] = queue.SimpleQueue()
         self.ready: asyncio.Future[None] = loop.create_future()
         self.batches = 0
         self.writes = 0
+        self.generation = 0
+        """Bumped each time the database file is reopened; readers reopen too."""
+        self._conn: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None
 
     def submit(self, work: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         future: asyncio.Future[T] = self._loop.create_future()
@@ -115,23 +134,56 @@ class _Writer(threading.Thread):
 
     def run(self) -> None:
         try:
-            conn = connect(self._path)
-            migrate(conn)
+            self._open()
         except (sqlite3.Error, StorageError, OSError) as exc:
             error = exc if isinstance(exc, StorageError) else StorageError(str(exc))
             self._loop.call_soon_threadsafe(_set_exception, self.ready, error)
             return
         self._loop.call_soon_threadsafe(_set_result, self.ready, None)
         try:
-            self._serve(conn)
+            self._serve()
         finally:
-            conn.close()
+            if self._conn is not None:
+                self._conn.close()
 
-    def _serve(self, conn: sqlite3.Connection) -> None:
+    def _open(self) -> None:
+        conn = connect(self._path, busy_timeout_ms=self._busy_timeout_ms)
+        try:
+            migrate(conn)
+            status = os.stat(self._path)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._identity = (status.st_dev, status.st_ino)
+
+    def _file_problem(self) -> str | None:
+        """Why the open database can no longer be trusted, or None. Reopens when it can."""
+        try:
+            status = os.stat(self._path)
+        except FileNotFoundError:
+            return f"The database file {self._path} has vanished; restore it from a backup."
+        except OSError as exc:
+            return f"The database file {self._path} cannot be checked: {exc}"
+        if self._conn is not None and (status.st_dev, status.st_ino) == self._identity:
+            return None
+        # A different file stands at the path now (restored from a backup): switch to it.
+        old, self._conn = self._conn, None
+        if old is not None:
+            old.close()
+        try:
+            self._open()
+        except (sqlite3.Error, StorageError, OSError) as exc:
+            return f"The database file {self._path} cannot be opened: {exc}"
+        self.generation += 1
+        log.warning("database file %s replaced; reopened it", self._path)
+        return None
+
+    def _serve(self) -> None:
         while True:
             item = self._queue.get()
             stopping = item is None
-            batch = [] if item is None else [item]
+            batch: Batch = [] if item is None else [item]
             while len(batch) < MAX_BATCH:
                 try:
                     item = self._queue.get_nowait()
@@ -142,17 +194,19 @@ class _Writer(threading.Thread):
                     continue
                 batch.append(item)
             if batch:
-                outcomes = self._commit(conn, batch)
+                problem = self._file_problem()
+                if problem is not None:
+                    log.error("refusing %d writes: %s", len(batch), problem)
+                    outcomes: Outcomes = [(f, None, StorageError(problem)) for _, f in batch]
+                else:
+                    assert self._conn is not None
+                    outcomes = self._commit(self._conn, batch)
                 self._loop.call_soon_threadsafe(_resolve, outcomes)
             if stopping:
                 return
 
-    def _commit(
-        self,
-        conn: sqlite3.Connection,
-        batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]],
-    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+    def _commit(self, conn: sqlite3.Connection, batch: Batch) -> Outcomes:
+        outcomes: Outcomes = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for work, future in batch:
@@ -162,6 +216,13 @@ class _Writer(threading.Thread):
                 except (sqlite3.IntegrityError, StorageError) as exc:
                     conn.execute("ROLLBACK TO w")
                     outcomes.append((future, None, _map_error(exc)))
+                except sqlite3.Error:
+                    raise  # disk full, I/O error …: the whole transaction is in doubt
+                except Exception as exc:
+                    # A bug in one write must not take the others (or this thread) down.
+                    log.exception("a write failed")
+                    conn.execute("ROLLBACK TO w")
+                    outcomes.append((future, None, StorageError(f"write failed: {exc!r}")))
                 else:
                     outcomes.append((future, result, None))
                 conn.execute("RELEASE w")
@@ -208,9 +269,10 @@ def _resolve(outcomes: Iterable[tuple[asyncio.Future[Any], Any, BaseException | 
 class SQLiteStorage:
     """The embedded default store (implements :class:`beseda.storage.Storage`)."""
 
-    def __init__(self, path: Path | str, *, readers: int = 2) -> None:
+    def __init__(self, path: Path | str, *, readers: int = 2, busy_timeout: float = 5.0) -> None:
         self.path = Path(path)
         self._readers = readers
+        self._busy_timeout_ms = int(busy_timeout * 1000)
         self._writer: _Writer | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
@@ -223,7 +285,7 @@ class SQLiteStorage:
         except OSError as exc:
             raise StorageError(f"Cannot create the directory of {self.path}: {exc}") from exc
         loop = asyncio.get_running_loop()
-        self._writer = _Writer(self.path, loop)
+        self._writer = _Writer(self.path, loop, self._busy_timeout_ms)
         self._writer.start()
         try:
             await self._writer.ready
@@ -267,10 +329,18 @@ class SQLiteStorage:
 
     def _run_read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        generation = self._writer.generation if self._writer is not None else 0
         try:
+            if conn is not None and self._local.generation != generation:
+                # The writer reopened a replaced database file: follow it.
+                with self._lock:
+                    self._connections.remove(conn)
+                conn.close()
+                conn = None
             if conn is None:
-                conn = connect(self.path)
+                conn = connect(self.path, busy_timeout_ms=self._busy_timeout_ms)
                 self._local.conn = conn
+                self._local.generation = generation
                 with self._lock:
                     self._connections.append(conn)
             return work(conn)
