@@ -35,7 +35,12 @@ FAST_HASHER_ARGS = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
 
 def test_settings(tmp_path: Path, **limits: object) -> Settings:
     """Settings for an in-process test server: port 0, a fresh database file."""
-    base = Limits(message_rate=10_000.0, message_burst=10_000, max_connections_per_address=1000)
+    base = Limits(
+        message_rate=10_000.0,
+        message_burst=10_000,
+        max_connections_per_address=1000,
+        registrations_per_address=(1000.0, 10_000),
+    )
     return Settings(
         host="127.0.0.1",
         port=0,
@@ -134,6 +139,10 @@ class ServerProcess:
                 str(self.port),
                 "--db",
                 str(self.db),
+                # Tests register many users from one address; a test of this limit overrides
+                # it (the last occurrence of a flag wins).
+                "--registrations-per-minute",
+                "100000",
                 *self.extra,
             ],
             stdout=log,

@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         help="messages a user may send at once (BESEDA_MESSAGE_BURST, default 100)",
     )
 
+    serve.add_argument(
+        "--registrations-per-minute",
+        type=float,
+        help="new accounts per minute from one address, bursts of 3× that (at least 30) "
+        "(BESEDA_REGISTRATIONS_PER_MINUTE, default 10)",
+    )
     serve.add_argument("--tls-cert", type=Path, help="TLS certificate chain, PEM (BESEDA_TLS_CERT)")
     serve.add_argument("--tls-key", type=Path, help="TLS private key, PEM (BESEDA_TLS_KEY)")
     serve.add_argument(
@@ -104,6 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_connections_per_address=args.max_connections_per_address,
         message_rate=args.message_rate,
         message_burst=args.message_burst,
+        registrations_per_minute=args.registrations_per_minute,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_auto=True if args.tls == "auto" else None,

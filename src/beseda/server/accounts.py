@@ -173,6 +173,12 @@ class TokenBucket:
         tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
         return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
 
+    def refund(self, key: object) -> None:
+        """Give back one token taken earlier."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.tokens = min(self.burst, bucket.tokens + 1)
+
     def _prune(self, now: float) -> None:
         # Drop buckets that have refilled completely: they hold no information.
         full = [
@@ -187,9 +193,11 @@ class TokenBucket:
 class LoginThrottle:
     """Failed logins are limited per account name and per address.
 
-    Only failures spend tokens, so a user who types the password right is never slowed. The
-    key is the canonical name whether or not the account exists, so the throttle does not
-    reveal which names exist.
+    Each attempt reserves a token from both buckets before the password is checked (so many
+    concurrent attempts cannot all slip past one check) and a successful login gives it back:
+    only failures count, and a user who types the password right is never slowed. The key is
+    the canonical name whether or not the account exists, so the throttle does not reveal
+    which names exist. Token logins have no name; they spend from the address bucket only.
     """
 
     def __init__(
@@ -201,16 +209,23 @@ class LoginThrottle:
         self._accounts = TokenBucket(*per_account)
         self._addresses = TokenBucket(*per_address)
 
-    def check(self, key: str, address: str, now: float) -> None:
-        """Raise ``rate_limited`` when either bucket is empty."""
-        wait = max(self._accounts.peek(key, now), self._addresses.peek(address, now))
+    def attempt(self, key: str | None, address: str, now: float) -> None:
+        """Reserve an attempt, or raise ``rate_limited`` when either bucket is empty."""
+        wait = self._addresses.peek(address, now)
+        if key is not None:
+            wait = max(wait, self._accounts.peek(key, now))
         if wait > 0:
             raise ProtocolError(
                 errors.RATE_LIMITED,
                 "Too many failed logins; wait before trying again.",
                 retry_after=round(wait, 3),
             )
-
-    def failed(self, key: str, address: str, now: float) -> None:
-        self._accounts.take(key, now)
         self._addresses.take(address, now)
+        if key is not None:
+            self._accounts.take(key, now)
+
+    def succeeded(self, key: str | None, address: str) -> None:
+        """Give back the attempt's reservation."""
+        self._addresses.refund(address)
+        if key is not None:
+            self._accounts.refund(key)

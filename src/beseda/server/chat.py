@@ -100,6 +100,7 @@ class Chat:
             per_address=limits.login_failures_per_address,
         )
         self._message_rate = accounts.TokenBucket(limits.message_rate, limits.message_burst)
+        self._registrations = accounts.TokenBucket(*limits.registrations_per_address)
         self._handlers: dict[type[schema.Request], Callable[..., Awaitable[msgspec.Struct]]] = {
             schema.Register: self._register,
             schema.Login: self._login,
@@ -132,6 +133,14 @@ class Chat:
         self._require_anonymous(session)
         name, key = accounts.check_username(request.username)
         accounts.check_password(request.password)
+        # Each registration costs a password hash: limit them per address.
+        wait = self._registrations.take(session.peer.address, self._monotonic())
+        if wait:
+            raise ProtocolError(
+                errors.RATE_LIMITED,
+                "Too many new accounts from your address; wait before trying again.",
+                retry_after=round(wait, 3),
+            )
         password_hash = await self._hasher.hash(request.password)
         try:
             user = await self._storage.create_user(name, key, password_hash, self._clock())
@@ -144,24 +153,24 @@ class Chat:
         address = session.peer.address
         now = self._monotonic()
         if request.token is not None:
-            self._throttle.check("", address, now)
+            self._throttle.attempt(None, address, now)
             token_hash = accounts.hash_token(request.token)
             user = await self._storage.user_by_token(token_hash)
             if user is None:
-                self._throttle.failed("", address, now)
                 raise ProtocolError(errors.BAD_CREDENTIALS, "The session token is not valid.")
+            self._throttle.succeeded(None, address)
             return await self._authenticate(session, user, request.token, token_hash)
         if request.username is None or request.password is None:
             raise ProtocolError(
                 errors.BAD_REQUEST, "login needs a username and password, or a token."
             )
         key = accounts.canonical_name(request.username)
-        self._throttle.check(key, address, now)
+        self._throttle.attempt(key, address, now)
         user = await self._storage.user_by_key(key)
         if not await self._hasher.verify(user.password_hash if user else None, request.password):
-            self._throttle.failed(key, address, now)
             raise ProtocolError(errors.BAD_CREDENTIALS)
         assert user is not None
+        self._throttle.succeeded(key, address)
         if self._hasher.needs_rehash(user.password_hash):
             await self._storage.set_password_hash(
                 user.id, await self._hasher.hash(request.password)

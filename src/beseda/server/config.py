@@ -42,6 +42,8 @@ class Limits:
     login_failures_per_account: tuple[float, float] = (5 / 60, 10)
     """(refill per second, burst) of failed logins per account name."""
     login_failures_per_address: tuple[float, float] = (20 / 60, 30)
+    registrations_per_address: tuple[float, float] = (10 / 60, 30)
+    """(refill per second, burst) of new accounts per address."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,12 @@ def from_environment(environ: dict[str, str] | None = None, **overrides: object)
         variable = f"BESEDA_{name.upper()}"
         if variable in env:
             limits[name] = convert(env[variable])
+    per_minute = overrides.pop("registrations_per_minute", None)
+    if per_minute is None and "BESEDA_REGISTRATIONS_PER_MINUTE" in env:
+        per_minute = float(env["BESEDA_REGISTRATIONS_PER_MINUTE"])
+    if per_minute is not None:
+        rate = float(per_minute)  # type: ignore[arg-type]
+        limits["registrations_per_address"] = (rate / 60, max(30.0, 3 * rate))
     known = {f.name for f in fields(Settings)}
     known_limits = {f.name for f in fields(Limits)}
     for name, value in overrides.items():
