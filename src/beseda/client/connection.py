@@ -100,9 +100,12 @@ class Client:
         max_rate_limit_retries: int = 50,
         tls: bool | ssl.SSLContext = False,
         fingerprint: str | None = None,
+        heartbeat: float = 30.0,
     ) -> None:
         self.host = host
         self.port = port
+        self.heartbeat = heartbeat
+        """Seconds of silence after which the client pings; no answer means a dead link."""
         self.fingerprint = fingerprint
         """When set, the server's certificate must have this SHA-256 fingerprint (pinning)."""
         self._tls: ssl.SSLContext | None
@@ -133,6 +136,8 @@ class Client:
         self._reader_task: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._last_seen = 0.0
         self._closed = False
         self._authenticated = asyncio.Event()
 
@@ -152,7 +157,7 @@ class Client:
     async def close(self) -> None:
         """Close for good: no reconnect; pending requests fail with ConnectionLostError."""
         self._closed = True
-        for task in (self._supervisor, self._sync_task):
+        for task in (self._supervisor, self._sync_task, self._heartbeat_task):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -342,7 +347,29 @@ class Client:
             raise ProtocolError(errors.BAD_JSON, f"Expected hello, got {hello!r}")
         self.hello = hello
         self._writer = writer
+        self._last_seen = asyncio.get_running_loop().time()
         self._reader_task = asyncio.create_task(self._read(reader), name="beseda-client-reader")
+        if self._heartbeat_task is None or self._heartbeat_task.done():
+            self._heartbeat_task = asyncio.create_task(self._keep_alive())
+
+    async def _keep_alive(self) -> None:
+        # A peer that vanished without closing (a cable pulled, a laptop asleep) sends no
+        # FIN; without this the client would think itself connected forever.
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            await asyncio.sleep(self.heartbeat / 2)
+            writer = self._writer
+            if writer is None or loop.time() - self._last_seen < self.heartbeat:
+                continue
+            try:
+                await asyncio.wait_for(
+                    self._call(schema.Ping(id=0), schema.Empty, retry=False), self.heartbeat / 2
+                )
+            except TimeoutError:
+                log.info("no answer to a ping: the connection is dead")
+                writer.transport.abort()
+            except (BesedaError, OSError):
+                pass
 
     def _check_fingerprint(self, writer: asyncio.StreamWriter) -> None:
         if self.fingerprint is None:
@@ -362,6 +389,7 @@ class Client:
                 line = await reader.readline()
                 if not line:
                     break
+                self._last_seen = asyncio.get_running_loop().time()
                 message = codec.decode_server_message(line)
                 if isinstance(message, schema.Bye):
                     reason = message.code

@@ -65,6 +65,8 @@ class TcpConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Dead peers (no FIN ever comes) are found and their connections freed.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._listener.connections.add(self)
         if not self._listener.addresses.acquire(self.address):
             log.warning(
