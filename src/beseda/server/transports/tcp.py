@@ -191,32 +191,38 @@ class TcpConnection(asyncio.Protocol):
 
     def deliver(self, data: bytes) -> None:
         """Queue a line; it is written at the end of this loop iteration. Never blocks."""
-        if self._closing or self._transport is None:
+        if self._closing:
             return
         if not self._out:
-            self._loop.call_soon(self._flush)
+            self._listener.schedule_flush(self)
         self._out.append(data)
         self._out_bytes += len(data)
-        if (
-            self._out_bytes + self._transport.get_write_buffer_size()
-            > self._limits.send_buffer_bytes
-        ):
-            log.warning(
-                "conn %d: dropped as a slow consumer (%d bytes unsent)",
-                self.conn_id,
-                self._out_bytes + self._transport.get_write_buffer_size(),
-            )
-            # It is not reading, so a goodbye would not reach it: drop at once and free the
-            # buffer. It loses nothing: after reconnecting it syncs from its cursors.
-            self._closing = True
-            self._out.clear()
-            self._transport.abort()
+        if self._out_bytes > self._limits.send_buffer_bytes:
+            self._drop_slow_consumer(self._out_bytes)
 
-    def _flush(self) -> None:
-        if self._out and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(b"".join(self._out) if len(self._out) > 1 else self._out[0])
+    def flush(self) -> None:
+        """Write what was queued in one call (called once per loop iteration)."""
+        out = self._out
+        if not out:
+            return
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(b"".join(out) if len(out) > 1 else out[0])
+            unsent = transport.get_write_buffer_size()
+            if unsent > self._limits.send_buffer_bytes:
+                self._drop_slow_consumer(unsent)
+        out.clear()
+        self._out_bytes = 0
+
+    def _drop_slow_consumer(self, unsent: int) -> None:
+        log.warning("conn %d: dropped as a slow consumer (%d bytes unsent)", self.conn_id, unsent)
+        # It is not reading, so a goodbye would not reach it: drop at once and free the
+        # buffer. It loses nothing: after reconnecting it syncs from its cursors.
+        self._closing = True
         self._out.clear()
         self._out_bytes = 0
+        if self._transport is not None:
+            self._transport.abort()
 
     def close_with(self, code: str, message: str | None = None, *, as_error: bool = False) -> None:
         """Say why (a ``bye`` event, or an ``error`` for a protocol violation), then close."""
@@ -235,7 +241,7 @@ class TcpConnection(asyncio.Protocol):
         self._closing = True
         if self._worker is not None and self._worker is not asyncio.current_task():
             self._stop_worker()
-        self._flush()
+        self.flush()
         if self._transport is not None:
             self._transport.close()  # sends what is buffered, then closes
 
@@ -276,6 +282,19 @@ class TcpListener:
         )
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._dirty: list[TcpConnection] = []
+
+    def schedule_flush(self, connection: TcpConnection) -> None:
+        """Flush ``connection`` at the end of this loop iteration, with every other one that
+        has output: one callback for all of them, not one each."""
+        if not self._dirty:
+            asyncio.get_running_loop().call_soon(self._flush_all)
+        self._dirty.append(connection)
+
+    def _flush_all(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for connection in dirty:
+            connection.flush()
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
