@@ -1,0 +1,137 @@
+"""``python -m bench``: run the scenarios, write results/latest.json and docs/performance.md."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from . import report, scenarios, servers
+from .scenarios import FULL, SCENARIOS, SMOKE, Bench
+from .system import pin_self, placement, raise_fd_limit
+
+ROOT = Path(__file__).resolve().parent.parent
+ANALYSIS = Path(__file__).resolve().parent / "analysis.md"
+"""Hand-written findings, placed under the targets table in docs/performance.md."""
+
+
+def _machine() -> str:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} cores{f' ({model})' if model else ''}, Python "
+        f"{platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="every scenario at a tiny size")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=SCENARIOS,
+        help="run only this scenario (repeatable)",
+    )
+    parser.add_argument(
+        "--contender",
+        action="append",
+        choices=[c.name for c in servers.CONTENDERS],
+        help="run only against this server (repeatable; beseda-only scenarios still run)",
+    )
+    parser.add_argument("--out", type=Path, help="results JSON (default bench/results/…)")
+    parser.add_argument("--docs", type=Path, help="performance.md to write (full runs)")
+    parser.add_argument("--workdir", type=Path, help="keep databases and logs here")
+    parser.add_argument("--idle", type=int, help="override the number of idle connections")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    sizes = SMOKE if args.smoke else FULL
+    if args.idle:
+        sizes = dataclasses.replace(sizes, idle=args.idle)
+    chosen = tuple(args.scenario or SCENARIOS)
+    contenders = tuple(
+        c for c in servers.CONTENDERS if not args.contender or c.name in args.contender
+    )
+    if servers.BESEDA not in contenders:
+        contenders = (servers.BESEDA, *contenders)
+    results_dir = ROOT / "bench" / "results"
+    out = args.out or (
+        results_dir
+        / ("smoke" if args.smoke else "")
+        / ("smoke.json" if args.smoke else "latest.json")
+    )
+    docs = args.docs or (out.with_suffix(".md") if args.smoke else ROOT / "docs/performance.md")
+    fds = raise_fd_limit()
+    where = placement()
+    pin_self(where.generator_cores)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="beseda-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    if where.server_core is None:
+        notes.append(where.note)
+    if fds < sizes.idle + 1000:
+        notes.append(f"open-file limit is {fds}: idle connections may fail")
+    total = scenarios.steps(sizes, len(contenders), chosen)
+    results: dict[str, Any] = {
+        "meta": {
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": _machine(),
+            "placement": where.note,
+            "processes": sizes.processes,
+            "smoke": args.smoke,
+            "size_note": "smoke (tiny)" if args.smoke else "full (as in issue 5)",
+        },
+        "sizes": dataclasses.asdict(sizes),
+        "scenarios": {},
+        "notes": notes,
+    }
+    started = time.monotonic()
+    with tqdm(total=total, unit="run", disable=None, file=sys.stderr) as bar:
+
+        def progress(label: str) -> None:
+            bar.set_description_str(label)
+            bar.update(1)
+
+        bench = Bench(sizes, where, workdir, contenders, progress, notes)
+        try:
+            for name in chosen:
+                results["scenarios"][name] = scenarios.RUNNERS[name](bench)
+        finally:
+            if args.workdir is None:
+                shutil.rmtree(workdir, ignore_errors=True)
+    results["meta"]["seconds"] = round(time.monotonic() - started, 1)
+    report.write_json(results, out)
+    plot_path = docs.with_suffix(".png")
+    plotted = report.plot(results, plot_path)
+    analysis = ANALYSIS.read_text() if ANALYSIS.exists() and not args.smoke else ""
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    docs.write_text(report.markdown(results, plot_path.name if plotted else None, analysis))
+    print(f"results: {out}\nreport: {docs}\n({results['meta']['seconds']} s)")
+    missing = [name for name in chosen if not results["scenarios"].get(name)]
+    if missing:
+        print(f"no figures for: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Databases for the benchmark, written directly with sqlite3 (seconds, not hours).
+
+Users are inserted with one real argon2id hash (the production parameters, computed once) and a
+session token each, so generator connections sign in by token without paying a hash, and the
+sign-in storm pays the real price. Messages for the history scenario are bulk-inserted with the
+schema of ``beseda.storage.migrations``. Also the raw-sqlite3 reference: plain inserts at
+beseda's durability (WAL, ``synchronous=FULL``) and batch size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+from beseda.server.accounts import PasswordHasher
+from beseda.storage.sqlite import connect, migrate
+
+from .wire import Credential
+
+PASSWORD = "bench-password"
+TEXT = "a benchmark message of ordinary length, about sixty characters"
+
+
+def user_name(index: int) -> str:
+    return f"u{index}"
+
+
+def token(index: int) -> str:
+    return f"bench-token-{index:08d}"
+
+
+def credentials(first: int, count: int, *, password: bool = False) -> list[Credential]:
+    if password:
+        return [Credential(user_name(i), password=PASSWORD) for i in range(first, first + count)]
+    return [Credential(user_name(i), token=token(i)) for i in range(first, first + count)]
+
+
+def password_hash() -> str:
+    async def compute() -> str:
+        hasher = PasswordHasher()
+        try:
+            return await hasher.hash(PASSWORD)
+        finally:
+            hasher.close()
+
+    return asyncio.run(compute())
+
+
+def _bulk(path: Path) -> sqlite3.Connection:
+    conn = connect(path)
+    migrate(conn)
+    # Building, not serving: durability does not matter until the file is complete.
+    conn.execute("PRAGMA synchronous = OFF")
+    return conn
+
+
+def build_users(path: Path, count: int, hashed: str) -> None:
+    """A fresh database with users ``u0`` … and their tokens (user id = index + 1)."""
+    path.unlink(missing_ok=True)
+    conn = _bulk(path)
+    now = int(time.time() * 1000)
+    with conn:
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO users (id, name, key, password_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+            ((i + 1, user_name(i), user_name(i), hashed, now) for i in range(count)),
+        )
+        conn.executemany(
+            "INSERT INTO tokens (hash, user_id, created_at) VALUES (?, ?, ?)",
+            ((hashlib.sha256(token(i).encode()).digest(), i + 1, now) for i in range(count)),
+        )
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def copy_database(source: Path, target: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{target}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(source, target)
+
+
+def add_general_messages(path: Path, count: int, senders: int, batch: int = 50_000) -> int:
+    """Append ``count`` messages to the general room; returns its last seq."""
+    conn = _bulk(path)
+    (last,) = conn.execute("SELECT last_seq FROM conversations WHERE id = 'general'").fetchone()
+    now = int(time.time() * 1000)
+    for first in range(0, count, batch):
+        size = min(batch, count - first)
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO messages (conversation, seq, sender_id, recipient_id, client_id, text, "
+            "ts) VALUES ('general', ?, ?, NULL, ?, ?, ?)",
+            (
+                (last + n + 1, (last + n) % senders + 1, f"h{last + n}", TEXT, now)
+                for n in range(first, first + size)
+            ),
+        )
+        conn.execute(
+            "UPDATE conversations SET last_seq = ?, last_ts = ? WHERE id = 'general'",
+            (last + first + size, now),
+        )
+        conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return int(last + count)
+
+
+def raw_inserts(path: Path, total: int, batch: int, timeout: float) -> dict[str, float]:
+    """The floor for durable writes: plain INSERTs, one commit per ``batch``, FULL sync."""
+    path.unlink(missing_ok=True)
+    conn = connect(path)
+    migrate(conn)
+    conn.execute(
+        "INSERT INTO users (id, name, key, password_hash, created_at) VALUES (1,'a','a','',0)"
+    )
+    now = int(time.time() * 1000)
+    written = 0
+    started = time.perf_counter()
+    deadline = started + timeout
+    while written < total and time.perf_counter() < deadline:
+        size = min(batch, total - written)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT INTO messages (conversation, seq, sender_id, recipient_id, client_id, text, "
+            "ts) VALUES ('dm:1:2', ?, 1, NULL, ?, ?, ?)",
+            ((written + n + 1, f"r{written + n}", TEXT, now) for n in range(size)),
+        )
+        conn.execute("COMMIT")
+        written += size
+    seconds = time.perf_counter() - started
+    conn.close()
+    return {"rows": written, "seconds": seconds, "rows_per_s": written / seconds}

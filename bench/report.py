@@ -1,0 +1,491 @@
+"""Results → ``results/latest.json``, the targets table, ``docs/performance.md`` and a plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+KIB = 1024
+
+
+def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    for row in rows:
+        if all(row.get(key) == value for key, value in match.items()):
+            return row
+    return None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, 2)
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue 5: the figures, the verdict, and by how much."""
+    scen = results["scenarios"]
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, ours: Any, theirs: Any, goal: str, met: bool | None, note: str = "") -> None:
+        rows.append(
+            {
+                "target": name,
+                "beseda": ours,
+                "reference": theirs,
+                "goal": goal,
+                "met": met,
+                "note": note,
+            }
+        )
+
+    fan = scen.get("fanout", [])
+    n = 500 if _find(fan, n=500) else (max((r["n"] for r in fan), default=None))
+    for mode in ("burst", "paced"):
+        ours = _find(fan, contender="beseda", n=n, mode=mode)
+        irc = _find(fan, contender="ngircd", n=n, mode=mode)
+        if ours is None:
+            continue
+        a, b = ours["cpu_us_per_unit"], irc["cpu_us_per_unit"] if irc else None
+        ratio = _ratio(a, b)
+        add(
+            f"fan-out N={n} {mode}: server CPU µs per delivery",
+            a,
+            b,
+            "≤ ngIRCd",
+            None if ratio is None else ratio <= 1,
+            "" if ratio is None else f"{ratio}× ngIRCd",
+        )
+    ours = _find(fan, contender="beseda", n=n, mode="paced")
+    irc = _find(fan, contender="ngircd", n=n, mode="paced")
+    if ours is not None:
+        ratio = _ratio(ours["p99_ms"], irc["p99_ms"] if irc else None)
+        met = None if ratio is None else (ratio <= 1 and ours["losses"] == 0)
+        add(
+            f"paced {results['sizes']['paced_rate']:g}/s into N={n}: p99 latency ms, loss",
+            f"{_fmt(ours['p99_ms'])} ms, {ours['losses']} lost",
+            f"{_fmt(irc['p99_ms'])} ms, {irc['losses']} lost" if irc else None,
+            "≤ ngIRCd, zero loss",
+            met,
+            "" if ratio is None else f"{ratio}× ngIRCd",
+        )
+    dm = scen.get("dm", [])
+    ours, irc = _find(dm, contender="beseda"), _find(dm, contender="ngircd")
+    if ours is not None:
+        ratio = _ratio(ours["cpu_us_per_unit"], irc["cpu_us_per_unit"] if irc else None)
+        add(
+            "direct messages: server CPU µs per message",
+            ours["cpu_us_per_unit"],
+            irc["cpu_us_per_unit"] if irc else None,
+            "≤ ngIRCd",
+            None if ratio is None else ratio <= 1,
+            "" if ratio is None else f"{ratio}× ngIRCd",
+        )
+    durable = scen.get("durable")
+    if durable:
+        ours_rate = durable["beseda"]["acks_per_s"]
+        raw = durable["raw_sqlite3"]["rows_per_s"]
+        share = _ratio(ours_rate, raw)
+        add(
+            "durable throughput: acknowledged messages/s",
+            ours_rate,
+            round(raw, 1),
+            "≥ 50,000 and ≥ 0.5× raw sqlite3",
+            ours_rate >= 50_000 and (share or 0) >= 0.5,
+            f"{_fmt(ours_rate / 50_000)}× the 50,000 goal; {share}× raw sqlite3 at batch "
+            f"{durable['raw_sqlite3']['batch']}",
+        )
+    idle_rows = scen.get("idle", [])
+    ours = _find(idle_rows, contender="beseda")
+    if ours is not None:
+        irc = _find(idle_rows, contender="ngircd")
+        wanted = results["sizes"]["idle"]
+        per = ours["bytes_per_connection"]
+        add(
+            f"idle: {wanted:,} connections, server bytes each",
+            f"{ours['connections']:,} held, {per / KIB:.1f} KiB",
+            f"{irc['connections']:,} held, {irc['bytes_per_connection'] / KIB:.1f} KiB"
+            if irc
+            else None,
+            "all held, ≤ 8 KiB",
+            ours["connections"] >= wanted and per <= 8 * KIB,
+            f"{per / (8 * KIB):.2f}× the 8 KiB budget; connected in {ours['connect_s']} s",
+        )
+    hist = scen.get("history")
+    if hist:
+        add(
+            f"history ({hist['stored']:,} stored): page p99 ms",
+            hist["page_p99_ms"],
+            None,
+            "≤ 2 ms",
+            hist["page_p99_ms"] is not None and hist["page_p99_ms"] <= 2,
+            f"{_fmt(hist['page_p99_ms'] / 2)}× the goal" if hist["page_p99_ms"] else "",
+        )
+        add(
+            f"history: sync of {hist['missed']:,} missed messages, ms",
+            hist["sync_ms_median"],
+            None,
+            "≤ 200 ms",
+            hist["sync_ms_median"] is not None and hist["sync_ms_median"] <= 200,
+            f"{_fmt(hist['sync_ms_median'] / 200)}× the goal (median of runs)"
+            if hist["sync_ms_median"]
+            else "",
+        )
+    st = scen.get("storm")
+    if st:
+        ratio = st.get("p99_ratio")
+        add(
+            "sign-in storm: chat p99 with / without",
+            f"{_fmt(st['with']['p99_ms'])} / {_fmt(st['without']['p99_ms'])} ms",
+            None,
+            "≤ 2×",
+            None if ratio is None else ratio <= 2,
+            "" if ratio is None else f"{ratio}×",
+        )
+    return rows
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    """Fan-out CPU per delivery (burst) and p99 latency (paced) against N, per server."""
+    fan = results["scenarios"].get("fanout")
+    if not fan:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (cpu_axis, p99_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = sorted({row["contender"] for row in fan}, key=lambda c: c != "beseda")
+    for name in names:
+        burst = sorted(
+            (r for r in fan if r["contender"] == name and r["mode"] == "burst"),
+            key=lambda r: r["n"],
+        )
+        paced = sorted(
+            (r for r in fan if r["contender"] == name and r["mode"] == "paced"),
+            key=lambda r: r["n"],
+        )
+        cpu_axis.plot(
+            [r["n"] for r in burst], [r["cpu_us_per_unit"] for r in burst], "o-", label=name
+        )
+        p99_axis.plot([r["n"] for r in paced], [r["p99_ms"] or 0 for r in paced], "o-", label=name)
+    cpu_axis.set(
+        xlabel="receivers N",
+        ylabel="server CPU µs per delivery",
+        title="Fan-out burst: cost per delivery",
+    )
+    p99_axis.set(
+        xlabel="receivers N",
+        ylabel="p99 latency, ms (log)",
+        title=f"Fan-out paced {results['sizes']['paced_rate']:g}/s: p99 latency",
+    )
+    p99_axis.set_yscale("log")
+    for axis in (cpu_axis, p99_axis):
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def _busy(row: dict[str, Any]) -> str:
+    return f"{row['generator_share']}{' (saturated)' if row['generator_saturated'] else ''}"
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_fmt(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(results: dict[str, Any], plot_name: str | None, analysis: str = "") -> str:
+    """docs/performance.md: targets first, then every figure measured."""
+    meta = results["meta"]
+    scen = results["scenarios"]
+    out = [
+        "# Performance",
+        "",
+        "Written by `make bench` (`python -m bench`) from `bench/results/latest.json`; "
+        "`python -m bench --smoke` runs every scenario at a tiny size (part of `make test`).",
+        "",
+        f"Run of {meta['date']}: {meta['machine']}. {meta['placement']}. "
+        f"Load generator: {meta['processes']} processes. Sizes: {meta['size_note']}",
+        "",
+        "## Targets",
+        "",
+    ]
+    verdict = {True: "**met**", False: "**missed**", None: "not measured"}
+    out.append(
+        _table(
+            ["target", "beseda", "reference", "goal", "verdict", "by how much"],
+            [
+                [t["target"], t["beseda"], t["reference"], t["goal"], verdict[t["met"]], t["note"]]
+                for t in targets(results)
+            ],
+        )
+    )
+    if analysis:
+        out += ["", analysis.strip()]
+    if plot_name:
+        out += ["", f"![fan-out: CPU per delivery and p99 latency]({plot_name})"]
+    fan = scen.get("fanout")
+    if fan:
+        out += [
+            "",
+            "## Fan-out",
+            "",
+            "One sender posts to the general room; N receivers. `burst`: as fast as the "
+            "transport takes them; `paced`: a fixed rate. CPU is the server process's "
+            "user+system time (/proc) over the timed part, divided by deliveries.",
+            "",
+        ]
+        out.append(
+            _table(
+                [
+                    "server",
+                    "N",
+                    "mode",
+                    "delivered / expected",
+                    "lost",
+                    "p50 ms",
+                    "p99 ms",
+                    "CPU µs/delivery",
+                    "deliveries/s",
+                    "server busy",
+                    "generator busy",
+                ],
+                [
+                    [
+                        r["contender"],
+                        r["n"],
+                        r["mode"],
+                        f"{r['deliveries']:,} / {r['expected_deliveries']:,}",
+                        r["losses"],
+                        r["p50_ms"],
+                        r["p99_ms"],
+                        r["cpu_us_per_unit"],
+                        r["per_s"],
+                        r["server_busy"],
+                        _busy(r),
+                    ]
+                    for r in fan
+                ],
+            )
+        )
+    dm = scen.get("dm")
+    if dm:
+        out += [
+            "",
+            "## Direct messages",
+            "",
+            "Pairs of users send each other messages at a fixed rate per user.",
+            "",
+        ]
+        out.append(
+            _table(
+                [
+                    "server",
+                    "pairs",
+                    "messages",
+                    "delivered",
+                    "lost",
+                    "p50 ms",
+                    "p99 ms",
+                    "CPU µs/message",
+                    "server busy",
+                    "generator busy",
+                ],
+                [
+                    [
+                        r["contender"],
+                        r["pairs"],
+                        r["messages"],
+                        r["deliveries"],
+                        r["losses"],
+                        r["p50_ms"],
+                        r["p99_ms"],
+                        r["cpu_us_per_unit"],
+                        r["server_busy"],
+                        r["generator_share"],
+                    ]
+                    for r in dm
+                ],
+            )
+        )
+    durable = scen.get("durable")
+    if durable:
+        b, raw = durable["beseda"], durable["raw_sqlite3"]
+        out += [
+            "",
+            "## Durable throughput",
+            "",
+            "Senders send direct messages to users who are offline, each waiting for the "
+            "acknowledgement (sent after the commit) before the next. Raw sqlite3: plain "
+            "INSERTs in transactions of beseda's measured mean batch, WAL, "
+            "synchronous=FULL, same schema.",
+            "",
+        ]
+        out.append(
+            _table(
+                [
+                    "",
+                    "messages",
+                    "per second",
+                    "ack p50 ms",
+                    "ack p99 ms",
+                    "commits",
+                    "mean batch",
+                    "CPU µs/message",
+                ],
+                [
+                    [
+                        "beseda",
+                        b["acks"],
+                        b["acks_per_s"],
+                        b["ack_p50_ms"],
+                        b["ack_p99_ms"],
+                        b["commits"],
+                        b["mean_batch"],
+                        b["cpu_us_per_unit"],
+                    ],
+                    [
+                        "raw sqlite3",
+                        raw["rows"],
+                        round(raw["rows_per_s"], 1),
+                        None,
+                        None,
+                        None,
+                        raw["batch"],
+                        None,
+                    ],
+                ],
+            )
+        )
+    idle_rows = scen.get("idle")
+    if idle_rows:
+        out += [
+            "",
+            "## Idle connections",
+            "",
+            "Signed-in connections held open (beseda: token login; IRC: registered and "
+            "joined to #general). Memory is the growth of the server's RSS.",
+            "",
+        ]
+        out.append(
+            _table(
+                [
+                    "server",
+                    "held",
+                    "failed",
+                    "signed in after s",
+                    "quiet after s",
+                    "RSS before MiB",
+                    "RSS after MiB",
+                    "KiB per connection",
+                ],
+                [
+                    [
+                        r["contender"],
+                        r["connections"],
+                        r["failed"],
+                        r["connect_s"],
+                        r["settled_s"],
+                        round(r["rss_before"] / KIB / KIB, 1),
+                        round(r["rss_after"] / KIB / KIB, 1),
+                        round(r["bytes_per_connection"] / KIB, 2),
+                    ]
+                    for r in idle_rows
+                ],
+            )
+        )
+    hist = scen.get("history")
+    if hist:
+        out += [
+            "",
+            "## History",
+            "",
+            f"{hist['stored']:,} messages in the general room (built with direct inserts in "
+            f"{hist['build_s']} s). Page: `history` of 50 before a random seq, one client, "
+            f"{hist['pages']:,} requests. Sync: from a cursor {hist['missed']:,} behind, "
+            "all pages of up to 1,000, decoded by the client.",
+            "",
+        ]
+        out.append(
+            _table(
+                [
+                    "page p50 ms",
+                    "page p99 ms",
+                    "sync ms (median)",
+                    "sync ms (max)",
+                    "messages synced",
+                ],
+                [
+                    [
+                        hist["page_p50_ms"],
+                        hist["page_p99_ms"],
+                        hist["sync_ms_median"],
+                        hist["sync_ms_max"],
+                        hist["sync_messages"],
+                    ]
+                ],
+            )
+        )
+    st = scen.get("storm")
+    if st:
+        w, wo = st["with"], st["without"]
+        out += [
+            "",
+            "## Sign-in storm",
+            "",
+            "The paced fan-out, once alone and once with password logins (argon2id, the "
+            "production parameters) on new connections at a fixed rate.",
+            "",
+        ]
+        out.append(
+            _table(
+                ["run", "p50 ms", "p99 ms", "lost", "server busy", "logins", "login p99 ms"],
+                [
+                    [
+                        "without storm",
+                        wo["p50_ms"],
+                        wo["p99_ms"],
+                        wo["losses"],
+                        wo["server_busy"],
+                        None,
+                        None,
+                    ],
+                    [
+                        "with storm",
+                        w["p50_ms"],
+                        w["p99_ms"],
+                        w["losses"],
+                        w["server_busy"],
+                        w.get("logins"),
+                        w.get("login_p99_ms"),
+                    ],
+                ],
+            )
+        )
+    if results.get("notes"):
+        out += ["", "## Notes", ""] + [f"- {note}" for note in results["notes"]]
+    return "\n".join(out) + "\n"

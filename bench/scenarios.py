@@ -1,0 +1,503 @@
+"""The scenarios of issue 5, each run against beseda and, where it applies, the references.
+
+Every scenario returns plain data (lists of dicts) for ``results/latest.json``. Server CPU is
+read from /proc before and after the timed part; the generator runs in its own processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from array import array
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy
+
+from . import dataset, servers
+from .generator import Load, LoadGenerator, Outcome
+from .servers import BESEDA, FLOOR, NGIRCD, Contender
+from .system import LOOPBACK, Placement, Service
+from .worker import SendPlan, StormPlan
+
+
+@dataclass(frozen=True)
+class Sizes:
+    fanout_n: tuple[int, ...] = (100, 500, 1000)
+    fanout_messages: int = 2000
+    paced_rate: float = 200.0
+    dm_pairs: int = 250
+    dm_messages: int = 20
+    """Per user."""
+    dm_rate: float = 4.0
+    """Per user per second (250 pairs: 2,000 messages/s in all)."""
+    durable_senders: int = 100
+    durable_messages: int = 300
+    """Per sender."""
+    idle: int = 10_000
+    history_messages: int = 1_000_000
+    history_pages: int = 2000
+    sync_missed: int = 10_000
+    sync_repeats: int = 5
+    storm_rate: float = 20.0
+    storm_n: int = 500
+    processes: int = 4
+    run_timeout: float = 90.0
+    connect_timeout: float = 240.0
+
+
+FULL = Sizes()
+SMOKE = Sizes(
+    fanout_n=(5,),
+    fanout_messages=20,
+    paced_rate=200.0,
+    dm_pairs=3,
+    dm_messages=5,
+    dm_rate=50.0,
+    durable_senders=3,
+    durable_messages=20,
+    idle=20,
+    history_messages=3000,
+    history_pages=20,
+    sync_missed=1500,
+    sync_repeats=2,
+    storm_rate=20.0,
+    storm_n=5,
+    processes=2,
+    run_timeout=20.0,
+    connect_timeout=20.0,
+)
+SCENARIOS = ("fanout", "dm", "durable", "idle", "history", "storm")
+
+
+def percentile_ms(values_ns: array[int] | list[int], q: float) -> float | None:
+    if not values_ns:
+        return None
+    values = numpy.asarray(values_ns, dtype=numpy.int64)
+    return round(float(numpy.percentile(values, q)) / 1e6, 3)
+
+
+@dataclass
+class Bench:
+    """What every scenario needs: sizes, placement, a work directory, a progress callback."""
+
+    sizes: Sizes
+    placement: Placement
+    workdir: Path
+    contenders: tuple[Contender, ...]
+    progress: Callable[[str], None]
+    notes: list[str] = field(default_factory=list)
+    _template: Path | None = None
+    _template_users: int = 0
+    _hash: str | None = None
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def users_db(self, count: int) -> Path:
+        """A fresh copy of a database holding at least ``count`` users with tokens."""
+        if self._template is None or self._template_users < count:
+            if self._hash is None:
+                self._hash = dataset.password_hash()
+            self._template = self.workdir / "users-template.db"
+            self._template_users = max(count, 1000)
+            dataset.build_users(self._template, self._template_users, self._hash)
+        target = self.workdir / "run.db"
+        dataset.copy_database(self._template, target)
+        return target
+
+    @contextmanager
+    def server(self, contender: Contender, users: int = 0) -> Iterator[Service]:
+        options = {"db": self.users_db(users)} if contender is BESEDA else {}
+        service = servers.start(contender, self.workdir, self.placement, **options)
+        try:
+            yield service
+        finally:
+            service.stop()
+
+    def generator(self, service: Service) -> LoadGenerator:
+        return LoadGenerator(service.port, self.placement, self.sizes.processes)
+
+    def load(self, contender: Contender, clients: list[Any], **kwargs: Any) -> Load:
+        return Load(
+            wire=contender.wire,
+            clients=clients,
+            connect_timeout=self.sizes.connect_timeout,
+            run_timeout=self.sizes.run_timeout,
+            **kwargs,
+        )
+
+    def drive(self, service: Service, load: Load) -> tuple[Outcome, float, float]:
+        """Connect, let the sign-in traffic settle, run; returns (outcome, server CPU s, wall)."""
+        with self.generator(service).connected(load) as session:
+            if session.failed:
+                self.notes.append(
+                    f"{service.name}: {session.failed} of {len(load.clients)} connections failed"
+                )
+            settle(service)
+            cpu0, wall0 = service.cpu(), time.monotonic()
+            outcome = session.run()
+            cpu, wall = service.cpu() - cpu0, time.monotonic() - wall0
+        outcome.connect_seconds = session.connect_seconds
+        return outcome, cpu, wall
+
+    def runnable(self, contenders: tuple[Contender, ...]) -> list[Contender]:
+        chosen = []
+        for contender in contenders:
+            if contender not in self.contenders:
+                continue
+            reason = servers.unavailable(contender)
+            if reason is None:
+                chosen.append(contender)
+            elif reason not in self.notes:
+                self.notes.append(reason)
+        return chosen
+
+
+def settle(service: Service, quiet: float = 0.02, timeout: float = 60.0) -> None:
+    """Wait until the server is nearly idle (sign-in and presence traffic done)."""
+    deadline = time.monotonic() + timeout
+    before = service.cpu()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = service.cpu()
+        if now - before <= quiet * 0.25 + 0.011:
+            return
+        before = now
+
+
+def summary(
+    contender: Contender, outcome: Outcome, cpu: float, count: int, **extra: Any
+) -> dict[str, Any]:
+    """The figures of one timed run; ``count`` is what CPU is divided by."""
+    wall = max(outcome.wall, 1e-9)
+    return {
+        "contender": contender.name,
+        **extra,
+        "connected": outcome.connected,
+        "deliveries": outcome.deliveries,
+        "expected_deliveries": outcome.expected_deliveries,
+        "losses": outcome.losses,
+        "acks": outcome.acks,
+        "errors": outcome.errors,
+        "lost_connections": outcome.lost_connections,
+        "p50_ms": percentile_ms(outcome.latencies_ns, 50),
+        "p99_ms": percentile_ms(outcome.latencies_ns, 99),
+        "max_ms": percentile_ms(outcome.latencies_ns, 100),
+        "server_cpu_s": round(cpu, 3),
+        "cpu_us_per_unit": round(cpu / max(count, 1) * 1e6, 3),
+        "wall_s": round(wall, 3),
+        "server_busy": round(cpu / wall, 3),
+        "per_s": round(outcome.deliveries / wall, 1),
+        "generator_share": round(outcome.generator_share, 3),
+        "generator_saturated": outcome.generator_saturated,
+    }
+
+
+# -- 1. fan-out --------------------------------------------------------------------------------
+
+
+def fanout_load(bench: Bench, contender: Contender, n: int, rate: float, first: int = 0) -> Load:
+    """One sender (client 0) and ``n`` receivers in the general room."""
+    size = bench.sizes
+    clients = dataset.credentials(first, n + 1)
+    return bench.load(
+        contender,
+        clients,
+        sends=[SendPlan(client=0, target=None, count=size.fanout_messages, rate=rate)],
+        deliveries_per_client=[0] + [size.fanout_messages] * n,
+    )
+
+
+def fanout(bench: Bench) -> list[dict[str, Any]]:
+    results = []
+    size = bench.sizes
+    for n in size.fanout_n:
+        for contender in bench.runnable(servers.CONTENDERS):
+            for mode, rate in (("burst", 0.0), ("paced", size.paced_rate)):
+                bench.progress(f"fan-out {contender.name} N={n} {mode}")
+                with bench.server(contender, users=n + 1) as service:
+                    load = fanout_load(bench, contender, n, rate)
+                    outcome, cpu, _ = bench.drive(service, load)
+                results.append(
+                    summary(
+                        contender,
+                        outcome,
+                        cpu,
+                        outcome.deliveries,
+                        n=n,
+                        mode=mode,
+                        messages=size.fanout_messages,
+                        unit="delivery",
+                    )
+                )
+    return results
+
+
+# -- 2. direct messages ------------------------------------------------------------------------
+
+
+def direct_messages(bench: Bench) -> list[dict[str, Any]]:
+    results = []
+    size = bench.sizes
+    users = 2 * size.dm_pairs
+    for contender in bench.runnable(servers.CONTENDERS):
+        bench.progress(f"direct messages {contender.name}")
+        clients = dataset.credentials(0, users)
+        sends = [
+            SendPlan(
+                client=i, target=dataset.user_name(i ^ 1), count=size.dm_messages, rate=size.dm_rate
+            )
+            for i in range(users)
+        ]
+        with bench.server(contender, users=users) as service:
+            load = bench.load(
+                contender,
+                clients,
+                join=False,
+                sends=sends,
+                deliveries_per_client=[size.dm_messages] * users,
+            )
+            outcome, cpu, _ = bench.drive(service, load)
+        results.append(
+            summary(
+                contender,
+                outcome,
+                cpu,
+                users * size.dm_messages,
+                pairs=size.dm_pairs,
+                messages=users * size.dm_messages,
+                unit="message",
+            )
+        )
+    return results
+
+
+# -- 3. durable throughput ---------------------------------------------------------------------
+
+
+def durable(bench: Bench) -> dict[str, Any]:
+    size = bench.sizes
+    senders = size.durable_senders
+    total = senders * size.durable_messages
+    bench.progress("durable throughput beseda")
+    # Senders u0 … u(s-1) write to u(s) … u(2s-1), who never connect.
+    sends = [
+        SendPlan(
+            client=i, target=dataset.user_name(senders + i), count=size.durable_messages, window=1
+        )
+        for i in range(senders)
+    ]
+    with bench.server(BESEDA, users=2 * senders) as service:
+        load = bench.load(BESEDA, dataset.credentials(0, senders), sends=sends)
+        outcome, cpu, _ = bench.drive(service, load)
+        service.stop()
+        stats = servers.beseda_stats(service, bench.workdir)
+    wall = max(outcome.wall, 1e-9)
+    batch = stats.get("writes", 0) / max(stats.get("batches", 0), 1)
+    row = {
+        "contender": "beseda",
+        "senders": senders,
+        "messages": total,
+        "acks": outcome.acks,
+        "errors": outcome.errors,
+        "acks_per_s": round(outcome.acks / wall, 1),
+        "ack_p50_ms": percentile_ms(outcome.ack_latencies_ns, 50),
+        "ack_p99_ms": percentile_ms(outcome.ack_latencies_ns, 99),
+        "server_cpu_s": round(cpu, 3),
+        "cpu_us_per_unit": round(cpu / max(outcome.acks, 1) * 1e6, 3),
+        "wall_s": round(wall, 3),
+        "server_busy": round(cpu / wall, 3),
+        "commits": stats.get("batches"),
+        "writes": stats.get("writes"),
+        "mean_batch": round(batch, 1),
+        "generator_share": round(outcome.generator_share, 3),
+        "generator_saturated": outcome.generator_saturated,
+    }
+    bench.progress("durable throughput raw sqlite3")
+    raw = dataset.raw_inserts(
+        bench.workdir / "raw.db", total, max(1, round(batch)), timeout=size.run_timeout
+    )
+    raw["batch"] = max(1, round(batch))
+    return {"beseda": row, "raw_sqlite3": raw}
+
+
+# -- 4. idle connections -----------------------------------------------------------------------
+
+
+def idle(bench: Bench) -> list[dict[str, Any]]:
+    results = []
+    count = bench.sizes.idle
+    for contender in bench.runnable((BESEDA, FLOOR, NGIRCD)):
+        bench.progress(f"idle {count} {contender.name}")
+        with bench.server(contender, users=count) as service:
+            settle(service)
+            before = service.rss()
+            load = bench.load(contender, dataset.credentials(0, count))
+            started = time.monotonic()
+            with bench.generator(service).connected(load) as session:
+                signed_in = time.monotonic() - started
+                settle(service, timeout=bench.sizes.connect_timeout)
+                settled = time.monotonic() - started
+                after = service.rss()
+                held = session.connected
+        results.append(
+            {
+                "contender": contender.name,
+                "connections": held,
+                "failed": session.failed,
+                "connect_s": round(signed_in, 3),
+                "settled_s": round(settled, 3),
+                "rss_before": before,
+                "rss_after": after,
+                "bytes_per_connection": round((after - before) / max(held, 1)),
+            }
+        )
+    return results
+
+
+# -- 5. history --------------------------------------------------------------------------------
+
+
+class _Reply(msgspec.Struct):
+    type: str
+    id: int | str | None = None
+    data: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class _Page(msgspec.Struct):
+    messages: list[dict[str, Any]]
+    more: bool
+
+
+async def _history_client(port: int, sizes: Sizes, last_seq: int) -> dict[str, Any]:
+    reader, writer = await asyncio.open_connection(LOOPBACK, port, limit=64 * 1024 * 1024)
+    decode = msgspec.json.Decoder(_Reply).decode
+    page = msgspec.json.Decoder(_Page).decode
+    counter = 0
+
+    async def call(request: dict[str, Any]) -> msgspec.Raw:
+        nonlocal counter
+        counter += 1
+        request["id"] = counter
+        writer.write(msgspec.json.encode(request) + b"\n")
+        while True:
+            reply = decode(await asyncio.wait_for(reader.readline(), 30))
+            if reply.id == counter and reply.type in ("result", "error"):
+                if reply.type == "error":
+                    raise RuntimeError(f"{request['type']} failed")
+                return reply.data
+
+    await call({"type": "login", "token": dataset.token(0)})
+    rng = random.Random(5)
+    pages = array("q")
+    for _ in range(sizes.history_pages):
+        before = rng.randint(51, last_seq)
+        began = time.monotonic_ns()
+        await call({"type": "history", "conversation": "general", "before": before, "limit": 50})
+        pages.append(time.monotonic_ns() - began)
+    syncs = []
+    received = 0
+    for _ in range(sizes.sync_repeats):
+        cursor = last_seq - sizes.sync_missed
+        received = 0
+        began = time.monotonic_ns()
+        for _ in range(sizes.sync_missed // 100 + 10):  # bounded: pages of up to 1,000
+            result = page(await call({"type": "sync", "cursors": {"general": cursor}}))
+            received += len(result.messages)
+            if result.messages:
+                cursor = result.messages[-1]["seq"]
+            if not result.more:
+                break
+        syncs.append(time.monotonic_ns() - began)
+    writer.close()
+    return {
+        "page_p50_ms": percentile_ms(pages, 50),
+        "page_p99_ms": percentile_ms(pages, 99),
+        "pages": len(pages),
+        "sync_ms_median": percentile_ms(syncs, 50),
+        "sync_ms_max": percentile_ms(syncs, 100),
+        "sync_messages": received,
+    }
+
+
+def history(bench: Bench) -> dict[str, Any]:
+    size = bench.sizes
+    bench.progress(f"history: building {size.history_messages:,} messages")
+    path = bench.users_db(1000)
+    started = time.monotonic()
+    last_seq = dataset.add_general_messages(path, size.history_messages, senders=1000)
+    build = time.monotonic() - started
+    bench.progress("history: page queries and sync")
+    service = servers.start(BESEDA, bench.workdir, bench.placement, db=path)
+    try:
+        cpu0 = service.cpu()
+        figures = asyncio.run(_history_client(service.port, size, last_seq))
+        cpu = service.cpu() - cpu0
+    finally:
+        service.stop()
+    return {
+        "contender": "beseda",
+        "stored": last_seq,
+        "build_s": round(build, 1),
+        "missed": size.sync_missed,
+        "server_cpu_s": round(cpu, 3),
+        **figures,
+    }
+
+
+# -- 6. sign-in storm --------------------------------------------------------------------------
+
+
+def storm(bench: Bench) -> dict[str, Any]:
+    size = bench.sizes
+    n = size.storm_n
+    runs: dict[str, Any] = {}
+    seconds = size.fanout_messages / size.paced_rate
+    logins = max(1, int(seconds * size.storm_rate))
+    for label in ("without", "with"):
+        bench.progress(f"sign-in storm: paced fan-out N={n} {label} storm")
+        with bench.server(BESEDA, users=n + 1 + logins) as service:
+            load = fanout_load(bench, BESEDA, n, size.paced_rate)
+            if label == "with":
+                load.storm = StormPlan(
+                    dataset.credentials(n + 1, logins, password=True), size.storm_rate
+                )
+            outcome, cpu, _ = bench.drive(service, load)
+        row = summary(BESEDA, outcome, cpu, outcome.deliveries, n=n, mode="paced")
+        if label == "with":
+            row["logins"] = len(outcome.login_latencies_ns)
+            row["failed_logins"] = outcome.failed_logins
+            row["login_p50_ms"] = percentile_ms(outcome.login_latencies_ns, 50)
+            row["login_p99_ms"] = percentile_ms(outcome.login_latencies_ns, 99)
+        runs[label] = row
+    without, with_ = runs["without"]["p99_ms"], runs["with"]["p99_ms"]
+    runs["p99_ratio"] = round(with_ / without, 2) if without and with_ else None
+    return runs
+
+
+RUNNERS: dict[str, Callable[[Bench], Any]] = {
+    "fanout": fanout,
+    "dm": direct_messages,
+    "durable": durable,
+    "idle": idle,
+    "history": history,
+    "storm": storm,
+}
+
+
+def steps(sizes: Sizes, contenders: int, chosen: tuple[str, ...]) -> int:
+    """How many progress steps the chosen scenarios take (for the progress bar)."""
+    counts = {
+        "fanout": len(sizes.fanout_n) * contenders * 2,
+        "dm": contenders,
+        "durable": 2,
+        "idle": min(3, contenders),
+        "history": 2,
+        "storm": 2,
+    }
+    return sum(counts[name] for name in chosen)

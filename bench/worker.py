@@ -1,0 +1,330 @@
+"""One load-generator process: many connections on one asyncio loop.
+
+The parent hands it a :class:`WorkerPlan` over a pipe and then says ``go``; it answers with
+counts, latencies and its own CPU time (so the parent can tell when the generator, not the
+server, was the limit). Every wait is bounded by the plan's deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+import time
+from array import array
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .system import LOOPBACK, pin_self, raise_fd_limit
+from .wire import WIRES, Credential, Wire
+
+
+@dataclass
+class SendPlan:
+    """One sending connection: ``count`` messages to ``target`` (None: the general room)."""
+
+    client: int
+    target: str | None
+    count: int
+    rate: float = 0.0
+    """Messages per second; 0 sends as fast as the transport takes them (burst)."""
+    window: int = 0
+    """Most messages awaiting acknowledgement; 0: no limit."""
+
+
+@dataclass
+class StormPlan:
+    """Password sign-ins on new connections at ``rate`` per second, during the sending."""
+
+    credentials: list[Credential]
+    rate: float
+
+
+@dataclass
+class WorkerPlan:
+    wire: str
+    port: int
+    cores: tuple[int, ...] | None
+    clients: list[Credential]
+    join: bool = True
+    sends: list[SendPlan] = field(default_factory=list)
+    expect_deliveries: int = 0
+    expect_acks: int = 0
+    storm: StormPlan | None = None
+    connect_timeout: float = 60.0
+    run_timeout: float = 60.0
+    connect_batch: int = 200
+    """Connections this process opens at once."""
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Tally:
+    """What this process saw."""
+
+    def __init__(self) -> None:
+        self.deliveries = 0
+        self.acks = 0
+        self.errors = 0
+        self.lost_connections = 0
+        self.latencies = array("q")
+        """Delivery latencies, ns."""
+        self.ack_latencies = array("q")
+        self.last_ns = 0
+        self.done = asyncio.Event()
+        self.expect_deliveries = 0
+        self.expect_acks = 0
+
+    def check(self) -> None:
+        if self.deliveries >= self.expect_deliveries and self.acks >= self.expect_acks:
+            self.done.set()
+
+
+class Link(asyncio.Protocol):
+    """One connection of the generator."""
+
+    def __init__(self, wire: Wire, tally: Tally) -> None:
+        self.wire = wire
+        self.tally = tally
+        self.transport: asyncio.Transport | None = None
+        self.rest = b""
+        self.signed_in: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.window: asyncio.Semaphore | None = None
+        self.closed = False
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.writable.set()
+        if not self.signed_in.done():
+            self.signed_in.set_result(False)
+        elif not self.closing:
+            self.tally.lost_connections += 1
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic_ns()
+        buffer = self.rest + data if self.rest else data
+        cut = buffer.rfind(b"\n")
+        if cut < 0:
+            self.rest = buffer
+            return
+        chunk, self.rest = buffer[:cut], buffer[cut + 1 :]
+        if not self.signed_in.done():
+            chunk = self._sign_in_lines(chunk)
+        if not chunk:
+            return
+        tally = self.tally
+        wire = self.wire
+        delivered = wire.delivery.findall(chunk)
+        if delivered:
+            tally.deliveries += len(delivered)
+            tally.latencies.extend([now - int(ts) for ts in delivered])
+            tally.last_ns = now
+        if wire.ack is not None:
+            acked = wire.ack.findall(chunk)
+            if acked:
+                tally.acks += len(acked)
+                tally.last_ns = now
+                tally.ack_latencies.extend([now - int(ts) for ts in acked])
+                if self.window is not None:
+                    for _ in acked:
+                        self.window.release()
+        if wire.error is not None:
+            tally.errors += len(wire.error.findall(chunk))
+        if delivered or tally.acks >= tally.expect_acks:
+            tally.check()
+
+    def _sign_in_lines(self, chunk: bytes) -> bytes:
+        lines = chunk.split(b"\n")
+        for index, line in enumerate(lines):
+            verdict = self.wire.signed_in(line.rstrip(b"\r"))
+            if verdict is not None:
+                self.signed_in.set_result(verdict)
+                return b"\n".join(lines[index + 1 :])
+        return b""
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def open_link(wire: Wire, tally: Tally, port: int, credential: Credential) -> Link:
+    loop = asyncio.get_running_loop()
+    _, link = await loop.create_connection(lambda: Link(wire, tally), LOOPBACK, port)
+    link.write(wire.sign_in(credential))
+    if not await link.signed_in:
+        link.close()
+        raise ConnectionError(f"{credential.name} could not sign in")
+    return link
+
+
+class Worker:
+    def __init__(self, plan: WorkerPlan) -> None:
+        self.plan = plan
+        self.wire = WIRES[plan.wire](join=plan.join)
+        self.tally = Tally()
+        self.links: list[Link] = []
+        self.storm_links: list[Link] = []
+        self.login_latencies = array("q")
+        self.failed_logins = 0
+
+    async def connect(self) -> dict[str, Any]:
+        started = time.monotonic()
+        failed = 0
+        deadline = started + self.plan.connect_timeout
+        clients = self.plan.clients
+        for first in range(0, len(clients), self.plan.connect_batch):
+            remaining = deadline - time.monotonic()
+            batch = clients[first : first + self.plan.connect_batch]
+            tasks = [
+                asyncio.ensure_future(open_link(self.wire, self.tally, self.plan.port, c))
+                for c in batch
+            ]
+            done, pending = await asyncio.wait(tasks, timeout=max(0.1, remaining))
+            for task in pending:
+                task.cancel()
+            for task in tasks:
+                if task in done and task.exception() is None:
+                    self.links.append(task.result())
+                else:
+                    failed += 1
+                    if task in done:
+                        task.exception()  # retrieved: not logged as never retrieved
+        return {
+            "connected": len(self.links),
+            "failed": failed,
+            "seconds": time.monotonic() - started,
+        }
+
+    async def run(self) -> dict[str, Any]:
+        plan = self.plan
+        tally = self.tally
+        tally.expect_deliveries = plan.expect_deliveries
+        tally.expect_acks = plan.expect_acks
+        cpu0, wall0 = _cpu(), time.monotonic()
+        start_ns = time.monotonic_ns()
+        senders = [asyncio.ensure_future(self._send(s)) for s in plan.sends]
+        storm = asyncio.ensure_future(self._storm(plan.storm)) if plan.storm else None
+        tally.done.clear()  # sign-in traffic may have set it before the expectations were known
+        tally.check()
+        deadline = wall0 + plan.run_timeout
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(tally.done.wait(), plan.run_timeout)
+        if senders:
+            _, pending = await asyncio.wait(senders, timeout=max(0.1, deadline - time.monotonic()))
+            for task in pending:
+                task.cancel()
+        if storm is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(storm, max(0.1, deadline - time.monotonic()))
+        cpu = _cpu() - cpu0
+        wall = time.monotonic() - wall0
+        return {
+            "deliveries": tally.deliveries,
+            "expected_deliveries": plan.expect_deliveries,
+            "acks": tally.acks,
+            "expected_acks": plan.expect_acks,
+            "errors": tally.errors,
+            "lost_connections": tally.lost_connections,
+            "latencies": tally.latencies.tobytes(),
+            "ack_latencies": tally.ack_latencies.tobytes(),
+            "login_latencies": self.login_latencies.tobytes(),
+            "failed_logins": self.failed_logins,
+            "start_ns": start_ns,
+            "last_ns": tally.last_ns,
+            "cpu": cpu,
+            "wall": wall,
+        }
+
+    async def _send(self, plan: SendPlan) -> None:
+        link = self.links[plan.client]
+        if plan.window:
+            link.window = asyncio.Semaphore(plan.window)
+        started = time.monotonic()
+        message = self.wire.message
+        for number in range(plan.count):
+            if link.closed:
+                return
+            if plan.rate:
+                delay = started + number / plan.rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            elif number % 32 == 31:
+                await asyncio.sleep(0)  # let the replies in
+            if link.window is not None:
+                await link.window.acquire()
+            if not link.writable.is_set():
+                await link.writable.wait()
+            link.write(message(plan.target, number, time.monotonic_ns()))
+
+    async def _storm(self, plan: StormPlan) -> None:
+        started = time.monotonic()
+        tasks = []
+        for index, credential in enumerate(plan.credentials):
+            delay = started + index / plan.rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(self._sign_in(credential)))
+        if tasks:
+            await asyncio.gather(*tasks)
+
+    async def _sign_in(self, credential: Credential) -> None:
+        began = time.monotonic_ns()
+        try:
+            link = await asyncio.wait_for(
+                open_link(self.wire, Tally(), self.plan.port, credential), 30
+            )
+        except (OSError, ConnectionError, TimeoutError):
+            self.failed_logins += 1
+            return
+        self.login_latencies.append(time.monotonic_ns() - began)
+        self.storm_links.append(link)
+
+    async def close(self) -> None:
+        for link in self.links + self.storm_links:
+            link.close()
+        await asyncio.sleep(0.05)
+
+
+def main(pipe: Connection, plan: WorkerPlan) -> None:
+    """Entry point of a worker process."""
+    pin_self(plan.cores)
+    raise_fd_limit()
+    asyncio.run(_serve(pipe, plan))
+
+
+async def _serve(pipe: Connection, plan: WorkerPlan) -> None:
+    worker = Worker(plan)
+    loop = asyncio.get_running_loop()
+    try:
+        pipe.send(await worker.connect())
+        while True:
+            command = await loop.run_in_executor(None, pipe.recv)
+            if command == "go":
+                pipe.send(await worker.run())
+            elif command == "close":
+                break
+    finally:
+        await worker.close()
+        pipe.close()

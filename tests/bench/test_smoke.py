@@ -1,0 +1,60 @@
+"""The benchmark harness runs every scenario at a tiny size and produces every figure.
+
+It checks that results are produced, not how fast: the full run is ``make bench``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = ("fanout", "dm", "durable", "idle", "history", "storm")
+TIMEOUT_FACTOR = float(os.environ.get("BESEDA_TEST_TIMEOUT_FACTOR", "1"))
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("bench") / "smoke.json"
+    docs = out.with_suffix(".md")
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(out), "--docs", str(docs)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150 * TIMEOUT_FACTOR,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(out.read_text()), docs.read_text()
+
+
+@pytest.mark.timeout(180)
+def test_every_scenario_has_figures(smoke: tuple[dict, str]) -> None:
+    results, _ = smoke
+    scenarios = results["scenarios"]
+    assert set(SCENARIOS) <= set(scenarios)
+    for row in scenarios["fanout"] + scenarios["dm"]:
+        assert row["deliveries"] > 0, row
+        assert row["p99_ms"] is not None, row
+        assert row["cpu_us_per_unit"] is not None, row
+    assert {row["mode"] for row in scenarios["fanout"]} == {"burst", "paced"}
+    assert scenarios["durable"]["beseda"]["acks"] > 0
+    assert scenarios["durable"]["raw_sqlite3"]["rows"] > 0
+    assert all(row["connections"] > 0 for row in scenarios["idle"])
+    assert scenarios["history"]["page_p99_ms"] is not None
+    assert scenarios["history"]["sync_messages"] == results["sizes"]["sync_missed"]
+    assert scenarios["storm"]["with"]["logins"] > 0
+    assert scenarios["storm"]["without"]["p99_ms"] is not None
+
+
+@pytest.mark.timeout(180)
+def test_report_has_the_targets_table(smoke: tuple[dict, str]) -> None:
+    _, markdown = smoke
+    assert "## Targets" in markdown
+    for phrase in ("fan-out", "durable throughput", "idle", "history", "sign-in storm"):
+        assert phrase in markdown
