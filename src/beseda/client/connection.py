@@ -487,7 +487,11 @@ class Client:
         self._schedule_sync()
 
     def _connection_lost(self, reason: str) -> None:
-        self._writer = None
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            # The server closed its side (or the link broke): release the socket now, not
+            # whenever the writer is collected.
+            writer.close()
         self._authenticated.clear()
         if self._closed:
             return
