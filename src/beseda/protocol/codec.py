@@ -133,12 +133,15 @@ def decode_request(line: bytes) -> AnyRequest:
         raise errors.ProtocolError(errors.BAD_REQUEST, str(exc), request_id=request_id) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise errors.ProtocolError(errors.BAD_JSON, f"Malformed JSON: {exc}") from None
+    except RecursionError:
+        # msgspec decodes nested arrays and objects recursively, even in ignored fields.
+        raise errors.ProtocolError(errors.BAD_JSON, "The JSON is nested too deeply.") from None
 
 
 def _read_envelope(line: bytes) -> _Envelope | None:
     try:
         return _envelope_decoder.decode(line)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
 
 
@@ -146,7 +149,12 @@ def decode_server_message(line: bytes) -> AnyServerMessage:
     """Decode one line sent by a server (used by clients)."""
     try:
         return _server_decoder.decode(line)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except (
+        msgspec.ValidationError,
+        msgspec.DecodeError,
+        UnicodeDecodeError,
+        RecursionError,
+    ) as exc:
         raise errors.ProtocolError(errors.BAD_JSON, f"Unreadable server line: {exc}") from None
 
 
