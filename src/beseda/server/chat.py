@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -284,7 +284,27 @@ class Chat:
             conversation = request.conversation
             self._require_member(session.user, conversation)
         messages, more = await self._storage.history(conversation, request.before, request.limit)
+        # Keep the newest messages that fit; the client pages back for the rest.
+        kept = self._fitting(reversed(messages))
+        if kept < len(messages):
+            messages, more = messages[len(messages) - kept :], True
         return schema.HistoryResult(conversation=conversation, messages=messages, more=more)
+
+    def _fitting(self, messages: Iterable[schema.Message]) -> int:
+        """How many of ``messages`` (at least one) fit in one reply.
+
+        A reply larger than a connection's send buffer would get its reader dropped as a slow
+        consumer, and it would get the same reply, and be dropped, every time it asked again.
+        """
+        budget = self._limits.send_buffer_bytes // 2
+        chars = size = count = 0
+        for message in messages:
+            chars += len(message.text)
+            size += len(msgspec.json.encode(message)) + 1
+            if count and (chars > schema.MAX_SYNC_CHARS or size > budget):
+                break
+            count += 1
+        return count
 
     def _require_member(self, user: UserRecord, conversation: str) -> None:
         if conversation == GENERAL:
@@ -308,11 +328,9 @@ class Chat:
             return schema.SyncResult(messages=[], more=False)
         messages, more = await self._storage.messages_after(cursors, request.limit)
         # Bound the reply's size too: a prefix (by id) keeps every conversation contiguous.
-        total = 0
-        for index, message in enumerate(messages):
-            total += len(message.text)
-            if total > schema.MAX_SYNC_CHARS and index > 0:
-                return schema.SyncResult(messages=messages[:index], more=True)
+        kept = self._fitting(messages)
+        if kept < len(messages):
+            return schema.SyncResult(messages=messages[:kept], more=True)
         return schema.SyncResult(messages=messages, more=more)
 
     async def _users(self, session: Session, request: schema.Users) -> schema.UsersResult:
