@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 7878
 
-.PHONY: run serve client test lint typecheck pytest bench clean
+.PHONY: run serve client test lint typecheck pytest bench bench-smoke soak ngircd clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 		apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && \
 		$(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	@touch $(STAMP)
 
 ## run: start the server on the embedded SQLite default
@@ -42,8 +42,24 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
+## bench: the full benchmark; writes bench/results/latest.json and docs/performance.md
+bench: $(STAMP) ngircd
 	$(BIN)/python -m bench
+
+## bench-smoke: every scenario at a tiny size (also run by make test, via tests/bench)
+bench-smoke: $(STAMP)
+	$(BIN)/python -m bench --smoke
+
+## soak: the long versions of the reliability proofs (docs/reliability.md)
+soak: $(STAMP)
+	BESEDA_SOAK=1 $(BIN)/pytest -q -s -m soak tests/reliability
+
+# ngIRCd, the C reference of the benchmark, from Debian's packages when apt is there.
+ngircd:
+	@[ -x /usr/sbin/ngircd ] || command -v ngircd >/dev/null 2>&1 || \
+		{ command -v apt-get >/dev/null 2>&1 && apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ngircd >/dev/null; } || \
+		echo "ngIRCd is not installed; the benchmark will skip that reference"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
