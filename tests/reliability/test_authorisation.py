@@ -1,0 +1,271 @@
+"""Prove 5: a stateful property test. Users send, DM, read history, sync, list the directory,
+log out and in, over real connections; nobody ever receives or reads a direct message that is
+not theirs, every stored sender is the authenticated user, and a token is dead after logout.
+
+The state machine is synchronous (hypothesis drives it); the server and the clients run on an
+event loop of their own in a background thread, and each step waits for its coroutine there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
+from beseda.client import Client, MessageReceived
+from beseda.protocol import errors, schema
+from beseda.protocol.errors import ProtocolError
+from beseda.server.accounts import PasswordHasher
+from beseda.server.app import Server
+from beseda.server.chat import dm_conversation, dm_members
+from conftest import FAST_HASHER_ARGS, PASSWORD, register_all, report, sizes, test_settings
+
+T = TypeVar("T")
+USERS = ["ann", "bob", "cat", "dan"]
+UNLIMITED = (1e6, 1e6)
+
+
+class LoopThread:
+    """An asyncio loop on a daemon thread; ``run`` waits for a coroutine on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+async def error_code(coro: Coroutine[Any, Any, object]) -> str | None:
+    try:
+        await coro
+    except ProtocolError as exc:
+        return exc.code
+    return None
+
+
+async def drain(client: Client) -> list[schema.Message]:
+    await client.ping()  # events sent before the reply have arrived
+    out = []
+    while (event := client.next_event_nowait()) is not None:
+        if isinstance(event, MessageReceived):
+            out.append(event.message)
+    return out
+
+
+@pytest.mark.parametrize("shape", sizes((30, 30), (300, 50), fast_timeout=150, soak_timeout=3600))
+def test_nobody_reads_what_is_not_theirs(shape: tuple[int, int], tmp_path: Path) -> None:
+    examples, steps = shape
+    runner = LoopThread()
+    hasher = PasswordHasher(**FAST_HASHER_ARGS)
+    settings_ = test_settings(
+        tmp_path, login_failures_per_account=UNLIMITED, login_failures_per_address=UNLIMITED
+    )
+    server = Server(settings_, hasher=hasher)
+    runner.run(server.start())
+    stats: Counter[str] = Counter()
+    sent_by: dict[str, str] = {}
+    try:
+        runner.run(register_all(server.port, USERS))
+        with sqlite3.connect(settings_.db) as db:
+            ids = dict(db.execute("SELECT name, id FROM users"))
+
+        def visible(user: str, message: schema.Message) -> bool:
+            if message.conversation == schema.GENERAL:
+                return message.to is None
+            members = dm_members(message.conversation)
+            return (
+                members is not None
+                and ids[user] in members
+                and user in (message.sender, message.to)
+            )
+
+        class Chatters(RuleBasedStateMachine):
+            def __init__(self) -> None:
+                super().__init__()
+                self.clients: dict[str, Client] = {}
+                self.online: dict[str, bool] = {}
+                self.stale: list[str] = []
+                self.counter = 0
+                for user in USERS:
+                    self.clients[user] = runner.run(self._connect(user))
+                    self.online[user] = True
+
+            async def _connect(self, user: str) -> Client:
+                client = Client("127.0.0.1", server.port, reconnect=False)
+                await client.connect()
+                await client.login(user, PASSWORD)
+                return client
+
+            def _client_id(self, user: str) -> str:
+                self.counter += 1
+                client_id = f"{user}-{len(sent_by)}-{self.counter}"
+                sent_by[client_id] = user
+                return client_id
+
+            def _check(self, user: str, messages: list[schema.Message]) -> None:
+                for message in messages:
+                    assert visible(user, message), (user, message)
+
+            @rule(user=st.sampled_from(USERS), text=st.text(min_size=1, max_size=20))
+            def send(self, user: str, text: str) -> None:
+                stats["send"] += 1
+                client = self.clients[user]
+                client_id = self._client_id(user)
+                if not self.online[user]:
+                    code = runner.run(error_code(client.send(text + "!", client_id=client_id)))
+                    assert code == errors.NOT_AUTHENTICATED
+                    return
+                message = runner.run(client.send(text + "!", client_id=client_id))
+                assert message.sender == user
+
+            @rule(user=st.sampled_from(USERS), to=st.sampled_from(USERS))
+            def dm(self, user: str, to: str) -> None:
+                stats["dm"] += 1
+                client = self.clients[user]
+                client_id = self._client_id(user)
+                if not self.online[user]:
+                    code = runner.run(error_code(client.dm(to, "secret", client_id=client_id)))
+                    assert code == errors.NOT_AUTHENTICATED
+                    return
+                message = runner.run(client.dm(to.upper(), f"secret for {to}", client_id=client_id))
+                assert (message.sender, message.to) == (user, to)
+                assert message.conversation == dm_conversation(ids[user], ids[to])
+
+            @rule(user=st.sampled_from(USERS), peer=st.sampled_from(USERS))
+            def history_with(self, user: str, peer: str) -> None:
+                stats["history"] += 1
+                if not self.online[user]:
+                    return
+                page = runner.run(self.clients[user].history(peer=peer, limit=200))
+                self._check(user, page.messages)
+
+            @rule(user=st.sampled_from(USERS), a=st.sampled_from(USERS), b=st.sampled_from(USERS))
+            def history_by_id(self, user: str, a: str, b: str) -> None:
+                stats["history by id"] += 1
+                if not self.online[user]:
+                    return
+                conversation = dm_conversation(ids[a], ids[b])
+                client = self.clients[user]
+                if user in (a, b):
+                    page = runner.run(client.history(conversation, limit=200))
+                    self._check(user, page.messages)
+                else:
+                    stats["history of others refused"] += 1
+                    code = runner.run(error_code(client.history(conversation)))
+                    assert code == errors.UNKNOWN_CONVERSATION
+
+            @rule(
+                user=st.sampled_from(USERS),
+                pairs=st.lists(st.tuples(st.sampled_from(USERS), st.sampled_from(USERS))),
+                start=st.integers(min_value=0, max_value=5),
+            )
+            def sync(self, user: str, pairs: list[tuple[str, str]], start: int) -> None:
+                stats["sync"] += 1
+                if not self.online[user]:
+                    return
+                # Cursors may name anybody's conversations: they are ignored, not served.
+                cursors = {dm_conversation(ids[a], ids[b]): start for a, b in pairs}
+                request = schema.Sync(id=0, cursors=cursors)
+                result = runner.run(self.clients[user]._call(request, schema.SyncResult))
+                self._check(user, result.messages)
+
+            @rule(user=st.sampled_from(USERS), query=st.sampled_from(["", "a", "b", "zz"]))
+            def directory(self, user: str, query: str) -> None:
+                stats["directory"] += 1
+                if not self.online[user]:
+                    return
+                result = runner.run(self.clients[user].users(query))
+                assert {entry.name for entry in result.users} <= set(USERS)
+
+            @rule(user=st.sampled_from(USERS))
+            def logout(self, user: str) -> None:
+                stats["logout"] += 1
+                client = self.clients[user]
+                if not self.online[user]:
+                    return
+                token = client.token
+                assert token is not None
+                runner.run(client.logout())
+                self.stale.append(token)
+                self.online[user] = False
+
+            @rule(user=st.sampled_from(USERS))
+            def login(self, user: str) -> None:
+                stats["login"] += 1
+                if self.online[user]:
+                    return
+                assert runner.run(self.clients[user].login(user, PASSWORD)).user == user
+                self.online[user] = True
+
+            @rule(data=st.data())
+            def stale_token(self, data: st.DataObject) -> None:
+                if not self.stale:
+                    return
+                stats["stale token tried"] += 1
+                token = data.draw(st.sampled_from(self.stale))
+
+                async def attempt() -> str | None:
+                    client = Client("127.0.0.1", server.port, reconnect=False)
+                    await client.connect()
+                    try:
+                        return await error_code(client.login(token=token))
+                    finally:
+                        await client.close()
+
+                assert runner.run(attempt()) == errors.BAD_CREDENTIALS
+
+            @invariant()
+            def nothing_foreign_received(self) -> None:
+                for user, client in self.clients.items():
+                    if self.online[user]:
+                        received = runner.run(drain(client))
+                        stats["events checked"] += len(received)
+                        self._check(user, received)
+
+            def teardown(self) -> None:
+                for client in self.clients.values():
+                    runner.run(client.close())
+
+        run_state_machine_as_test(
+            Chatters,
+            settings=settings(
+                max_examples=examples,
+                stateful_step_count=steps,
+                deadline=None,
+                database=None,
+                suppress_health_check=[HealthCheck.too_slow],
+            ),
+        )
+    finally:
+        runner.run(server.stop())
+        runner.close()
+        hasher.close()
+
+    # Every stored message's sender is the user whose connection sent it.
+    with sqlite3.connect(settings_.db) as db:
+        stored = dict(
+            db.execute(
+                "SELECT m.client_id, u.name FROM messages m JOIN users u ON u.id = m.sender_id"
+            )
+        )
+    assert stored
+    for client_id, sender in stored.items():
+        assert sent_by[client_id] == sender
+    report("authorisation", {"examples": examples, "steps each": steps, **stats})
+    report("authorisation", {"messages stored": len(stored)})
