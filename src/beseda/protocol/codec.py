@@ -139,10 +139,19 @@ def decode_request(line: bytes) -> AnyRequest:
 
 
 def _read_envelope(line: bytes) -> _Envelope | None:
+    """The id and type of a line that failed validation; None when it is not an object.
+
+    Validation stops at the first wrong field, before the rest of the line is parsed: a line
+    can fail validation and also be malformed further on. That is malformed JSON.
+    """
     try:
         return _envelope_decoder.decode(line)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+    except msgspec.ValidationError:
         return None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise errors.ProtocolError(errors.BAD_JSON, f"Malformed JSON: {exc}") from None
+    except RecursionError:
+        raise errors.ProtocolError(errors.BAD_JSON, "The JSON is nested too deeply.") from None
 
 
 def decode_server_message(line: bytes) -> AnyServerMessage:
