@@ -1,0 +1,287 @@
+"""Account rules: names, passwords, tokens, rate limits and password hashing (no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import argon2
+import pytest
+
+from beseda.protocol import errors
+from beseda.protocol.errors import ProtocolError
+from beseda.server import accounts
+from beseda.server.accounts import LoginThrottle, PasswordHasher, TokenBucket
+
+# -- usernames --------------------------------------------------------------------------------
+
+
+def test_case_and_width_variants_share_one_key() -> None:
+    keys = {accounts.check_username(name)[1] for name in ["Admin", "ＡＤＭＩＮ", "admin", "ADMIN"]}
+    assert keys == {"admin"}
+
+
+def test_the_display_name_keeps_its_case_but_not_its_width() -> None:
+    assert accounts.check_username("Admin") == ("Admin", "admin")
+    assert accounts.check_username("ＡＤＭＩＮ") == ("ADMIN", "admin")
+
+
+def test_canonical_name_matches_the_key_of_check_username() -> None:
+    for name in ["Admin", "Straße", "Алиса", "ΣΊΣΥΦΟΣ", "ﬁlm"]:
+        assert accounts.canonical_name(name) == accounts.check_username(name)[1]
+    assert accounts.canonical_name("STRASSE") == accounts.canonical_name("straße")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["alice", "Алиса", "Щука_99", "用户名", "김철수", "Ελένη", "jean-luc.picard", "ümit", "123"],
+)
+def test_names_in_one_script_are_allowed(name: str) -> None:
+    display, key = accounts.check_username(name)
+    assert display == name
+    assert key == name.casefold()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ali ce",
+        "ali\u00a0ce",
+        "ali\x00ce",
+        "ali\nce",
+        "alice\x7f",
+        "ali\u200bce",  # zero-width space
+        "ali\u200dce",  # zero-width joiner
+        "\ufeffalice",  # byte-order mark
+        "\u202eecila",  # right-to-left override
+        "ali\u2067ce",  # right-to-left isolate
+        "alice\u200f",  # right-to-left mark
+        "a$b",
+        "a+b",
+        "a@b",
+        "a/b",
+        "alice😀",
+        "a<b>",
+        "a'b",
+    ],
+)
+def test_spaces_controls_invisibles_and_symbols_are_refused(name: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        accounts.check_username(name)
+    assert caught.value.code == errors.INVALID_USERNAME
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "p\u0430ypal",  # Cyrillic а among Latin letters
+        "alic\u0435",  # Cyrillic е
+        "b\u03bfb",  # Greek ο
+        "привет" + "a",  # Latin a among Cyrillic letters
+    ],
+)
+def test_look_alike_mixed_scripts_are_refused(name: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        accounts.check_username(name)
+    assert caught.value.code == errors.INVALID_USERNAME
+    assert "script" in caught.value.message
+
+
+def test_name_length_bounds() -> None:
+    assert accounts.check_username("a")[0] == "a"
+    assert accounts.check_username("я" * accounts.MAX_NAME)[0] == "я" * accounts.MAX_NAME
+    for name in ["", "a" * (accounts.MAX_NAME + 1), "я" * (accounts.MAX_NAME + 1)]:
+        with pytest.raises(ProtocolError) as caught:
+            accounts.check_username(name)
+        assert caught.value.code == errors.INVALID_USERNAME
+
+
+def test_name_length_is_counted_after_normalisation() -> None:
+    # U+FDFA is one character that NFKC expands to eighteen.
+    with pytest.raises(ProtocolError):
+        accounts.check_username("a" * 20 + "\ufdfa")
+
+
+# -- passwords and tokens ---------------------------------------------------------------------
+
+
+def test_password_length_bounds() -> None:
+    accounts.check_password("p" * accounts.MIN_PASSWORD)
+    accounts.check_password("п" * accounts.MAX_PASSWORD)
+    for password in ["", "p" * (accounts.MIN_PASSWORD - 1), "p" * (accounts.MAX_PASSWORD + 1)]:
+        with pytest.raises(ProtocolError) as caught:
+            accounts.check_password(password)
+        assert caught.value.code == errors.INVALID_PASSWORD
+
+
+def test_tokens_are_long_random_and_stored_hashed() -> None:
+    token, stored = accounts.new_token()
+    # URL-safe base64 carries 6 bits per character.
+    assert len(token) * 6 >= 128
+    assert stored == accounts.hash_token(token)
+    assert stored != token.encode()
+    assert token.encode() not in stored
+    assert len({accounts.new_token()[0] for _ in range(1000)}) == 1000
+
+
+def test_hash_token_is_deterministic_and_tolerates_any_string() -> None:
+    assert accounts.hash_token("abc") == accounts.hash_token("abc")
+    assert accounts.hash_token("abc") != accounts.hash_token("abd")
+    assert len(accounts.hash_token("\ud800")) == 32  # a lone surrogate must not crash
+
+
+# -- rate limits ------------------------------------------------------------------------------
+
+
+def test_token_bucket_allows_a_burst_then_the_rate() -> None:
+    bucket = TokenBucket(rate=2.0, burst=3)
+    assert [bucket.take("k", 0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take("k", 0.0) == pytest.approx(0.5)
+    assert bucket.take("k", 0.25) == pytest.approx(0.25)
+    assert bucket.take("k", 0.5) == 0.0
+    assert bucket.take("k", 0.5) == pytest.approx(0.5)
+
+
+def test_token_bucket_refills_up_to_the_burst_only() -> None:
+    bucket = TokenBucket(rate=1.0, burst=2)
+    bucket.take("k", 0.0)
+    bucket.take("k", 0.0)
+    allowed = [bucket.take("k", 1000.0) == 0.0 for _ in range(3)]
+    assert allowed == [True, True, False]
+
+
+def test_token_bucket_keys_are_independent() -> None:
+    bucket = TokenBucket(rate=1.0, burst=1)
+    assert bucket.take("a", 0.0) == 0.0
+    assert bucket.take("a", 0.0) > 0
+    assert bucket.take("b", 0.0) == 0.0
+
+
+def test_token_bucket_peek_and_refund() -> None:
+    bucket = TokenBucket(rate=1.0, burst=1)
+    assert bucket.peek("k", 0.0) == 0.0
+    bucket.take("k", 0.0)
+    assert bucket.peek("k", 0.0) == pytest.approx(1.0)
+    assert bucket.peek("k", 0.0) == pytest.approx(1.0)  # peeking spends nothing
+    bucket.refund("k")
+    assert bucket.peek("k", 0.0) == 0.0
+    bucket.refund("k")
+    bucket.refund("k")
+    assert bucket.take("k", 0.0) == 0.0
+    assert bucket.take("k", 0.0) > 0  # refunds never exceed the burst
+
+
+def throttle(
+    account: tuple[float, float] = (1 / 60, 3), address: tuple[float, float] = (1 / 60, 100)
+) -> LoginThrottle:
+    return LoginThrottle(per_account=account, per_address=address)
+
+
+def test_failed_logins_are_limited_per_account() -> None:
+    limiter = throttle()
+    for _ in range(3):
+        limiter.attempt("alice", "10.0.0.1", 0.0)
+    with pytest.raises(ProtocolError) as caught:
+        limiter.attempt("alice", "10.0.0.2", 0.0)
+    assert caught.value.code == errors.RATE_LIMITED
+    assert caught.value.retry_after == pytest.approx(60.0)
+    limiter.attempt("bob", "10.0.0.1", 0.0)  # another account is not affected
+    limiter.attempt("alice", "10.0.0.1", 60.0)  # and the account recovers with time
+
+
+def test_failed_logins_are_limited_per_address() -> None:
+    limiter = throttle(account=(1 / 60, 100), address=(1 / 60, 3))
+    for name in ["a", "b", "c"]:
+        limiter.attempt(name, "10.0.0.1", 0.0)
+    with pytest.raises(ProtocolError) as caught:
+        limiter.attempt("d", "10.0.0.1", 0.0)
+    assert caught.value.code == errors.RATE_LIMITED
+    assert caught.value.retry_after is not None
+    assert caught.value.retry_after > 0
+    limiter.attempt("d", "10.0.0.2", 0.0)
+
+
+def test_token_logins_spend_from_the_address_only() -> None:
+    limiter = throttle(account=(1 / 60, 1), address=(1 / 60, 3))
+    for _ in range(3):
+        limiter.attempt(None, "10.0.0.1", 0.0)
+    with pytest.raises(ProtocolError):
+        limiter.attempt(None, "10.0.0.1", 0.0)
+    limiter.attempt("alice", "10.0.0.2", 0.0)
+
+
+def test_only_failures_count() -> None:
+    limiter = throttle(account=(1 / 60, 2), address=(1 / 60, 2))
+    for _ in range(50):
+        limiter.attempt("alice", "10.0.0.1", 0.0)
+        limiter.succeeded("alice", "10.0.0.1")
+    limiter.attempt("alice", "10.0.0.1", 0.0)
+    limiter.attempt("alice", "10.0.0.1", 0.0)
+    with pytest.raises(ProtocolError):
+        limiter.attempt("alice", "10.0.0.1", 0.0)
+
+
+def test_a_refused_attempt_reserves_nothing() -> None:
+    limiter = throttle(account=(1.0, 1), address=(1.0, 5))
+    limiter.attempt("alice", "10.0.0.1", 0.0)
+    for _ in range(10):
+        with pytest.raises(ProtocolError):
+            limiter.attempt("alice", "10.0.0.1", 0.0)
+    # The refused attempts spent nothing from the address bucket.
+    for name in ["b", "c", "d", "e"]:
+        limiter.attempt(name, "10.0.0.1", 0.0)
+
+
+# -- password hashing -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def production_hasher() -> Iterator[PasswordHasher]:
+    hasher = PasswordHasher()
+    yield hasher
+    hasher.close()
+
+
+async def test_default_parameters_are_argon2id_at_owasp_strength(
+    production_hasher: PasswordHasher,
+) -> None:
+    encoded = await production_hasher.hash("correct horse battery")
+    assert encoded.startswith("$argon2id$")
+    params = argon2.extract_parameters(encoded)
+    assert params.type is argon2.Type.ID
+    assert params.memory_cost >= 19456
+    assert params.time_cost >= 2
+    # The same, read from the encoded string itself: $argon2id$v=19$m=…,t=…,p=…$salt$hash
+    fields = dict(part.split("=") for part in encoded.split("$")[3].split(","))
+    assert int(fields["m"]) >= 19456
+    assert int(fields["t"]) >= 2
+
+
+async def test_hashes_are_salted(hasher: PasswordHasher) -> None:
+    first, second = await hasher.hash("same password"), await hasher.hash("same password")
+    assert first != second
+    assert "same password" not in first
+
+
+async def test_verify(hasher: PasswordHasher) -> None:
+    encoded = await hasher.hash("correct horse")
+    assert await hasher.verify(encoded, "correct horse")
+    assert not await hasher.verify(encoded, "correct horsE")
+    assert not await hasher.verify(encoded, "")
+    assert not await hasher.verify("not a hash", "correct horse")
+
+
+async def test_verify_without_a_hash_fails(hasher: PasswordHasher) -> None:
+    assert not await hasher.verify(None, "anything")
+    assert not await hasher.verify(None, "")
+
+
+async def test_needs_rehash_when_the_parameters_change(hasher: PasswordHasher) -> None:
+    encoded = await hasher.hash("correct horse")
+    assert not hasher.needs_rehash(encoded)
+    stronger = PasswordHasher(time_cost=2, memory_cost=1024)
+    try:
+        assert stronger.needs_rehash(encoded)
+        assert await stronger.verify(encoded, "correct horse")  # old hashes still verify
+        assert not stronger.needs_rehash(await stronger.hash("correct horse"))
+    finally:
+        stronger.close()
