@@ -791,3 +791,61 @@ async def test_a_closed_connection_receives_nothing_more(world: World) -> None:
     await world.send(alice, "after bob left")
     await world.dm(alice, "bob", "dm after bob left")
     assert received(bob) == []
+
+
+# -- reply size -------------------------------------------------------------------------------
+
+
+async def test_history_replies_fit_the_send_buffer(make_world: Callable[..., World]) -> None:
+    # Half the send buffer holds three of these messages but not four.
+    world = make_world(send_buffer_bytes=20_000)
+    alice = await world.user("alice")
+    for i in range(10):
+        await world.send(alice, f"{i}" + "x" * 3000)
+    seqs: list[list[int]] = []
+    before = None
+    while True:
+        page = await world.call(alice, schema.History, conversation=GENERAL, before=before)
+        seqs.append([m.seq for m in page.messages])
+        if not page.more:
+            break
+        before = page.messages[0].seq
+    assert seqs == [[8, 9, 10], [5, 6, 7], [2, 3, 4], [1]]
+
+
+async def test_sync_replies_fit_the_send_buffer(make_world: Callable[..., World]) -> None:
+    world = make_world(send_buffer_bytes=20_000)
+    alice, bob = await world.user("alice"), await world.user("bob")
+    sent = [await world.send(alice, f"g{i}" + "x" * 3000) for i in range(5)]
+    sent += [await world.dm(alice, "bob", f"d{i}" + "y" * 3000) for i in range(5)]
+    cursors: dict[str, int] = {}
+    got: list[schema.Message] = []
+    while True:
+        page = await world.call(bob, schema.Sync, cursors=dict(cursors))
+        assert 1 <= len(page.messages) <= 3
+        advance(cursors, page.messages)
+        got.extend(page.messages)
+        if not page.more:
+            break
+    assert got == sent
+
+
+async def test_a_message_larger_than_the_budget_still_comes_through(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world(send_buffer_bytes=4_000)
+    alice = await world.user("alice")
+    sent = [await world.send(alice, "z" * schema.MAX_TEXT_CHARS) for _ in range(3)]
+    page = await world.call(alice, schema.History, conversation=GENERAL)
+    assert (page.messages, page.more) == (sent[-1:], True)
+    synced = await world.call(alice, schema.Sync, cursors={GENERAL: 1})
+    assert (synced.messages, synced.more) == (sent[1:2], True)
+
+
+async def test_any_text_is_stored_as_sent(world: World) -> None:
+    alice = await world.user("alice")
+    weird = ["a\x00b", "\u202e\u200b", "😀" * 100, "line\r\nline", '{"type":"ping"}\n', "\\u0000"]
+    sent = [await world.send(alice, text) for text in weird]
+    history, _ = await world.store.storage.history(GENERAL, None, 10)
+    assert [m.text for m in history] == weird
+    assert history == sent
