@@ -211,8 +211,8 @@ class RawConnection:
         return msgspec.json.decode(reply.data, type=result_type)
 
     async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # the server may have reset it already
+            self.writer.close()
             await self.writer.wait_closed()
 
 
