@@ -140,6 +140,8 @@ class Client:
         self._last_seen = 0.0
         self._closed = False
         self._authenticated = asyncio.Event()
+        self._priming = False
+        """While true, gaps are not filled (the cursors are about to jump to the newest)."""
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -175,26 +177,38 @@ class Client:
 
     # -- requests ------------------------------------------------------------------------------
 
-    async def register(self, username: str, password: str) -> schema.AuthResult:
-        """Create an account and log in with it."""
+    async def register(
+        self, username: str, password: str, *, backlog: bool = True
+    ) -> schema.AuthResult:
+        """Create an account and log in with it (``backlog`` as for :meth:`login`)."""
         result = await self._call(
             schema.Register(id=0, username=username, password=password),
             schema.AuthResult,
             retry=False,
         )
-        await self._logged_in(result)
+        await self._logged_in(result, backlog=backlog)
         return result
 
     async def login(
-        self, username: str | None = None, password: str | None = None, *, token: str | None = None
+        self,
+        username: str | None = None,
+        password: str | None = None,
+        *,
+        token: str | None = None,
+        backlog: bool = True,
     ) -> schema.AuthResult:
-        """Log in with a password or a session token from an earlier login."""
+        """Log in with a password or a session token from an earlier login.
+
+        With ``backlog=False`` only messages newer than the login are delivered: every
+        conversation starts at its newest message (a UI loads older ones with :meth:`history`)
+        instead of replaying its whole history through :meth:`sync`.
+        """
         result = await self._call(
             schema.Login(id=0, username=username, password=password, token=token),
             schema.AuthResult,
             retry=False,
         )
-        await self._logged_in(result)
+        await self._logged_in(result, backlog=backlog)
         return result
 
     async def logout(self) -> None:
@@ -469,6 +483,8 @@ class Client:
         return delivered
 
     def _schedule_sync(self) -> None:
+        if self._priming:
+            return
         if self._sync_task is None or self._sync_task.done():
             self._sync_task = asyncio.create_task(self._background_sync())
 
@@ -480,10 +496,19 @@ class Client:
 
     # -- reconnecting --------------------------------------------------------------------------
 
-    async def _logged_in(self, result: schema.AuthResult) -> None:
+    async def _logged_in(self, result: schema.AuthResult, *, backlog: bool = True) -> None:
         self.user = result.user
         self.token = result.token
         self._authenticated.set()
+        if not backlog:
+            # Messages arriving meanwhile are held, not gap-filled; the sync below delivers
+            # whatever is newer than the cursors set here, exactly once.
+            self._priming = True
+            try:
+                for entry in await self.conversations():
+                    self.set_cursor(entry.conversation, entry.last_seq)
+            finally:
+                self._priming = False
         self._schedule_sync()
 
     def _connection_lost(self, reason: str) -> None:
