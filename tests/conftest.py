@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -126,8 +127,24 @@ class ServerProcess:
         self.log = db.with_suffix(".log")
 
     def start(self) -> None:
-        log = self.log.open("ab")
-        self.proc = subprocess.Popen(
+        # Only what this start writes counts: after a restart the old "listening" line is
+        # still in the log.
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as log:
+            self.proc = self._spawn(log)
+        pattern = re.compile(rf"listening on 127\.0\.0\.1:{self.port}\b")
+        deadline = time.monotonic() + 15 * TIMEOUT_FACTOR
+        while time.monotonic() < deadline:
+            output = self.log.read_bytes()[offset:].decode(errors="replace")
+            if pattern.search(output):
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {output}")
+            time.sleep(0.05)
+        raise TimeoutError("server did not start")
+
+    def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -148,14 +165,6 @@ class ServerProcess:
             stdout=log,
             stderr=log,
         )
-        deadline = time.monotonic() + 15 * TIMEOUT_FACTOR
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()}")
-            if re.search(rf"listening on 127\.0\.0\.1:{self.port}\b", self.log.read_text()):
-                return
-            time.sleep(0.05)
-        raise TimeoutError("server did not start")
 
     def kill(self) -> None:
         assert self.proc is not None
