@@ -225,8 +225,7 @@ class Runner:
                     raise AssertionError(f"{where}: {exc}") from None
             await self.check_quiet()
         finally:
-            for conn in self.connections.values():
-                conn.writer.close()
+            await self.close_all()
 
     async def play(self, step: Step) -> None:
         conn = await self.connection(step.conn)
@@ -237,8 +236,6 @@ class Runner:
                 await conn.writer.drain()
         elif step.action == "!":
             assert step.text == "close", f"unknown action {step.text!r}"
-            conn.writer.close()
-            await conn.writer.wait_closed()
             await self.finished(conn)
         elif step.text == CLOSED:
             data = await self.next_line(conn, None)
@@ -284,14 +281,21 @@ class Runner:
         return found[0] if found else None
 
     async def finished(self, conn: Connection) -> None:
-        """Wait until the server is done with a closed connection (presence announced), so that
-        the next steps see a deterministic server."""
+        """Close our end and wait until the server is done with the connection (presence
+        announced), so that the next steps meet a server in a known state."""
         conn.closed = True
+        conn.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await conn.writer.wait_closed()
         server_side = conn.server_side
         if server_side is not None:
             await asyncio.wait_for(server_side.closed, READ_TIMEOUT)
             await wait_for(lambda: server_side.session.user is None)
-        conn.writer.close()
+
+    async def close_all(self) -> None:
+        for conn in self.connections.values():
+            if not conn.closed:
+                await self.finished(conn)
 
     async def next_line(self, conn: Connection, expected: Any) -> Any:
         """The next server line the doc is to show (JSON), or None when the server closed.
@@ -464,5 +468,4 @@ async def test_the_client_example_runs(make_server: Callable[..., Server], tmp_p
         ):
             await bob.play(Step("bob", "<", expected, 0))
     finally:
-        for conn in bob.connections.values():
-            conn.writer.close()
+        await bob.close_all()
