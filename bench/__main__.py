@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import os
 import platform
 import shutil
@@ -18,9 +19,11 @@ from tqdm import tqdm
 
 from . import report, scenarios, servers
 from .scenarios import FULL, SCENARIOS, SMOKE, Bench
-from .system import pin_self, placement, raise_fd_limit
+from .system import ForeignLoad, pin_self, placement, raise_fd_limit
 
 ROOT = Path(__file__).resolve().parent.parent
+FOREIGN_NOTE = 0.15
+"""Cores kept busy by other processes above which a scenario's figures are flagged."""
 ANALYSIS = Path(__file__).resolve().parent / "analysis.md"
 """Hand-written findings, placed under the targets table in docs/performance.md."""
 
@@ -38,6 +41,24 @@ def _machine() -> str:
         f"{os.cpu_count()} cores{f' ({model})' if model else ''}, Python "
         f"{platform.python_version()}, {platform.system()} {platform.release()}"
     )
+
+
+def wait_quiet(limit: float, window: float = 3.0) -> None:
+    """Wait (at most ``limit`` seconds) for a window in which other processes are nearly idle."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        sample = ForeignLoad()
+        time.sleep(window)
+        if sample.cores_busy() < FOREIGN_NOTE:
+            return
+
+
+def write_report(results: dict[str, Any], docs: Path, *, with_analysis: bool) -> None:
+    plot_path = docs.with_suffix(".png")
+    plotted = report.plot(results, plot_path)
+    analysis = ANALYSIS.read_text() if with_analysis and ANALYSIS.exists() else ""
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    docs.write_text(report.markdown(results, plot_path.name if plotted else None, analysis))
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -59,6 +80,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--docs", type=Path, help="performance.md to write (full runs)")
     parser.add_argument("--workdir", type=Path, help="keep databases and logs here")
     parser.add_argument("--idle", type=int, help="override the number of idle connections")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each scenario wait up to this long for other processes to go quiet",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite docs/performance.md and its plot from the results JSON, run nothing",
+    )
     return parser.parse_args(argv)
 
 
@@ -80,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         / ("smoke.json" if args.smoke else "latest.json")
     )
     docs = args.docs or (out.with_suffix(".md") if args.smoke else ROOT / "docs/performance.md")
+    if args.report_only:
+        results = json.loads(out.read_text())
+        write_report(results, docs, with_analysis=not args.smoke)
+        print(f"report: {docs}")
+        return 0
     fds = raise_fd_limit()
     where = placement()
     pin_self(where.generator_cores)
@@ -99,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             "processes": sizes.processes,
             "smoke": args.smoke,
             "size_note": "smoke (tiny)" if args.smoke else "full (as in issue 5)",
+            "foreign_cores": {},
         },
         "sizes": dataclasses.asdict(sizes),
         "scenarios": {},
@@ -106,25 +145,35 @@ def main(argv: list[str] | None = None) -> int:
     }
     started = time.monotonic()
     with tqdm(total=total, unit="run", disable=None, file=sys.stderr) as bar:
+        done = [0]
 
         def progress(label: str) -> None:
+            done[0] += 1
+            if bar.disable:  # not a terminal: one line per step instead of a bar
+                print(f"[{done[0]}/{total}] {label}", file=sys.stderr, flush=True)
             bar.set_description_str(label)
             bar.update(1)
 
         bench = Bench(sizes, where, workdir, contenders, progress, notes)
         try:
             for name in chosen:
+                if args.wait_quiet:
+                    wait_quiet(args.wait_quiet)
+                foreign = ForeignLoad()
                 results["scenarios"][name] = scenarios.RUNNERS[name](bench)
+                busy = round(foreign.cores_busy(), 2)
+                results["meta"]["foreign_cores"][name] = busy
+                if busy > FOREIGN_NOTE:
+                    notes.append(
+                        f"{name}: other processes on this machine kept {busy} cores busy on "
+                        "average during the scenario; its figures are disturbed"
+                    )
         finally:
             if args.workdir is None:
                 shutil.rmtree(workdir, ignore_errors=True)
     results["meta"]["seconds"] = round(time.monotonic() - started, 1)
     report.write_json(results, out)
-    plot_path = docs.with_suffix(".png")
-    plotted = report.plot(results, plot_path)
-    analysis = ANALYSIS.read_text() if ANALYSIS.exists() and not args.smoke else ""
-    docs.parent.mkdir(parents=True, exist_ok=True)
-    docs.write_text(report.markdown(results, plot_path.name if plotted else None, analysis))
+    write_report(results, docs, with_analysis=not args.smoke)
     print(f"results: {out}\nreport: {docs}\n({results['meta']['seconds']} s)")
     missing = [name for name in chosen if not results["scenarios"].get(name)]
     if missing:

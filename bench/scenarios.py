@@ -47,6 +47,9 @@ class Sizes:
     storm_rate: float = 20.0
     storm_n: int = 500
     processes: int = 4
+    repeats: int = 3
+    """Paced runs at ``repeat_n`` (the targets' N) and the storm runs: the median p99 is kept."""
+    repeat_n: int = 500
     run_timeout: float = 90.0
     connect_timeout: float = 240.0
 
@@ -69,6 +72,8 @@ SMOKE = Sizes(
     storm_rate=20.0,
     storm_n=5,
     processes=2,
+    repeats=1,
+    repeat_n=5,
     run_timeout=20.0,
     connect_timeout=20.0,
 )
@@ -219,12 +224,18 @@ def fanout(bench: Bench) -> list[dict[str, Any]]:
     for n in size.fanout_n:
         for contender in bench.runnable(servers.CONTENDERS):
             for mode, rate in (("burst", 0.0), ("paced", size.paced_rate)):
-                bench.progress(f"fan-out {contender.name} N={n} {mode}")
-                with bench.server(contender, users=n + 1) as service:
-                    load = fanout_load(bench, contender, n, rate)
-                    outcome, cpu, _ = bench.drive(service, load)
-                results.append(
-                    summary(
+                repeats = size.repeats if mode == "paced" and n == size.repeat_n else 1
+
+                def once(
+                    contender: Contender = contender,
+                    n: int = n,
+                    rate: float = rate,
+                    mode: str = mode,
+                ) -> dict[str, Any]:
+                    with bench.server(contender, users=n + 1) as service:
+                        load = fanout_load(bench, contender, n, rate)
+                        outcome, cpu, _ = bench.drive(service, load)
+                    row = summary(
                         contender,
                         outcome,
                         cpu,
@@ -234,8 +245,24 @@ def fanout(bench: Bench) -> list[dict[str, Any]]:
                         messages=size.fanout_messages,
                         unit="delivery",
                     )
-                )
+                    if contender is BESEDA:
+                        row["commits"] = servers.beseda_stats(service, bench.workdir).get("batches")
+                    return row
+
+                bench.progress(f"fan-out {contender.name} N={n} {mode}")
+                results.append(median_run(once, repeats))
     return results
+
+
+def median_run(run: Callable[[], dict[str, Any]], repeats: int) -> dict[str, Any]:
+    """Run ``repeats`` times; keep the run with the median p99 and list every p99."""
+    rows = [run() for _ in range(max(1, repeats))]
+    rows.sort(key=lambda row: row["p99_ms"] if row["p99_ms"] is not None else float("inf"))
+    chosen = dict(rows[len(rows) // 2])
+    if len(rows) > 1:
+        chosen["p99_ms_runs"] = [row["p99_ms"] for row in rows]
+        chosen["losses_runs"] = [row["losses"] for row in rows]
+    return chosen
 
 
 # -- 2. direct messages ------------------------------------------------------------------------
@@ -337,7 +364,9 @@ def idle(bench: Bench) -> list[dict[str, Any]]:
         with bench.server(contender, users=count) as service:
             settle(service)
             before = service.rss()
-            load = bench.load(contender, dataset.credentials(0, count))
+            # IRC users register without joining: joining 10,000 users to one channel costs
+            # ngIRCd minutes (every JOIN goes to every member and it accepts 10 at a time).
+            load = bench.load(contender, dataset.credentials(0, count), join=False)
             started = time.monotonic()
             with bench.generator(service).connected(load) as session:
                 signed_in = time.monotonic() - started
@@ -461,20 +490,24 @@ def storm(bench: Bench) -> dict[str, Any]:
     logins = max(1, int(seconds * size.storm_rate))
     for label in ("without", "with"):
         bench.progress(f"sign-in storm: paced fan-out N={n} {label} storm")
-        with bench.server(BESEDA, users=n + 1 + logins) as service:
-            load = fanout_load(bench, BESEDA, n, size.paced_rate)
+
+        def once(label: str = label) -> dict[str, Any]:
+            with bench.server(BESEDA, users=n + 1 + logins) as service:
+                load = fanout_load(bench, BESEDA, n, size.paced_rate)
+                if label == "with":
+                    load.storm = StormPlan(
+                        dataset.credentials(n + 1, logins, password=True), size.storm_rate
+                    )
+                outcome, cpu, _ = bench.drive(service, load)
+            row = summary(BESEDA, outcome, cpu, outcome.deliveries, n=n, mode="paced")
             if label == "with":
-                load.storm = StormPlan(
-                    dataset.credentials(n + 1, logins, password=True), size.storm_rate
-                )
-            outcome, cpu, _ = bench.drive(service, load)
-        row = summary(BESEDA, outcome, cpu, outcome.deliveries, n=n, mode="paced")
-        if label == "with":
-            row["logins"] = len(outcome.login_latencies_ns)
-            row["failed_logins"] = outcome.failed_logins
-            row["login_p50_ms"] = percentile_ms(outcome.login_latencies_ns, 50)
-            row["login_p99_ms"] = percentile_ms(outcome.login_latencies_ns, 99)
-        runs[label] = row
+                row["logins"] = len(outcome.login_latencies_ns)
+                row["failed_logins"] = outcome.failed_logins
+                row["login_p50_ms"] = percentile_ms(outcome.login_latencies_ns, 50)
+                row["login_p99_ms"] = percentile_ms(outcome.login_latencies_ns, 99)
+            return row
+
+        runs[label] = median_run(once, size.repeats)
     without, with_ = runs["without"]["p99_ms"], runs["with"]["p99_ms"]
     runs["p99_ratio"] = round(with_ / without, 2) if without and with_ else None
     return runs

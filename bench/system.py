@@ -83,6 +83,39 @@ def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
 
 
+class ForeignLoad:
+    """CPU time that processes other than this harness and its children used meanwhile.
+
+    Other work on the machine disturbs every figure; this says how much there was.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        try:
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        except OSError:
+            return (0.0, 0.0, time.monotonic())
+        values = [int(v) for v in fields]
+        busy = sum(values) - values[3] - (values[4] if len(values) > 4 else 0)  # idle, iowait
+        own = sum(
+            getattr(resource.getrusage(who), name)
+            for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+            for name in ("ru_utime", "ru_stime")
+        )
+        return (busy / CLOCK_TICKS, own, time.monotonic())
+
+    def cores_busy(self) -> float:
+        """Average number of cores other processes kept busy since construction."""
+        busy0, own0, t0 = self._start
+        busy1, own1, t1 = self._sample()
+        if t1 <= t0:
+            return 0.0
+        return max(0.0, ((busy1 - busy0) - (own1 - own0)) / (t1 - t0))
+
+
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
     """Wait until something accepts on ``port``; fail early if ``proc`` exits."""
     deadline = time.monotonic() + timeout

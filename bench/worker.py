@@ -136,6 +136,16 @@ class Link(asyncio.Protocol):
             tally.deliveries += len(delivered)
             tally.latencies.extend([now - int(ts) for ts in delivered])
             tally.last_ns = now
+        if len(delivered) > chunk.count(b"\n"):
+            pass  # every line was a delivery: nothing else to look for (the common case)
+        else:
+            self._other_lines(chunk, now)
+        if delivered or tally.acks >= tally.expect_acks:
+            tally.check()
+
+    def _other_lines(self, chunk: bytes, now: int) -> None:
+        tally = self.tally
+        wire = self.wire
         if wire.ack is not None:
             acked = wire.ack.findall(chunk)
             if acked:
@@ -147,8 +157,6 @@ class Link(asyncio.Protocol):
                         self.window.release()
         if wire.error is not None:
             tally.errors += len(wire.error.findall(chunk))
-        if delivered or tally.acks >= tally.expect_acks:
-            tally.check()
 
     def _sign_in_lines(self, chunk: bytes) -> bytes:
         lines = chunk.split(b"\n")
