@@ -24,10 +24,8 @@ import random
 import re
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +35,7 @@ import pytest
 from beseda.client import Client, ConnectionState, MessageReceived, StateChanged
 from beseda.protocol import codec, errors, schema
 from beseda.server.app import Server
-from conftest import TIMEOUT_FACTOR, ServerProcess, free_port, wait_for
+from conftest import TIMEOUT_FACTOR, ServerProcess, wait_for
 
 PASSWORD = "password123"
 LONG = 10_000
@@ -158,47 +156,6 @@ async def send_stream(
         await gate.acquire()
         tasks.append(asyncio.create_task(one(i, text)))
     await asyncio.gather(*tasks)
-
-
-class ChildServer(ServerProcess):  # type: ignore[misc, valid-type]
-    """The suite's ``ServerProcess``, restartable: ``start`` closes its handle on the log (the
-    suite's leaves it open, a ResourceWarning that fails the test) and, on a restart, waits for
-    the new process's "listening" line rather than finding the previous run's."""
-
-    def start(self) -> None:
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        command = [sys.executable, "-m", "beseda", "serve", "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--db", str(self.db)]
-        command += ["--registrations-per-minute", "100000", *self.extra]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=log)
-        pattern = re.compile(rf"listening on 127\.0\.0\.1:{self.port}\b".encode())
-        deadline = time.monotonic() + 30 * TIMEOUT_FACTOR
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()}")
-            with self.log.open("rb") as log:
-                log.seek(offset)
-                if pattern.search(log.read()):
-                    return
-            time.sleep(0.02)
-        raise TimeoutError("server did not start")
-
-
-@pytest.fixture
-def server_process(tmp_path: Path) -> Iterator[Callable[..., ChildServer]]:
-    """Like the suite's fixture, with :class:`ChildServer`: ``proc.start()`` again restarts."""
-    procs: list[ChildServer] = []
-
-    def start(*extra: str) -> ChildServer:
-        proc = ChildServer(tmp_path / "beseda.db", free_port(), list(extra))
-        proc.start()
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.stop()
 
 
 def rss_kib(pid: int) -> int:
@@ -371,7 +328,7 @@ async def test_raw_socket_requests_in_one_write_are_framed_and_ordered(
 
 @pytest.mark.timeout(180)
 async def test_sigkill_mid_stream_loses_and_doubles_nothing(
-    server_process: Callable[..., ChildServer],
+    server_process: Callable[..., ServerProcess],
 ) -> None:
     proc = server_process("--message-rate", "100000", "--message-burst", "100000")
     port = proc.port
@@ -518,7 +475,7 @@ def kernel_send_buffer_max() -> int:
 
 @pytest.mark.timeout(180)
 async def test_a_reader_that_stops_delays_nobody_and_loses_nothing(
-    server_process: Callable[..., ChildServer],
+    server_process: Callable[..., ServerProcess],
 ) -> None:
     proc = server_process("--message-rate", "100000", "--message-burst", "100000")
     port = proc.port
@@ -685,7 +642,7 @@ async def test_a_reader_that_stops_delays_nobody_and_loses_nothing(
 
 @pytest.mark.timeout(120)
 async def test_client_with_saved_cursors_gets_what_it_missed_over_a_restart(
-    server_process: Callable[..., ChildServer],
+    server_process: Callable[..., ServerProcess],
 ) -> None:
     proc = server_process("--message-rate", "100000", "--message-burst", "100000")
     port = proc.port
