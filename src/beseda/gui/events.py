@@ -1,0 +1,89 @@
+"""What the network thread tells the Tk thread: typed events, queued with a session number.
+
+Besides these, the client library's own events (:class:`~beseda.client.MessageReceived`,
+:class:`~beseda.client.PresenceChanged`, :class:`~beseda.client.StateChanged`) are forwarded
+as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..client import MessageReceived, PresenceChanged, StateChanged
+from ..protocol import schema
+
+UNREACHABLE = "unreachable"
+"""Sign-in failure: nothing answered at the address."""
+GONE = "gone"
+"""Sign-in failure: the server closed the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    user: str
+    token: str
+    conversations: list[schema.ConversationEntry]
+    online: dict[str, bool]
+    """Presence of the peers of ``conversations``."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignInFailed:
+    code: str
+    """An error code of the protocol, or :data:`UNREACHABLE` / :data:`GONE`."""
+    detail: str
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SignedOut:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryLoaded:
+    key: str
+    result: schema.HistoryResult
+    before: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryFailed:
+    key: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    local_id: str
+    message: schema.Message
+
+
+@dataclass(frozen=True, slots=True)
+class SendFailed:
+    local_id: str
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class UsersFound:
+    request: int
+    result: schema.UsersResult
+    appended: bool
+    """A further page of the same search."""
+
+
+Event = (
+    SignedIn
+    | SignInFailed
+    | SignedOut
+    | HistoryLoaded
+    | HistoryFailed
+    | Sent
+    | SendFailed
+    | UsersFound
+    | MessageReceived
+    | PresenceChanged
+    | StateChanged
+)

@@ -1,0 +1,248 @@
+"""The network side of the desktop client: the client library on a background asyncio loop.
+
+Every method is called from the Tk thread and returns at once; the work runs on the loop
+(``asyncio.run_coroutine_threadsafe``) and its outcome comes back through ``post`` as an
+:mod:`.events` event tagged with the session it belongs to. Nothing here touches Tk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ..client import Client, ConnectionLostError
+from ..protocol import errors
+from ..protocol.errors import BesedaError, ProtocolError
+from . import events
+
+log = logging.getLogger(__name__)
+
+Post = Callable[[int, events.Event], None]
+"""Thread-safe: queue an event of a session for the Tk thread."""
+
+DEFAULT_PORT = 7878
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``host:port`` (or ``host``, or ``[v6]:port``) → ``(host, port)``; ValueError if bad."""
+    address = address.strip()
+    if not address:
+        raise ValueError("empty address")
+    if address.startswith("["):
+        host, _bracket, rest = address[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif address.count(":") == 1:
+        host, _colon, port_text = address.partition(":")
+    else:
+        host, port_text = address, ""
+    port = int(port_text) if port_text else DEFAULT_PORT
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"bad address {address!r}")
+    return host, port
+
+
+class Network:
+    """One background thread running an asyncio loop, and at most one signed-in Client."""
+
+    def __init__(self, post: Post, *, client_options: dict[str, Any] | None = None) -> None:
+        self._post = post
+        self._client_options = client_options or {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="beseda-network", daemon=True)
+        self._sessions = 0
+        # Touched on the loop thread only:
+        self._client: Client | None = None
+        self._session = 0
+        self._forwarder: asyncio.Task[None] | None = None
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
+
+    def _submit(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        if self._loop.is_closed() or not self._thread.is_alive():
+            coroutine.close()
+            return
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        future.add_done_callback(_log_failure)
+
+    # -- actions (called from the Tk thread) ---------------------------------------------------
+
+    def sign_in(
+        self, host: str, port: int, username: str, password: str, *, create: bool, token: str | None
+    ) -> int:
+        """Start signing in; returns the number of the new session its events carry."""
+        self._sessions += 1
+        session = self._sessions
+        self._submit(self._sign_in(session, host, port, username, password, create, token))
+        return session
+
+    def sign_out(self) -> None:
+        """Revoke the session's token and disconnect."""
+        self._submit(self._sign_out())
+
+    def send(self, local_id: str, peer: str | None, text: str) -> None:
+        """Post ``text`` to General (``peer`` None) or to ``peer``; ``local_id`` is the client
+        id, so a retry never stores the message twice."""
+        self._submit(self._send(local_id, peer, text))
+
+    def history(
+        self, key: str, *, conversation: str | None, peer: str | None, before: int | None
+    ) -> None:
+        self._submit(self._history(key, conversation, peer, before))
+
+    def users(self, request: int, query: str, *, after: str | None = None) -> None:
+        self._submit(self._users(request, query, after))
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Disconnect and stop the thread (waits at most ``timeout`` seconds, at exit)."""
+        if not self._thread.is_alive():
+            return
+        future = asyncio.run_coroutine_threadsafe(self._drop_client(), self._loop)
+        with contextlib.suppress(Exception):
+            future.result(timeout)
+        self._loop.call_soon_threadsafe(self._stop_loop)
+        self._thread.join(timeout)
+
+    def _stop_loop(self) -> None:
+        for task in asyncio.all_tasks(self._loop):
+            task.cancel()
+        self._loop.stop()
+
+    # -- on the loop ---------------------------------------------------------------------------
+
+    async def _sign_in(
+        self,
+        session: int,
+        host: str,
+        port: int,
+        username: str,
+        password: str,
+        create: bool,
+        token: str | None,
+    ) -> None:
+        await self._drop_client()
+        client = Client(host, port, **self._client_options)
+        try:
+            await client.connect()
+        except ConnectionRefusedError as exc:
+            code, _sep, detail = str(exc).partition(": ")
+            if code in errors.MESSAGES:
+                self._post(session, events.SignInFailed(code, detail))
+            else:
+                self._post(session, events.SignInFailed(events.UNREACHABLE, str(exc)))
+            return
+        except (OSError, TimeoutError) as exc:
+            self._post(session, events.SignInFailed(events.UNREACHABLE, str(exc) or repr(exc)))
+            return
+        except BesedaError as exc:
+            self._post(session, events.SignInFailed(events.GONE, str(exc)))
+            return
+        try:
+            if create:
+                result = await client.register(username, password, backlog=False)
+            elif token is not None:
+                result = await client.login(token=token, backlog=False)
+            else:
+                result = await client.login(username, password, backlog=False)
+            entries = await client.conversations()
+            online = await self._presence_of(client, [e.peer for e in entries if e.peer])
+        except ProtocolError as exc:
+            await client.close()
+            self._post(session, events.SignInFailed(exc.code, exc.message, exc.retry_after))
+            return
+        except (ConnectionLostError, OSError, BesedaError) as exc:
+            await client.close()
+            self._post(session, events.SignInFailed(events.GONE, str(exc)))
+            return
+        self._client, self._session = client, session
+        self._post(session, events.SignedIn(result.user, result.token, entries, online))
+        self._forwarder = asyncio.create_task(self._forward(client, session))
+
+    @staticmethod
+    async def _presence_of(client: Client, peers: list[str]) -> dict[str, bool]:
+        async def one(peer: str) -> dict[str, bool]:
+            page = await client.users(peer, limit=20)
+            return {u.name: u.online for u in page.users if u.name.casefold() == peer.casefold()}
+
+        online: dict[str, bool] = {}
+        for found in await asyncio.gather(*(one(peer) for peer in peers)):
+            online.update(found)
+        return online
+
+    async def _forward(self, client: Client, session: int) -> None:
+        async for event in client.events():
+            self._post(session, event)
+
+    async def _sign_out(self) -> None:
+        client, session = self._client, self._session
+        if client is not None:
+            with contextlib.suppress(BesedaError, OSError):
+                await asyncio.wait_for(client.logout(), 5.0)
+        await self._drop_client()
+        self._post(session, events.SignedOut())
+
+    async def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        forwarder, self._forwarder = self._forwarder, None
+        if forwarder is not None:
+            forwarder.cancel()
+        if client is not None:
+            await client.close()
+
+    async def _send(self, local_id: str, peer: str | None, text: str) -> None:
+        client, session = self._client, self._session
+        if client is None:
+            self._post(session, events.SendFailed(local_id, events.GONE, "not signed in"))
+            return
+        try:
+            if peer is None:
+                message = await client.send(text, client_id=local_id)
+            else:
+                message = await client.dm(peer, text, client_id=local_id)
+        except ProtocolError as exc:
+            self._post(session, events.SendFailed(local_id, exc.code, exc.message))
+        except (BesedaError, OSError) as exc:
+            self._post(session, events.SendFailed(local_id, events.GONE, str(exc)))
+        else:
+            self._post(session, events.Sent(local_id, message))
+
+    async def _history(
+        self, key: str, conversation: str | None, peer: str | None, before: int | None
+    ) -> None:
+        client, session = self._client, self._session
+        if client is None:
+            return
+        try:
+            if conversation is not None:
+                result = await client.history(conversation, before=before)
+            else:
+                result = await client.history(peer=peer, before=before)
+        except (BesedaError, OSError) as exc:
+            self._post(session, events.HistoryFailed(key, str(exc)))
+        else:
+            self._post(session, events.HistoryLoaded(key, result, before))
+
+    async def _users(self, request: int, query: str, after: str | None) -> None:
+        client, session = self._client, self._session
+        if client is None:
+            return
+        with contextlib.suppress(BesedaError, OSError):
+            result = await client.users(query, after=after, limit=100)
+            self._post(session, events.UsersFound(request, result, after is not None))
+
+
+def _log_failure(future: Any) -> None:
+    if future.cancelled():
+        return
+    exc = future.exception()
+    if exc is not None:
+        log.error("network task failed", exc_info=exc)

@@ -1,0 +1,823 @@
+"""The desktop client's behaviour, in plain Python: client state in, what the views show out.
+
+The :class:`Presenter` receives the user's actions (from the views) and the network's events
+(from the queue the Tk thread drains), keeps the state of the session, and tells a
+:class:`View` what to show, through small immutable row models. It asks a :class:`Backend` to do
+network work, which answers later with events. Nothing here imports tkinter: the tests drive a
+presenter with a fake view and a fake backend.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..client import ConnectionState, MessageReceived, PresenceChanged, StateChanged
+from ..client.connection import new_client_id
+from ..protocol import errors, schema
+from . import events
+from .i18n import _, ngettext
+from .network import parse_address
+from .preferences import Preferences, SavedSession
+from .text import format_time, sanitize, sanitize_name
+from .timeline import Item, Outgoing, Timeline
+
+GENERAL_KEY = "#general"
+
+
+def dm_key(peer: str) -> str:
+    """The key of the direct conversation with ``peer`` (names compare case-insensitively)."""
+    return "@" + peer.casefold()
+
+
+# ---------------------------------------------------------------------------------------------
+# What the views show
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SignInForm:
+    server: str
+    username: str = ""
+    remember: bool = True
+    error: str = ""
+    busy: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRow:
+    key: str
+    title: str
+    unread: int
+    online: bool | None
+    """The peer's presence; None for General."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    id: str
+    sender: str
+    time: str
+    text: str
+    own: bool
+    note: str = ""
+    """For one's own messages: sending, waiting, sent (✓) or why it failed."""
+    failed: bool = False
+    """Shows a Retry link."""
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    title: str
+    subtitle: str
+    online: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    state: str
+    """``connected``, ``connecting``, ``reconnecting`` or ``offline``."""
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class PersonRow:
+    name: str
+    online: bool
+    me: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SwitcherRow:
+    key: str
+    title: str
+    detail: str
+
+
+class View(Protocol):
+    """What the presenter asks of the window."""
+
+    def show_sign_in(self, form: SignInForm) -> None: ...
+    def show_chat(self, user: str) -> None: ...
+    def show_conversations(self, rows: Sequence[ConversationRow], selected: str) -> None: ...
+    def show_header(self, header: Header) -> None: ...
+    def edit_messages(
+        self, start: int, removed: int, rows: Sequence[MessageRow], *, reset: bool
+    ) -> None:
+        """Replace ``removed`` rows from ``start`` with ``rows``; ``reset``: a new list,
+        scrolled to its end."""
+
+    def show_status(self, status: Status) -> None: ...
+    def show_people(self, rows: Sequence[PersonRow], more: bool) -> None: ...
+    def show_switcher(self, rows: Sequence[SwitcherRow]) -> None: ...
+    def show_composer_error(self, text: str) -> None: ...
+    def set_title(self, title: str) -> None: ...
+    def bell(self) -> None: ...
+
+
+class Backend(Protocol):
+    """The network side (:class:`~.network.Network`); every call returns at once."""
+
+    def sign_in(
+        self, host: str, port: int, username: str, password: str, *, create: bool, token: str | None
+    ) -> int: ...
+    def sign_out(self) -> None: ...
+    def send(self, local_id: str, peer: str | None, text: str) -> None: ...
+    def history(
+        self, key: str, *, conversation: str | None, peer: str | None, before: int | None
+    ) -> None: ...
+    def users(self, request: int, query: str, *, after: str | None = None) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# State
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Conversation:
+    key: str
+    peer: str | None
+    """The other party's name; None for General."""
+    conversation_id: str | None = None
+    last_seq: int = 0
+    last_activity: float = 0.0
+    """Wall-clock seconds of the newest message (or of opening it), for the order."""
+    read_seq: int = 0
+    has_older: bool = True
+    loading: bool = False
+    timeline: Timeline = field(default_factory=Timeline)
+
+    @property
+    def unread(self) -> int:
+        return max(0, self.last_seq - self.read_seq)
+
+
+SIGN_IN, SIGNING_IN, CHAT = "sign_in", "signing_in", "chat"
+READ_SAVE_INTERVAL = 3.0
+
+
+class Presenter:
+    """Turns the client's state into what the window shows; see the module docstring."""
+
+    def __init__(
+        self,
+        view: View,
+        backend: Backend,
+        preferences: Preferences,
+        *,
+        server: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.view = view
+        self.backend = backend
+        self.preferences = preferences
+        self.clock = clock
+        self.wall = wall
+        self.stage = SIGN_IN
+        self.server = server or preferences.server
+        self.session = 0
+        self.user = ""
+        self.token = ""
+        self.remember = True
+        self.using_token = False
+        self.form = SignInForm(self.server)
+        self.conversations: dict[str, Conversation] = {}
+        self.selected = GENERAL_KEY
+        self.presence: dict[str, bool] = {}
+        self.connection = ConnectionState.OFFLINE
+        self.retry_at: float | None = None
+        self.focused = True
+        self.people: list[schema.UserEntry] = []
+        self.people_query = ""
+        self.people_next: str | None = None
+        self.switcher_query: str | None = None
+        self.switcher_people: list[schema.UserEntry] = []
+        self._requests = 0
+        self._people_request = -1
+        self._switcher_request = -1
+        self._outgoing: dict[str, str] = {}
+        """local id → conversation key, for the user's messages not yet acknowledged."""
+        self._reads_dirty = False
+        self._reads_saved_at = 0.0
+        self._ring = False
+        # What the view shows now, to send it only changes.
+        self._shown_key: str | None = None
+        self._shown_rows: list[MessageRow] = []
+        self._row_cache: dict[tuple[str, int], MessageRow] = {}
+        self._shown_list: list[ConversationRow] | None = None
+        self._shown_status: Status | None = None
+        self._shown_title = ""
+        self._shown_header: Header | None = None
+        self._shown_people: tuple[list[PersonRow], bool] | None = None
+
+    # -- starting and signing in ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Sign in with a kept session, or show the sign-in form."""
+        saved = self.preferences.session()
+        if saved is not None and saved.server == self.server:
+            self.form = SignInForm(saved.server, saved.user, remember=True)
+            self._begin_sign_in(saved.server, saved.user, "", create=False, token=saved.token)
+        else:
+            self.form = SignInForm(self.server)
+            self.view.show_sign_in(self.form)
+        self.view.set_title(_("beseda"))
+
+    def sign_in(
+        self, server: str, username: str, password: str, *, remember: bool, create: bool
+    ) -> None:
+        """The Sign in (``create`` False) or Create account button."""
+        if self.stage == SIGNING_IN:
+            return
+        server, username = server.strip(), username.strip()
+        self.remember = remember
+        self.form = SignInForm(server, username, remember)
+        try:
+            parse_address(server)
+        except ValueError:
+            self._sign_in_error(_("Enter the server as host:port, for example 127.0.0.1:7878."))
+            return
+        token = None
+        if not password:
+            saved = self.preferences.session()
+            if (
+                not create
+                and saved is not None
+                and saved.server == server
+                and saved.user.casefold() == username.casefold()
+            ):
+                token = saved.token
+            else:
+                self._sign_in_error(_("Enter your username and password."))
+                return
+        if not username:
+            self._sign_in_error(_("Enter your username and password."))
+            return
+        self.preferences.server = server
+        self._begin_sign_in(server, username, password, create=create, token=token)
+
+    def _begin_sign_in(
+        self, server: str, username: str, password: str, *, create: bool, token: str | None
+    ) -> None:
+        host, port = parse_address(server)
+        self.server = server
+        self.stage = SIGNING_IN
+        self.using_token = token is not None
+        self.form = SignInForm(server, username, self.form.remember, busy=True)
+        self.view.show_sign_in(self.form)
+        self.session = self.backend.sign_in(
+            host, port, username, password, create=create, token=token
+        )
+
+    def _sign_in_error(self, text: str) -> None:
+        self.stage = SIGN_IN
+        self.form = SignInForm(self.form.server, self.form.username, self.form.remember, text)
+        self.view.show_sign_in(self.form)
+
+    def sign_out(self) -> None:
+        """Revoke the session (its kept token too) and return to the sign-in form."""
+        if self.stage != CHAT:
+            return
+        self._save_reads()
+        self.backend.sign_out()
+        self.preferences.forget_session()
+        self._end_session(SignInForm(self.server, self.user, self.remember))
+
+    def _end_session(self, form: SignInForm) -> None:
+        self.session = -1  # events of the old session are ignored from now on
+        self.stage = SIGN_IN
+        self.conversations.clear()
+        self._outgoing.clear()
+        self.people, self.switcher_people, self.presence = [], [], {}
+        self._shown_key, self._shown_rows, self._row_cache = None, [], {}
+        self._shown_list = self._shown_status = self._shown_header = self._shown_people = None
+        self.connection = ConnectionState.OFFLINE
+        self.form = form
+        self.view.show_sign_in(form)
+        self.view.set_title(_("beseda"))
+        self._shown_title = ""
+
+    def close(self) -> None:
+        """The window is closing."""
+        if self.stage == CHAT:
+            self._save_reads()
+
+    # -- events from the network ---------------------------------------------------------------
+
+    def handle(self, session: int, event: events.Event) -> None:
+        """Apply one event; call :meth:`render` after a batch of them."""
+        if session != self.session:
+            return
+        if isinstance(event, events.SignedIn):
+            self._signed_in(event)
+        elif isinstance(event, events.SignInFailed):
+            self._sign_in_failed(event)
+        elif self.stage != CHAT:
+            return
+        elif isinstance(event, MessageReceived):
+            self._received(event.message)
+        elif isinstance(event, PresenceChanged):
+            self.presence[event.user.casefold()] = event.online
+        elif isinstance(event, StateChanged):
+            self._state_changed(event)
+        elif isinstance(event, events.HistoryLoaded):
+            self._history_loaded(event)
+        elif isinstance(event, events.HistoryFailed):
+            conversation = self.conversations.get(event.key)
+            if conversation is not None:
+                conversation.loading = False
+        elif isinstance(event, events.Sent):
+            key = self._outgoing.pop(event.local_id, None)
+            if key is not None:
+                self._received(event.message)
+        elif isinstance(event, events.SendFailed):
+            self._send_failed(event)
+        elif isinstance(event, events.UsersFound):
+            self._users_found(event)
+
+    def _signed_in(self, event: events.SignedIn) -> None:
+        self.stage = CHAT
+        self.user, self.token = event.user, event.token
+        if self.remember:
+            self.preferences.save_session(SavedSession(self.server, event.user, event.token))
+        else:
+            self.preferences.forget_session()
+        self.connection = ConnectionState.CONNECTED
+        saved = self.preferences.read_positions(self.server, self.user)
+        self.conversations = {GENERAL_KEY: Conversation(GENERAL_KEY, None, schema.GENERAL)}
+        for entry in event.conversations:
+            key = GENERAL_KEY if entry.peer is None else dm_key(entry.peer)
+            conversation = self.conversations.setdefault(key, Conversation(key, entry.peer))
+            conversation.conversation_id = entry.conversation
+            conversation.last_seq = entry.last_seq
+            conversation.last_activity = (entry.last_ts or 0) / 1000
+            # First run here: what is old is read. Later: what came since we last looked.
+            conversation.read_seq = (
+                entry.last_seq if saved is None else saved.get(entry.conversation, 0)
+            )
+            conversation.has_older = entry.last_seq > 0
+        self.presence = {name.casefold(): online for name, online in event.online.items()}
+        self.selected = GENERAL_KEY
+        self.view.show_chat(event.user)
+        self._open(self.conversations[GENERAL_KEY])
+        self.search_people("")
+
+    def _sign_in_failed(self, event: events.SignInFailed) -> None:
+        if self.using_token and event.code == errors.BAD_CREDENTIALS:
+            self.preferences.forget_session()
+            self._sign_in_error(_("Your session has ended. Sign in again."))
+        else:
+            self._sign_in_error(self._explain(event))
+
+    def _explain(self, event: events.SignInFailed) -> str:
+        code = event.code
+        if code == events.UNREACHABLE:
+            return _("Cannot reach a server at {server}. Is it running?").format(server=self.server)
+        if code == events.GONE:
+            return _("The server closed the connection. Try again in a moment.")
+        if code == errors.BAD_CREDENTIALS:
+            return _("Wrong username or password.")
+        if code == errors.NAME_TAKEN:
+            return _("The name “{name}” is taken. Choose another, or sign in.").format(
+                name=sanitize_name(self.form.username)
+            )
+        if code == errors.INVALID_USERNAME:
+            return _("A username has 1 to 32 letters (of one alphabet), digits, “_”, “-” or “.”.")
+        if code == errors.INVALID_PASSWORD:
+            return _("A password has 8 to 256 characters.")
+        if code == errors.RATE_LIMITED:
+            seconds = math.ceil(event.retry_after or 1)
+            return ngettext(
+                "Too many attempts. Try again in {n} second.",
+                "Too many attempts. Try again in {n} seconds.",
+                seconds,
+            ).format(n=seconds)
+        if code == errors.TOO_MANY_CONNECTIONS:
+            return _("Too many connections from your address.")
+        if code in (errors.SERVER_SHUTDOWN, errors.STORAGE_UNAVAILABLE):
+            return _("The server is not available right now. Try again in a moment.")
+        return _("The server refused: {reason}").format(reason=sanitize_name(event.detail))
+
+    def _key_of(self, message: schema.Message) -> tuple[str, str | None]:
+        if message.conversation == schema.GENERAL:
+            return GENERAL_KEY, None
+        own = message.sender.casefold() == self.user.casefold()
+        peer = (message.to or message.sender) if own else message.sender
+        return dm_key(peer), peer
+
+    def _received(self, message: schema.Message) -> None:
+        key, peer = self._key_of(message)
+        conversation = self.conversations.get(key)
+        if conversation is None:
+            conversation = self.conversations[key] = Conversation(key, peer)
+            conversation.has_older = message.seq > 1
+        conversation.conversation_id = message.conversation
+        if not conversation.timeline.add(message):
+            return
+        self._outgoing.pop(message.client_id, None)
+        if message.seq > conversation.last_seq:
+            conversation.last_seq = message.seq
+        conversation.last_activity = max(conversation.last_activity, message.ts / 1000)
+        if message.sender.casefold() == self.user.casefold():
+            self._mark_read(conversation, message.seq)
+        elif message.seq > conversation.read_seq:
+            if key == self.selected and self.focused:
+                self._mark_read(conversation, message.seq)
+            else:
+                self._ring = True
+
+    def _mark_read(self, conversation: Conversation, seq: int | None = None) -> None:
+        seq = conversation.last_seq if seq is None else seq
+        if seq > conversation.read_seq:
+            conversation.read_seq = seq
+            self._reads_dirty = True
+
+    def _state_changed(self, event: StateChanged) -> None:
+        if event.state is ConnectionState.OFFLINE:
+            if event.reason == errors.BAD_CREDENTIALS:
+                self.preferences.forget_session()
+                text = _("Your session has ended. Sign in again.")
+            else:
+                text = _("Disconnected: {reason}").format(reason=sanitize_name(event.reason or ""))
+            self._save_reads()
+            self._end_session(SignInForm(self.server, self.user, self.remember, text))
+            return
+        was = self.connection
+        self.connection = event.state
+        self.retry_at = (
+            self.clock() + event.retry_in
+            if event.state is ConnectionState.RECONNECTING and event.retry_in is not None
+            else None
+        )
+        if event.state is ConnectionState.CONNECTED and was is not ConnectionState.CONNECTED:
+            # Presence changes were missed while away: look again.
+            self.search_people(self.people_query)
+
+    def _history_loaded(self, event: events.HistoryLoaded) -> None:
+        conversation = self.conversations.get(event.key)
+        if conversation is None:
+            return
+        conversation.loading = False
+        conversation.conversation_id = event.result.conversation
+        conversation.has_older = event.result.more
+        timeline = conversation.timeline
+        timeline.add_page(event.result.messages)
+        if event.result.messages:
+            newest = event.result.messages[-1].seq
+            if newest > conversation.last_seq:
+                conversation.last_seq = conversation.read_seq = newest
+        if timeline.at_top:
+            timeline.extend_up()
+
+    def _send_failed(self, event: events.SendFailed) -> None:
+        key = self._outgoing.get(event.local_id)
+        conversation = self.conversations.get(key) if key else None
+        outgoing = conversation.timeline.find_outgoing(event.local_id) if conversation else None
+        if outgoing is None:
+            return
+        reasons = {
+            errors.RATE_LIMITED: _("too many messages, wait a little"),
+            errors.MESSAGE_TOO_LONG: _("too long"),
+            errors.UNKNOWN_USER: _("no such user"),
+            errors.STORAGE_UNAVAILABLE: _("the server cannot store it now"),
+            events.GONE: _("not connected"),
+        }
+        outgoing.failed = reasons.get(event.code, sanitize_name(event.detail))
+        outgoing.version += 1
+
+    def _users_found(self, event: events.UsersFound) -> None:
+        for user in event.result.users:
+            self.presence[user.name.casefold()] = user.online
+        if event.request == self._people_request:
+            self.people = (
+                [*self.people, *event.result.users] if event.appended else list(event.result.users)
+            )
+            self.people_next = event.result.next
+        elif event.request == self._switcher_request:
+            self.switcher_people = list(event.result.users)
+            self._show_switcher()
+
+    # -- the user's actions --------------------------------------------------------------------
+
+    def select(self, key: str) -> None:
+        """Show a conversation."""
+        conversation = self.conversations.get(key)
+        if conversation is None or self.stage != CHAT:
+            return
+        self.selected = key
+        self._open(conversation)
+        self.render()
+
+    def _open(self, conversation: Conversation) -> None:
+        conversation.timeline.show_newest()
+        conversation.timeline.at_top = True
+        self._shown_key = None  # a new list, scrolled to its end
+        if self.focused:
+            self._mark_read(conversation)
+        if conversation.has_older and conversation.timeline.oldest_seq is None:
+            self._load_older(conversation)
+
+    def _load_older(self, conversation: Conversation) -> None:
+        if conversation.loading or not conversation.has_older:
+            return
+        conversation.loading = True
+        known = conversation.conversation_id
+        self.backend.history(
+            conversation.key,
+            conversation=known,
+            peer=None if known else conversation.peer,
+            before=conversation.timeline.oldest_seq,
+        )
+
+    def open_dm(self, name: str) -> None:
+        """Open (or start) the direct conversation with ``name``, its history loaded."""
+        if self.stage != CHAT or name.casefold() == self.user.casefold():
+            return
+        key = dm_key(name)
+        if key not in self.conversations:
+            conversation = self.conversations[key] = Conversation(key, name)
+            conversation.last_activity = self.wall()
+        self.select(key)
+
+    def send(self, text: str) -> bool:
+        """Send the composer's text to the conversation on screen; True when it was taken."""
+        text = text.strip()
+        conversation = self.conversations.get(self.selected)
+        if not text or conversation is None or self.stage != CHAT:
+            return False
+        if len(text) > schema.MAX_TEXT_CHARS:
+            self.view.show_composer_error(
+                _("A message may have at most {limit} characters; this one has {n}.").format(
+                    limit=schema.MAX_TEXT_CHARS, n=len(text)
+                )
+            )
+            return False
+        self.view.show_composer_error("")
+        outgoing = Outgoing(new_client_id(), text, self.wall())
+        timeline = conversation.timeline
+        if not timeline.attached:
+            timeline.show_newest()
+            self._shown_key = None
+        timeline.at_bottom = True
+        timeline.add_outgoing(outgoing)
+        conversation.last_activity = max(conversation.last_activity, outgoing.sent_at)
+        self._outgoing[outgoing.local_id] = conversation.key
+        self.backend.send(outgoing.local_id, conversation.peer, text)
+        self.render()
+        return True
+
+    def retry(self, row_id: str) -> None:
+        """The Retry link of a message that failed: send it again, same client id."""
+        local_id = row_id.removeprefix("out:")
+        key = self._outgoing.get(local_id)
+        conversation = self.conversations.get(key) if key else None
+        outgoing = conversation.timeline.find_outgoing(local_id) if conversation else None
+        if conversation is None or outgoing is None or outgoing.failed is None:
+            return
+        outgoing.failed = None
+        outgoing.version += 1
+        self.backend.send(local_id, conversation.peer, outgoing.text)
+        self.render()
+
+    def scrolled(self, first: float, last: float) -> None:
+        """The message view's scroll position changed (fractions of its content)."""
+        conversation = self.conversations.get(self.selected)
+        if conversation is None or self.stage != CHAT:
+            return
+        timeline = conversation.timeline
+        timeline.at_top = first <= 0.0
+        timeline.at_bottom = last >= 1.0
+        if timeline.at_top and not timeline.extend_up():
+            self._load_older(conversation)
+        if timeline.at_bottom:
+            timeline.extend_down()
+        self.render()
+
+    def focus_changed(self, focused: bool) -> None:
+        self.focused = focused
+        conversation = self.conversations.get(self.selected)
+        if focused and conversation is not None:
+            self._mark_read(conversation)
+        self.render()
+
+    def search_people(self, query: str) -> None:
+        """The directory's search box (the server searches)."""
+        if self.stage != CHAT:
+            return
+        self.people_query = query
+        self._requests += 1
+        self._people_request = self._requests
+        self.backend.users(self._people_request, query.strip())
+
+    def more_people(self) -> None:
+        if self.people_next is not None and self.stage == CHAT:
+            self.backend.users(self._people_request, self.people_query, after=self.people_next)
+            self.people_next = None
+
+    def switcher_search(self, query: str) -> None:
+        """The quick switcher (Ctrl+K): conversations at once, people as the server answers."""
+        if self.stage != CHAT:
+            return
+        self.switcher_query = query
+        self._requests += 1
+        self._switcher_request = self._requests
+        self.backend.users(self._switcher_request, query.strip())
+        self._show_switcher()
+
+    def switcher_choose(self, key: str) -> None:
+        self.switcher_query = None
+        if key in self.conversations:
+            self.select(key)
+            return
+        for user in self.switcher_people:
+            if dm_key(user.name) == key:
+                self.open_dm(user.name)
+                return
+
+    def _show_switcher(self) -> None:
+        if self.switcher_query is None:
+            return
+        query = self.switcher_query.strip().casefold()
+        rows = [
+            SwitcherRow(c.key, self._title(c), self._presence_text(c))
+            for c in self._ordered()
+            if query in self._title(c).casefold()
+        ]
+        keys = {row.key for row in rows}
+        for user in self.switcher_people:
+            key = dm_key(user.name)
+            if key not in keys and user.name.casefold() != self.user.casefold():
+                detail = _("online") if user.online else _("offline")
+                rows.append(SwitcherRow(key, sanitize_name(user.name), detail))
+        self.view.show_switcher(rows)
+
+    def tick(self) -> None:
+        """Called every second or so: countdowns, saving read positions."""
+        if self.stage != CHAT:
+            return
+        if self._reads_dirty and self.clock() - self._reads_saved_at > READ_SAVE_INTERVAL:
+            self._save_reads()
+        self.render()
+
+    def _save_reads(self) -> None:
+        if not self.user:
+            return
+        positions = self.preferences.read_positions(self.server, self.user) or {}
+        for conversation in self.conversations.values():
+            if conversation.conversation_id is not None:
+                positions[conversation.conversation_id] = conversation.read_seq
+        self.preferences.save_read_positions(self.server, self.user, positions)
+        self._reads_dirty = False
+        self._reads_saved_at = self.clock()
+
+    # -- rendering -----------------------------------------------------------------------------
+
+    def render(self) -> None:
+        """Show what changed since the last call."""
+        if self.stage != CHAT:
+            return
+        rows = [
+            ConversationRow(c.key, self._title(c), c.unread, self._online(c))
+            for c in self._ordered()
+        ]
+        if rows != self._shown_list:
+            self._shown_list = rows
+            self.view.show_conversations(rows, self.selected)
+        self._render_messages()
+        conversation = self.conversations[self.selected]
+        header = Header(self._title(conversation), self._subtitle(conversation))
+        if header != self._shown_header:
+            self._shown_header = header
+            self.view.show_header(header)
+        status = self._status()
+        if status != self._shown_status:
+            self._shown_status = status
+            self.view.show_status(status)
+        people = (
+            [
+                PersonRow(sanitize_name(u.name), self._is_online(u.name), u.name == self.user)
+                for u in self.people
+            ],
+            self.people_next is not None,
+        )
+        if people != self._shown_people:
+            self._shown_people = people
+            self.view.show_people(*people)
+        unread = sum(c.unread for c in self.conversations.values())
+        title = (
+            _("({n}) {user} — beseda").format(n=unread, user=self.user)
+            if unread
+            else _("{user} — beseda").format(user=self.user)
+        )
+        if title != self._shown_title:
+            self._shown_title = title
+            self.view.set_title(title)
+        if self._ring:
+            self._ring = False
+            self.view.bell()
+
+    def _render_messages(self) -> None:
+        timeline = self.conversations[self.selected].timeline
+        rows = [self._row(item) for item in timeline.visible()]
+        old = self._shown_rows
+        if self._shown_key != self.selected:
+            self._shown_key, self._shown_rows = self.selected, rows
+            self._row_cache = {}
+            self.view.edit_messages(0, len(old), rows, reset=True)
+            return
+        if rows == old:
+            return
+        start = 0
+        limit = min(len(old), len(rows))
+        while start < limit and old[start] == rows[start]:
+            start += 1
+        end = 0
+        while end < limit - start and old[-1 - end] == rows[-1 - end]:
+            end += 1
+        self._shown_rows = rows
+        self.view.edit_messages(
+            start, len(old) - start - end, rows[start : len(rows) - end], reset=False
+        )
+
+    def _row(self, item: Item) -> MessageRow:
+        if isinstance(item, Outgoing):
+            if item.failed is not None:
+                note = _("not sent: {reason}").format(reason=item.failed)
+            elif self.connection is ConnectionState.CONNECTED:
+                note = _("sending…")
+            else:
+                note = _("waiting for connection…")
+            return MessageRow(
+                "out:" + item.local_id,
+                sanitize_name(self.user),
+                format_time(int(item.sent_at * 1000), self.wall()),
+                sanitize(item.text),
+                own=True,
+                note=note,
+                failed=item.failed is not None,
+            )
+        cache_key = (item.conversation, item.seq)
+        row = self._row_cache.get(cache_key)
+        if row is None:
+            own = item.sender.casefold() == self.user.casefold()
+            row = MessageRow(
+                f"seq:{item.seq}",
+                sanitize_name(item.sender),
+                format_time(item.ts, self.wall()),
+                sanitize(item.text),
+                own=own,
+                note="✓" if own else "",
+            )
+            self._row_cache[cache_key] = row
+        return row
+
+    def _ordered(self) -> list[Conversation]:
+        return sorted(
+            self.conversations.values(),
+            key=lambda c: (-c.last_activity, c.key != GENERAL_KEY, c.key),
+        )
+
+    def _title(self, conversation: Conversation) -> str:
+        if conversation.peer is None:
+            return _("General")
+        return sanitize_name(conversation.peer)
+
+    def _is_online(self, name: str) -> bool:
+        return self.presence.get(name.casefold(), False)
+
+    def _online(self, conversation: Conversation) -> bool | None:
+        return None if conversation.peer is None else self._is_online(conversation.peer)
+
+    def _presence_text(self, conversation: Conversation) -> str:
+        if conversation.peer is None:
+            return _("everyone on this server")
+        return _("online") if self._is_online(conversation.peer) else _("offline")
+
+    def _subtitle(self, conversation: Conversation) -> str:
+        return self._presence_text(conversation)
+
+    def _status(self) -> Status:
+        waiting = len(self._outgoing)
+        if self.connection is ConnectionState.CONNECTED:
+            return Status("connected", _("Connected to {server}").format(server=self.server))
+        if self.connection is ConnectionState.RECONNECTING:
+            seconds = math.ceil(self.retry_at - self.clock()) if self.retry_at else 0
+            if seconds > 0:
+                text = ngettext(
+                    "Reconnecting in {n} second…", "Reconnecting in {n} seconds…", seconds
+                ).format(n=seconds)
+            else:
+                text = _("Reconnecting…")
+            if waiting:
+                text += " " + ngettext(
+                    "{n} message waits to be sent.", "{n} messages wait to be sent.", waiting
+                ).format(n=waiting)
+            return Status("reconnecting", text)
+        if self.connection is ConnectionState.CONNECTING:
+            return Status("connecting", _("Connecting…"))
+        return Status("offline", _("Offline"))

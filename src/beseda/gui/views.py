@@ -1,0 +1,635 @@
+"""Thin Tk views: they show what the presenter gives them and pass the user's actions back.
+
+:class:`MainWindow` implements the presenter's :class:`~.presenter.View`. Its widgets are
+attributes so that the real-window tests can drive them as a person would.
+"""
+
+from __future__ import annotations
+
+import tkinter as tk
+from collections.abc import Sequence
+from tkinter import ttk
+from typing import Any
+
+from . import theme
+from .i18n import _
+from .presenter import (
+    GENERAL_KEY,
+    ConversationRow,
+    Header,
+    MessageRow,
+    PersonRow,
+    Presenter,
+    SignInForm,
+    Status,
+    SwitcherRow,
+)
+
+MIN_WIDTH, MIN_HEIGHT = 760, 520
+
+
+class SignInScreen(ttk.Frame):
+    """Server, username, password; Sign in and Create account; an inline error."""
+
+    def __init__(self, master: tk.Misc, window: MainWindow) -> None:
+        super().__init__(master, style="Card.TFrame")
+        self.window = window
+        card = ttk.Frame(self, style="Card.TFrame", padding=24)
+        card.place(relx=0.5, rely=0.45, anchor="center")
+        ttk.Label(card, text="beseda", style="Title.TLabel").grid(row=0, column=0, sticky="w")
+        ttk.Label(card, text=_("Sign in to chat"), style="Muted.TLabel").grid(
+            row=1, column=0, sticky="w", pady=(0, 16)
+        )
+        self.server = tk.StringVar(self)
+        self.username = tk.StringVar(self)
+        self.password = tk.StringVar(self)
+        self.remember = tk.BooleanVar(self, value=True)
+        self.server_entry = self._field(card, 2, _("Server"), self.server)
+        self.username_entry = self._field(card, 4, _("Username"), self.username)
+        self.password_entry = self._field(card, 6, _("Password"), self.password, show="•")
+        self.remember_check = ttk.Checkbutton(
+            card, text=_("Keep me signed in"), variable=self.remember
+        )
+        self.remember_check.grid(row=8, column=0, sticky="w", pady=(10, 0))
+        self.error = ttk.Label(card, style="Error.TLabel", wraplength=320, justify="left")
+        self.error.grid(row=9, column=0, sticky="we", pady=(10, 0))
+        buttons = ttk.Frame(card, style="Card.TFrame")
+        buttons.grid(row=10, column=0, sticky="we", pady=(14, 0))
+        self.sign_in_button = ttk.Button(
+            buttons, text=_("Sign in"), style="Accent.TButton", command=self._sign_in
+        )
+        self.sign_in_button.pack(side="left")
+        self.create_button = ttk.Button(
+            buttons, text=_("Create account"), command=self._create_account
+        )
+        self.create_button.pack(side="left", padx=(8, 0))
+        card.columnconfigure(0, minsize=320)
+        for entry in (self.server_entry, self.username_entry, self.password_entry):
+            entry.bind("<Return>", lambda _e: self._sign_in())
+
+    @staticmethod
+    def _field(
+        card: ttk.Frame, row: int, label: str, variable: tk.StringVar, show: str = ""
+    ) -> ttk.Entry:
+        ttk.Label(card, text=label, style="Muted.TLabel").grid(
+            row=row, column=0, sticky="w", pady=(6, 2)
+        )
+        entry = ttk.Entry(card, textvariable=variable, show=show, width=36)
+        entry.grid(row=row + 1, column=0, sticky="we")
+        return entry
+
+    def _submit(self, create: bool) -> None:
+        self.window.presenter.sign_in(
+            self.server.get(),
+            self.username.get(),
+            self.password.get(),
+            remember=self.remember.get(),
+            create=create,
+        )
+
+    def _sign_in(self) -> None:
+        self._submit(False)
+
+    def _create_account(self) -> None:
+        self._submit(True)
+
+    def show(self, form: SignInForm) -> None:
+        self.server.set(form.server)
+        if form.username or not self.username.get():
+            self.username.set(form.username)
+        self.remember.set(form.remember)
+        if form.busy:
+            self.error.configure(text=_("Connecting…"), style="Muted.TLabel")
+        else:
+            self.error.configure(text=form.error, style="Error.TLabel")
+            self.password.set("")
+        state = ["disabled"] if form.busy else ["!disabled"]
+        self.sign_in_button.state(state)
+        self.create_button.state(state)
+        if not form.busy:
+            target = self.password_entry if self.username.get() else self.username_entry
+            target.focus_set()
+
+
+class MessageList:
+    """The conversation's messages in a read-only Text; rows are edited in place.
+
+    Each row starts at a mark, so the presenter's "replace rows i..j" edits touch only those
+    rows. The Text holds at most the presenter's window of rows (a few hundred), however long
+    the conversation.
+    """
+
+    def __init__(self, master: tk.Misc, window: MainWindow, palette: theme.Palette) -> None:
+        self.window = window
+        self.frame = ttk.Frame(master)
+        self.text = tk.Text(
+            self.frame,
+            wrap="word",
+            borderwidth=0,
+            highlightthickness=0,
+            padx=18,
+            pady=10,
+            background=palette.background,
+            foreground=palette.text,
+            selectbackground=palette.selection,
+            inactiveselectbackground=palette.selection,
+            cursor="arrow",
+            takefocus=False,
+            width=1,
+            font="TkTextFont",
+        )
+        self.scrollbar = ttk.Scrollbar(self.frame, orient="vertical", command=self.text.yview)
+        self.text.configure(yscrollcommand=self._scrolled, state="disabled")
+        self.scrollbar.pack(side="right", fill="y")
+        self.text.pack(side="left", fill="both", expand=True)
+        bold = ("TkDefaultFont", 10, "bold")
+        self.text.tag_configure("sender", foreground=palette.sender, font=bold, spacing1=10)
+        self.text.tag_configure("own_sender", foreground=palette.own_sender, font=bold)
+        self.text.tag_configure("time", foreground=palette.muted, font=("TkDefaultFont", 8))
+        self.text.tag_configure("note", foreground=palette.muted, font=("TkDefaultFont", 8))
+        self.text.tag_configure("failed", foreground=palette.error, font=("TkDefaultFont", 8))
+        self.text.tag_configure(
+            "retry", foreground=palette.accent, underline=True, font=("TkDefaultFont", 8)
+        )
+        self.text.tag_configure("body", spacing3=2, lmargin1=0, lmargin2=0)
+        self.text.tag_configure("own", background=palette.own, lmargin1=6, lmargin2=6, rmargin=6)
+        self.text.tag_raise("sel")
+        self.text.tag_bind("retry", "<Button-1>", self._retry)
+        self.text.tag_bind("retry", "<Enter>", lambda _e: self.text.configure(cursor="hand2"))
+        self.text.tag_bind("retry", "<Leave>", lambda _e: self.text.configure(cursor="arrow"))
+        self.marks: list[str] = []
+        self.row_ids: list[str] = []
+        self._names = 0
+        self._last_scroll: tuple[float, float] | None = None
+        self._scroll_pending = False
+
+    def _position(self, row: int) -> str:
+        return self.marks[row] if row < len(self.marks) else "end-1c"
+
+    def edit(self, start: int, removed: int, rows: Sequence[MessageRow], *, reset: bool) -> None:
+        text = self.text
+        at_bottom = text.yview()[1] >= 0.999
+        text.mark_set("keep", "@0,0")
+        text.configure(state="normal")
+        if removed:
+            text.delete(self._position(start), self._position(start + removed))
+            for mark in self.marks[start : start + removed]:
+                text.mark_unset(mark)
+            del self.marks[start : start + removed]
+            del self.row_ids[start : start + removed]
+        text.mark_set("insert_row", self._position(start))
+        text.mark_gravity("insert_row", "right")
+        new_marks = []
+        for row in rows:
+            begin = text.index("insert_row")
+            self._insert(row)
+            self._names += 1
+            mark = f"row{self._names}"
+            text.mark_set(mark, begin)
+            text.mark_gravity(mark, "right")
+            new_marks.append(mark)
+        self.marks[start:start] = new_marks
+        self.row_ids[start:start] = [row.id for row in rows]
+        text.configure(state="disabled")
+        if reset or at_bottom:
+            text.see("end")
+        elif start == 0:
+            text.yview("keep")
+
+    def _insert(self, row: MessageRow) -> None:
+        text = self.text
+        own = ("own",) if row.own else ()
+        tag = "row:" + row.id
+        text.insert(
+            "insert_row", row.sender, ("own_sender" if row.own else "sender", "sender", tag, *own)
+        )
+        text.insert("insert_row", "  " + row.time, ("time", tag, *own))
+        if row.note:
+            text.insert(
+                "insert_row", "  " + row.note, ("failed" if row.failed else "note", tag, *own)
+            )
+        if row.failed:
+            text.insert("insert_row", "  ", (tag, *own))
+            text.insert("insert_row", _("Retry"), ("retry", tag, *own))
+        text.insert("insert_row", "\n" + row.text + "\n", ("body", tag, *own))
+
+    def _retry(self, event: tk.Event[Any]) -> None:
+        for tag in self.text.tag_names(f"@{event.x},{event.y}"):
+            if tag.startswith("row:"):
+                self.window.presenter.retry(tag.removeprefix("row:"))
+
+    def _scrolled(self, first: float, last: float) -> None:
+        self.scrollbar.set(first, last)
+        # Reported after Tk has settled, once per burst of scrolling.
+        if not self._scroll_pending:
+            self._scroll_pending = True
+            self.text.after_idle(self._report_scroll)
+
+    def _report_scroll(self) -> None:
+        self._scroll_pending = False
+        first, last = self.text.yview()
+        if (first, last) != self._last_scroll or first <= 0.0:
+            self._last_scroll = (first, last)
+            self.window.presenter.scrolled(first, last)
+
+    def row_text(self, index: int) -> str:
+        """The text of row ``index`` as shown (for tests)."""
+        return self.text.get(self._position(index), self._position(index + 1))
+
+
+class ChatScreen(ttk.Frame):
+    """Sidebar (chats and people), the conversation, the composer, the status line."""
+
+    def __init__(self, master: tk.Misc, window: MainWindow, palette: theme.Palette) -> None:
+        super().__init__(master)
+        self.window = window
+        self.palette = palette
+        self.dots = {
+            True: theme.dot(self, palette.online),
+            False: theme.dot(self, palette.offline),
+            None: theme.dot(self, palette.accent),
+        }
+        panes = ttk.Panedwindow(self, orient="horizontal")
+        panes.pack(fill="both", expand=True)
+        sidebar = ttk.Frame(panes, style="Sidebar.TFrame", width=260)
+        main = ttk.Frame(panes)
+        panes.add(sidebar, weight=0)
+        panes.add(main, weight=1)
+        self._build_sidebar(sidebar)
+        self._build_main(main)
+
+    # -- sidebar -------------------------------------------------------------------------------
+
+    def _build_sidebar(self, sidebar: ttk.Frame) -> None:
+        top = ttk.Frame(sidebar, style="Sidebar.TFrame", padding=(12, 10, 8, 4))
+        top.pack(fill="x")
+        self.user_label = ttk.Label(top, style="SidebarBold.TLabel")
+        self.user_label.pack(side="left")
+        self.sign_out_button = ttk.Button(
+            top, text=_("Sign out"), style="Link.TButton", command=self._sign_out
+        )
+        self.sign_out_button.pack(side="right")
+        self.find_button = ttk.Button(
+            sidebar,
+            text=_("Find a person or chat…  Ctrl+K"),
+            style="Link.TButton",
+            command=self.window.open_switcher,
+        )
+        self.find_button.pack(fill="x", padx=8, pady=(0, 4))
+        self.tabs = ttk.Notebook(sidebar)
+        self.tabs.pack(fill="both", expand=True)
+        chats = ttk.Frame(self.tabs, style="Sidebar.TFrame")
+        people = ttk.Frame(self.tabs, style="Sidebar.TFrame", padding=(8, 8, 8, 0))
+        self.tabs.add(chats, text=_("Chats"))
+        self.tabs.add(people, text=_("People"))
+
+        self.chat_list = ttk.Treeview(
+            chats, columns=("unread",), show="tree", selectmode="browse", takefocus=True
+        )
+        self.chat_list.column("#0", width=190, stretch=True)
+        self.chat_list.column("unread", width=44, stretch=False, anchor="e")
+        self.chat_list.tag_configure("unread", font=("TkDefaultFont", 10, "bold"))
+        self.chat_list.pack(fill="both", expand=True, pady=(6, 0))
+        self.chat_list.bind("<<TreeviewSelect>>", self._chat_selected)
+        self._updating_list = False
+
+        self.people_query = tk.StringVar(self)
+        self.people_search = ttk.Entry(people, textvariable=self.people_query)
+        self.people_search.pack(fill="x")
+        self._search_job: str | None = None
+        self.people_query.trace_add("write", lambda *_a: self._people_query_changed())
+        self.people_list = ttk.Treeview(people, show="tree", selectmode="browse")
+        self.people_list.pack(fill="both", expand=True, pady=(6, 0))
+        self.people_list.bind("<Double-Button-1>", self._person_chosen)
+        self.people_list.bind("<Return>", self._person_chosen)
+        self.more_people_button = ttk.Button(
+            people, text=_("Show more"), style="Link.TButton", command=self._more_people
+        )
+
+    def _sign_out(self) -> None:
+        self.window.presenter.sign_out()
+
+    def _chat_selected(self, _event: object) -> None:
+        if self._updating_list:
+            return
+        selection = self.chat_list.selection()
+        if selection:
+            self.window.presenter.select(selection[0])
+
+    def _people_query_changed(self) -> None:
+        if self._search_job is not None:
+            self.after_cancel(self._search_job)
+        self._search_job = self.after(150, self._search_people)
+
+    def _search_people(self) -> None:
+        self._search_job = None
+        self.window.presenter.search_people(self.people_query.get())
+
+    def _person_chosen(self, _event: object = None) -> None:
+        selection = self.people_list.selection()
+        if selection:
+            self.window.presenter.open_dm(self.people_list.item(selection[0], "text").strip())
+
+    def _more_people(self) -> None:
+        self.window.presenter.more_people()
+
+    def show_conversations(self, rows: Sequence[ConversationRow], selected: str) -> None:
+        tree = self.chat_list
+        self._updating_list = True
+        try:
+            wanted = [row.key for row in rows]
+            for item in set(tree.get_children()) - set(wanted):
+                tree.delete(item)
+            for index, row in enumerate(rows):
+                values = (str(row.unread) if row.unread else "",)
+                options: dict[str, Any] = {
+                    "text": "  " + row.title,
+                    "values": values,
+                    "image": self.dots[row.online],
+                    "tags": ("unread",) if row.unread else (),
+                }
+                if tree.exists(row.key):
+                    tree.item(row.key, **options)
+                    tree.move(row.key, "", index)
+                else:
+                    tree.insert("", index, iid=row.key, **options)
+            if selected in wanted and tree.selection() != (selected,):
+                tree.selection_set(selected)
+                tree.see(selected)
+        finally:
+            self._updating_list = False
+        total = sum(row.unread for row in rows)
+        self.tabs.tab(0, text=_("Chats") + (f"  ({total})" if total else ""))  # type: ignore[no-untyped-call]
+
+    def show_people(self, rows: Sequence[PersonRow], more: bool) -> None:
+        tree = self.people_list
+        tree.delete(*tree.get_children())
+        for row in rows:
+            label = "  " + row.name + (_(" (you)") if row.me else "")
+            tree.insert("", "end", text=label, image=self.dots[row.online])
+        if more:
+            self.more_people_button.pack(fill="x", pady=4)
+        else:
+            self.more_people_button.pack_forget()
+
+    # -- the conversation ----------------------------------------------------------------------
+
+    def _build_main(self, main: ttk.Frame) -> None:
+        header = ttk.Frame(main, padding=(18, 10, 18, 8))
+        header.pack(fill="x")
+        self.title_label = ttk.Label(header, style="Header.TLabel")
+        self.title_label.pack(side="left")
+        self.subtitle_label = ttk.Label(header, style="Muted.TLabel")
+        self.subtitle_label.pack(side="left", padx=(10, 0), pady=(3, 0))
+        ttk.Separator(main).pack(fill="x")
+
+        status = ttk.Frame(main, style="Sidebar.TFrame")
+        status.pack(side="bottom", fill="x")
+        self.status_dot = ttk.Label(
+            status, text="●", style="offline.Dot.TLabel", padding=(10, 0, 0, 0)
+        )
+        self.status_dot.pack(side="left")
+        self.status_label = ttk.Label(status, style="Status.TLabel")
+        self.status_label.pack(side="left")
+
+        composer = ttk.Frame(main, padding=(14, 8, 14, 10))
+        composer.pack(side="bottom", fill="x")
+        self.composer_error = ttk.Label(composer, style="Error.TLabel")
+        box = tk.Frame(
+            composer,
+            background=self.palette.background,
+            highlightthickness=1,
+            highlightbackground=self.palette.border,
+            highlightcolor=self.palette.accent,
+        )
+        self.send_button = ttk.Button(
+            composer, text=_("Send"), style="Accent.TButton", command=self.send_message
+        )
+        self.send_button.pack(side="right", padx=(8, 0), anchor="s")
+        box.pack(side="left", fill="x", expand=True)
+        self.composer = tk.Text(
+            box,
+            height=3,
+            width=1,
+            wrap="word",
+            borderwidth=0,
+            highlightthickness=0,
+            padx=8,
+            pady=6,
+            undo=True,
+            font="TkTextFont",
+            background=self.palette.background,
+        )
+        self.composer.pack(fill="both", expand=True)
+        self.composer.bind("<Return>", self._enter)
+        self.composer.bind("<KP_Enter>", self._enter)
+        self.composer.bind("<Shift-Return>", self._newline)
+        self.composer.bind("<Tab>", self._focus_next)
+        ttk.Separator(main).pack(side="bottom", fill="x")
+        self.messages = MessageList(main, self.window, self.palette)
+        self.messages.frame.pack(fill="both", expand=True)
+
+    def _enter(self, _event: object) -> str:
+        self.send_message()
+        return "break"
+
+    def _newline(self, _event: object) -> str:
+        self.composer.insert("insert", "\n")
+        return "break"
+
+    def _focus_next(self, _event: object) -> str:
+        self.send_button.focus_set()
+        return "break"
+
+    def send_message(self) -> None:
+        if self.window.presenter.send(self.composer.get("1.0", "end-1c")):
+            self.composer.delete("1.0", "end")
+
+    def show_header(self, header: Header) -> None:
+        self.title_label.configure(text=header.title)
+        self.subtitle_label.configure(text=header.subtitle)
+
+    def show_status(self, status: Status) -> None:
+        self.status_dot.configure(style=f"{status.state}.Dot.TLabel")
+        self.status_label.configure(text=status.text)
+
+    def show_composer_error(self, text: str) -> None:
+        self.composer_error.configure(text=text)
+        if text:
+            self.composer_error.pack(side="top", fill="x", before=self.composer.master)
+        else:
+            self.composer_error.pack_forget()
+
+
+class Switcher(tk.Toplevel):
+    """Ctrl+K: type to find a conversation or a person; Enter opens it."""
+
+    def __init__(self, window: MainWindow) -> None:
+        super().__init__(window.root)
+        self.window = window
+        self.title(_("Find a person or chat"))
+        self.transient(window.root)
+        self.configure(background=theme.PALETTE.background)
+        frame = ttk.Frame(self, padding=10)
+        frame.pack(fill="both", expand=True)
+        self.query = tk.StringVar(self)
+        self.entry = ttk.Entry(frame, textvariable=self.query, width=40)
+        self.entry.pack(fill="x")
+        self.results = tk.Listbox(
+            frame,
+            height=10,
+            activestyle="none",
+            borderwidth=0,
+            highlightthickness=0,
+            selectbackground=theme.PALETTE.selection,
+            selectforeground=theme.PALETTE.text,
+        )
+        self.results.pack(fill="both", expand=True, pady=(8, 0))
+        self.row_keys: list[str] = []
+        self.query.trace_add(
+            "write", lambda *_a: window.presenter.switcher_search(self.query.get())
+        )
+        for widget in (self.entry, self.results):
+            widget.bind("<Return>", self._choose)
+            widget.bind("<Escape>", lambda _e: self.destroy())
+            widget.bind("<Down>", lambda _e: self._move(1))
+            widget.bind("<Up>", lambda _e: self._move(-1))
+        self.results.bind("<Double-Button-1>", self._choose)
+        root = window.root
+        self.geometry(f"+{root.winfo_rootx() + 120}+{root.winfo_rooty() + 80}")
+        self.entry.focus_set()
+        window.presenter.switcher_search("")
+
+    def show(self, rows: Sequence[SwitcherRow]) -> None:
+        self.results.delete(0, "end")
+        self.row_keys = [row.key for row in rows]
+        for row in rows:
+            self.results.insert("end", f"  {row.title}    {row.detail}")
+        if rows:
+            self.results.selection_set(0)
+
+    def _move(self, step: int) -> str:
+        current = self.results.curselection()  # type: ignore[no-untyped-call]
+        index = (current[0] if current else -1) + step
+        if 0 <= index < len(self.row_keys):
+            self.results.selection_clear(0, "end")
+            self.results.selection_set(index)
+            self.results.see(index)
+        return "break"
+
+    def _choose(self, _event: object = None) -> str:
+        current = self.results.curselection()  # type: ignore[no-untyped-call]
+        if current:
+            key = self.row_keys[current[0]]
+            self.destroy()
+            self.window.presenter.switcher_choose(key)
+        return "break"
+
+
+class MainWindow:
+    """The one window: the sign-in screen or the chat screen. Implements the presenter's View."""
+
+    def __init__(self, root: tk.Tk, palette: theme.Palette) -> None:
+        self.root = root
+        self._presenter: Presenter | None = None
+        root.minsize(MIN_WIDTH, MIN_HEIGHT)
+        root.geometry("1000x680")
+        self.sign_in_screen = SignInScreen(root, self)
+        self.chat = ChatScreen(root, self, palette)
+        self.switcher: Switcher | None = None
+        self._screen: ttk.Frame | None = None
+        root.bind("<Control-k>", lambda _e: self.open_switcher())
+        root.bind("<Control-K>", lambda _e: self.open_switcher())
+        root.bind("<FocusIn>", self._focus_in, add=True)
+        root.bind("<FocusOut>", self._focus_out, add=True)
+        self._focused = True
+
+    @property
+    def presenter(self) -> Presenter:
+        assert self._presenter is not None
+        return self._presenter
+
+    @presenter.setter
+    def presenter(self, presenter: Presenter) -> None:
+        self._presenter = presenter
+
+    def _show_screen(self, screen: ttk.Frame) -> None:
+        if self._screen is not screen:
+            if self._screen is not None:
+                self._screen.pack_forget()
+            screen.pack(fill="both", expand=True)
+            self._screen = screen
+
+    def _focus_in(self, _event: object) -> None:
+        if not self._focused:
+            self._focused = True
+            self.presenter.focus_changed(True)
+
+    def _focus_out(self, _event: object) -> None:
+        # Focus moving between our own widgets also sends FocusOut; look once it settles.
+        self.root.after(50, self._check_focus)
+
+    def _check_focus(self) -> None:
+        try:
+            focused = self.root.focus_displayof() is not None
+        except (KeyError, tk.TclError):
+            focused = False
+        if focused != self._focused:
+            self._focused = focused
+            self.presenter.focus_changed(focused)
+
+    def open_switcher(self) -> None:
+        if self._screen is not self.chat:
+            return
+        if self.switcher is not None and self.switcher.winfo_exists():
+            self.switcher.lift()
+            self.switcher.entry.focus_set()
+            return
+        self.switcher = Switcher(self)
+
+    # -- the View protocol ---------------------------------------------------------------------
+
+    def show_sign_in(self, form: SignInForm) -> None:
+        if self.switcher is not None and self.switcher.winfo_exists():
+            self.switcher.destroy()
+        self._show_screen(self.sign_in_screen)
+        self.sign_in_screen.show(form)
+
+    def show_chat(self, user: str) -> None:
+        self.chat.user_label.configure(text=user)
+        self.chat.messages.edit(0, len(self.chat.messages.marks), [], reset=True)
+        self._show_screen(self.chat)
+        self.chat.composer.focus_set()
+
+    def show_conversations(self, rows: Sequence[ConversationRow], selected: str) -> None:
+        self.chat.show_conversations(rows, selected)
+
+    def show_header(self, header: Header) -> None:
+        self.chat.show_header(header)
+
+    def edit_messages(
+        self, start: int, removed: int, rows: Sequence[MessageRow], *, reset: bool
+    ) -> None:
+        self.chat.messages.edit(start, removed, rows, reset=reset)
+
+    def show_status(self, status: Status) -> None:
+        self.chat.show_status(status)
+
+    def show_people(self, rows: Sequence[PersonRow], more: bool) -> None:
+        self.chat.show_people(rows, more)
+
+    def show_switcher(self, rows: Sequence[SwitcherRow]) -> None:
+        if self.switcher is not None and self.switcher.winfo_exists():
+            self.switcher.show(rows)
+
+    def show_composer_error(self, text: str) -> None:
+        self.chat.show_composer_error(text)
+
+    def set_title(self, title: str) -> None:
+        self.root.title(title)
+
+    def bell(self) -> None:
+        self.root.bell()
+
+
+__all__ = ["GENERAL_KEY", "MainWindow"]
