@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     serve.add_argument(
+        "--send-buffer-bytes",
+        type=int,
+        help="unsent bytes per connection before it is dropped as a slow consumer "
+        "(BESEDA_SEND_BUFFER_BYTES, default 2097152)",
+    )
+    serve.add_argument(
         "--registrations-per-minute",
         type=float,
         help="new accounts per minute from one address, bursts of 3× that (at least 30) "
@@ -111,6 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
         message_rate=args.message_rate,
         message_burst=args.message_burst,
         registrations_per_minute=args.registrations_per_minute,
+        send_buffer_bytes=args.send_buffer_bytes,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_auto=True if args.tls == "auto" else None,

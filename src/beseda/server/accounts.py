@@ -6,7 +6,8 @@ Username rules (docs/protocol.md repeats them):
 * letters and digits of any script, plus ``_ - .``; no spaces, control, format (zero-width,
   bidi) or symbol characters;
 * letters from one script only (``pаypal`` with a Cyrillic ``а`` is refused), so that a name
-  cannot pose as another;
+  cannot pose as another; Han, hiragana, katakana and hangul count as one, as they are
+  written together;
 * unique after NFKC and case folding: ``Admin``, ``ＡＤＭＩＮ`` and ``admin`` are one name.
 """
 
@@ -36,10 +37,23 @@ def canonical_name(raw: str) -> str:
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", raw).casefold())
 
 
+# Scripts that are written together: a Japanese name mixes kanji, hiragana and katakana, a
+# Korean one may mix hangul and hanja.
+_SCRIPT_GROUPS = {
+    "CJK": "CJK",
+    "HIRAGANA": "CJK",
+    "KATAKANA": "CJK",
+    "KATAKANA-HIRAGANA": "CJK",
+    "HALFWIDTH": "CJK",
+    "HANGUL": "CJK",
+}
+
+
 def _script(char: str) -> str:
     # The first word of a character's Unicode name is its script for the letters we accept
     # ("LATIN SMALL LETTER A", "CYRILLIC SMALL LETTER A", "CJK UNIFIED IDEOGRAPH-4E00" …).
-    return unicodedata.name(char, "UNKNOWN").split(" ", 1)[0]
+    first = unicodedata.name(char, "UNKNOWN").split(" ", 1)[0]
+    return _SCRIPT_GROUPS.get(first, first)
 
 
 def check_username(raw: str) -> tuple[str, str]:
