@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
 _STOP: Final = b""
+LINGER: Final = 2.0
+"""Seconds a closing connection waits for the peer to close its side before it is closed."""
 
 
 class TcpConnection(asyncio.Protocol):
@@ -51,6 +53,8 @@ class TcpConnection(asyncio.Protocol):
         self._paused = False
         self._shutting_down = False
         self._auth_timer: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self._eof = False
         self._worker: asyncio.Task[None] | None = None
         self.session = Session(self)
         self.closed = self._loop.create_future()
@@ -98,6 +102,9 @@ class TcpConnection(asyncio.Protocol):
             self._paused = True
 
     def eof_received(self) -> bool | None:
+        self._eof = True
+        if self._closing:
+            return None  # our side is done too: asyncio closes the transport
         self._requests.put_nowait(_STOP)
         return True  # keep the write side open until the pending replies are sent
 
@@ -105,6 +112,8 @@ class TcpConnection(asyncio.Protocol):
         self._closing = True
         if self._auth_timer is not None:
             self._auth_timer.cancel()
+        if self._linger is not None:
+            self._linger.cancel()
         if self._counted:
             self._listener.addresses.release(self.address)
             self._counted = False
@@ -242,8 +251,19 @@ class TcpConnection(asyncio.Protocol):
         if self._worker is not None and self._worker is not asyncio.current_task():
             self._stop_worker()
         self.flush()
-        if self._transport is not None:
-            self._transport.close()  # sends what is buffered, then closes
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.can_write_eof() and not self._eof:
+            # Half-close, then read and drop until the peer closes (or LINGER passes).
+            # Closing at once while the peer's unread requests sit in our receive buffer
+            # makes the kernel send a reset, which can destroy our last lines (the bye, the
+            # final replies) before the peer reads them.
+            transport.write_eof()  # after what is buffered
+            transport.resume_reading()
+            self._linger = self._loop.call_later(LINGER, transport.close)
+        else:
+            transport.close()  # TLS cannot half-close: sends what is buffered, then closes
 
     async def finish(self, grace: float) -> None:
         """Graceful close: stop reading, let queued requests finish, say bye, close."""
