@@ -209,7 +209,7 @@ class Presenter:
         self._shown_key: str | None = None
         self._shown_rows: list[MessageRow] = []
         self._row_cache: dict[tuple[str, int], MessageRow] = {}
-        self._shown_list: list[ConversationRow] | None = None
+        self._shown_list: tuple[list[ConversationRow], str] | None = None
         self._shown_status: Status | None = None
         self._shown_title = ""
         self._shown_header: Header | None = None
@@ -685,8 +685,8 @@ class Presenter:
             ConversationRow(c.key, self._title(c), c.unread, self._online(c))
             for c in self._ordered()
         ]
-        if rows != self._shown_list:
-            self._shown_list = rows
+        if (rows, self.selected) != self._shown_list:
+            self._shown_list = (rows, self.selected)
             self.view.show_conversations(rows, self.selected)
         self._render_messages()
         conversation = self.conversations[self.selected]

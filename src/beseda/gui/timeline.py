@@ -102,7 +102,7 @@ class Timeline:
             # The usual case, an older page: one block at the front.
             self.messages[:0] = fresh
             self._seqs[:0] = [m.seq for m in fresh]
-            self._inserted(0, len(fresh))
+            self._inserted(0, len(fresh), before_window=True)
             return len(fresh)
         return sum(self.add(m) for m in fresh)
 
@@ -117,11 +117,13 @@ class Timeline:
     def find_outgoing(self, local_id: str) -> Outgoing | None:
         return next((o for o in self.outgoing if o.local_id == local_id), None)
 
-    def _inserted(self, index: int, count: int) -> None:
+    def _inserted(self, index: int, count: int, *, before_window: bool = False) -> None:
+        """Adjust the window; an insertion at its first row is inside it unless
+        ``before_window`` (an older page, shown when the reader scrolls up to it)."""
         before = len(self) - count
         if index == before and self.hi == before:
             self.hi += count  # new at the end of a window that reaches the end
-        elif index <= self.lo:
+        elif index < self.lo or (index == self.lo and before_window):
             self.lo += count
             self.hi += count
         elif index < self.hi:

@@ -1,0 +1,137 @@
+"""Fakes for presenter tests: a view that keeps what it was told, a backend that records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from beseda.gui.presenter import (
+    ConversationRow,
+    Header,
+    MessageRow,
+    PersonRow,
+    SignInForm,
+    Status,
+    SwitcherRow,
+)
+from beseda.protocol import schema
+
+
+class FakeView:
+    def __init__(self) -> None:
+        self.screen = ""
+        self.form: SignInForm | None = None
+        self.user = ""
+        self.conversations: list[ConversationRow] = []
+        self.selected = ""
+        self.header: Header | None = None
+        self.rows: list[MessageRow] = []
+        self.edits: list[tuple[int, int, int, bool]] = []
+        self.status: Status | None = None
+        self.people: list[PersonRow] = []
+        self.more_people = False
+        self.switcher: list[SwitcherRow] = []
+        self.composer_error = ""
+        self.title = ""
+        self.bells = 0
+
+    def show_sign_in(self, form: SignInForm) -> None:
+        self.screen, self.form = "sign_in", form
+
+    def show_chat(self, user: str) -> None:
+        self.screen, self.user = "chat", user
+
+    def show_conversations(self, rows: Sequence[ConversationRow], selected: str) -> None:
+        self.conversations, self.selected = list(rows), selected
+
+    def show_header(self, header: Header) -> None:
+        self.header = header
+
+    def edit_messages(
+        self, start: int, removed: int, rows: Sequence[MessageRow], *, reset: bool
+    ) -> None:
+        assert 0 <= start <= len(self.rows)
+        assert start + removed <= len(self.rows)
+        self.rows[start : start + removed] = rows
+        self.edits.append((start, removed, len(rows), reset))
+
+    def show_status(self, status: Status) -> None:
+        self.status = status
+
+    def show_people(self, rows: Sequence[PersonRow], more: bool) -> None:
+        self.people, self.more_people = list(rows), more
+
+    def show_switcher(self, rows: Sequence[SwitcherRow]) -> None:
+        self.switcher = list(rows)
+
+    def show_composer_error(self, text: str) -> None:
+        self.composer_error = text
+
+    def set_title(self, title: str) -> None:
+        self.title = title
+
+    def bell(self) -> None:
+        self.bells += 1
+
+    # -- for assertions
+    def texts(self) -> list[str]:
+        return [row.text for row in self.rows]
+
+    def unread(self) -> dict[str, int]:
+        return {row.title: row.unread for row in self.conversations}
+
+
+@dataclass
+class FakeBackend:
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+    sessions: int = 0
+
+    def sign_in(
+        self, host: str, port: int, username: str, password: str, *, create: bool, token: str | None
+    ) -> int:
+        self.sessions += 1
+        self.calls.append(("sign_in", (host, port, username, password, create, token)))
+        return self.sessions
+
+    def sign_out(self) -> None:
+        self.calls.append(("sign_out", None))
+
+    def send(self, local_id: str, peer: str | None, text: str) -> None:
+        self.calls.append(("send", (local_id, peer, text)))
+
+    def history(
+        self, key: str, *, conversation: str | None, peer: str | None, before: int | None
+    ) -> None:
+        self.calls.append(("history", (key, conversation, peer, before)))
+
+    def users(self, request: int, query: str, *, after: str | None = None) -> None:
+        self.calls.append(("users", (request, query, after)))
+
+    def of(self, kind: str) -> list[Any]:
+        return [args for name, args in self.calls if name == kind]
+
+    def last(self, kind: str) -> Any:
+        return self.of(kind)[-1]
+
+
+def message(
+    seq: int,
+    text: str = "hi",
+    sender: str = "bob",
+    *,
+    conversation: str = schema.GENERAL,
+    to: str | None = None,
+    client_id: str | None = None,
+    ts: int = 1_700_000_000_000,
+) -> schema.Message:
+    return schema.Message(
+        id=seq,
+        conversation=conversation,
+        seq=seq,
+        sender=sender,
+        to=to,
+        text=text,
+        ts=ts + seq,
+        client_id=client_id or f"c{conversation}{seq}",
+    )

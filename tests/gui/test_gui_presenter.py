@@ -1,0 +1,576 @@
+"""The desktop client's behaviour, without a display: a presenter with a fake view and backend."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from beseda.client import ConnectionState, MessageReceived, PresenceChanged, StateChanged
+from beseda.gui import events, i18n
+from beseda.gui.preferences import Preferences, SavedSession
+from beseda.gui.presenter import GENERAL_KEY, Presenter, dm_key
+from beseda.gui.timeline import Timeline
+from beseda.protocol import errors, schema
+
+from .fakes import FakeBackend, FakeView, message
+
+SERVER = "127.0.0.1:7992"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def english() -> Iterator[None]:
+    i18n.install("en")
+    yield
+    i18n.install("en")
+
+
+@pytest.fixture
+def prefs(tmp_path: Path) -> Preferences:
+    return Preferences(tmp_path / "config")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def view() -> FakeView:
+    return FakeView()
+
+
+@pytest.fixture
+def backend() -> FakeBackend:
+    return FakeBackend()
+
+
+@pytest.fixture
+def presenter(view: FakeView, backend: FakeBackend, prefs: Preferences, clock: Clock) -> Presenter:
+    return Presenter(view, backend, prefs, server=SERVER, clock=clock, wall=lambda: 1.7e9)
+
+
+def sign_in(
+    presenter: Presenter,
+    conversations: list[schema.ConversationEntry] | None = None,
+    online: dict[str, bool] | None = None,
+    *,
+    user: str = "alice",
+    remember: bool = True,
+) -> None:
+    presenter.sign_in(SERVER, user, "password123", remember=remember, create=False)
+    entries = conversations or [schema.ConversationEntry(conversation="general", last_seq=0)]
+    feed(presenter, events.SignedIn(user, "token-1", entries, online or {}))
+
+
+def feed(presenter: Presenter, *items: events.Event) -> None:
+    for item in items:
+        presenter.handle(presenter.session, item)
+    presenter.render()
+
+
+def received(*messages: schema.Message) -> list[events.Event]:
+    return [MessageReceived(m) for m in messages]
+
+
+def history(
+    presenter: Presenter,
+    key: str,
+    messages: list[schema.Message],
+    *,
+    more: bool,
+    before: int | None = None,
+    conversation: str = "general",
+) -> None:
+    result = schema.HistoryResult(conversation=conversation, messages=messages, more=more)
+    feed(presenter, events.HistoryLoaded(key, result, before))
+
+
+# -- signing in --------------------------------------------------------------------------------
+
+
+def test_the_form_remembers_the_server(
+    presenter: Presenter, view: FakeView, prefs: Preferences
+) -> None:
+    prefs.server = "10.0.0.5:9000"
+    Presenter(view, FakeBackend(), prefs).start()
+    assert view.screen == "sign_in"
+    assert view.form is not None
+    assert view.form.server == "10.0.0.5:9000"
+
+
+def test_a_fresh_install_offers_the_local_server(view: FakeView, tmp_path: Path) -> None:
+    Presenter(view, FakeBackend(), Preferences(tmp_path / "none")).start()
+    assert view.form is not None
+    assert view.form.server == "127.0.0.1:7878"
+
+
+@pytest.mark.parametrize(
+    ("server", "user", "password", "error"),
+    [
+        (SERVER, "", "password123", "Enter your username and password."),
+        (SERVER, "alice", "", "Enter your username and password."),
+        ("host:notaport", "alice", "password123", "Enter the server as host:port"),
+    ],
+)
+def test_incomplete_forms_are_refused_before_connecting(
+    presenter: Presenter,
+    view: FakeView,
+    backend: FakeBackend,
+    server: str,
+    user: str,
+    password: str,
+    error: str,
+) -> None:
+    presenter.sign_in(server, user, password, remember=False, create=False)
+    assert view.form is not None
+    assert view.form.error.startswith(error)
+    assert backend.of("sign_in") == []
+
+
+def test_sign_in_connects_and_shows_progress(
+    presenter: Presenter, view: FakeView, backend: FakeBackend, prefs: Preferences
+) -> None:
+    presenter.sign_in(" 127.0.0.1:7992 ", " alice ", "password123", remember=True, create=True)
+    assert backend.last("sign_in") == ("127.0.0.1", 7992, "alice", "password123", True, None)
+    assert view.form is not None
+    assert view.form.busy
+    assert prefs.server == SERVER
+
+
+@pytest.mark.parametrize(
+    ("code", "shown"),
+    [
+        (errors.BAD_CREDENTIALS, "Wrong username or password."),
+        (errors.NAME_TAKEN, "The name “alice” is taken. Choose another, or sign in."),
+        (events.UNREACHABLE, "Cannot reach a server at 127.0.0.1:7992. Is it running?"),
+        (events.GONE, "The server closed the connection. Try again in a moment."),
+        (errors.INVALID_PASSWORD, "A password has 8 to 256 characters."),
+        (errors.RATE_LIMITED, "Too many attempts. Try again in 3 seconds."),
+    ],
+)
+def test_failures_are_explained_in_plain_words(
+    presenter: Presenter, view: FakeView, code: str, shown: str
+) -> None:
+    presenter.sign_in(SERVER, "alice", "password123", remember=False, create=True)
+    feed(presenter, events.SignInFailed(code, "detail", retry_after=2.2))
+    assert view.screen == "sign_in"
+    assert view.form is not None
+    assert view.form.error == shown
+    assert not view.form.busy
+
+
+def test_errors_speak_russian(presenter: Presenter, view: FakeView) -> None:
+    i18n.install("ru")
+    presenter.sign_in(SERVER, "alice", "password123", remember=False, create=False)
+    feed(presenter, events.SignInFailed(errors.BAD_CREDENTIALS, ""))
+    assert view.form is not None
+    assert view.form.error == "Неверное имя или пароль."
+
+
+def test_keep_me_signed_in_stores_the_token_privately(
+    presenter: Presenter, prefs: Preferences
+) -> None:
+    sign_in(presenter, remember=True)
+    assert prefs.session() == SavedSession(SERVER, "alice", "token-1")
+    mode = (prefs.directory / "session.json").stat().st_mode
+    assert stat.S_IMODE(mode) == 0o600
+
+
+def test_without_keep_me_signed_in_no_token_is_stored(
+    presenter: Presenter, prefs: Preferences
+) -> None:
+    prefs.save_session(SavedSession(SERVER, "alice", "old"))
+    sign_in(presenter, remember=False)
+    assert prefs.session() is None
+
+
+def test_a_kept_session_signs_in_by_itself(
+    view: FakeView, backend: FakeBackend, prefs: Preferences
+) -> None:
+    prefs.save_session(SavedSession(SERVER, "alice", "tok"))
+    Presenter(view, backend, prefs, server=SERVER).start()
+    assert backend.last("sign_in") == ("127.0.0.1", 7992, "alice", "", False, "tok")
+
+
+def test_an_expired_kept_session_is_forgotten(
+    view: FakeView, backend: FakeBackend, prefs: Preferences
+) -> None:
+    prefs.save_session(SavedSession(SERVER, "alice", "tok"))
+    presenter = Presenter(view, backend, prefs, server=SERVER)
+    presenter.start()
+    feed(presenter, events.SignInFailed(errors.BAD_CREDENTIALS, ""))
+    assert prefs.session() is None
+    assert view.form is not None
+    assert view.form.error == "Your session has ended. Sign in again."
+    assert view.form.username == "alice"
+
+
+def test_sign_out_revokes_and_forgets_the_session(
+    presenter: Presenter, view: FakeView, backend: FakeBackend, prefs: Preferences
+) -> None:
+    sign_in(presenter)
+    presenter.sign_out()
+    assert backend.of("sign_out") == [None]
+    assert prefs.session() is None
+    assert view.screen == "sign_in"
+    # Late events of the old session change nothing.
+    presenter.handle(1, MessageReceived(message(1)))
+    assert presenter.conversations == {}
+
+
+def test_a_session_revoked_elsewhere_returns_to_the_form(
+    presenter: Presenter, view: FakeView, prefs: Preferences
+) -> None:
+    sign_in(presenter)
+    feed(presenter, StateChanged(ConnectionState.OFFLINE, reason=errors.BAD_CREDENTIALS))
+    assert view.screen == "sign_in"
+    assert view.form is not None
+    assert "session has ended" in view.form.error
+    assert prefs.session() is None
+
+
+# -- conversations -----------------------------------------------------------------------------
+
+
+def entries() -> list[schema.ConversationEntry]:
+    return [
+        schema.ConversationEntry(conversation="general", last_seq=5, last_ts=1_000_000),
+        schema.ConversationEntry(conversation="dm:1:2", peer="bob", last_seq=2, last_ts=3_000_000),
+        schema.ConversationEntry(
+            conversation="dm:1:3", peer="carol", last_seq=1, last_ts=2_000_000
+        ),
+    ]
+
+
+def test_signed_in_shows_chats_newest_first_with_presence(
+    presenter: Presenter, view: FakeView, backend: FakeBackend
+) -> None:
+    sign_in(presenter, entries(), {"bob": True, "carol": False})
+    assert view.screen == "chat"
+    assert view.user == "alice"
+    assert [(r.title, r.online) for r in view.conversations] == [
+        ("bob", True),
+        ("carol", False),
+        ("General", None),
+    ]
+    assert view.selected == GENERAL_KEY
+    assert backend.last("history") == (GENERAL_KEY, "general", None, None)
+    assert backend.of("users") == [(1, "", None)]
+    # First run on this machine: nothing old counts as unread.
+    assert view.unread() == {"bob": 0, "carol": 0, "General": 0}
+
+
+def test_presence_changes_move_the_dots(presenter: Presenter, view: FakeView) -> None:
+    sign_in(presenter, entries(), {"bob": True})
+    feed(presenter, PresenceChanged("bob", False), PresenceChanged("carol", True))
+    assert {r.title: r.online for r in view.conversations} == {
+        "bob": False,
+        "carol": True,
+        "General": None,
+    }
+
+
+def test_new_activity_moves_a_chat_to_the_top(presenter: Presenter, view: FakeView) -> None:
+    sign_in(presenter, entries())
+    feed(presenter, *received(message(6, ts=5_000_000_000)))
+    assert view.conversations[0].title == "General"
+
+
+def test_unread_counts_badge_title_and_bell(presenter: Presenter, view: FakeView) -> None:
+    sign_in(presenter, entries())
+    presenter.select(dm_key("bob"))
+    feed(presenter, *received(message(6), message(7)))
+    assert view.unread()["General"] == 2
+    assert view.title == "(2) alice — beseda"
+    assert view.bells == 1
+    presenter.select(GENERAL_KEY)
+    assert view.unread()["General"] == 0
+    assert view.title == "alice — beseda"
+
+
+def test_a_message_on_screen_is_read_at_once(presenter: Presenter, view: FakeView) -> None:
+    sign_in(presenter, entries())
+    feed(presenter, *received(message(6)))
+    assert view.unread()["General"] == 0
+    assert view.bells == 0
+
+
+def test_an_unfocused_window_notifies_even_for_the_chat_on_screen(
+    presenter: Presenter, view: FakeView
+) -> None:
+    sign_in(presenter, entries())
+    presenter.focus_changed(False)
+    feed(presenter, *received(message(6)))
+    assert view.unread()["General"] == 1
+    assert view.bells == 1
+    assert view.title.startswith("(1)")
+    presenter.focus_changed(True)
+    assert view.unread()["General"] == 0
+
+
+def test_own_messages_are_never_unread(presenter: Presenter, view: FakeView) -> None:
+    sign_in(presenter, entries())
+    presenter.select(dm_key("bob"))
+    feed(presenter, *received(message(6, sender="alice")))
+    assert view.unread()["General"] == 0
+    assert view.bells == 0
+
+
+def test_unread_counts_survive_a_restart(
+    view: FakeView, backend: FakeBackend, prefs: Preferences
+) -> None:
+    first = Presenter(view, backend, prefs, server=SERVER)
+    sign_in(first, entries())
+    first.close()
+    later = [
+        schema.ConversationEntry(conversation="general", last_seq=9, last_ts=1),
+        schema.ConversationEntry(conversation="dm:1:2", peer="bob", last_seq=5, last_ts=1),
+        schema.ConversationEntry(conversation="dm:1:3", peer="carol", last_seq=1, last_ts=1),
+        schema.ConversationEntry(conversation="dm:1:4", peer="dave", last_seq=3, last_ts=1),
+    ]
+    second_view = FakeView()
+    second = Presenter(second_view, FakeBackend(), prefs, server=SERVER)
+    sign_in(second, later)
+    # General is on screen, so read; bob wrote 3 more; dave's chat is new since.
+    assert second_view.unread() == {"General": 0, "bob": 3, "carol": 0, "dave": 3}
+
+
+def test_a_direct_message_from_a_stranger_opens_a_chat(
+    presenter: Presenter, view: FakeView
+) -> None:
+    sign_in(presenter)
+    dm = message(1, "psst", sender="erin", conversation="dm:1:5", to="alice")
+    feed(presenter, *received(dm))
+    assert view.unread()["erin"] == 1
+    presenter.select(dm_key("erin"))
+    assert view.texts() == ["psst"]
+    assert view.header is not None
+    assert view.header.title == "erin"
+
+
+# -- messages ----------------------------------------------------------------------------------
+
+
+def test_history_is_shown_with_own_messages_distinct(presenter: Presenter, view: FakeView) -> None:
+    sign_in(presenter, entries())
+    history(presenter, GENERAL_KEY, [message(4, "a", "bob"), message(5, "b", "alice")], more=True)
+    assert [(r.sender, r.text, r.own, r.note) for r in view.rows] == [
+        ("bob", "a", False, ""),
+        ("alice", "b", True, "✓"),
+    ]
+    assert view.rows[0].time  # local time, formatted
+
+
+def test_sending_then_sent(presenter: Presenter, view: FakeView, backend: FakeBackend) -> None:
+    sign_in(presenter)
+    assert presenter.send("  hello\nworld  ")
+    local_id, peer, text = backend.last("send")
+    assert (peer, text) == (None, "hello\nworld")
+    assert [(r.text, r.note) for r in view.rows] == [("hello\nworld", "sending…")]
+    stored = message(1, "hello\nworld", "alice", client_id=local_id)
+    feed(presenter, MessageReceived(stored), events.Sent(local_id, stored))
+    assert [(r.text, r.note) for r in view.rows] == [("hello\nworld", "✓")]
+
+
+def test_a_failed_message_can_be_retried_with_its_client_id(
+    presenter: Presenter, view: FakeView, backend: FakeBackend
+) -> None:
+    sign_in(presenter)
+    presenter.send("hello")
+    local_id = backend.last("send")[0]
+    feed(presenter, events.SendFailed(local_id, errors.STORAGE_UNAVAILABLE, "x"))
+    row = view.rows[0]
+    assert row.failed
+    assert row.note == "not sent: the server cannot store it now"
+    presenter.retry(row.id)
+    assert backend.last("send") == (local_id, None, "hello")
+    assert view.rows[0].note == "sending…"
+    assert not view.rows[0].failed
+
+
+def test_empty_and_oversized_messages_are_not_sent(
+    presenter: Presenter, view: FakeView, backend: FakeBackend
+) -> None:
+    sign_in(presenter)
+    assert not presenter.send(" \n ")
+    assert not presenter.send("x" * (schema.MAX_TEXT_CHARS + 1))
+    assert "at most 16384 characters" in view.composer_error
+    assert backend.of("send") == []
+    assert presenter.send("x" * schema.MAX_TEXT_CHARS)
+    assert view.composer_error == ""
+
+
+def test_the_outbox_waits_for_the_connection_and_delivers_once(
+    presenter: Presenter, view: FakeView, backend: FakeBackend, clock: Clock
+) -> None:
+    sign_in(presenter)
+    feed(presenter, StateChanged(ConnectionState.RECONNECTING, retry_in=4.2, reason="gone"))
+    assert view.status is not None
+    assert view.status.state == "reconnecting"
+    assert view.status.text == "Reconnecting in 5 seconds…"
+    presenter.send("while away")
+    local_id = backend.last("send")[0]
+    assert view.rows[-1].note == "waiting for connection…"
+    assert view.status.text.endswith("1 message waits to be sent.")
+    clock.now += 3.5
+    presenter.tick()
+    assert view.status.text.startswith("Reconnecting in 1 second…")
+    feed(presenter, StateChanged(ConnectionState.CONNECTED))
+    assert view.rows[-1].note == "sending…"
+    stored = message(1, "while away", "alice", client_id=local_id)
+    feed(presenter, events.Sent(local_id, stored), MessageReceived(stored))
+    assert view.texts() == ["while away"]
+    assert view.rows[0].note == "✓"
+    assert view.status.text == "Connected to 127.0.0.1:7992"
+
+
+def test_a_message_from_another_arriving_while_sending_goes_above(
+    presenter: Presenter, view: FakeView, backend: FakeBackend
+) -> None:
+    sign_in(presenter)
+    presenter.send("mine")
+    feed(presenter, *received(message(1, "theirs")))
+    assert view.texts() == ["theirs", "mine"]
+
+
+def test_text_cannot_disguise_itself(presenter: Presenter, view: FakeView) -> None:
+    sign_in(presenter)
+    feed(presenter, *received(message(1, "invoice\u202efdp.exe\x1b[2J\r", sender="bob")))
+    assert view.texts() == ["invoice\\u202efdp.exe\\x1b[2J\\x0d"]
+
+
+def test_cyrillic_emoji_and_long_text_pass_through(presenter: Presenter, view: FakeView) -> None:
+    sign_in(presenter)
+    long = "привет 😀 " + "ы" * 10_000
+    feed(presenter, *received(message(1, long)))
+    assert view.texts() == [long]
+
+
+def test_scrolling_to_the_top_loads_older_pages(
+    presenter: Presenter, view: FakeView, backend: FakeBackend
+) -> None:
+    sign_in(presenter, [schema.ConversationEntry(conversation="general", last_seq=120)])
+    history(presenter, GENERAL_KEY, [message(s) for s in range(71, 121)], more=True)
+    presenter.scrolled(0.0, 0.4)
+    assert backend.last("history") == (GENERAL_KEY, "general", None, 71)
+    presenter.scrolled(0.0, 0.4)  # one request at a time
+    assert len(backend.of("history")) == 2
+    history(presenter, GENERAL_KEY, [message(s) for s in range(21, 71)], more=False, before=71)
+    assert [r.id for r in view.rows[:2]] == ["seq:21", "seq:22"]
+    assert len(view.rows) == 100
+    assert view.edits[-1][:2] == (0, 0)  # prepended: the view keeps its place
+    presenter.scrolled(0.0, 0.4)
+    assert len(backend.of("history")) == 2  # no more to load
+
+
+def test_ten_thousand_messages_keep_the_view_small(
+    presenter: Presenter, view: FakeView, backend: FakeBackend
+) -> None:
+    sign_in(presenter, [schema.ConversationEntry(conversation="general", last_seq=10_000)])
+    for end in range(10_000, 0, -200):
+        history(
+            presenter,
+            GENERAL_KEY,
+            [message(s) for s in range(end - 199, end + 1)],
+            more=end > 200,
+            before=None,
+        )
+    assert len(presenter.conversations[GENERAL_KEY].timeline) == 10_000
+    assert len(view.rows) <= Timeline.CAP
+    presenter.select(dm_key("nobody"))  # not a chat: nothing changes
+    presenter.open_dm("bob")
+    presenter.select(GENERAL_KEY)
+    assert view.rows[-1].id == "seq:10000"
+    assert len(view.rows) == Timeline.INITIAL
+    for _ in range(100):
+        presenter.scrolled(0.0, 0.5)
+    assert view.rows[0].id == "seq:1"
+    assert len(view.rows) == Timeline.CAP
+    for _ in range(100):
+        presenter.scrolled(0.5, 1.0)
+    assert view.rows[-1].id == "seq:10000"
+    assert len(view.rows) == Timeline.CAP
+
+
+def test_new_messages_while_reading_older_ones_do_not_jump(
+    presenter: Presenter, view: FakeView
+) -> None:
+    sign_in(presenter, [schema.ConversationEntry(conversation="general", last_seq=50)])
+    history(presenter, GENERAL_KEY, [message(s) for s in range(1, 51)], more=False)
+    presenter.scrolled(0.2, 0.5)
+    feed(presenter, *received(message(51)))
+    start, removed, added, reset = view.edits[-1]
+    assert (start, removed, added, reset) == (50, 0, 1, False)
+
+
+# -- people ------------------------------------------------------------------------------------
+
+
+def users(*pairs: tuple[str, bool], more: str | None = None) -> schema.UsersResult:
+    return schema.UsersResult(
+        users=[schema.UserEntry(name=n, online=o) for n, o in pairs], next=more
+    )
+
+
+def test_the_directory_searches_on_the_server(
+    presenter: Presenter, view: FakeView, backend: FakeBackend
+) -> None:
+    sign_in(presenter)
+    presenter.search_people("bo")
+    request = backend.last("users")[0]
+    assert backend.last("users") == (request, "bo", None)
+    feed(presenter, events.UsersFound(request - 1, users(("stale", True)), False))
+    feed(
+        presenter,
+        events.UsersFound(request, users(("bob", True), ("bobby", False), more="bobby"), False),
+    )
+    assert [(p.name, p.online) for p in view.people] == [("bob", True), ("bobby", False)]
+    assert view.more_people
+    presenter.more_people()
+    assert backend.last("users") == (request, "bo", "bobby")
+    feed(presenter, events.UsersFound(request, users(("bobo", True)), True))
+    assert [p.name for p in view.people] == ["bob", "bobby", "bobo"]
+    assert not view.more_people
+
+
+def test_choosing_a_person_opens_the_dm_with_history(
+    presenter: Presenter, view: FakeView, backend: FakeBackend
+) -> None:
+    sign_in(presenter)
+    presenter.open_dm("Bob")
+    assert backend.last("history") == (dm_key("bob"), None, "Bob", None)
+    assert view.header is not None
+    assert view.header.title == "Bob"
+    old = message(1, "earlier", sender="bob", conversation="dm:1:2", to="alice")
+    history(presenter, dm_key("bob"), [old], more=False, conversation="dm:1:2")
+    assert view.texts() == ["earlier"]
+    presenter.send("hi bob")
+    assert backend.last("send")[1:] == ("Bob", "hi bob")
+
+
+def test_the_quick_switcher_finds_chats_and_people(
+    presenter: Presenter, view: FakeView, backend: FakeBackend
+) -> None:
+    sign_in(presenter, entries())
+    presenter.switcher_search("ca")
+    assert [r.title for r in view.switcher] == ["carol"]
+    request = backend.last("users")[0]
+    feed(presenter, events.UsersFound(request, users(("carol", True), ("casey", False)), False))
+    assert [r.title for r in view.switcher] == ["carol", "casey"]
+    presenter.switcher_choose(dm_key("casey"))
+    assert view.header is not None
+    assert view.header.title == "casey"
+    presenter.switcher_search("gen")
+    presenter.switcher_choose(view.switcher[0].key)
+    assert view.selected == GENERAL_KEY
