@@ -527,6 +527,8 @@ class Client:
             self._set_state(ConnectionState.OFFLINE, reason=reason)
             return
         if self._supervisor is None or self._supervisor.done():
+            # From now on requests queue for the reconnect instead of failing "not connected".
+            self._set_state(ConnectionState.RECONNECTING, reason=reason)
             self._supervisor = asyncio.create_task(self._reconnect(reason))
 
     async def _reconnect(self, reason: str) -> None:
