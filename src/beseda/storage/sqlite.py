@@ -33,6 +33,10 @@ T = TypeVar("T")
 MAX_BATCH = 512
 """Most writes committed in one transaction."""
 
+_SEQ_CEILING = 2**62
+"""Above every sequence number. Cursors come from clients, who may send any integer, and an
+integer SQLite cannot hold (2**63 and up) raises OverflowError instead of matching nothing."""
+
 _MESSAGE_COLUMNS = """
     m.id, m.conversation, m.seq, s.name, r.name, m.text, m.ts, m.client_id
     FROM messages m
@@ -475,7 +479,11 @@ class SQLiteStorage:
             rows = conn.execute(
                 f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = ? AND m.seq < ? "
                 "ORDER BY m.seq DESC LIMIT ?",
-                (conversation, before if before is not None else 2**62, limit + 1),
+                (
+                    conversation,
+                    _SEQ_CEILING if before is None else min(before, _SEQ_CEILING),
+                    limit + 1,
+                ),
             ).fetchall()
             more = len(rows) > limit
             return [_message(row) for row in reversed(rows[:limit])], more
@@ -491,7 +499,7 @@ class SQLiteStorage:
                 rows = conn.execute(
                     f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = ? AND m.seq > ? "
                     "ORDER BY m.seq LIMIT ?",
-                    (conversation, after, limit + 1),
+                    (conversation, min(after, _SEQ_CEILING), limit + 1),
                 ).fetchall()
                 collected.extend(_message(row) for row in rows)
             # Ordering by id keeps each conversation's run contiguous from its cursor, since
