@@ -849,3 +849,14 @@ async def test_any_text_is_stored_as_sent(world: World) -> None:
     history, _ = await world.store.storage.history(GENERAL, None, 10)
     assert [m.text for m in history] == weird
     assert history == sent
+
+
+@pytest.mark.parametrize("huge", [2**62, 2**63, 2**64, 10**30])
+async def test_huge_cursors_mean_the_newest(world: World, huge: int) -> None:
+    alice = await world.user("alice")
+    sent = [await world.send(alice, f"m{i}") for i in range(3)]
+    page = await world.call(alice, schema.History, conversation=GENERAL, before=huge)
+    assert (page.messages, page.more) == (sent, False)
+    synced = await world.call(alice, schema.Sync, cursors={GENERAL: huge})
+    assert synced.messages == []
+    assert (await world.store.storage.messages_after({GENERAL: huge}, 10)) == ([], False)
