@@ -48,6 +48,10 @@ class MemoryStorage:
     async def close(self) -> None:
         self.closed = True
 
+    def stored(self) -> list[Message]:
+        """Every stored message, synchronously (for tests that inspect the store)."""
+        return [m for messages in self._messages.values() for m in messages]
+
     async def _io(self) -> None:
         # The real store answers from another thread: let other tasks run meanwhile.
         if self.closed:

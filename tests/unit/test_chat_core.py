@@ -51,9 +51,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     if request.param == "memory":
         memory = MemoryStorage()
         await memory.open()
-        yield Store(
-            memory, lambda message_id: any(m.id == message_id for m in _all_messages(memory))
-        )
+        yield Store(memory, lambda message_id: any(m.id == message_id for m in memory.stored()))
         await memory.close()
         return
     path = tmp_path / "chat.db"
@@ -69,10 +67,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
     yield Store(sqlite, committed)
     await sqlite.close()
-
-
-def _all_messages(memory: MemoryStorage) -> list[schema.Message]:
-    return [m for messages in memory._messages.values() for m in messages]
 
 
 class World:
@@ -95,8 +89,17 @@ class World:
             limits=limits,
             clock=lambda: next(self._ms),
             monotonic=lambda: self.now,
+            sleep=self._sleep,
         )
+        self.slept: list[float] = []
+        self.clock_follows_sleep = True
         self.delivered_uncommitted: list[int] = []
+
+    async def _sleep(self, seconds: float) -> None:
+        # The core holds messages over the rate by sleeping: advance the fake clock instead.
+        self.slept.append(seconds)
+        if self.clock_follows_sleep:
+            self.now += seconds
 
     def connect(self, address: str = "192.0.2.1") -> Session:
         peer = FakePeer(next(self._conn_ids), address)
@@ -472,8 +475,31 @@ async def test_message_length_is_bounded_in_characters(world: World) -> None:
     assert len((await world.store.storage.history(GENERAL, None, 10))[0]) == 1
 
 
+async def test_messages_over_the_rate_are_held_in_order_then_refused(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world(message_rate=2.0, message_burst=3, message_max_delay=1.0)
+    world.clock_follows_sleep = False  # as if the held messages all came at one instant
+    alice, bob = await world.user("alice"), await world.user("bob")
+    for i in range(3):  # the burst
+        await world.send(alice, f"m{i}")
+    assert world.slept == []
+    # Over the rate, messages are held at the rate (2/s), in order, not refused ...
+    await world.send(alice, "m3")
+    await world.send(alice, "m4")
+    assert world.slept == [pytest.approx(0.5), pytest.approx(1.0)]
+    # ... until the backlog would pass message_max_delay.
+    error = await world.fails(alice, schema.Send, client_id="late", text="too fast")
+    assert error.code == errors.RATE_LIMITED
+    assert error.retry_after == pytest.approx(0.5)
+    await world.send(bob, "bob is not limited")
+    assert world.slept == [pytest.approx(0.5), pytest.approx(1.0)]
+    history, _ = await world.store.storage.history(GENERAL, None, 10)
+    assert [m.text for m in history] == ["m0", "m1", "m2", "m3", "m4", "bob is not limited"]
+
+
 async def test_messages_are_rate_limited_per_user(make_world: Callable[..., World]) -> None:
-    world = make_world(message_rate=2.0, message_burst=3)
+    world = make_world(message_rate=2.0, message_burst=3, message_max_delay=0.0)
     alice, alice_phone = await world.user("alice"), await world.user("alice")
     bob = await world.user("bob")
     for i in range(3):
