@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     serve.add_argument(
+        "--message-max-delay",
+        type=float,
+        help="seconds of backlog over the rate that a user's messages are held rather than "
+        "refused (BESEDA_MESSAGE_MAX_DELAY, default 2)",
+    )
+    serve.add_argument(
         "--send-buffer-bytes",
         type=int,
         help="unsent bytes per connection before it is dropped as a slow consumer "
@@ -118,6 +124,7 @@ def _serve(args: argparse.Namespace) -> int:
         message_burst=args.message_burst,
         registrations_per_minute=args.registrations_per_minute,
         send_buffer_bytes=args.send_buffer_bytes,
+        message_max_delay=args.message_max_delay,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_auto=True if args.tls == "auto" else None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -236,8 +237,29 @@ async def test_a_logged_in_connection_does_not_time_out(
     await conn.close()
 
 
+async def test_messages_over_the_rate_are_held_in_order(
+    make_server: Callable[..., Server],
+) -> None:
+    # The default: over the rate, a connection's messages wait their turn (the replies come
+    # later) instead of being refused, so a fast sender keeps its order and needs no retry.
+    server = make_server(message_rate=20, message_burst=5, message_max_delay=2.0)
+    await server.start()
+    alice = await Newcomer.user(server.port, "alice")
+    started = time.monotonic()
+    ids = [alice.send("send", client_id=f"a{n}", text=f"a{n}") for n in range(30)]
+    replies = [await alice.reply(request_id) for request_id in ids]
+    held_for = time.monotonic() - started
+    assert [r["type"] for r in replies] == ["result"] * 30
+    assert [r["data"]["message"]["seq"] for r in replies] == list(range(1, 31))
+    assert await stored_texts(server.port) == [f"a{n}" for n in range(30)]
+    # 25 beyond the burst at 20 per second: paced, not all at once.
+    assert held_for >= 25 / 20 * 0.9
+    await alice.close()
+
+
 async def test_message_rate_is_limited_per_user(make_server: Callable[..., Server]) -> None:
-    server = make_server(message_rate=5, message_burst=5)
+    # With no holding allowed, every message over the rate is refused at once.
+    server = make_server(message_rate=5, message_burst=5, message_max_delay=0.0)
     await server.start()
     alice = await Newcomer.user(server.port, "alice")
     bob = await Newcomer.user(server.port, "bob")

@@ -179,6 +179,27 @@ class TokenBucket:
             return 0.0
         return (1 - bucket.tokens) / self.rate
 
+    def reserve(self, key: object, now: float, max_wait: float) -> float | None:
+        """Spend one token now or in the future: returns the seconds to wait before using it
+        (0 when one is free), or None, spending nothing, when that would exceed ``max_wait``.
+
+        Reserving lets the bucket go into debt, so concurrent waiters queue up behind one
+        another at the bucket's rate instead of all waking at once.
+        """
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) > 100_000:
+                self._prune(now)
+            bucket = self._buckets[key] = _Bucket(self.burst, now)
+        else:
+            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
+            bucket.stamp = now
+        wait = max(0.0, (1 - bucket.tokens) / self.rate)
+        if wait > max_wait:
+            return None
+        bucket.tokens -= 1
+        return wait
+
     def peek(self, key: object, now: float) -> float:
         """Seconds until ``key`` may take a token (0 when it may now), spending nothing."""
         bucket = self._buckets.get(key)

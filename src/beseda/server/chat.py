@@ -10,6 +10,7 @@ publish to the bus (delivery), and only then return the acknowledgement.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -87,6 +88,7 @@ class Chat:
         limits: Limits,
         clock: Callable[[], int] = _now_ms,
         monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._storage = storage
         self._bus = bus
@@ -95,6 +97,7 @@ class Chat:
         self._limits = limits
         self._clock = clock
         self._monotonic = monotonic
+        self._sleep = sleep
         self._throttle = accounts.LoginThrottle(
             per_account=limits.login_failures_per_account,
             per_address=limits.login_failures_per_address,
@@ -246,9 +249,16 @@ class Chat:
                 f"A message may have at most {schema.MAX_TEXT_CHARS} characters; "
                 f"this one has {len(text)}.",
             )
-        wait = self._message_rate.take(sender.id, self._monotonic())
-        if wait:
-            raise ProtocolError(errors.RATE_LIMITED, retry_after=round(wait, 3))
+        # Over the rate, hold the message instead of refusing it while the backlog is short:
+        # a connection's requests are handled in order, so a fast sender is paced at the
+        # rate, keeps its order and needs no retries. Only a longer backlog is refused.
+        now = self._monotonic()
+        wait = self._message_rate.reserve(sender.id, now, self._limits.message_max_delay)
+        if wait is None:
+            retry = self._message_rate.peek(sender.id, now) - self._limits.message_max_delay
+            raise ProtocolError(errors.RATE_LIMITED, retry_after=round(max(retry, 0.001), 3))
+        if wait > 0:
+            await self._sleep(wait)
         conversation = GENERAL if recipient is None else dm_conversation(sender.id, recipient.id)
         stored, duplicate = await self._storage.append_message(
             NewMessage(conversation, sender, recipient, client_id, text, self._clock())

@@ -35,6 +35,9 @@ class Limits:
     """Messages (general and direct) per second per user, sustained."""
     message_burst: int = 100
     """Messages a user may send at once before the rate applies."""
+    message_max_delay: float = 2.0
+    """A message over the rate is held (its reply comes later) while the user's backlog is
+    at most this many seconds; beyond that it is refused with ``rate_limited``."""
     send_buffer_bytes: int = 2 * 1024 * 1024
     """Outbound bytes queued for one connection before it is dropped as a slow consumer."""
     max_pending_requests: int = 64
@@ -87,6 +90,7 @@ _LIMIT_ENV: dict[str, Callable[[str], object]] = {
     "max_connections_per_address": int,
     "message_rate": float,
     "message_burst": int,
+    "message_max_delay": float,
     "send_buffer_bytes": int,
 }
 
