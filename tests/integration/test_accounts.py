@@ -217,6 +217,7 @@ async def test_second_login_on_one_connection_is_refused_and_leaves_no_ghost(
     observer = await Newcomer.user(server.port, "observer")
     bob = await Newcomer.user(server.port, "bob")
     await bob.close()
+    await observer.event("presence", user="bob", online=False)
     conn = await Newcomer.user(server.port, "alice")
     await observer.event("presence", user="alice", online=True)
 
