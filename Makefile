@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 7878
 
-.PHONY: run serve client test lint typecheck pytest bench bench-smoke soak ngircd clean
+.PHONY: run serve client screenshot test lint typecheck pytest bench bench-smoke soak ngircd clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -29,12 +29,16 @@ serve: run
 client: $(STAMP)
 	$(BIN)/beseda client
 
+## screenshot: docs/screenshot.png from the real client under Xvfb
+screenshot: $(STAMP)
+	$(BIN)/python scripts/screenshot.py
+
 ## test: lint, type-check and run the whole suite
 test: lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
