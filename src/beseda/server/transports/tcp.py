@@ -259,7 +259,11 @@ class TcpConnection(asyncio.Protocol):
             # Closing at once while the peer's unread requests sit in our receive buffer
             # makes the kernel send a reset, which can destroy our last lines (the bye, the
             # final replies) before the peer reads them.
-            transport.write_eof()  # after what is buffered
+            try:
+                transport.write_eof()  # after what is buffered
+            except OSError:  # the peer is already gone (ENOTCONN): nothing left to protect
+                transport.abort()
+                return
             transport.resume_reading()
             self._linger = self._loop.call_later(LINGER, transport.close)
         else:
