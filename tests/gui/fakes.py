@@ -86,12 +86,28 @@ class FakeView:
 class FakeBackend:
     calls: list[tuple[str, Any]] = field(default_factory=list)
     sessions: int = 0
+    fingerprints: list[str | None] = field(default_factory=list)
+    """The ``fingerprint`` of each sign_in, in order."""
 
     def sign_in(
-        self, host: str, port: int, username: str, password: str, *, create: bool, token: str | None
+        self,
+        host: str,
+        port: int,
+        username: str,
+        password: str,
+        *,
+        create: bool,
+        token: str | None,
+        fingerprint: str | None = None,
     ) -> int:
         self.sessions += 1
         self.calls.append(("sign_in", (host, port, username, password, create, token)))
+        self.fingerprints.append(fingerprint)
+        return self.sessions
+
+    def fetch_fingerprint(self, host: str, port: int) -> int:
+        self.sessions += 1
+        self.calls.append(("fetch_fingerprint", (host, port)))
         return self.sessions
 
     def sign_out(self) -> None:

@@ -574,3 +574,134 @@ def test_the_quick_switcher_finds_chats_and_people(
     presenter.switcher_search("gen")
     presenter.switcher_choose(view.switcher[0].key)
     assert view.selected == GENERAL_KEY
+
+
+# -- TLS: trust on first use, pinning, a changed certificate ---------------------------------
+
+FINGERPRINT = "SHA256:" + ":".join(["AB"] * 32)
+OTHER = "SHA256:" + ":".join(["CD"] * 32)
+
+
+def sign_in_tls(presenter: Presenter) -> None:
+    presenter.sign_in(SERVER, "alice", "password123", remember=True, create=False, tls=True)
+
+
+def test_first_tls_sign_in_asks_to_trust_the_fingerprint_then_connects_pinned(
+    presenter: Presenter, view: FakeView, backend: FakeBackend, prefs: Preferences
+) -> None:
+    sign_in_tls(presenter)
+    assert backend.of("fetch_fingerprint") == [("127.0.0.1", 7992)]
+    assert backend.of("sign_in") == []
+    feed(presenter, events.FingerprintFetched(SERVER, FINGERPRINT))
+    assert view.form is not None
+    prompt = view.form.trust
+    assert prompt is not None
+    assert (prompt.address, prompt.fingerprint) == (SERVER, FINGERPRINT)
+    assert FINGERPRINT in prompt.text
+    assert SERVER in prompt.text
+    assert "operator" in prompt.text
+    presenter.trust()
+    assert prefs.trusted_servers.get(SERVER) == FINGERPRINT
+    path = prefs.directory / "trusted-servers.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert backend.last("sign_in") == ("127.0.0.1", 7992, "alice", "password123", False, None)
+    assert backend.fingerprints == [FINGERPRINT]
+    assert view.form.trust is None
+    assert view.form.busy
+    feed(presenter, events.SignedIn("alice", "t", [], {}))
+    assert view.screen == "chat"
+    # The box is remembered with the address.
+    again = Preferences(prefs.directory)
+    assert again.tls
+    assert Presenter(FakeView(), FakeBackend(), again).form.tls
+
+
+def test_a_trusted_server_is_pinned_without_asking(
+    presenter: Presenter, view: FakeView, backend: FakeBackend, prefs: Preferences
+) -> None:
+    prefs.trusted_servers.trust(SERVER, FINGERPRINT)
+    sign_in_tls(presenter)
+    assert backend.of("fetch_fingerprint") == []
+    assert backend.fingerprints == [FINGERPRINT]
+    assert view.form is not None
+    assert view.form.trust is None
+
+
+def test_without_tls_nothing_is_pinned(presenter: Presenter, backend: FakeBackend) -> None:
+    presenter.sign_in(SERVER, "alice", "password123", remember=True, create=False, tls=False)
+    assert backend.of("fetch_fingerprint") == []
+    assert backend.fingerprints == [None]
+
+
+def test_cancelling_the_trust_prompt_returns_to_the_form(
+    presenter: Presenter, view: FakeView, backend: FakeBackend, prefs: Preferences
+) -> None:
+    sign_in_tls(presenter)
+    feed(presenter, events.FingerprintFetched(SERVER, FINGERPRINT))
+    presenter.cancel_trust()
+    assert view.screen == "sign_in"
+    assert view.form is not None
+    assert view.form.trust is None
+    assert not view.form.busy
+    assert view.form.tls
+    assert prefs.trusted_servers.get(SERVER) is None
+    assert backend.of("sign_in") == []
+    presenter.trust()  # a late click does nothing
+    assert backend.of("sign_in") == []
+    # And the form works again: asking anew.
+    sign_in_tls(presenter)
+    assert len(backend.of("fetch_fingerprint")) == 2
+
+
+def test_a_changed_certificate_at_sign_in_is_refused_with_both_fingerprints(
+    presenter: Presenter, view: FakeView, backend: FakeBackend, prefs: Preferences
+) -> None:
+    prefs.trusted_servers.trust(SERVER, FINGERPRINT)
+    sign_in_tls(presenter)
+    feed(presenter, events.CertificateChanged(SERVER, FINGERPRINT, OTHER))
+    assert view.screen == "sign_in"
+    assert view.form is not None
+    assert "has changed" in view.form.error
+    assert "intercepting" in view.form.error
+    assert FINGERPRINT in view.form.error
+    assert OTHER in view.form.error
+    assert not view.form.busy
+    assert len(backend.of("sign_in")) == 1
+    assert prefs.trusted_servers.get(SERVER) == FINGERPRINT
+
+
+def test_a_changed_certificate_while_reconnecting_ends_the_session(
+    presenter: Presenter, view: FakeView, backend: FakeBackend, prefs: Preferences
+) -> None:
+    prefs.trusted_servers.trust(SERVER, FINGERPRINT)
+    sign_in_tls(presenter)
+    feed(presenter, events.SignedIn("alice", "t", [], {}))
+    reason = (
+        f"The certificate of {SERVER} has changed: it was {FINGERPRINT}, it is now {OTHER}. "
+        "Someone may be intercepting the connection."
+    )
+    feed(presenter, StateChanged(ConnectionState.OFFLINE, reason=reason))
+    assert view.screen == "sign_in"
+    assert view.form is not None
+    assert "intercepting" in view.form.error
+    assert FINGERPRINT in view.form.error
+    assert OTHER in view.form.error
+    assert len(backend.of("sign_in")) == 1
+
+
+def test_a_server_without_tls_is_explained(presenter: Presenter, view: FakeView) -> None:
+    sign_in_tls(presenter)
+    feed(presenter, events.SignInFailed(events.TLS_FAILED, "wrong version number"))
+    assert view.form is not None
+    assert "secure connection" in view.form.error
+    assert view.form.trust is None
+
+
+def test_the_trust_prompt_is_translated(presenter: Presenter, view: FakeView) -> None:
+    i18n.install("ru")
+    sign_in_tls(presenter)
+    feed(presenter, events.FingerprintFetched(SERVER, FINGERPRINT))
+    assert view.form is not None
+    assert view.form.trust is not None
+    assert "Доверять" in view.form.trust.text
+    assert FINGERPRINT in view.form.trust.text

@@ -16,6 +16,8 @@ UNREACHABLE = "unreachable"
 """Sign-in failure: nothing answered at the address."""
 GONE = "gone"
 """Sign-in failure: the server closed the connection."""
+TLS_FAILED = "tls"
+"""Sign-in failure: no secure connection could be set up (a server without TLS, say)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,24 @@ class SignInFailed:
     """An error code of the protocol, or :data:`UNREACHABLE` / :data:`GONE`."""
     detail: str
     retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FingerprintFetched:
+    """The fingerprint of the certificate a server presents, for a person to trust or not."""
+
+    address: str
+    """``host:port``, as the trusted servers are kept."""
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateChanged:
+    """The server presented a certificate other than the trusted one: not connected."""
+
+    address: str
+    expected: str
+    actual: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +97,8 @@ class UsersFound:
 Event = (
     SignedIn
     | SignInFailed
+    | FingerprintFetched
+    | CertificateChanged
     | SignedOut
     | HistoryLoaded
     | HistoryFailed

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from .. import tls
 from ..client import Client, ConnectionLostError
 from ..protocol import errors
 from ..protocol.errors import BesedaError, ProtocolError
@@ -77,12 +79,31 @@ class Network:
     # -- actions (called from the Tk thread) ---------------------------------------------------
 
     def sign_in(
-        self, host: str, port: int, username: str, password: str, *, create: bool, token: str | None
+        self,
+        host: str,
+        port: int,
+        username: str,
+        password: str,
+        *,
+        create: bool,
+        token: str | None,
+        fingerprint: str | None = None,
     ) -> int:
-        """Start signing in; returns the number of the new session its events carry."""
+        """Start signing in; returns the number of the new session its events carry.
+        With ``fingerprint``, over TLS to a server presenting that certificate only."""
         self._sessions += 1
         session = self._sessions
-        self._submit(self._sign_in(session, host, port, username, password, create, token))
+        self._submit(
+            self._sign_in(session, host, port, username, password, create, token, fingerprint)
+        )
+        return session
+
+    def fetch_fingerprint(self, host: str, port: int) -> int:
+        """Start fetching the fingerprint of the server's certificate (a
+        :class:`~.events.FingerprintFetched` comes back); returns the session number."""
+        self._sessions += 1
+        session = self._sessions
+        self._submit(self._fetch_fingerprint(session, host, port))
         return session
 
     def sign_out(self) -> None:
@@ -128,11 +149,21 @@ class Network:
         password: str,
         create: bool,
         token: str | None,
+        fingerprint: str | None,
     ) -> None:
         await self._drop_client()
-        client = Client(host, port, **self._client_options)
+        options = dict(self._client_options)
+        if fingerprint is not None:
+            options["fingerprint"] = fingerprint
+        client = Client(host, port, **options)
         try:
             await client.connect()
+        except tls.CertificateChangedError as exc:
+            self._post(session, events.CertificateChanged(exc.address, exc.expected, exc.actual))
+            return
+        except (tls.TLSError, ssl.SSLError) as exc:
+            self._post(session, events.SignInFailed(events.TLS_FAILED, str(exc)))
+            return
         except ConnectionRefusedError as exc:
             code, _sep, detail = str(exc).partition(": ")
             if code in errors.MESSAGES:
@@ -166,6 +197,17 @@ class Network:
         self._client, self._session = client, session
         self._post(session, events.SignedIn(result.user, result.token, entries, online))
         self._forwarder = asyncio.create_task(self._forward(client, session))
+
+    async def _fetch_fingerprint(self, session: int, host: str, port: int) -> None:
+        timeout = float(self._client_options.get("connect_timeout", 10.0))
+        try:
+            fingerprint = await asyncio.to_thread(tls.fetch_fingerprint, host, port, timeout)
+        except (tls.TLSError, ssl.SSLError) as exc:
+            self._post(session, events.SignInFailed(events.TLS_FAILED, str(exc)))
+        except (OSError, TimeoutError) as exc:
+            self._post(session, events.SignInFailed(events.UNREACHABLE, str(exc) or repr(exc)))
+        else:
+            self._post(session, events.FingerprintFetched(f"{host}:{port}", fingerprint))
 
     @staticmethod
     async def _presence_of(client: Client, peers: list[str]) -> dict[str, bool]:

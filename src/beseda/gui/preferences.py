@@ -1,6 +1,8 @@
 """What the desktop client remembers between runs, in the user's config directory.
 
-``settings.json`` holds the last server address; ``session.json`` the token of a "keep me
+``settings.json`` holds the last server address and whether it is reached over TLS;
+``trusted-servers.json`` the fingerprints of the self-signed certificates the user trusted
+(mode 0600, see :class:`~beseda.tls.PinStore`); ``session.json`` the token of a "keep me
 signed in" session, readable by its owner alone (mode 0600); ``read.json`` how far the user has
 read each conversation, per server and user, so unread counts survive a restart.
 """
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
+
+from ..tls import PinStore
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,22 @@ class Preferences:
         settings = self._read("settings.json")
         settings["server"] = address
         self._write("settings.json", settings)
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server is reached over TLS (off unless the user turned it on)."""
+        return self._read("settings.json").get("tls") is True
+
+    @tls.setter
+    def tls(self, on: bool) -> None:
+        settings = self._read("settings.json")
+        settings["tls"] = bool(on)
+        self._write("settings.json", settings)
+
+    @property
+    def trusted_servers(self) -> PinStore:
+        """The fingerprints of the certificates the user trusted, by ``host:port``."""
+        return PinStore(self.directory / "trusted-servers.json")
 
     # -- the kept session ----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ presenter with a fake view and a fake backend.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Protocol
 from ..client import ConnectionState, MessageReceived, PresenceChanged, StateChanged
 from ..client.connection import new_client_id
 from ..protocol import errors, schema
+from ..tls import TLSError
 from . import events
 from .i18n import _, ngettext
 from .network import parse_address
@@ -39,12 +41,25 @@ def dm_key(peer: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class TrustPrompt:
+    """Asks whether to trust a server's self-signed certificate, showing its fingerprint."""
+
+    address: str
+    fingerprint: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class SignInForm:
     server: str
     username: str = ""
     remember: bool = True
     error: str = ""
     busy: bool = False
+    tls: bool = False
+    """The "Secure connection (TLS)" box."""
+    trust: TrustPrompt | None = None
+    """When set, the form asks to trust this certificate (Trust / Cancel) before going on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +137,17 @@ class Backend(Protocol):
     """The network side (:class:`~.network.Network`); every call returns at once."""
 
     def sign_in(
-        self, host: str, port: int, username: str, password: str, *, create: bool, token: str | None
+        self,
+        host: str,
+        port: int,
+        username: str,
+        password: str,
+        *,
+        create: bool,
+        token: str | None,
+        fingerprint: str | None = None,
     ) -> int: ...
+    def fetch_fingerprint(self, host: str, port: int) -> int: ...
     def sign_out(self) -> None: ...
     def send(self, local_id: str, peer: str | None, text: str) -> None: ...
     def history(
@@ -156,7 +180,8 @@ class Conversation:
         return max(0, self.last_seq - self.read_seq)
 
 
-SIGN_IN, SIGNING_IN, CHAT = "sign_in", "signing_in", "chat"
+SIGN_IN, SIGNING_IN, TRUSTING, CHAT = "sign_in", "signing_in", "trusting", "chat"
+_CHANGED = re.compile(r"it was (SHA256:[0-9A-F:]+), it is now (SHA256:[0-9A-F:]+|no certificate)")
 READ_SAVE_INTERVAL = 3.0
 
 
@@ -184,8 +209,11 @@ class Presenter:
         self.user = ""
         self.token = ""
         self.remember = True
+        self.tls = preferences.tls
         self.using_token = False
-        self.form = SignInForm(self.server)
+        self._awaiting: tuple[str, str, bool, str | None] | None = None
+        """While the trust prompt is up: username, password, create, token to go on with."""
+        self.form = SignInForm(self.server, tls=self.tls)
         self.conversations: dict[str, Conversation] = {}
         self.selected = GENERAL_KEY
         self.presence: dict[str, bool] = {}
@@ -221,22 +249,32 @@ class Presenter:
         """Sign in with a kept session, or show the sign-in form."""
         saved = self.preferences.session()
         if saved is not None and saved.server == self.server:
-            self.form = SignInForm(saved.server, saved.user, remember=True)
+            self.form = SignInForm(saved.server, saved.user, remember=True, tls=self.tls)
             self._begin_sign_in(saved.server, saved.user, "", create=False, token=saved.token)
         else:
-            self.form = SignInForm(self.server)
+            self.form = SignInForm(self.server, tls=self.tls)
             self.view.show_sign_in(self.form)
         self.view.set_title(_("beseda"))
 
     def sign_in(
-        self, server: str, username: str, password: str, *, remember: bool, create: bool
+        self,
+        server: str,
+        username: str,
+        password: str,
+        *,
+        remember: bool,
+        create: bool,
+        tls: bool | None = None,
     ) -> None:
-        """The Sign in (``create`` False) or Create account button."""
-        if self.stage == SIGNING_IN:
+        """The Sign in (``create`` False) or Create account button; ``tls``: the "Secure
+        connection" box (None: as remembered)."""
+        if self.stage in (SIGNING_IN, TRUSTING):
             return
         server, username = server.strip(), username.strip()
         self.remember = remember
-        self.form = SignInForm(server, username, remember)
+        if tls is not None:
+            self.tls = tls
+        self.form = SignInForm(server, username, remember, tls=self.tls)
         try:
             parse_address(server)
         except ValueError:
@@ -259,6 +297,7 @@ class Presenter:
             self._sign_in_error(_("Enter your username and password."))
             return
         self.preferences.server = server
+        self.preferences.tls = self.tls
         self._begin_sign_in(server, username, password, create=create, token=token)
 
     def _begin_sign_in(
@@ -268,15 +307,99 @@ class Presenter:
         self.server = server
         self.stage = SIGNING_IN
         self.using_token = token is not None
-        self.form = SignInForm(server, username, self.form.remember, busy=True)
+        self.form = SignInForm(server, username, self.form.remember, busy=True, tls=self.tls)
+        fingerprint = None
+        if self.tls:
+            try:
+                fingerprint = self.preferences.trusted_servers.get(f"{host}:{port}")
+            except TLSError as exc:
+                self._sign_in_error(str(exc))
+                return
+            if fingerprint is None:
+                # Trust on first use: show the certificate's fingerprint to a person first.
+                self._awaiting = (username, password, create, token)
+                self.view.show_sign_in(self.form)
+                self.session = self.backend.fetch_fingerprint(host, port)
+                return
         self.view.show_sign_in(self.form)
         self.session = self.backend.sign_in(
-            host, port, username, password, create=create, token=token
+            host, port, username, password, create=create, token=token, fingerprint=fingerprint
         )
+
+    def _fingerprint_fetched(self, event: events.FingerprintFetched) -> None:
+        if self.stage != SIGNING_IN or self._awaiting is None:
+            return
+        self.stage = TRUSTING
+        text = _(
+            "Trust this server? {address} presents a certificate with the fingerprint\n"
+            "{fingerprint}\n"
+            "Compare the fingerprint with the one your server's operator gave you, and trust "
+            "it only if they match."
+        ).format(address=event.address, fingerprint=event.fingerprint)
+        prompt = TrustPrompt(event.address, event.fingerprint, text)
+        self.form = SignInForm(
+            self.form.server, self.form.username, self.form.remember, tls=True, trust=prompt
+        )
+        self.view.show_sign_in(self.form)
+
+    def trust(self) -> None:
+        """The prompt's Trust button: remember the fingerprint and sign in, pinned to it."""
+        prompt, awaiting = self.form.trust, self._awaiting
+        if self.stage != TRUSTING or prompt is None or awaiting is None:
+            return
+        self._awaiting = None
+        try:
+            self.preferences.trusted_servers.trust(prompt.address, prompt.fingerprint)
+        except (OSError, TLSError) as exc:
+            self._sign_in_error(
+                _("Cannot save the trusted certificate: {reason}").format(reason=str(exc))
+            )
+            return
+        username, password, create, token = awaiting
+        self._begin_sign_in(self.server, username, password, create=create, token=token)
+
+    def cancel_trust(self) -> None:
+        """The prompt's Cancel button: back to the form, nothing trusted, not connected."""
+        if self.stage != TRUSTING:
+            return
+        self._awaiting = None
+        self.using_token = False
+        self._sign_in_error("")
+
+    def _certificate_changed(self, address: str, expected: str, actual: str) -> None:
+        self._awaiting = None
+        if expected and actual:
+            text = _(
+                "The certificate of {address} has changed: it was {expected}, it is now "
+                "{actual}. Someone may be intercepting the connection, so beseda did not "
+                "connect. If the server's operator replaced the certificate on purpose, remove "
+                "{address} from trusted-servers.json in {folder} and sign in again."
+            )
+        else:
+            text = _(
+                "The certificate of {address} has changed. Someone may be intercepting the "
+                "connection, so beseda did not connect. If the server's operator replaced the "
+                "certificate on purpose, remove {address} from trusted-servers.json in "
+                "{folder} and sign in again."
+            )
+        self._sign_in_error(
+            text.format(
+                address=address,
+                expected=expected,
+                actual=actual,
+                folder=str(self.preferences.directory),
+            )
+        )
+
+    def _address(self) -> str:
+        host, port = parse_address(self.server)
+        return f"{host}:{port}"
 
     def _sign_in_error(self, text: str) -> None:
         self.stage = SIGN_IN
-        self.form = SignInForm(self.form.server, self.form.username, self.form.remember, text)
+        self.form = SignInForm(
+            self.form.server, self.form.username, self.form.remember, text, tls=self.tls
+        )
         self.view.show_sign_in(self.form)
 
     def sign_out(self) -> None:
@@ -286,7 +409,7 @@ class Presenter:
         self._save_reads()
         self.backend.sign_out()
         self.preferences.forget_session()
-        self._end_session(SignInForm(self.server, self.user, self.remember))
+        self._end_session(SignInForm(self.server, self.user, self.remember, tls=self.tls))
 
     def _end_session(self, form: SignInForm) -> None:
         self.session = -1  # events of the old session are ignored from now on
@@ -317,6 +440,11 @@ class Presenter:
             self._signed_in(event)
         elif isinstance(event, events.SignInFailed):
             self._sign_in_failed(event)
+        elif isinstance(event, events.FingerprintFetched):
+            self._fingerprint_fetched(event)
+        elif isinstance(event, events.CertificateChanged):
+            if self.stage == SIGNING_IN:
+                self._certificate_changed(event.address, event.expected, event.actual)
         elif self.stage != CHAT:
             return
         elif isinstance(event, MessageReceived):
@@ -368,6 +496,7 @@ class Presenter:
         self.search_people("")
 
     def _sign_in_failed(self, event: events.SignInFailed) -> None:
+        self._awaiting = None
         if self.using_token and event.code == errors.BAD_CREDENTIALS:
             self.preferences.forget_session()
             self._sign_in_error(_("Your session has ended. Sign in again."))
@@ -380,6 +509,10 @@ class Presenter:
             return _("Cannot reach a server at {server}. Is it running?").format(server=self.server)
         if code == events.GONE:
             return _("The server closed the connection. Try again in a moment.")
+        if code == events.TLS_FAILED:
+            return _(
+                "Cannot set up a secure connection to {server}. Does it use TLS? ({reason})"
+            ).format(server=self.server, reason=sanitize_name(event.detail))
         if code == errors.BAD_CREDENTIALS:
             return _("Wrong username or password.")
         if code == errors.NAME_TAKEN:
@@ -442,10 +575,17 @@ class Presenter:
             if event.reason == errors.BAD_CREDENTIALS:
                 self.preferences.forget_session()
                 text = _("Your session has ended. Sign in again.")
+            elif event.reason is not None and "has changed" in event.reason:
+                self._save_reads()
+                self._end_session(SignInForm(self.server, self.user, self.remember, tls=self.tls))
+                found = _CHANGED.search(event.reason)
+                expected, actual = found.groups() if found else ("", "")
+                self._certificate_changed(self._address(), expected, actual)
+                return
             else:
                 text = _("Disconnected: {reason}").format(reason=sanitize_name(event.reason or ""))
             self._save_reads()
-            self._end_session(SignInForm(self.server, self.user, self.remember, text))
+            self._end_session(SignInForm(self.server, self.user, self.remember, text, tls=self.tls))
             return
         was = self.connection
         self.connection = event.state

@@ -29,7 +29,8 @@ MIN_WIDTH, MIN_HEIGHT = 760, 520
 
 
 class SignInScreen(ttk.Frame):
-    """Server, username, password; Sign in and Create account; an inline error."""
+    """Server, username, password; Sign in and Create account; an inline error; the question
+    whether to trust a server's certificate."""
 
     def __init__(self, master: tk.Misc, window: MainWindow) -> None:
         super().__init__(master, style="Card.TFrame")
@@ -44,6 +45,7 @@ class SignInScreen(ttk.Frame):
         self.username = tk.StringVar(self)
         self.password = tk.StringVar(self)
         self.remember = tk.BooleanVar(self, value=True)
+        self.tls = tk.BooleanVar(self, value=False)
         self.server_entry = self._field(card, 2, _("Server"), self.server)
         self.username_entry = self._field(card, 4, _("Username"), self.username)
         self.password_entry = self._field(card, 6, _("Password"), self.password, show="•")
@@ -51,10 +53,28 @@ class SignInScreen(ttk.Frame):
             card, text=_("Keep me signed in"), variable=self.remember
         )
         self.remember_check.grid(row=8, column=0, sticky="w", pady=(10, 0))
+        self.tls_check = ttk.Checkbutton(card, text=_("Secure connection (TLS)"), variable=self.tls)
+        self.tls_check.grid(row=9, column=0, sticky="w", pady=(4, 0))
         self.error = ttk.Label(card, style="Error.TLabel", wraplength=320, justify="left")
-        self.error.grid(row=9, column=0, sticky="we", pady=(10, 0))
+        self.error.grid(row=10, column=0, sticky="we", pady=(10, 0))
+        self.trust_frame = ttk.Frame(card, style="Card.TFrame")
+        self.trust_frame.grid(row=11, column=0, sticky="we", pady=(10, 0))
+        self.trust_text = ttk.Label(self.trust_frame, wraplength=320, justify="left")
+        self.trust_text.pack(anchor="w")
+        self.trust_button = ttk.Button(
+            self.trust_frame,
+            text=_("Trust"),
+            style="Accent.TButton",
+            command=lambda: self.window.presenter.trust(),
+        )
+        self.trust_button.pack(side="left", pady=(8, 0))
+        self.cancel_trust_button = ttk.Button(
+            self.trust_frame, text=_("Cancel"), command=lambda: self.window.presenter.cancel_trust()
+        )
+        self.cancel_trust_button.pack(side="left", padx=(8, 0), pady=(8, 0))
+        self.trust_frame.grid_remove()
         buttons = ttk.Frame(card, style="Card.TFrame")
-        buttons.grid(row=10, column=0, sticky="we", pady=(14, 0))
+        buttons.grid(row=12, column=0, sticky="we", pady=(14, 0))
         self.sign_in_button = ttk.Button(
             buttons, text=_("Sign in"), style="Accent.TButton", command=self._sign_in
         )
@@ -85,6 +105,7 @@ class SignInScreen(ttk.Frame):
             self.password.get(),
             remember=self.remember.get(),
             create=create,
+            tls=self.tls.get(),
         )
 
     def _sign_in(self) -> None:
@@ -98,15 +119,24 @@ class SignInScreen(ttk.Frame):
         if form.username or not self.username.get():
             self.username.set(form.username)
         self.remember.set(form.remember)
-        if form.busy:
-            self.error.configure(text=_("Connecting…"), style="Muted.TLabel")
+        self.tls.set(form.tls)
+        if form.trust is not None:
+            self.error.configure(text="", style="Error.TLabel")
+            self.trust_text.configure(text=form.trust.text)
+            self.trust_frame.grid()
+            self.trust_button.focus_set()
         else:
-            self.error.configure(text=form.error, style="Error.TLabel")
-            self.password.set("")
-        state = ["disabled"] if form.busy else ["!disabled"]
+            self.trust_frame.grid_remove()
+            if form.busy:
+                self.error.configure(text=_("Connecting…"), style="Muted.TLabel")
+            else:
+                self.error.configure(text=form.error, style="Error.TLabel")
+                self.password.set("")
+        waiting = form.busy or form.trust is not None
+        state = ["disabled"] if waiting else ["!disabled"]
         self.sign_in_button.state(state)
         self.create_button.state(state)
-        if not form.busy:
+        if not waiting:
             target = self.password_entry if self.username.get() else self.username_entry
             target.focus_set()
 
