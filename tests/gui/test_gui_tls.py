@@ -22,6 +22,7 @@ from beseda.server.accounts import PasswordHasher
 from beseda.server.app import Server
 from conftest import FAST_HASHER_ARGS, TIMEOUT_FACTOR, free_port, test_settings
 
+from .conftest import Windows
 from .fakes import FakeView
 
 
@@ -122,3 +123,28 @@ def test_first_use_pins_and_another_certificate_is_refused(
         servers.stop(impostor)
     finally:
         network.close()
+
+
+@pytest.mark.gui
+@pytest.mark.timeout(60)
+def test_the_window_shows_the_fingerprint_and_trusts_it(
+    servers: TLSServers, windows: Windows
+) -> None:
+    port = free_port()
+    server = servers.start(windows.tmp_path / "server", port)
+    try:
+        app = windows.open("alice", f"127.0.0.1:{port}")
+        windows.pump()
+        screen = app.window.sign_in_screen
+        screen.username.set("alice")
+        screen.password.set("password123")
+        screen.tls_check.invoke()
+        screen.create_button.invoke()
+        windows.wait(lambda: screen.trust_frame.winfo_ismapped())
+        assert str(server.fingerprint) in str(screen.trust_text.cget("text"))
+        assert screen.create_button.instate(["disabled"])
+        screen.trust_button.invoke()
+        windows.wait(lambda: app.window.chat.winfo_ismapped())
+        assert not screen.trust_frame.winfo_ismapped()
+    finally:
+        servers.stop(server)
