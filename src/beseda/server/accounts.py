@@ -166,18 +166,7 @@ class TokenBucket:
 
     def take(self, key: object, now: float) -> float:
         """Spend one token; returns 0 when allowed, else the seconds until one is available."""
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) > 100_000:
-                self._prune(now)
-            bucket = self._buckets[key] = _Bucket(self.burst, now)
-        else:
-            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
-            bucket.stamp = now
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
-            return 0.0
-        return (1 - bucket.tokens) / self.rate
+        return 0.0 if self.reserve(key, now, 0.0) is not None else self.peek(key, now)
 
     def reserve(self, key: object, now: float, max_wait: float) -> float | None:
         """Spend one token now or in the future: returns the seconds to wait before using it
