@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 7878
 
-.PHONY: run serve client screenshot test lint typecheck pytest bench bench-smoke soak ngircd clean
+.PHONY: run serve client screenshot gui-speed test lint typecheck pytest bench bench-smoke soak ngircd clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -32,6 +32,10 @@ client: $(STAMP)
 ## screenshot: docs/screenshot.png from the real client under Xvfb
 screenshot: $(STAMP)
 	$(BIN)/python scripts/screenshot.py
+
+## gui-speed: how fast the desktop client opens, scrolls 10,000 messages, filters 1,000 users
+gui-speed: $(STAMP)
+	$(BIN)/python scripts/gui_speed.py
 
 ## test: lint, type-check and run the whole suite
 test: lint typecheck pytest
