@@ -43,6 +43,21 @@ def _machine() -> str:
     )
 
 
+def merged(old: dict[str, Any], new: dict[str, Any], chosen: tuple[str, ...]) -> dict[str, Any]:
+    """``old`` with the scenarios in ``chosen`` (and their notes) taken from ``new``."""
+    result = dict(old)
+    result["scenarios"] = {**old["scenarios"], **new["scenarios"]}
+    result["meta"] = dict(old["meta"])
+    result["meta"]["foreign_cores"] = {
+        **old["meta"].get("foreign_cores", {}),
+        **new["meta"]["foreign_cores"],
+    }
+    result["meta"]["rerun"] = {name: new["meta"]["date"] for name in chosen}
+    kept = [n for n in old.get("notes", []) if n.split(":", 1)[0] not in chosen]
+    result["notes"] = kept + [n for n in new["notes"] if n not in kept]
+    return result
+
+
 def wait_quiet(limit: float, window: float = 3.0) -> None:
     """Wait (at most ``limit`` seconds) for a window in which other processes are nearly idle."""
     deadline = time.monotonic() + limit
@@ -86,6 +101,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=0.0,
         metavar="SECONDS",
         help="before each scenario wait up to this long for other processes to go quiet",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the scenarios run in an existing results file, keep the others",
     )
     parser.add_argument(
         "--report-only",
@@ -172,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.workdir is None:
                 shutil.rmtree(workdir, ignore_errors=True)
     results["meta"]["seconds"] = round(time.monotonic() - started, 1)
+    if args.merge and out.exists():
+        results = merged(json.loads(out.read_text()), results, chosen)
     report.write_json(results, out)
     write_report(results, docs, with_analysis=not args.smoke)
     print(f"results: {out}\nreport: {docs}\n({results['meta']['seconds']} s)")

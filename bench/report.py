@@ -231,6 +231,19 @@ def markdown(results: dict[str, Any], plot_name: str | None, analysis: str = "")
         f"Run of {meta['date']}: {meta['machine']}. {meta['placement']}. "
         f"Load generator: {meta['processes']} processes. Sizes: {meta['size_note']}",
         "",
+    ]
+    if meta.get("rerun"):
+        rerun = ", ".join(f"{name} at {date}" for name, date in meta["rerun"].items())
+        out += [f"Re-run (`--merge`) on a quieter machine: {rerun}.", ""]
+    out += [
+        "Server CPU is the user+system time of the server process (all its threads) from "
+        "/proc/<pid>/stat over the timed part only. Latency runs from the send time embedded in "
+        "each message to its arrival at the receiver (one monotonic clock on this machine). "
+        f"The paced N={results['sizes'].get('repeat_n', 500)} runs and the storm runs are repeated "
+        f"{results['sizes'].get('repeats', 1)} times, and the run with the median p99 is kept "
+        '(all p99s are in the JSON). "generator busy" is the generator\'s CPU share of its '
+        "core: above 0.85 it may be the limit, and the run is marked saturated.",
+        "",
         "## Targets",
         "",
     ]
@@ -387,8 +400,9 @@ def markdown(results: dict[str, Any], plot_name: str | None, analysis: str = "")
             "",
             "## Idle connections",
             "",
-            "Signed-in connections held open (beseda: token login; IRC: registered and "
-            "joined to #general). Memory is the growth of the server's RSS.",
+            "Signed-in connections held open (beseda: token login, so every login is announced "
+            "to every session; IRC: registered, not joined to a channel). Memory is the growth "
+            "of the server's RSS.",
             "",
         ]
         out.append(

@@ -99,7 +99,9 @@ class ForeignLoad:
         except OSError:
             return (0.0, 0.0, time.monotonic())
         values = [int(v) for v in fields]
-        busy = sum(values) - values[3] - (values[4] if len(values) > 4 else 0)  # idle, iowait
+        # user + nice + system only: interrupt and softirq time (much of it our own loopback
+        # traffic, charged to no process) and steal are left out.
+        busy = values[0] + values[1] + values[2]
         own = sum(
             getattr(resource.getrusage(who), name)
             for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
