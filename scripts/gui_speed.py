@@ -121,6 +121,9 @@ class Stats:
 
     def steps(self, what: str, seconds: list[float]) -> None:
         ms = [s * 1000 for s in seconds]
+        if not ms:  # already there: no step was needed
+            self.rows.append((what, "0", "-", "-"))
+            return
         self.rows.append(
             (what, str(len(ms)), f"{statistics.median(ms):.1f} ms", f"{max(ms):.1f} ms")
         )
@@ -292,7 +295,7 @@ def main() -> None:
             scroll(
                 "jump to end (drag the bar down), until the newest",
                 lambda: text.yview_moveto(1.0),
-                lambda: timeline.attached and text.yview()[1] >= 1.0,
+                lambda: timeline.attached and text.bbox("end-2c") is not None,
                 300,
             )
             scroll(

@@ -198,8 +198,13 @@ class MessageList:
 
     def edit(self, start: int, removed: int, rows: Sequence[MessageRow], *, reset: bool) -> None:
         text = self.text
-        at_bottom = text.yview()[1] >= 0.999
-        text.mark_set("keep", "@0,0")
+        at_bottom = self._bottom_visible()
+        # The row at the top of the view, to keep it there: the edit may replace every row
+        # (the window moved), so a text mark could not follow it.
+        top_id = next(
+            (t.removeprefix("row:") for t in text.tag_names("@0,0") if t.startswith("row:")),
+            None,
+        )
         text.configure(state="normal")
         if removed:
             text.delete(self._position(start), self._position(start + removed))
@@ -223,8 +228,8 @@ class MessageList:
         text.configure(state="disabled")
         if reset or at_bottom:
             text.see("end")
-        elif start == 0:
-            text.yview("keep")
+        elif top_id is not None and top_id in self.row_ids:
+            text.yview(self.marks[self.row_ids.index(top_id)])
 
     def _insert(self, row: MessageRow) -> None:
         text = self.text
@@ -255,9 +260,16 @@ class MessageList:
             self._scroll_pending = True
             self.text.after_idle(self._report_scroll)
 
+    def _bottom_visible(self) -> bool:
+        # Whether the newest line is on screen. yview()'s fraction is not reliable for this:
+        # scrolled fully down, Tk may report 0.9988 (the empty line after the last newline).
+        return self.text.bbox("end-2c") is not None or self.text.yview()[1] >= 1.0
+
     def _report_scroll(self) -> None:
         self._scroll_pending = False
         first, last = self.text.yview()
+        if self._bottom_visible():
+            last = 1.0
         if (first, last) != self._last_scroll or first <= 0.0:
             self._last_scroll = (first, last)
             self.window.presenter.scrolled(first, last)
