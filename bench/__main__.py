@@ -52,7 +52,10 @@ def merged(old: dict[str, Any], new: dict[str, Any], chosen: tuple[str, ...]) ->
         **old["meta"].get("foreign_cores", {}),
         **new["meta"]["foreign_cores"],
     }
-    result["meta"]["rerun"] = {name: new["meta"]["date"] for name in chosen}
+    result["meta"]["rerun"] = {
+        **old["meta"].get("rerun", {}),
+        **{name: new["meta"]["date"] for name in chosen},
+    }
     kept = [n for n in old.get("notes", []) if n.split(":", 1)[0] not in chosen]
     result["notes"] = kept + [n for n in new["notes"] if n not in kept]
     return result
@@ -185,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                 results["meta"]["foreign_cores"][name] = busy
                 if busy > FOREIGN_NOTE:
                     notes.append(
-                        f"{name}: other processes on this machine kept {busy} cores busy on "
-                        "average during the scenario; its figures are disturbed"
+                        f"{name}: {busy} cores on average were busy with work not charged to "
+                        "the harness or its servers (other processes, or kernel work for the "
+                        "connections); its figures may be disturbed"
                     )
         finally:
             if args.workdir is None:
