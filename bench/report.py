@@ -234,7 +234,7 @@ def markdown(results: dict[str, Any], plot_name: str | None, analysis: str = "")
     ]
     if meta.get("rerun"):
         rerun = ", ".join(f"{name} at {date}" for name, date in meta["rerun"].items())
-        out += [f"Re-run (`--merge`) on a quieter machine: {rerun}.", ""]
+        out += [f"Scenarios re-run later (`--merge`): {rerun}.", ""]
     out += [
         "Server CPU is the user+system time of the server process (all its threads) from "
         "/proc/<pid>/stat over the timed part only. Latency runs from the send time embedded in "

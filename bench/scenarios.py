@@ -414,12 +414,13 @@ async def _history_client(port: int, sizes: Sizes, last_seq: int) -> dict[str, A
         counter += 1
         request["id"] = counter
         writer.write(msgspec.json.encode(request) + b"\n")
-        while True:
+        for _ in range(100_000):  # events (presence) may come before the reply
             reply = decode(await asyncio.wait_for(reader.readline(), 30))
             if reply.id == counter and reply.type in ("result", "error"):
                 if reply.type == "error":
                     raise RuntimeError(f"{request['type']} failed")
                 return reply.data
+        raise RuntimeError(f"no reply to {request['type']}")
 
     await call({"type": "login", "token": dataset.token(0)})
     rng = random.Random(5)
