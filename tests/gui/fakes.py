@@ -49,7 +49,13 @@ class FakeView:
         self.header = header
 
     def edit_messages(
-        self, start: int, removed: int, rows: Sequence[MessageRow], *, reset: bool
+        self,
+        start: int,
+        removed: int,
+        rows: Sequence[MessageRow],
+        *,
+        reset: bool,
+        follow: bool = True,
     ) -> None:
         assert 0 <= start <= len(self.rows)
         assert start + removed <= len(self.rows)

@@ -120,10 +120,17 @@ class View(Protocol):
     def show_conversations(self, rows: Sequence[ConversationRow], selected: str) -> None: ...
     def show_header(self, header: Header) -> None: ...
     def edit_messages(
-        self, start: int, removed: int, rows: Sequence[MessageRow], *, reset: bool
+        self,
+        start: int,
+        removed: int,
+        rows: Sequence[MessageRow],
+        *,
+        reset: bool,
+        follow: bool = True,
     ) -> None:
         """Replace ``removed`` rows from ``start`` with ``rows``; ``reset``: a new list,
-        scrolled to its end."""
+        scrolled to its end; ``follow``: the rows reach the newest message, so a reader at
+        the bottom stays at the bottom."""
 
     def show_status(self, status: Status) -> None: ...
     def show_people(self, rows: Sequence[PersonRow], more: bool) -> None: ...
@@ -880,8 +887,15 @@ class Presenter:
         while end < limit - start and old[-1 - end] == rows[-1 - end]:
             end += 1
         self._shown_rows = rows
+        conversation = self.conversations.get(self.selected)
         self.view.edit_messages(
-            start, len(old) - start - end, rows[start : len(rows) - end], reset=False
+            start,
+            len(old) - start - end,
+            rows[start : len(rows) - end],
+            reset=False,
+            # Reaching the bottom of an older part of the window is not reaching the newest:
+            # following there would page on by itself.
+            follow=conversation is None or conversation.timeline.attached,
         )
 
     def _row(self, item: Item) -> MessageRow:

@@ -196,7 +196,15 @@ class MessageList:
     def _position(self, row: int) -> str:
         return self.marks[row] if row < len(self.marks) else "end-1c"
 
-    def edit(self, start: int, removed: int, rows: Sequence[MessageRow], *, reset: bool) -> None:
+    def edit(
+        self,
+        start: int,
+        removed: int,
+        rows: Sequence[MessageRow],
+        *,
+        reset: bool,
+        follow: bool = True,
+    ) -> None:
         text = self.text
         at_bottom = self._bottom_visible()
         # The row at the top of the view, to keep it there: the edit may replace every row
@@ -226,7 +234,7 @@ class MessageList:
         self.marks[start:start] = new_marks
         self.row_ids[start:start] = [row.id for row in rows]
         text.configure(state="disabled")
-        if reset or at_bottom:
+        if reset or (at_bottom and follow):
             text.see("end")
         elif top_id is not None and top_id in self.row_ids:
             text.yview(self.marks[self.row_ids.index(top_id)])
@@ -650,9 +658,15 @@ class MainWindow:
         self.chat.show_header(header)
 
     def edit_messages(
-        self, start: int, removed: int, rows: Sequence[MessageRow], *, reset: bool
+        self,
+        start: int,
+        removed: int,
+        rows: Sequence[MessageRow],
+        *,
+        reset: bool,
+        follow: bool = True,
     ) -> None:
-        self.chat.messages.edit(start, removed, rows, reset=reset)
+        self.chat.messages.edit(start, removed, rows, reset=reset, follow=follow)
 
     def show_status(self, status: Status) -> None:
         self.chat.show_status(status)
