@@ -381,3 +381,17 @@ async def test_a_client_that_stops_reading_is_dropped_and_misses_nothing(
                 caught_up.append(event.message.id)
         assert caught_up == sent
         assert await again.sync() == []
+
+
+async def test_a_logged_out_connection_must_log_in_again_within_the_timeout(
+    make_server: Callable[..., Server],
+) -> None:
+    server = make_server(auth_timeout=0.5)
+    await server.start()
+    alice = await Newcomer.user(server.port, "alice")
+    await asyncio.sleep(0.7)  # logged in: no timeout
+    await alice.call("ping")
+    await alice.call("logout")
+    bye = await alice.event("bye")
+    assert bye["code"] == "auth_timeout"
+    await alice.close()

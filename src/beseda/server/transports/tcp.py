@@ -187,6 +187,11 @@ class TcpConnection(asyncio.Protocol):
             if self._auth_timer is not None and self.session.user is not None:
                 self._auth_timer.cancel()
                 self._auth_timer = None
+            elif self._auth_timer is None and self.session.user is None:
+                # Logged out: the connection must log in again within the timeout too.
+                self._auth_timer = self._loop.call_later(
+                    self._limits.auth_timeout, self._auth_timeout
+                )
             reply = schema.Result(id=request.id, data=codec.encode_data(data))
         self.deliver(codec.encode(reply))
 
