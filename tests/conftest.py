@@ -133,7 +133,7 @@ class ServerProcess:
         with self.log.open("ab") as log:
             self.proc = self._spawn(log)
         pattern = re.compile(rf"listening on 127\.0\.0\.1:{self.port}\b")
-        deadline = time.monotonic() + 15 * TIMEOUT_FACTOR
+        deadline = time.monotonic() + 30 * TIMEOUT_FACTOR
         while time.monotonic() < deadline:
             output = self.log.read_bytes()[offset:].decode(errors="replace")
             if pattern.search(output):
@@ -165,6 +165,15 @@ class ServerProcess:
             stdout=log,
             stderr=log,
         )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return int(self.proc.pid)
+
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): connections stay open but nothing is answered."""
+        os.kill(self.pid, signal.SIGSTOP)
 
     def kill(self) -> None:
         assert self.proc is not None

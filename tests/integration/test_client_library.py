@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from child_server import ChildServer, child_servers
 
 from beseda.client import (
     Client,
@@ -23,14 +22,16 @@ from beseda.client import (
 )
 from beseda.protocol.errors import ProtocolError
 from beseda.server.app import Server
-from conftest import TIMEOUT_FACTOR, wait_for
+from conftest import TIMEOUT_FACTOR, ServerProcess, wait_for
 
 PASSWORD = "password123"
 
 
 @pytest.fixture
-def child_server(tmp_path: Path) -> Iterator[Callable[..., ChildServer]]:
-    yield from child_servers(tmp_path)
+def child_server(
+    server_process: Callable[..., ServerProcess],
+) -> Callable[..., ServerProcess]:
+    return server_process
 
 
 class Recorder:
@@ -160,7 +161,7 @@ def stored_client_ids(db: Path) -> Counter[str]:
 
 
 async def test_reconnect_after_the_server_is_killed_and_restarted(
-    child_server: Callable[..., ChildServer],
+    child_server: Callable[..., ServerProcess],
 ) -> None:
     proc = child_server()
     alice = Client("127.0.0.1", proc.port, min_backoff=0.5, max_backoff=1.0)

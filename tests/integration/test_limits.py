@@ -12,19 +12,18 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from child_server import ChildServer, child_servers
 from newcomer import PASSWORD, Newcomer
 
 from beseda.client import Client, MessageReceived
 from beseda.protocol.schema import MAX_LINE_BYTES, MAX_TEXT_CHARS
 from beseda.server.app import Server
 from beseda.server.transports.tcp import TcpConnection
-from conftest import wait_for
+from conftest import ServerProcess, wait_for
 
 
 def connection_of(server: Server, name: str) -> TcpConnection:
@@ -81,8 +80,10 @@ async def test_a_line_at_the_limit_is_read(server: Server) -> None:
 
 
 @pytest.fixture
-def child_server(tmp_path: Path) -> Iterator[Callable[..., ChildServer]]:
-    yield from child_servers(tmp_path)
+def child_server(
+    server_process: Callable[..., ServerProcess],
+) -> Callable[..., ServerProcess]:
+    return server_process
 
 
 def rss_kib(pid: int) -> int:
@@ -93,7 +94,7 @@ def rss_kib(pid: int) -> int:
 
 
 async def test_over_long_lines_do_not_grow_server_memory(
-    child_server: Callable[..., ChildServer],
+    child_server: Callable[..., ServerProcess],
 ) -> None:
     proc = child_server()
     # Warm up: a connection that does everything once, so lazily allocated things exist.

@@ -17,10 +17,8 @@ import importlib.util
 import os
 import re
 import socket
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,47 +74,8 @@ def sizes(fast: Any, soak: Any, *, fast_timeout: float, soak_timeout: float) -> 
     ]
 
 
-class ServerProcess(_top.ServerProcess):  # type: ignore[misc, name-defined]
-    """``beseda serve`` as a child, restartable on the same port and database.
-
-    Unlike the suite-wide fixture's, ``start`` closes its handle on the log and, after a
-    restart, waits for the new process's "listening" line rather than finding the old one.
-    """
-
-    def start(self) -> None:
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        command = [sys.executable, "-m", "beseda", "serve", "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--db", str(self.db)]
-        command += ["--registrations-per-minute", "100000", *self.extra]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=log)
-        deadline = time.monotonic() + 30 * TIMEOUT_FACTOR
-        pattern = re.compile(rf"listening on 127\.0\.0\.1:{self.port}\b".encode())
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()}")
-            with self.log.open("rb") as log:
-                log.seek(offset)
-                if pattern.search(log.read()):
-                    return
-            time.sleep(0.02)
-        raise TimeoutError("server did not start")
-
-
-@pytest.fixture
-def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """``server_process(*flags)`` starts a child server; all are killed at the end."""
-    procs: list[ServerProcess] = []
-
-    def start(*extra: str) -> ServerProcess:
-        proc = ServerProcess(tmp_path / "beseda.db", free_port(), list(extra))
-        proc.start()
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.stop()
+ServerProcess = _top.ServerProcess
+"""The suite's child-process server (the ``server_process`` fixture makes them)."""
 
 
 def connectable(port: int) -> bool:
