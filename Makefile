@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 		$(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	@# atheris fuzzes the codec where a wheel exists for this platform; elsewhere its test skips.
+	@$(BIN)/python -m pip install -q --only-binary=:all: 'atheris>=2.3' 2>/dev/null || \
+		echo "atheris has no wheel here; its fuzz test will be skipped"
 	@touch $(STAMP)
 
 ## run: start the server on the embedded SQLite default
