@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -42,29 +41,16 @@ LAG_MS = 50.0
 
 
 def start_display() -> subprocess.Popen[bytes] | None:
-    """Use DISPLAY, else start an Xvfb on a free display number (as tests/gui/conftest.py)."""
+    """Use DISPLAY, else start an Xvfb on a free display number."""
     if os.environ.get("DISPLAY"):
         return None
-    xvfb = shutil.which("Xvfb")
-    if xvfb is None:
-        sys.exit("gui_speed: set DISPLAY or install Xvfb")
-    for number in range(230, 330):
-        if Path(f"/tmp/.X{number}-lock").exists() or Path(f"/tmp/.X11-unix/X{number}").exists():
-            continue
-        proc = subprocess.Popen(
-            [xvfb, f":{number}", "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while proc.poll() is None and time.monotonic() < deadline:
-            if Path(f"/tmp/.X11-unix/X{number}").exists():
-                os.environ["DISPLAY"] = f":{number}"
-                return proc
-            time.sleep(0.05)
-        proc.kill()
-        proc.wait()
-    sys.exit("gui_speed: Xvfb did not start")
+    from beseda.gui.xvfb import start_xvfb  # stdlib only: does not skew the import timing
+
+    started = start_xvfb(range(230, 330))
+    if started is None:
+        sys.exit("gui_speed: set DISPLAY or install Xvfb (it did not start)")
+    proc, os.environ["DISPLAY"] = started
+    return proc
 
 
 def person(index: int) -> str:

@@ -25,6 +25,7 @@ from beseda.gui import i18n
 from beseda.gui.app import App
 from beseda.gui.preferences import Preferences
 from beseda.gui.presenter import dm_key
+from beseda.gui.xvfb import start_xvfb
 
 WIDTH, HEIGHT = 1000, 660
 PASSWORD = "password123"
@@ -53,24 +54,11 @@ def free_port() -> int:
 def start_display() -> subprocess.Popen[bytes] | None:
     if os.environ.get("DISPLAY"):
         return None
-    xvfb = shutil.which("Xvfb")
-    if xvfb is None:
-        sys.exit("screenshot: set DISPLAY or install Xvfb")
-    for number in range(120, 220):
-        if Path(f"/tmp/.X{number}-lock").exists():
-            continue
-        proc = subprocess.Popen(
-            [xvfb, f":{number}", "-screen", "0", f"{WIDTH}x{HEIGHT}x24", "-nolisten", "tcp"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(100):
-            if Path(f"/tmp/.X11-unix/X{number}").exists():
-                os.environ["DISPLAY"] = f":{number}"
-                return proc
-            time.sleep(0.05)
-        proc.kill()
-    sys.exit("screenshot: Xvfb did not start")
+    started = start_xvfb(range(120, 220), size=f"{WIDTH}x{HEIGHT}")
+    if started is None:
+        sys.exit("screenshot: set DISPLAY or install Xvfb (it did not start)")
+    proc, os.environ["DISPLAY"] = started
+    return proc
 
 
 def start_server(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import subprocess
 import threading
 import time
 import tkinter as tk
@@ -23,6 +21,7 @@ import pytest
 from beseda.gui import i18n
 from beseda.gui.app import App
 from beseda.gui.preferences import Preferences
+from beseda.gui.xvfb import start_xvfb
 from beseda.server.accounts import PasswordHasher
 from beseda.server.app import Server
 from conftest import FAST_HASHER_ARGS, TIMEOUT_FACTOR, test_settings
@@ -33,34 +32,16 @@ def display() -> Iterator[str]:
     if os.environ.get("DISPLAY"):
         yield os.environ["DISPLAY"]
         return
-    xvfb = shutil.which("Xvfb")
-    if xvfb is None:
-        pytest.skip("no DISPLAY and no Xvfb")
-    for number in range(71, 171):
-        if Path(f"/tmp/.X{number}-lock").exists() or Path(f"/tmp/.X11-unix/X{number}").exists():
-            continue
-        proc = subprocess.Popen(
-            [xvfb, f":{number}", "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10 * TIMEOUT_FACTOR
-        while proc.poll() is None and time.monotonic() < deadline:
-            if Path(f"/tmp/.X11-unix/X{number}").exists():
-                break
-            time.sleep(0.05)
-        if proc.poll() is None and Path(f"/tmp/.X11-unix/X{number}").exists():
-            os.environ["DISPLAY"] = f":{number}"
-            try:
-                yield f":{number}"
-            finally:
-                del os.environ["DISPLAY"]
-                proc.terminate()
-                proc.wait(10)
-            return
-        proc.kill()
-        proc.wait()
-    pytest.skip("Xvfb could not start")
+    started = start_xvfb(range(71, 171), timeout=10 * TIMEOUT_FACTOR)
+    if started is None:
+        pytest.skip("no DISPLAY, and no Xvfb that starts")
+    proc, os.environ["DISPLAY"] = started
+    try:
+        yield os.environ["DISPLAY"]
+    finally:
+        del os.environ["DISPLAY"]
+        proc.terminate()
+        proc.wait(10)
 
 
 class ServerThread:
