@@ -52,11 +52,13 @@ class DeliveryHub:
             else:
                 targets = [s for uid in set(event.recipients) for s in self._by_user.get(uid, ())]
             origin = event.origin
-            for session in list(targets):
+            # No copy of the set: deliver() never detaches a session synchronously (a dropped
+            # slow consumer is forgotten later, from connection_lost).
+            for session in targets:
                 if session.peer.conn_id != origin:
                     session.peer.deliver(data)
                     self.delivered += 1
         elif isinstance(event, PresenceChanged):
             data = codec.encode(schema.PresenceEvent(user=event.name, online=event.online))
-            for session in list(self._sessions):
+            for session in self._sessions:
                 session.peer.deliver(data)
