@@ -104,8 +104,25 @@ class MemoryStorage:
 
     # -- messages ------------------------------------------------------------------------------
 
-    async def append_message(self, message: NewMessage) -> tuple[Message, bool]:
-        await self._io()
+    def append_message(self, message: NewMessage) -> asyncio.Future[tuple[Message, bool]]:
+        # Like the real store: queued now, answered later, in the order of the calls.
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Message, bool]] = loop.create_future()
+
+        def run() -> None:
+            if future.cancelled():
+                return
+            try:
+                if self.closed:
+                    raise StorageError("The database is closed.")
+                future.set_result(self._append(message))
+            except StorageError as exc:
+                future.set_exception(exc)
+
+        loop.call_soon(run)
+        return future
+
+    def _append(self, message: NewMessage) -> tuple[Message, bool]:
         existing = self._by_client_id.get((message.sender.id, message.client_id))
         if existing is not None:
             return existing, True

@@ -81,16 +81,10 @@ async def test_concurrent_writes_share_commits_and_get_gap_free_seqs(
     # writer's first one: then they must share commits whatever the machine's speed.
     blocker = sqlite3.connect(storage.path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
-    tasks = [
-        asyncio.create_task(
-            storage.append_message(
-                general(alice, f"g{i}") if i % 3 else direct(bob, alice, f"d{i}")
-            )
-        )
+    tasks = [  # each is queued for the writer when append_message returns
+        storage.append_message(general(alice, f"g{i}") if i % 3 else direct(bob, alice, f"d{i}"))
         for i in range(300)
     ]
-    await asyncio.sleep(0)  # every task has now queued its write
-    await asyncio.sleep(0)
     blocker.execute("COMMIT")
     blocker.close()
     results = await asyncio.gather(*tasks)

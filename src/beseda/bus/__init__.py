@@ -44,7 +44,10 @@ class Bus(Protocol):
 
     def subscribe(self, handler: Callable[[BusEvent], None]) -> None: ...
 
-    async def publish(self, event: BusEvent) -> None: ...
+    def publish(self, event: BusEvent) -> None:
+        """Hand ``event`` to the bus now, without waiting: events go out in the order of the
+        calls. (A remote bus queues it for a sender task; the core publishes from the commit
+        callback, where it must not wait.)"""
 
     async def user_connected(self, user_id: int) -> bool:
         """Count a new connection of the user; True when it is the user's first."""

@@ -21,7 +21,7 @@ class LocalBus:
     def subscribe(self, handler: Callable[[BusEvent], None]) -> None:
         self._handlers.append(handler)
 
-    async def publish(self, event: BusEvent) -> None:
+    def publish(self, event: BusEvent) -> None:
         for handler in self._handlers:
             try:
                 handler(event)

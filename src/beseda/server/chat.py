@@ -6,6 +6,13 @@ composition root (``app.py``).
 
 The order of work for a message is the promise of the protocol: validate, persist (commit),
 publish to the bus (delivery), and only then return the acknowledgement.
+
+A request is carried out in two parts. :meth:`Chat.begin` does everything that must happen in
+the connection's order (validation, the rate limit, queueing the write) and returns either the
+reply data or a future of it. For a message the future resolves after the commit, from the
+storage's commit callback, which publishes first. So a connection can hand the store a run of
+messages without waiting for each commit: they are committed together, published in commit
+order, and acknowledged in request order by the transport.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -40,13 +48,15 @@ class Peer(Protocol):
         """Queue already-encoded lines for sending; never blocks."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Session:
     """Per-connection state of the core: who is logged in and with which token."""
 
     peer: Peer
     user: UserRecord | None = None
     token_hash: bytes | None = None
+    last_write: asyncio.Future[msgspec.Struct] | None = None
+    """The reply of the newest message in flight (queued, not yet committed), if any."""
 
 
 class Hub(Protocol):
@@ -73,6 +83,15 @@ def dm_members(conversation: str) -> tuple[int, int] | None:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+Outcome = msgspec.Struct | asyncio.Future[msgspec.Struct]
+"""What :meth:`Chat.begin` returns: the reply data, or a future of it (a message in flight)."""
+
+USER_CACHE_SIZE = 65_536
+"""Users kept in memory by canonical name, so a direct message needs no database read. Names
+never change and accounts are never deleted, so an entry cannot go stale in a way that matters:
+only ``id`` and ``name`` are used from it (logins read the password hash from the store)."""
 
 
 class Chat:
@@ -103,8 +122,9 @@ class Chat:
             per_address=limits.login_failures_per_address,
         )
         self._message_rate = accounts.TokenBucket(limits.message_rate, limits.message_burst)
+        self._user_cache: OrderedDict[str, UserRecord] = OrderedDict()
         self._registrations = accounts.TokenBucket(*limits.registrations_per_address)
-        self._handlers: dict[type[schema.Request], Callable[..., Awaitable[msgspec.Struct]]] = {
+        self._handlers: dict[type[schema.Request], Callable[..., Awaitable[Outcome]]] = {
             schema.Register: self._register,
             schema.Login: self._login,
             schema.Logout: self._logout,
@@ -119,11 +139,28 @@ class Chat:
 
     async def handle(self, session: Session, request: schema.AnyRequest) -> msgspec.Struct:
         """Carry out one request; returns the reply data or raises ``ProtocolError``."""
+        outcome = await self.begin(session, request)
+        if isinstance(outcome, asyncio.Future):
+            return await outcome
+        return outcome
+
+    async def begin(self, session: Session, request: schema.AnyRequest) -> Outcome:
+        """Start one request: the part that must happen in the connection's order.
+
+        Returns the reply data, or (for a message, once its write is queued) a future of it;
+        raises ``ProtocolError`` for a request refused at once. Requests of one connection
+        must be begun one after another, each after the previous ``begin`` returned.
+        """
         handler = self._handlers[type(request)]
         if session.user is None and not isinstance(
             request, schema.Register | schema.Login | schema.Ping
         ):
             raise ProtocolError(errors.NOT_AUTHENTICATED)
+        pending = session.last_write
+        if pending is not None and not isinstance(request, schema.Send | schema.DirectMessage):
+            # Anything else sees this connection's messages: a history or sync asked right
+            # after a send includes it, and a logout comes after it.
+            await asyncio.wait((pending,))
         return await handler(session, request)
 
     async def disconnect(self, session: Session) -> None:
@@ -149,6 +186,7 @@ class Chat:
             user = await self._storage.create_user(name, key, password_hash, self._clock())
         except NameTakenError:
             raise ProtocolError(errors.NAME_TAKEN, f"The name {name!r} is taken.") from None
+        self._remember(user)
         return await self._start_session(session, user)
 
     async def _login(self, session: Session, request: schema.Login) -> schema.AuthResult:
@@ -206,8 +244,9 @@ class Chat:
         session.user = user
         session.token_hash = token_hash
         self._hub.attach(session)
+        self._remember(user)
         if await self._bus.user_connected(user.id):
-            await self._bus.publish(PresenceChanged(user.id, user.name, online=True))
+            self._bus.publish(PresenceChanged(user.id, user.name, online=True))
         log.info("conn %d: logged in as %s", session.peer.conn_id, user.name)
         return schema.AuthResult(user=user.name, token=token)
 
@@ -218,17 +257,15 @@ class Chat:
         self._hub.detach(session)
         session.user = session.token_hash = None
         if await self._bus.user_disconnected(user.id):
-            await self._bus.publish(PresenceChanged(user.id, user.name, online=False))
+            self._bus.publish(PresenceChanged(user.id, user.name, online=False))
 
     # -- messages ------------------------------------------------------------------------------
 
-    async def _send(self, session: Session, request: schema.Send) -> schema.SendResult:
+    async def _send(self, session: Session, request: schema.Send) -> Outcome:
         assert session.user is not None
         return await self._post(session, session.user, None, request.client_id, request.text)
 
-    async def _direct_message(
-        self, session: Session, request: schema.DirectMessage
-    ) -> schema.SendResult:
+    async def _direct_message(self, session: Session, request: schema.DirectMessage) -> Outcome:
         assert session.user is not None
         recipient = await self._user_named(request.to)
         return await self._post(session, session.user, recipient, request.client_id, request.text)
@@ -240,7 +277,7 @@ class Chat:
         recipient: UserRecord | None,
         client_id: str,
         text: str,
-    ) -> schema.SendResult:
+    ) -> Outcome:
         if not text.strip():
             raise ProtocolError(errors.EMPTY_MESSAGE)
         if len(text) > schema.MAX_TEXT_CHARS:
@@ -260,23 +297,55 @@ class Chat:
         if wait > 0:
             await self._sleep(wait)
         conversation = GENERAL if recipient is None else dm_conversation(sender.id, recipient.id)
-        stored, duplicate = await self._storage.append_message(
+        appended = self._storage.append_message(
             NewMessage(conversation, sender, recipient, client_id, text, self._clock())
         )
-        if duplicate:
-            if stored.conversation != conversation or stored.text != text:
-                raise ProtocolError(errors.CLIENT_ID_REUSED)
-        else:
-            # No await between the commit and this publish: deliveries leave in commit order.
-            recipients = None if recipient is None else (sender.id, recipient.id)
-            await self._bus.publish(MessagePosted(stored, recipients, session.peer.conn_id))
-        return schema.SendResult(message=stored, duplicate=duplicate)
+        result: asyncio.Future[msgspec.Struct] = asyncio.get_running_loop().create_future()
+        recipients = None if recipient is None else (sender.id, recipient.id)
+        origin = session.peer.conn_id
+
+        def committed(appended: asyncio.Future[tuple[schema.Message, bool]]) -> None:
+            # Runs from the commit, in commit order, before anything else can run: so the
+            # bus gets messages in commit order, and before the sender's acknowledgement.
+            if session.last_write is result:
+                session.last_write = None
+            if appended.cancelled():
+                result.cancel()
+                return
+            error = appended.exception()
+            if error is not None:
+                result.set_exception(error)
+                return
+            stored, duplicate = appended.result()
+            if duplicate:
+                if stored.conversation != conversation or stored.text != text:
+                    result.set_exception(ProtocolError(errors.CLIENT_ID_REUSED))
+                    return
+            else:
+                self._bus.publish(MessagePosted(stored, recipients, origin))
+            result.set_result(schema.SendResult(message=stored, duplicate=duplicate))
+
+        appended.add_done_callback(committed)
+        session.last_write = result
+        return result
 
     async def _user_named(self, name: str) -> UserRecord:
-        user = await self._storage.user_by_key(accounts.canonical_name(name))
+        key = accounts.canonical_name(name)
+        user = self._user_cache.get(key)
         if user is None:
-            raise ProtocolError(errors.UNKNOWN_USER, f"No user is named {name!r}.")
+            user = await self._storage.user_by_key(key)
+            if user is None:
+                raise ProtocolError(errors.UNKNOWN_USER, f"No user is named {name!r}.")
+            self._remember(user)
         return user
+
+    def _remember(self, user: UserRecord) -> None:
+        """Keep ``user`` in the bounded cache by name, as the most recently used."""
+        users = self._user_cache
+        users[user.key] = user
+        users.move_to_end(user.key)
+        if len(users) > USER_CACHE_SIZE:
+            users.popitem(last=False)
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ SQL or a driver's exceptions. Each adapter maps its driver's errors to :class:`S
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -76,11 +77,14 @@ class Storage(Protocol):
         """Users whose key contains ``query``, ordered by key, starting after ``after``."""
 
     # Messages ---------------------------------------------------------------------------------
-    async def append_message(self, message: NewMessage) -> tuple[Message, bool]:
+    def append_message(self, message: NewMessage) -> asyncio.Future[tuple[Message, bool]]:
         """Store a message with the next sequence number of its conversation.
 
-        Returns ``(stored, duplicate)``: when the sender already stored this ``client_id``,
-        the original message and ``True``, and nothing is written.
+        Not a coroutine: the append is queued when this is called, and appends commit (and
+        their futures resolve) in the order of the calls. A connection can therefore queue a
+        run of messages without waiting for each commit, and the core still publishes them in
+        commit order. The future gives ``(stored, duplicate)``: when the sender already stored
+        this ``client_id``, the original message and ``True``, and nothing is written.
         """
 
     async def history(

@@ -321,9 +321,15 @@ class SQLiteStorage:
     # -- plumbing ------------------------------------------------------------------------------
 
     async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._submit(work)
+
+    def _submit(self, work: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue ``work`` for the writer now; its future resolves after the commit."""
         if self._writer is None:
-            raise StorageError("The database is closed.")
-        return await self._writer.submit(work)
+            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            future.set_exception(StorageError("The database is closed."))
+            return future
+        return self._writer.submit(work)
 
     async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         if self._pool is None:
@@ -420,7 +426,7 @@ class SQLiteStorage:
 
     # -- messages ------------------------------------------------------------------------------
 
-    async def append_message(self, message: NewMessage) -> tuple[Message, bool]:
+    def append_message(self, message: NewMessage) -> asyncio.Future[tuple[Message, bool]]:
         def work(conn: sqlite3.Connection) -> tuple[Message, bool]:
             existing = conn.execute(
                 f"SELECT {_MESSAGE_COLUMNS} WHERE m.sender_id = ? AND m.client_id = ?",
@@ -470,7 +476,7 @@ class SQLiteStorage:
             )
             return stored, False
 
-        return await self._write(work)
+        return self._submit(work)
 
     async def history(
         self, conversation: str, before: int | None, limit: int

@@ -1,7 +1,12 @@
 """The TCP transport: bytes ↔ codec ↔ core, and nothing else.
 
-Each connection is an ``asyncio.Protocol``: incoming bytes are split into lines (bounded),
-queued, and handled one request at a time by a worker task, so replies leave in request order.
+Each connection is an ``asyncio.Protocol``: incoming bytes are split into lines (bounded) and
+queued. A worker task, started only while there are requests, begins them one after another
+(:meth:`Chat.begin`). A message does not wait for its commit before the next request begins:
+its reply is a future, and replies are sent strictly in request order as they resolve. So a
+run of messages read in one go is committed in one group and leaves in one write per
+recipient, and an idle connection holds no task at all.
+
 Outgoing lines are appended to a per-connection list and written once per loop iteration
 (coalescing many small lines into one ``write``); a connection whose unsent bytes exceed the
 bound is dropped as a slow consumer rather than allowed to hold memory or anyone's time.
@@ -15,26 +20,60 @@ import itertools
 import logging
 import socket
 import ssl
+from collections import deque
 from typing import Final
+
+import msgspec
 
 from ... import __version__
 from ...protocol import codec, errors, schema
 from ...protocol.errors import ProtocolError
 from ...storage import StorageError
-from ..chat import Chat, Session
+from ..chat import Chat, Outcome, Session
 from ..config import Limits
 from ..limits import AddressLimiter
 
 log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
-_STOP: Final = b""
 LINGER: Final = 2.0
 """Seconds a closing connection waits for the peer to close its side before it is closed."""
 
 
+RequestId = int | str | None
+Reply = bytes | tuple[int | str, "asyncio.Future[msgspec.Struct]"]
+"""A reply in waiting: its encoded line, or the request's id and the future of its data."""
+
+
 class TcpConnection(asyncio.Protocol):
     """One client connection."""
+
+    # Thousands of these live at once: no __dict__ (see docs/performance.md, idle memory).
+    __slots__ = (
+        "_auth_timer",
+        "_chat",
+        "_closing",
+        "_counted",
+        "_eof",
+        "_limits",
+        "_lines",
+        "_linger",
+        "_listener",
+        "_loop",
+        "_out",
+        "_out_bytes",
+        "_paused",
+        "_replies",
+        "_requests",
+        "_shutting_down",
+        "_stopping",
+        "_transport",
+        "_worker",
+        "address",
+        "closed",
+        "conn_id",
+        "session",
+    )
 
     def __init__(self, listener: TcpListener) -> None:
         self.conn_id = next(_ids)
@@ -44,7 +83,12 @@ class TcpConnection(asyncio.Protocol):
         self._chat = listener.chat
         self._loop = asyncio.get_running_loop()
         self._lines = codec.LineBuffer(self._limits.max_line_bytes)
-        self._requests: asyncio.Queue[bytes] = asyncio.Queue()
+        self._requests: deque[bytes] = deque()
+        """Lines read and not yet begun."""
+        self._replies: deque[Reply] = deque()
+        """Replies of begun requests, in request order, not yet sent."""
+        self._stopping = False
+        """No more requests will be read: once the queued ones are answered, close."""
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._transport: asyncio.Transport | None = None
@@ -82,30 +126,33 @@ class TcpConnection(asyncio.Protocol):
         log.debug("conn %d: opened from %s", self.conn_id, self.address)
         self.deliver(codec.encode(self._listener.hello))
         self._auth_timer = self._loop.call_later(self._limits.auth_timeout, self._auth_timeout)
-        self._worker = self._loop.create_task(self._work(), name=f"beseda-conn-{self.conn_id}")
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or self._stopping:
             return
+        requests = self._requests
         try:
             for line in self._lines.feed(data):
                 if line.strip():
-                    self._requests.put_nowait(line)
+                    requests.append(line)
         except ProtocolError as exc:
             log.info("conn %d: %s", self.conn_id, exc)
             self.close_with(exc.code, exc.message, as_error=True)
             return
-        if not self._paused and self._requests.qsize() >= self._limits.max_pending_requests:
-            # Back-pressure: stop reading until the worker catches up.
-            assert self._transport is not None
-            self._transport.pause_reading()
-            self._paused = True
+        if requests:
+            self._start_worker()
+            if not self._paused and len(requests) >= self._limits.max_pending_requests:
+                # Back-pressure: stop reading until the worker catches up.
+                assert self._transport is not None
+                self._transport.pause_reading()
+                self._paused = True
 
     def eof_received(self) -> bool | None:
         self._eof = True
         if self._closing:
             return None  # our side is done too: asyncio closes the transport
-        self._requests.put_nowait(_STOP)
+        self._stopping = True
+        self._start_worker()
         return True  # keep the write side open until the pending replies are sent
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -127,9 +174,8 @@ class TcpConnection(asyncio.Protocol):
     def _stop_worker(self) -> None:
         # Drop what was read but not started; let the request in hand finish. Cancelling it
         # could leave a committed message unpublished or a login half done.
-        while not self._requests.empty():
-            self._requests.get_nowait()
-        self._requests.put_nowait(_STOP)
+        self._requests.clear()
+        self._stopping = True
 
     async def _forget(self) -> None:
         # Only after the worker is done: a login finishing late must not leave a ghost session.
@@ -140,60 +186,118 @@ class TcpConnection(asyncio.Protocol):
 
     # -- requests ------------------------------------------------------------------------------
 
+    def _start_worker(self) -> None:
+        if self._worker is None:
+            self._worker = self._loop.create_task(self._work(), name=f"beseda-conn-{self.conn_id}")
+
     async def _work(self) -> None:
-        while True:
-            line = await self._requests.get()
-            if line is _STOP:
+        """Begin the queued requests in order; ends when none are left (or closes)."""
+        try:
+            requests = self._requests
+            in_flight = self._limits.max_pending_requests
+            while requests:
+                line = requests.popleft()
+                if self._paused and len(requests) < self._limits.max_pending_requests // 2:
+                    assert self._transport is not None
+                    self._transport.resume_reading()
+                    self._paused = False
+                await self._begin(line)
+                # Bound the replies in waiting too (messages whose commit is pending).
+                while len(self._replies) >= in_flight:
+                    await self._head_reply()
+            if self._stopping:
+                while self._replies:  # the last replies go out before the goodbye
+                    await self._head_reply()
                 if self._shutting_down:
                     self.close_with(errors.SERVER_SHUTDOWN)
                 else:
                     self._close_when_flushed()
-                return
-            if self._paused and self._requests.qsize() < self._limits.max_pending_requests // 2:
-                assert self._transport is not None
-                self._transport.resume_reading()
-                self._paused = False
-            await self._handle(line)
+        finally:
+            self._worker = None
 
-    async def _handle(self, line: bytes) -> None:
-        request_id: int | str | None = None
-        reply: schema.Result | schema.Error
+    async def _head_reply(self) -> None:
+        """Wait until the oldest reply in waiting has been sent."""
+        head = self._replies[0]
+        assert not isinstance(head, bytes)  # a ready head is always sent at once
+        await asyncio.wait((head[1],))
+        # The future's own callback (registered first) sent it; make sure in any case.
+        self._send_replies()
+
+    async def _begin(self, line: bytes) -> None:
+        request_id: RequestId = None
         try:
             request = codec.decode_request(line)
             request_id = request.id
-            data = await self._chat.handle(self.session, request)
-        except ProtocolError as exc:
-            reply = schema.Error(
+            outcome: Outcome = await self._chat.begin(self.session, request)
+        except Exception as exc:
+            self._reply(self._error_reply(request_id, exc))
+            return
+        if isinstance(outcome, asyncio.Future):
+            outcome.add_done_callback(self._on_reply_ready)
+            self._reply((request.id, outcome))
+            return
+        if self._auth_timer is not None and self.session.user is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+        elif self._auth_timer is None and self.session.user is None:
+            # Logged out: the connection must log in again within the timeout too.
+            self._auth_timer = self._loop.call_later(self._limits.auth_timeout, self._auth_timeout)
+        self._reply(codec.encode(schema.Result(id=request.id, data=codec.encode_data(outcome))))
+
+    def _reply(self, reply: Reply) -> None:
+        if not self._replies and isinstance(reply, bytes):
+            self.deliver(reply)  # nothing waits ahead of it
+        else:
+            self._replies.append(reply)
+            self._send_replies()
+
+    def _on_reply_ready(self, _: asyncio.Future[msgspec.Struct]) -> None:
+        self._send_replies()
+
+    def _send_replies(self) -> None:
+        """Send the replies at the head that are ready, in request order."""
+        replies = self._replies
+        while replies:
+            head = replies[0]
+            if isinstance(head, bytes):
+                line = head
+            else:
+                request_id, future = head
+                if not future.done():
+                    return
+                if future.cancelled():
+                    line = self._error_reply(request_id, asyncio.CancelledError())
+                elif (error := future.exception()) is not None:
+                    line = self._error_reply(request_id, error)
+                else:
+                    result = schema.Result(id=request_id, data=codec.encode_data(future.result()))
+                    line = codec.encode(result)
+            replies.popleft()
+            self.deliver(line)
+
+    def _error_reply(self, request_id: RequestId, exc: BaseException) -> bytes:
+        if isinstance(exc, ProtocolError):
+            error = schema.Error(
                 id=exc.request_id if request_id is None else request_id,
                 code=exc.code,
                 message=exc.message,
                 retry_after=exc.retry_after,
             )
-        except StorageError as exc:
+        elif isinstance(exc, StorageError):
             log.error("conn %d: storage failed: %s", self.conn_id, exc)
-            reply = schema.Error(
+            error = schema.Error(
                 id=request_id,
                 code=errors.STORAGE_UNAVAILABLE,
                 message=errors.MESSAGES[errors.STORAGE_UNAVAILABLE],
             )
-        except Exception:
-            log.exception("conn %d: failed to handle a request", self.conn_id)
-            reply = schema.Error(
+        else:
+            log.error("conn %d: failed to handle a request", self.conn_id, exc_info=exc)
+            error = schema.Error(
                 id=request_id,
                 code=errors.INTERNAL_ERROR,
                 message=errors.MESSAGES[errors.INTERNAL_ERROR],
             )
-        else:
-            if self._auth_timer is not None and self.session.user is not None:
-                self._auth_timer.cancel()
-                self._auth_timer = None
-            elif self._auth_timer is None and self.session.user is None:
-                # Logged out: the connection must log in again within the timeout too.
-                self._auth_timer = self._loop.call_later(
-                    self._limits.auth_timeout, self._auth_timeout
-                )
-            reply = schema.Result(id=request.id, data=codec.encode_data(data))
-        self.deliver(codec.encode(reply))
+        return codec.encode(error)
 
     def _auth_timeout(self) -> None:
         self._auth_timer = None
@@ -253,7 +357,7 @@ class TcpConnection(asyncio.Protocol):
 
     def _close_when_flushed(self) -> None:
         self._closing = True
-        if self._worker is not None and self._worker is not asyncio.current_task():
+        if self._worker is not asyncio.current_task():
             self._stop_worker()
         self.flush()
         transport = self._transport
@@ -280,10 +384,11 @@ class TcpConnection(asyncio.Protocol):
             return
         self._transport.pause_reading()
         self._shutting_down = True
-        self._requests.put_nowait(_STOP)
+        self._stopping = True
+        self._start_worker()
         worker = self._worker
         if worker is not None:
-            # _STOP makes the worker say bye and close after the requests queued before it.
+            # The worker says bye and closes after the requests queued before the stop.
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(worker), grace)
         if not self._closing:
