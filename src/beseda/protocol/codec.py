@@ -53,6 +53,8 @@ class LineBuffer:
     Memory stays bounded: at most ``max_line`` bytes of an unfinished line are kept.
     """
 
+    __slots__ = ("_buffer", "max_line", "overflowed")  # one per connection
+
     def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
         self.max_line = max_line
         self._buffer = bytearray()

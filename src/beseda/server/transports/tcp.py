@@ -83,9 +83,10 @@ class TcpConnection(asyncio.Protocol):
         self._chat = listener.chat
         self._loop = asyncio.get_running_loop()
         self._lines = codec.LineBuffer(self._limits.max_line_bytes)
-        self._requests: deque[bytes] = deque()
+        # Both made when needed and let go when empty: an idle connection holds neither.
+        self._requests: deque[bytes] | None = None
         """Lines read and not yet begun."""
-        self._replies: deque[Reply] = deque()
+        self._replies: deque[Reply] | None = None
         """Replies of begun requests, in request order, not yet sent."""
         self._stopping = False
         """No more requests will be read: once the queued ones are answered, close."""
@@ -131,6 +132,8 @@ class TcpConnection(asyncio.Protocol):
         if self._closing or self._stopping:
             return
         requests = self._requests
+        if requests is None:
+            requests = self._requests = deque()
         try:
             for line in self._lines.feed(data):
                 if line.strip():
@@ -174,7 +177,8 @@ class TcpConnection(asyncio.Protocol):
     def _stop_worker(self) -> None:
         # Drop what was read but not started; let the request in hand finish. Cancelling it
         # could leave a committed message unpublished or a login half done.
-        self._requests.clear()
+        if self._requests is not None:
+            self._requests.clear()
         self._stopping = True
 
     async def _forget(self) -> None:
@@ -193,9 +197,8 @@ class TcpConnection(asyncio.Protocol):
     async def _work(self) -> None:
         """Begin the queued requests in order; ends when none are left (or closes)."""
         try:
-            requests = self._requests
             in_flight = self._limits.max_pending_requests
-            while requests:
+            while requests := self._requests:
                 line = requests.popleft()
                 if self._paused and len(requests) < self._limits.max_pending_requests // 2:
                     assert self._transport is not None
@@ -203,7 +206,7 @@ class TcpConnection(asyncio.Protocol):
                     self._paused = False
                 await self._begin(line)
                 # Bound the replies in waiting too (messages whose commit is pending).
-                while len(self._replies) >= in_flight:
+                while self._replies is not None and len(self._replies) >= in_flight:
                     await self._head_reply()
             if self._stopping:
                 while self._replies:  # the last replies go out before the goodbye
@@ -214,9 +217,12 @@ class TcpConnection(asyncio.Protocol):
                     self._close_when_flushed()
         finally:
             self._worker = None
+            if not self._requests:
+                self._requests = None
 
     async def _head_reply(self) -> None:
         """Wait until the oldest reply in waiting has been sent."""
+        assert self._replies
         head = self._replies[0]
         assert not isinstance(head, bytes)  # a ready head is always sent at once
         await asyncio.wait((head[1],))
@@ -245,11 +251,14 @@ class TcpConnection(asyncio.Protocol):
         self._reply(codec.encode(schema.Result(id=request.id, data=codec.encode_data(outcome))))
 
     def _reply(self, reply: Reply) -> None:
-        if not self._replies and isinstance(reply, bytes):
-            self.deliver(reply)  # nothing waits ahead of it
-        else:
-            self._replies.append(reply)
-            self._send_replies()
+        replies = self._replies
+        if replies is None:
+            if isinstance(reply, bytes):
+                self.deliver(reply)  # nothing waits ahead of it
+                return
+            replies = self._replies = deque()
+        replies.append(reply)
+        self._send_replies()
 
     def _on_reply_ready(self, _: asyncio.Future[msgspec.Struct]) -> None:
         self._send_replies()
@@ -257,6 +266,8 @@ class TcpConnection(asyncio.Protocol):
     def _send_replies(self) -> None:
         """Send the replies at the head that are ready, in request order."""
         replies = self._replies
+        if replies is None:
+            return
         while replies:
             head = replies[0]
             if isinstance(head, bytes):
@@ -274,6 +285,7 @@ class TcpConnection(asyncio.Protocol):
                     line = codec.encode(result)
             replies.popleft()
             self.deliver(line)
+        self._replies = None
 
     def _error_reply(self, request_id: RequestId, exc: BaseException) -> bytes:
         if isinstance(exc, ProtocolError):
