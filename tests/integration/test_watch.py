@@ -17,6 +17,7 @@ from newcomer import PASSWORD, Newcomer
 
 from beseda.client import Client, ConnectionState, PresenceChanged, StateChanged
 from beseda.protocol import schema
+from beseda.protocol.errors import ProtocolError
 from beseda.server.app import Server
 from conftest import wait_for
 
@@ -198,6 +199,11 @@ async def test_the_client_library_watches_again_after_a_reconnect(server: Server
         await wait_for(lambda: PresenceChanged("bob", False) in events)
         bob = await Newcomer.user(server.port, "bob")
         await wait_for(lambda: events[-1] == PresenceChanged("bob", True))
+
+        # A refused watch changes nothing, on the server or in what the library re-sends.
+        with pytest.raises(ProtocolError) as refused:
+            await alice.watch(["bob"] * (schema.MAX_WATCH + 1))
+        assert refused.value.code == "bad_request"
 
         # Drop alice's connection from the server's side; bob leaves while she is away.
         (conn,) = [

@@ -270,9 +270,14 @@ class Client:
         The set is remembered and sent again after every reconnect, whose reply's states
         likewise arrive as events: changes missed while away are covered.
         """
-        names = list(names)
+        names, previous = list(names), self._watching
         self._watching = names
-        result = await self._call(schema.Watch(id=0, users=names), schema.WatchResult)
+        try:
+            result = await self._call(schema.Watch(id=0, users=names), schema.WatchResult)
+        except ProtocolError:
+            if self._watching is names:  # refused: the server kept the previous set
+                self._watching = previous
+            raise
         self._watched(result)
         return result
 
