@@ -130,6 +130,9 @@ class FakeBackend:
     def users(self, request: int, query: str, *, after: str | None = None) -> None:
         self.calls.append(("users", (request, query, after)))
 
+    def watch(self, names: list[str]) -> None:
+        self.calls.append(("watch", list(names)))
+
     def of(self, kind: str) -> list[Any]:
         return [args for name, args in self.calls if name == kind]
 

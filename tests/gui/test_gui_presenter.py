@@ -281,6 +281,49 @@ def test_presence_changes_move_the_dots(presenter: Presenter, view: FakeView) ->
     }
 
 
+def test_it_watches_the_dm_peers_and_the_directory_page(
+    presenter: Presenter, view: FakeView, backend: FakeBackend
+) -> None:
+    sign_in(presenter, entries(), {"bob": True, "carol": False})
+    # The network watched the peers while signing in: nothing more to ask yet.
+    assert backend.of("watch") == []
+    request = backend.last("users")[0]
+    feed(presenter, events.UsersFound(request, users(("alice", True), ("Dave", False)), False))
+    assert sorted(backend.last("watch")) == ["Dave", "bob", "carol"]  # not herself
+    assert view.people[1].online is False
+    feed(presenter, PresenceChanged("Dave", True))
+    assert view.people[1].online is True
+    # A new DM adds its peer; a search that shows other people replaces them.
+    presenter.open_dm("Erin")
+    assert sorted(backend.last("watch")) == ["Dave", "Erin", "bob", "carol"]
+    presenter.search_people("zz")
+    feed(presenter, events.UsersFound(backend.last("users")[0], users(("zzz", False)), False))
+    assert sorted(backend.last("watch")) == ["Erin", "bob", "carol", "zzz"]
+    calls = len(backend.of("watch"))
+    feed(presenter, PresenceChanged("bob", False), *received(message(6, ts=5_000_000_000)))
+    assert len(backend.of("watch")) == calls  # the same people: no new watch
+
+
+def test_the_watch_stays_within_the_servers_limit(
+    presenter: Presenter, backend: FakeBackend
+) -> None:
+    peers = [
+        schema.ConversationEntry(
+            conversation=f"dm:1:{n}", peer=f"peer{n}", last_seq=1, last_ts=1_000_000 + n
+        )
+        for n in range(2, schema.MAX_WATCH + 2)
+    ]
+    sign_in(presenter, peers)
+    request = backend.last("users")[0]
+    feed(presenter, events.UsersFound(request, users(("shown", False)), False))
+    watched = backend.last("watch")
+    assert len(watched) == schema.MAX_WATCH
+    # The page on screen first, then the most recently active conversations.
+    assert watched[0] == "shown"
+    assert "peer2" not in watched
+    assert f"peer{schema.MAX_WATCH + 1}" in watched
+
+
 def test_new_activity_moves_a_chat_to_the_top(presenter: Presenter, view: FakeView) -> None:
     sign_in(presenter, entries())
     feed(presenter, *received(message(6, ts=5_000_000_000)))

@@ -135,3 +135,25 @@ def test_sign_out_returns_to_the_form(windows: Windows, chat_server: ServerThrea
     alice.window.chat.sign_out_button.invoke()
     windows.wait(lambda: alice.window.sign_in_screen.winfo_ismapped())
     assert alice.presenter.preferences.session() is None
+
+
+def test_a_dm_peers_dot_goes_online_and_offline_live(
+    windows: Windows, chat_server: ServerThread
+) -> None:
+    alice = sign_up(windows, chat_server, "alice")
+    bob = sign_up(windows, chat_server, "bob")
+    chat = alice.window.chat
+    alice.presenter.open_dm("bob")
+    windows.wait(lambda: chat.chat_list.exists(dm_key("bob")))
+
+    def dot() -> str:
+        return str(chat.chat_list.item(dm_key("bob"), "image")[0])
+
+    online, offline = str(chat.dots[True]), str(chat.dots[False])
+    windows.wait(lambda: dot() == online)
+    # The window watches bob now (a DM peer), so his changes arrive as they happen.
+    bob.window.chat.sign_out_button.invoke()
+    windows.wait(lambda: dot() == offline)
+    fill_sign_in(bob, "bob")
+    bob.window.sign_in_screen.sign_in_button.invoke()
+    windows.wait(lambda: dot() == online)

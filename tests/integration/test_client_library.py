@@ -20,6 +20,7 @@ from beseda.client import (
     PresenceChanged,
     StateChanged,
 )
+from beseda.protocol import schema
 from beseda.protocol.errors import ProtocolError
 from beseda.server.app import Server
 from conftest import TIMEOUT_FACTOR, ServerProcess, wait_for
@@ -68,7 +69,7 @@ async def test_accounts_through_the_library(server: Server) -> None:
         registered = await first.register("Alice", PASSWORD)
         assert registered.user == first.user == "Alice"
         assert first.hello is not None
-        assert first.hello.protocol == 1
+        assert first.hello.protocol == schema.PROTOCOL_VERSION == 2
         with pytest.raises(ProtocolError) as refused:
             await first.login("Alice", PASSWORD)
         assert refused.value.code == "already_authenticated"
@@ -127,7 +128,12 @@ async def test_every_call_and_the_event_stream(server: Server, connect) -> None:
     ]
     await alice.ping()
 
-    # Presence reaches the event stream; closing ends the client for good.
+    # Presence of watched users reaches the event stream (their states now, then changes);
+    # closing ends the client for good.
+    watched = await alice.watch(["BOB", "nobody"])
+    assert [(u.name, u.online) for u in watched.users] == [("bob", True)]
+    assert watched.unknown == ["nobody"]
+    await wait_for(lambda: PresenceChanged("bob", True) in alice_events.events)
     await bob.close()
     await wait_for(lambda: PresenceChanged("bob", False) in alice_events.events)
     assert bob.state is ConnectionState.OFFLINE

@@ -1,6 +1,7 @@
 """Directory and presence (issue 2, item 8): every registered user with an online flag,
 server-side search (case-insensitive, Unicode-aware), pages, and presence events only when a
-user's first connection opens and last connection closes."""
+user's first connection opens and last connection closes (to the connections watching the
+user: tests/integration/test_watch.py)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ async def test_lists_every_user_with_online_state(server: Server) -> None:
     await register(server.port, "carol", "dave")
     alice = await Newcomer.user(server.port, "alice")
     bob = await Newcomer.user(server.port, "bob")
+    await alice.call("watch", users=["bob"])
     assert await directory(alice) == {
         "alice": True,
         "bob": True,
@@ -105,13 +107,14 @@ async def test_directory_needs_a_login(server: Server) -> None:
 
 
 async def test_presence_only_on_first_open_and_last_close(server: Server) -> None:
+    await register(server.port, "alice")
+    await wait_for(lambda: server.hub.sessions == 0)
     observer = await Newcomer.user(server.port, "observer")
     marker = await Newcomer.user(server.port, "marker")
-    await observer.event("presence", user="marker", online=True)
-    await register(server.port, "alice")
-    # Registering from a connection that closes at once is an online and an offline.
-    assert (await observer.event("presence", user="alice"))["online"] is True
-    assert (await observer.event("presence", user="alice"))["online"] is False
+    watched = await observer.call("watch", users=["alice", "marker"])
+    assert watched == {
+        "users": [{"name": "alice", "online": False}, {"name": "marker", "online": True}]
+    }
 
     async def alice_presence_since_last_check() -> list[bool]:
         """Alice's presence events before the marker's next message (sent now)."""

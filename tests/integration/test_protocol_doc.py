@@ -366,6 +366,7 @@ def test_the_doc_has_the_examples_it_promises() -> None:
         "history",
         "sync",
         "presence",
+        "watch",
         "errors",
         "line-too-long",
         "rate-limit",
@@ -411,6 +412,7 @@ def test_the_doc_names_every_error_code_and_limit() -> None:
         schema.MAX_SYNC_PAGE,
         schema.MAX_SYNC_CHARS,
         schema.MAX_SYNC_CURSORS,
+        schema.MAX_WATCH,
         defaults.send_buffer_bytes,
     ):
         assert f"{value:,}" in text, f"the limit {value:,} is not in the doc"
@@ -434,7 +436,6 @@ async def test_the_client_example_runs(make_server: Callable[..., Server], tmp_p
     try:
         for action, text in (
             (">", '{"id":1,"type":"register","username":"bob","password":"battery staple"}'),
-            ("<", '{"type":"presence","user":"bob","online":true}'),
             ("<", '{"type":"result","id":1,"data":{"user":"bob","token":"<token>"}}'),
         ):
             await bob.play(Step("bob", action, text, 0))
@@ -454,17 +455,14 @@ async def test_the_client_example_runs(make_server: Callable[..., Server], tmp_p
         assert process.returncode == 0, err.decode()
         assert out.decode().splitlines() == [
             "! bad_credentials: Wrong username or password.",
-            "* alice is online",
             "[general #1] alice: hello: world",
             "[dm:1:2 #1] alice: привет 👋",
         ]
         for expected in (
-            '{"type":"presence","user":"alice","online":true}',
             '{"type":"message","message":{"id":1,"conversation":"general","seq":1,'
             '"sender":"alice","text":"hello: world","ts":"<ts1>","client_id":"…"}}',
             '{"type":"message","message":{"id":2,"conversation":"dm:1:2","seq":1,'
             '"sender":"alice","to":"bob","text":"привет 👋","ts":"<ts2>","client_id":"…"}}',
-            '{"type":"presence","user":"alice","online":false}',
         ):
             await bob.play(Step("bob", "<", expected, 0))
     finally:

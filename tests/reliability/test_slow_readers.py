@@ -126,7 +126,7 @@ async def test_slow_readers_are_dropped_and_recover(
         await client.login(token=tokens[name])
         fast.append(client)
     await asyncio.sleep(0.5)
-    for client in fast:  # the presence events of everyone logging in
+    for client in fast:  # anything that came while everyone logged in
         while client.next_event_nowait() is not None:
             pass
     idle_rss = rss_kib(proc.proc.pid)

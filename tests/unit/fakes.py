@@ -102,6 +102,11 @@ class MemoryStorage:
         keys = sorted(key for key in self._by_key if key > (after or "") and query in key)
         return [self._users[self._by_key[key]] for key in keys[:limit]]
 
+    async def users_by_keys(self, keys: list[str]) -> list[UserRecord]:
+        await self._io()
+        found = dict.fromkeys(key for key in keys if key in self._by_key)
+        return [self._users[self._by_key[key]] for key in found]
+
     # -- messages ------------------------------------------------------------------------------
 
     def append_message(self, message: NewMessage) -> asyncio.Future[tuple[Message, bool]]:

@@ -778,7 +778,9 @@ async def test_directory_shows_who_is_online(world: World) -> None:
 
 
 async def test_presence_on_first_connection_and_last_disconnection_only(world: World) -> None:
+    await world.chat.disconnect(await world.user("alice"))
     watcher = await world.user("watcher")
+    await world.call(watcher, schema.Watch, users=["alice"])
     received(watcher)
     online = schema.PresenceEvent(user="alice", online=True)
     offline = schema.PresenceEvent(user="alice", online=False)
@@ -791,7 +793,7 @@ async def test_presence_on_first_connection_and_last_disconnection_only(world: W
     assert received(watcher) == []
     await world.call(second, schema.Logout)
     assert received(watcher) == [offline]
-    assert received(first) == [online]  # its own arrival, before it went
+    assert received(first) == []  # nobody watches anybody there
     assert received(second) == []
 
     third = world.connect()
@@ -801,6 +803,52 @@ async def test_presence_on_first_connection_and_last_disconnection_only(world: W
     await world.chat.disconnect(third)  # a second disconnect changes nothing
     assert received(watcher) == [offline]
     assert world.hub.sessions == 1
+
+
+async def test_watch_reports_states_and_unknown_names_in_one_lookup(world: World) -> None:
+    await world.chat.disconnect(await world.user("Zoë"))
+    await world.user("Bob")
+    me = await world.user("me")
+    result = await world.call(
+        me, schema.Watch, users=["BOB", "nobody", "ＺＯË", "bob", "Nobody", "me"]
+    )
+    assert result == schema.WatchResult(
+        users=[
+            schema.UserEntry(name="Bob", online=True),
+            schema.UserEntry(name="Zoë", online=False),
+            schema.UserEntry(name="me", online=True),
+        ],
+        unknown=["nobody"],
+    )
+    assert len(world.hub.watched(me)) == 3
+
+
+async def test_watch_replaces_the_set_and_ends_with_the_session(world: World) -> None:
+    for name in ("alice", "bob"):
+        await world.chat.disconnect(await world.user(name))
+    me = await world.user("me")
+    await world.call(me, schema.Watch, users=["alice"])
+    await world.call(me, schema.Watch, users=["bob"])
+    received(me)
+    await world.chat.disconnect(await world.user("alice"))
+    assert received(me) == []
+    await world.chat.disconnect(await world.user("bob"))
+    assert received(me) == [
+        schema.PresenceEvent(user="bob", online=True),
+        schema.PresenceEvent(user="bob", online=False),
+    ]
+    await world.call(me, schema.Watch, users=[])
+    await world.chat.disconnect(await world.user("bob"))
+    assert received(me) == []
+    assert world.hub.watchers == 0
+
+    await world.call(me, schema.Watch, users=["alice", "bob"])
+    assert world.hub.watchers == 2
+    await world.call(me, schema.Logout)
+    assert world.hub.watchers == 0
+    await world.chat.disconnect(await world.user("alice"))
+    assert received(me) == []
+    assert (await world.fails(me, schema.Watch, users=["alice"])).code == errors.NOT_AUTHENTICATED
 
 
 async def test_disconnecting_an_anonymous_connection_is_harmless(world: World) -> None:

@@ -171,6 +171,11 @@ EVERY_REQUEST = [
     ),
     ({"type": "conversations", "id": 12}, schema.Conversations(id=12)),
     ({"type": "ping", "id": 13}, schema.Ping(id=13)),
+    (
+        {"type": "watch", "id": 14, "users": ["alice", "Борис"]},
+        schema.Watch(id=14, users=["alice", "Борис"]),
+    ),
+    ({"type": "watch", "id": 15, "users": []}, schema.Watch(id=15, users=[])),
 ]
 
 
@@ -293,6 +298,11 @@ def test_an_unknown_type_keeps_the_request_id() -> None:
         ({"type": "sync", "id": 7, "cursors": {"general": -1}}, "cursors"),
         ({"type": "users", "id": 7, "query": 3}, "query"),
         ({"type": "login", "id": 7, "token": 123}, "token"),
+        ({"type": "watch", "id": 7}, "users"),
+        ({"type": "watch", "id": 7, "users": "alice"}, "users"),
+        ({"type": "watch", "id": 7, "users": ["alice", 3]}, "users"),
+        ({"type": "watch", "id": 7, "users": [None]}, "users"),
+        ({"type": "watch", "id": 7, "users": ["x" * 1025]}, "users"),
     ],
 )
 def test_a_wrong_or_missing_field_is_bad_request_naming_it(
@@ -311,6 +321,16 @@ def test_a_too_long_client_id_is_bad_request() -> None:
     assert error.code == errors.BAD_REQUEST
     assert error.request_id == 1
     assert "client_id" in error.message
+
+
+def test_a_watch_of_too_many_names_is_bad_request_naming_the_limit() -> None:
+    names = [f"user{i}" for i in range(schema.MAX_WATCH)]
+    assert codec.decode_request(request(type="watch", id=1, users=names))
+    error = refused(request(type="watch", id=1, users=[*names, "one more"]))
+    assert error.code == errors.BAD_REQUEST
+    assert error.request_id == 1
+    assert "users" in error.message
+    assert str(schema.MAX_WATCH) in error.message
 
 
 def test_an_empty_client_id_is_bad_request() -> None:

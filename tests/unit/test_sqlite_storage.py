@@ -324,3 +324,20 @@ async def test_the_memory_twin_answers_like_sqlite(tmp_path: Path, seed: int) ->
     memory = MemoryStorage()
     await memory.open()
     assert await replay(memory, seed) == expected
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+async def test_users_by_keys_finds_each_user_once_in_one_call(tmp_path: Path, kind: str) -> None:
+    store: Storage = SQLiteStorage(tmp_path / "beseda.db") if kind == "sqlite" else MemoryStorage()
+    await store.open()
+    try:
+        users = [await store.create_user(name, name.casefold(), "h", TS) for name in "ABC"]
+        # More keys than one statement binds (the SQLite adapter asks in chunks).
+        keys = [f"nobody{n}" for n in range(1100)]
+        keys[0], keys[600], keys[1099], keys[5] = "a", "b", "c", "a"
+        found = await store.users_by_keys(keys)
+        assert sorted(found, key=lambda u: u.id) == users
+        assert await store.users_by_keys([]) == []
+        assert await store.users_by_keys(["A", "nobody"]) == []  # keys are canonical already
+    finally:
+        await store.close()

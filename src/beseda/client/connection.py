@@ -142,6 +142,9 @@ class Client:
         self._authenticated = asyncio.Event()
         self._priming = False
         """While true, gaps are not filled (the cursors are about to jump to the newest)."""
+        self._watching: list[str] = []
+        """The names of the last :meth:`watch`, sent again after every reconnect."""
+        self._rewatch_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -159,7 +162,7 @@ class Client:
     async def close(self) -> None:
         """Close for good: no reconnect; pending requests fail with ConnectionLostError."""
         self._closed = True
-        for task in (self._supervisor, self._sync_task, self._heartbeat_task):
+        for task in (self._supervisor, self._sync_task, self._heartbeat_task, self._rewatch_task):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -215,6 +218,7 @@ class Client:
         """Revoke this session's token; the connection stays open, logged out."""
         await self._call(schema.Logout(id=0), schema.Empty, retry=False)
         self.user = self.token = None
+        self._watching = []  # the server forgot the watch set with the session
         self._authenticated.clear()
 
     async def send(self, text: str, *, client_id: str | None = None) -> schema.Message:
@@ -256,6 +260,42 @@ class Client:
         return await self._call(
             schema.Users(id=0, query=query, after=after, limit=limit), schema.UsersResult
         )
+
+    async def watch(self, names: list[str]) -> schema.WatchResult:
+        """Get presence changes for these users only (replacing the previous set; ``[]``
+        stops them); at most ``schema.MAX_WATCH`` names.
+
+        The reply's states (who is online now) are returned and also put on the event stream
+        as :class:`PresenceChanged`, so an app that draws from the events needs nothing else.
+        The set is remembered and sent again after every reconnect, whose reply's states
+        likewise arrive as events: changes missed while away are covered.
+        """
+        names, previous = list(names), self._watching
+        self._watching = names
+        try:
+            result = await self._call(schema.Watch(id=0, users=names), schema.WatchResult)
+        except ProtocolError:
+            if self._watching is names:  # refused: the server kept the previous set
+                self._watching = previous
+            raise
+        self._watched(result)
+        return result
+
+    def _watched(self, result: schema.WatchResult) -> None:
+        for user in result.users:
+            self._events.put_nowait(PresenceChanged(user.name, user.online))
+
+    async def _rewatch(self) -> None:
+        names = self._watching
+        if not names:
+            return
+        try:
+            result = await self._call(schema.Watch(id=0, users=names), schema.WatchResult)
+        except (BesedaError, OSError) as exc:
+            log.info("watch after reconnect failed: %s", exc)  # the next resume tries again
+            return
+        if names is self._watching:  # else a newer watch() answers for itself
+            self._watched(result)
 
     async def conversations(self) -> list[schema.ConversationEntry]:
         result = await self._call(schema.Conversations(id=0), schema.ConversationsResult)
@@ -574,6 +614,10 @@ class Client:
         for pending in sorted(self._pending.values(), key=lambda p: int(p.request.id)):
             if pending.retry and not pending.future.done():
                 self._write(pending.request)
+        # A new connection watches nobody: send the set again (after the resent requests, so
+        # it also outlasts a watch() that was waiting for the reconnect).
+        if self._watching and (self._rewatch_task is None or self._rewatch_task.done()):
+            self._rewatch_task = asyncio.create_task(self._rewatch())
         self._schedule_sync()
 
     async def _drop_connection(self) -> None:

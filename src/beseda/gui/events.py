@@ -26,7 +26,7 @@ class SignedIn:
     token: str
     conversations: list[schema.ConversationEntry]
     online: dict[str, bool]
-    """Presence of the peers of ``conversations``."""
+    """Presence of the peers of ``conversations``, which the connection now watches."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import tls
 from ..client import Client, ConnectionLostError
-from ..protocol import errors
+from ..protocol import errors, schema
 from ..protocol.errors import BesedaError, ProtocolError
 from . import events
 
@@ -123,6 +123,11 @@ class Network:
     def users(self, request: int, query: str, *, after: str | None = None) -> None:
         self._submit(self._users(request, query, after))
 
+    def watch(self, names: list[str]) -> None:
+        """Get presence changes of these users (replacing the previous set); their states
+        now, and every change, come back as :class:`~beseda.client.PresenceChanged`."""
+        self._submit(self._watch(list(names)))
+
     def close(self, timeout: float = 2.0) -> None:
         """Disconnect and stop the thread (waits at most ``timeout`` seconds, at exit)."""
         if not self._thread.is_alive():
@@ -185,7 +190,11 @@ class Network:
             else:
                 result = await client.login(username, password, backlog=False)
             entries = await client.conversations()
-            online = await self._presence_of(client, [e.peer for e in entries if e.peer])
+            # Watch the peers (most recently active first, within the limit): their state now
+            # comes back with the reply, their changes as events.
+            peers = [e.peer for e in entries if e.peer][: schema.MAX_WATCH]
+            watched = await client.watch(peers)
+            online = {user.name: user.online for user in watched.users}
         except ProtocolError as exc:
             await client.close()
             self._post(session, events.SignInFailed(exc.code, exc.message, exc.retry_after))
@@ -208,17 +217,6 @@ class Network:
             self._post(session, events.SignInFailed(events.UNREACHABLE, str(exc) or repr(exc)))
         else:
             self._post(session, events.FingerprintFetched(f"{host}:{port}", fingerprint))
-
-    @staticmethod
-    async def _presence_of(client: Client, peers: list[str]) -> dict[str, bool]:
-        async def one(peer: str) -> dict[str, bool]:
-            page = await client.users(peer, limit=20)
-            return {u.name: u.online for u in page.users if u.name.casefold() == peer.casefold()}
-
-        online: dict[str, bool] = {}
-        for found in await asyncio.gather(*(one(peer) for peer in peers)):
-            online.update(found)
-        return online
 
     async def _forward(self, client: Client, session: int) -> None:
         async for event in client.events():
@@ -272,6 +270,13 @@ class Network:
             self._post(session, events.HistoryFailed(key, str(exc)))
         else:
             self._post(session, events.HistoryLoaded(key, result, before))
+
+    async def _watch(self, names: list[str]) -> None:
+        client = self._client
+        if client is None:
+            return
+        with contextlib.suppress(BesedaError, OSError):
+            await client.watch(names)  # the states arrive as PresenceChanged events
 
     async def _users(self, request: int, query: str, after: str | None) -> None:
         client, session = self._client, self._session

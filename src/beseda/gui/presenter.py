@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -161,6 +161,7 @@ class Backend(Protocol):
         self, key: str, *, conversation: str | None, peer: str | None, before: int | None
     ) -> None: ...
     def users(self, request: int, query: str, *, after: str | None = None) -> None: ...
+    def watch(self, names: list[str]) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,6 +225,8 @@ class Presenter:
         self.conversations: dict[str, Conversation] = {}
         self.selected = GENERAL_KEY
         self.presence: dict[str, bool] = {}
+        self._watched: frozenset[str] = frozenset()
+        """Case-folded names whose presence the connection watches (see :meth:`_watch`)."""
         self.connection = ConnectionState.OFFLINE
         self.retry_at: float | None = None
         self.focused = True
@@ -424,6 +427,7 @@ class Presenter:
         self.conversations.clear()
         self._outgoing.clear()
         self.people, self.switcher_people, self.presence = [], [], {}
+        self._watched = frozenset()
         self._shown_key, self._shown_rows, self._row_cache = None, [], {}
         self._shown_list = self._shown_status = self._shown_header = self._shown_people = None
         self.connection = ConnectionState.OFFLINE
@@ -497,6 +501,8 @@ class Presenter:
             )
             conversation.has_older = entry.last_seq > 0
         self.presence = {name.casefold(): online for name, online in event.online.items()}
+        # The network watched these peers while signing in.
+        self._watched = frozenset(name.casefold() for name in self._watch_list())
         self.selected = GENERAL_KEY
         self.view.show_chat(event.user)
         self._open(self.conversations[GENERAL_KEY])
@@ -828,6 +834,7 @@ class Presenter:
         """Show what changed since the last call."""
         if self.stage != CHAT:
             return
+        self._watch()
         rows = [
             ConversationRow(c.key, self._title(c), c.unread, self._online(c))
             for c in self._ordered()
@@ -929,6 +936,31 @@ class Presenter:
             )
             self._row_cache[cache_key] = row
         return row
+
+    def _watch_list(self) -> list[str]:
+        """Whose presence the window shows: the people on the directory page, then the peers
+        of the conversations, most recent first; each once, within the server's limit."""
+        me = self.user.casefold()
+        conversations: Iterable[Conversation] = self.conversations.values()
+        if len(self.people) + len(self.conversations) > schema.MAX_WATCH:
+            conversations = self._ordered()  # only then does the order matter
+        names: dict[str, str] = {}
+        for name in (
+            *(user.name for user in self.people),
+            *(c.peer for c in conversations if c.peer is not None),
+        ):
+            if name.casefold() != me:
+                names.setdefault(name.casefold(), name)
+        return list(names.values())[: schema.MAX_WATCH]
+
+    def _watch(self) -> None:
+        """Ask for the presence of exactly what is shown, when that changed: the server sends
+        changes only for watched users."""
+        names = self._watch_list()
+        keys = frozenset(name.casefold() for name in names)
+        if keys != self._watched:
+            self._watched = keys
+            self.backend.watch(names)
 
     def _ordered(self) -> list[Conversation]:
         return sorted(

@@ -32,6 +32,9 @@ MAX_SYNC_PAGE: Final = 1000
 MAX_SYNC_CHARS: Final = 1_000_000
 """A ``sync`` reply stops early (``more`` = true) once its texts add up to this many chars."""
 MAX_SYNC_CURSORS: Final = 10_000
+MAX_WATCH: Final = 1000
+"""Most names one ``watch`` request may list (a client shows the presence of a screenful or
+two of people, not of the whole directory)."""
 
 RequestId = int | Annotated[str, msgspec.Meta(max_length=MAX_REQUEST_ID_CHARS)]
 ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CLIENT_ID_CHARS)]
@@ -156,8 +159,25 @@ class Ping(Request, tag="ping"):
     pass
 
 
+class Watch(Request, tag="watch"):
+    """Replace the connection's presence watch set: ``presence`` events come for these users
+    only. An empty list stops them all."""
+
+    users: Annotated[list[ShortText], msgspec.Meta(max_length=MAX_WATCH)]
+
+
 AnyRequest = (
-    Register | Login | Logout | Send | DirectMessage | History | Sync | Users | Conversations | Ping
+    Register
+    | Login
+    | Logout
+    | Send
+    | DirectMessage
+    | History
+    | Sync
+    | Users
+    | Conversations
+    | Ping
+    | Watch
 )
 REQUEST_TYPES: Final = frozenset(
     t.__struct_config__.tag
@@ -172,6 +192,7 @@ REQUEST_TYPES: Final = frozenset(
         Users,
         Conversations,
         Ping,
+        Watch,
     )
 )
 
@@ -224,6 +245,14 @@ class ConversationsResult(Base, kw_only=True):
     conversations: list[ConversationEntry]
 
 
+class WatchResult(Base, kw_only=True):
+    """Reply to ``watch``: the state now of each watched user, in the order asked."""
+
+    users: list[UserEntry]
+    unknown: list[str] = []
+    """The names, as sent, that nobody has (they are not watched)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Server → client: replies and events
 # ---------------------------------------------------------------------------------------------
@@ -273,4 +302,5 @@ class Bye(ServerMessage, tag="bye"):
 
 
 AnyServerMessage = Result | Error | MessageEvent | PresenceEvent | Hello | Bye
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
+"""2: ``presence`` events go only to connections that ``watch`` the user (1: to everyone)."""

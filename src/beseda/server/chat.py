@@ -64,7 +64,11 @@ class Hub(Protocol):
 
     def attach(self, session: Session) -> None: ...
 
-    def detach(self, session: Session) -> None: ...
+    def detach(self, session: Session) -> None:
+        """Forget the session, its watch set included."""
+
+    def watch(self, session: Session, user_ids: Iterable[int]) -> None:
+        """Replace the session's watch set: it gets the presence changes of these users."""
 
 
 def dm_conversation(a: int, b: int) -> str:
@@ -135,6 +139,7 @@ class Chat:
             schema.Users: self._users,
             schema.Conversations: self._conversations,
             schema.Ping: self._ping,
+            schema.Watch: self._watch,
         }
 
     async def handle(self, session: Session, request: schema.AnyRequest) -> msgspec.Struct:
@@ -421,6 +426,22 @@ class Chat:
         return schema.UsersResult(
             users=[schema.UserEntry(name=r.name, online=r.id in online) for r in page],
             next=page[-1].key if len(records) > request.limit else None,
+        )
+
+    async def _watch(self, session: Session, request: schema.Watch) -> schema.WatchResult:
+        # Each name once (by its key), in the order asked; names nobody has are reported.
+        wanted: dict[str, str] = {}
+        for name in request.users:
+            wanted.setdefault(accounts.canonical_name(name), name)
+        by_key = {r.key: r for r in await self._storage.users_by_keys(list(wanted))}
+        found = [by_key[key] for key in wanted if key in by_key]
+        # Watch first, then read the state: a change after the read is an event after the
+        # reply, so no change can fall between the two.
+        self._hub.watch(session, [record.id for record in found])
+        online = await self._bus.online([record.id for record in found])
+        return schema.WatchResult(
+            users=[schema.UserEntry(name=r.name, online=r.id in online) for r in found],
+            unknown=[name for key, name in wanted.items() if key not in by_key],
         )
 
     async def _conversations(

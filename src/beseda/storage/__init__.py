@@ -76,6 +76,10 @@ class Storage(Protocol):
     async def list_users(self, query: str, after: str | None, limit: int) -> list[UserRecord]:
         """Users whose key contains ``query``, ordered by key, starting after ``after``."""
 
+    async def users_by_keys(self, keys: list[str]) -> list[UserRecord]:
+        """The users with these canonical keys, in one look-up; keys nobody has are left out
+        (in no particular order, each user once)."""
+
     # Messages ---------------------------------------------------------------------------------
     def append_message(self, message: NewMessage) -> asyncio.Future[tuple[Message, bool]]:
         """Store a message with the next sequence number of its conversation.

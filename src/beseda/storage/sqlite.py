@@ -424,6 +424,24 @@ class SQLiteStorage:
 
         return await self._read(work)
 
+    async def users_by_keys(self, keys: list[str]) -> list[UserRecord]:
+        unique = list(dict.fromkeys(keys))
+
+        def work(conn: sqlite3.Connection) -> list[UserRecord]:
+            # In chunks, to stay under any build's limit of bound variables (999 in old ones).
+            found: list[UserRecord] = []
+            for start in range(0, len(unique), 500):
+                chunk = unique[start : start + 500]
+                rows = conn.execute(
+                    "SELECT id, name, key, password_hash FROM users "
+                    f"WHERE key IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+                found.extend(UserRecord(*row) for row in rows)
+            return found
+
+        return await self._read(work) if unique else []
+
     # -- messages ------------------------------------------------------------------------------
 
     def append_message(self, message: NewMessage) -> asyncio.Future[tuple[Message, bool]]:
