@@ -93,10 +93,13 @@ class DeliveryHub:
             origin = event.origin
             # No copy of the set: deliver() never detaches a session synchronously (a dropped
             # slow consumer is forgotten later, from connection_lost).
+            count = 0
             for session in targets:
-                if session.peer.conn_id != origin:
-                    session.peer.deliver(data)
-                    self.delivered += 1
+                peer = session.peer
+                if peer.conn_id != origin:
+                    peer.deliver(data)
+                    count += 1
+            self.delivered += count
         elif isinstance(event, PresenceChanged):
             watchers = self._watchers.get(event.user_id)
             if not watchers:
