@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import argon2
 import pytest
@@ -16,6 +16,7 @@ from beseda.protocol.errors import ProtocolError
 from beseda.server import accounts
 from beseda.server.accounts import LoginThrottle, PasswordHasher, TokenBucket
 from conftest import wait_for
+from hashing import gated
 
 # -- usernames --------------------------------------------------------------------------------
 
@@ -295,58 +296,6 @@ async def test_needs_rehash_when_the_parameters_change(hasher: PasswordHasher) -
 # -- password hashing under load: bounded, queued, at the lowest priority ----------------------
 
 
-class GatedArgon2:
-    """Wraps the argon2 hasher inside a PasswordHasher: counts the hashes running at once, can
-    hold them at a gate, and runs an optional probe on the hashing thread."""
-
-    def __init__(self, inner: argon2.PasswordHasher) -> None:
-        self.inner = inner
-        self.gate = threading.Event()
-        self.gate.set()
-        self.lock = threading.Lock()
-        self.running = 0
-        self.most = 0
-        self.started = 0
-        self.probe: Callable[[], object] | None = None
-        self.seen: list[object] = []
-
-    def _enter(self) -> None:
-        with self.lock:
-            self.running += 1
-            self.started += 1
-            self.most = max(self.most, self.running)
-        if self.probe is not None:
-            self.seen.append(self.probe())
-        self.gate.wait(30)
-
-    def _leave(self) -> None:
-        with self.lock:
-            self.running -= 1
-
-    def hash(self, password: str) -> str:
-        self._enter()
-        try:
-            return self.inner.hash(password)
-        finally:
-            self._leave()
-
-    def verify(self, password_hash: str, password: str) -> bool:
-        self._enter()
-        try:
-            return self.inner.verify(password_hash, password)
-        finally:
-            self._leave()
-
-    def check_needs_rehash(self, password_hash: str) -> bool:
-        return self.inner.check_needs_rehash(password_hash)
-
-
-def gated(hasher: PasswordHasher) -> GatedArgon2:
-    wrapper = GatedArgon2(hasher._hasher)
-    hasher._hasher = wrapper  # type: ignore[assignment]
-    return wrapper
-
-
 FAST = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
 
 
@@ -491,14 +440,12 @@ async def test_hashes_run_at_the_lowest_priority_on_their_own_threads_only() -> 
         assert not await hasher.verify(None, "correct horse")
     finally:
         hasher.close()
-    assert hasher.priority in ("idle", "nice")
+    assert hasher.lowered
     assert len(wrapper.seen) == 3
     for tid, policy, nice in wrapper.seen:  # type: ignore[misc]
         assert tid != before[0]
-        if hasher.priority == "idle":
-            assert policy == os.SCHED_IDLE
-        else:
-            assert nice == 19
+        assert nice == 19
+        assert policy == os.SCHED_OTHER
     # The calling thread (the event loop's) and so the process keep their priority.
     assert _thread_priority() == before
     assert os.getpriority(os.PRIO_PROCESS, 0) == before[2]
@@ -512,7 +459,7 @@ async def test_low_priority_can_be_turned_off() -> None:
         await hasher.hash("correct horse")
     finally:
         hasher.close()
-    assert hasher.priority is None
+    assert not hasher.lowered
     if sys.platform.startswith("linux"):
-        ((_, policy, _),) = wrapper.seen  # type: ignore[misc]
-        assert policy == os.SCHED_OTHER
+        ((_, _, nice),) = wrapper.seen  # type: ignore[misc]
+        assert nice == os.getpriority(os.PRIO_PROCESS, 0)

@@ -116,29 +116,25 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def lower_thread_priority() -> str | None:
-    """Give the calling thread the lowest CPU priority; returns how (``"idle"``, ``"nice"``),
-    or None where it was not done.
+def lower_thread_priority() -> bool:
+    """Give the calling thread the lowest CPU priority (nice 19); True when done.
 
-    Linux only: there a thread is a task of its own, and ``sched_setscheduler(0, …)`` and
-    ``setpriority(PRIO_PROCESS, tid, …)`` change that thread alone. Elsewhere the same calls
-    would change the whole process, the event loop included, so nothing is done.
-    ``SCHED_IDLE`` runs the thread only on CPU time that normal threads leave over, and any
-    normal thread that wakes takes the core from it at once; nice 19 is the fallback where
-    ``SCHED_IDLE`` is refused.
+    Linux only: there a thread is a task of its own and ``setpriority(PRIO_PROCESS, tid, …)``
+    changes that thread alone. Elsewhere the same call would renice the whole process, the
+    event loop included, so nothing is done.
+
+    Nice 19 rather than ``SCHED_IDLE``: both keep the chat's latency during a sign-in storm
+    (the storm benchmark), but a ``SCHED_IDLE`` thread gets almost nothing while any other
+    thread on its core is busy, and when that happens while it holds the GIL the event loop
+    waits for it; the with-storm p99 varied more from run to run with it (docs/operations.md).
     """
     if not sys.platform.startswith("linux"):
-        return None
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        return "idle"
-    except (OSError, AttributeError):
-        pass
+        return False
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        return "nice"
     except OSError:
-        return None
+        return False
+    return True
 
 
 class PasswordHasher:
@@ -154,10 +150,10 @@ class PasswordHasher:
     * at most ``queue`` wait: beyond that, ``hash`` and ``verify`` refuse at once with
       ``rate_limited`` and a ``retry_after`` (the time the work ahead is expected to take),
       rather than let the wait grow without end;
-    * on Linux the hashing threads run at the lowest CPU priority (``SCHED_IDLE``; nice 19
-      where that is refused), so the event loop takes the core whenever it has work and the
-      hashes use what the chat leaves idle. Elsewhere setting a thread's priority would change
-      the whole process's, so it is left alone.
+    * on Linux the hashing threads run at the lowest CPU priority (nice 19), so the event
+      loop takes the core whenever it has work and the hashes use what the chat leaves idle.
+      Elsewhere setting a thread's priority would change the whole process's, so it is left
+      alone.
     """
 
     def __init__(
@@ -184,8 +180,8 @@ class PasswordHasher:
         )
         self.workers = workers
         self.queue = queue
-        self.priority: str | None = None
-        """How the hashing threads were lowered: ``"idle"``, ``"nice"`` or None (not)."""
+        self.lowered = False
+        """True once a hashing thread has lowered its priority (Linux only)."""
         self._lock = threading.Lock()
         self._pending = 0  # submitted and not finished: running + waiting
         self._seconds = 0.0  # mean wall time of one hash (moving average), for retry_after
@@ -246,7 +242,7 @@ class PasswordHasher:
 
     def _lower_priority(self) -> None:
         # Runs in each hashing thread as it starts, so it affects that thread only.
-        self.priority = lower_thread_priority()
+        self.lowered = lower_thread_priority()
 
     def needs_rehash(self, password_hash: str) -> bool:
         return self._hasher.check_needs_rehash(password_hash)
