@@ -7,14 +7,17 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import argon2
 import pytest
 
+from beseda import cli
 from beseda.protocol import errors
 from beseda.protocol.errors import ProtocolError
-from beseda.server import accounts
+from beseda.server import accounts, config
 from beseda.server.accounts import LoginThrottle, PasswordHasher, TokenBucket
+from beseda.server.app import Server
 from conftest import wait_for
 from hashing import gated
 
@@ -463,3 +466,33 @@ async def test_low_priority_can_be_turned_off() -> None:
     if sys.platform.startswith("linux"):
         ((_, _, nice),) = wrapper.seen  # type: ignore[misc]
         assert nice == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_hash_limits_come_from_variables_and_flags(tmp_path: Path) -> None:
+    settings = config.from_environment(
+        {"BESEDA_HASH_WORKERS": "3", "BESEDA_HASH_QUEUE": "8"}, db=tmp_path / "beseda.db"
+    )
+    assert (settings.limits.hash_workers, settings.limits.hash_queue) == (3, 8)
+    args = cli._parser().parse_args(["serve", "--hash-workers", "2", "--hash-queue", "0"])
+    assert (args.hash_workers, args.hash_queue) == (2, 0)
+    server = Server(settings)
+    try:
+        assert (server.hasher.workers, server.hasher.queue) == (3, 8)
+    finally:
+        server.hasher.close()
+    default = Server(config.from_environment({}, db=tmp_path / "beseda.db"))
+    try:
+        assert default.hasher.workers == accounts.available_cores()
+        assert default.hasher.queue == config.Limits.hash_queue == 64
+    finally:
+        default.hasher.close()
+
+
+@pytest.mark.parametrize("value", ["-1", "two"])
+def test_bad_hash_limit_flags_are_clear_errors(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli._parser().parse_args(["serve", "--hash-queue", value])
+    assert exited.value.code == 2
+    assert "--hash-queue" in capsys.readouterr().err
