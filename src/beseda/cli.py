@@ -81,6 +81,18 @@ def _parser() -> argparse.ArgumentParser:
         help="new accounts per minute from one address, bursts of 3× that (at least 30) "
         "(BESEDA_REGISTRATIONS_PER_MINUTE, default 10)",
     )
+    serve.add_argument(
+        "--hash-workers",
+        type=_count,
+        help="password hashes computed at once, on threads of the lowest CPU priority "
+        "(BESEDA_HASH_WORKERS, default 0: one per core the server may run on)",
+    )
+    serve.add_argument(
+        "--hash-queue",
+        type=_count,
+        help="password hashes that may wait for a worker; more logins at once are refused "
+        "with rate_limited (BESEDA_HASH_QUEUE, default 64)",
+    )
     serve.add_argument("--tls-cert", type=Path, help="TLS certificate chain, PEM (BESEDA_TLS_CERT)")
     serve.add_argument("--tls-key", type=Path, help="TLS private key, PEM (BESEDA_TLS_KEY)")
     serve.add_argument(
@@ -101,6 +113,17 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--server", help="server address, HOST:PORT")
     client.add_argument("--lang", help="interface language (en, ru)")
     return parser
+
+
+def _count(text: str) -> int:
+    """A whole number, 0 or more (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,6 +148,8 @@ def _serve(args: argparse.Namespace) -> int:
         registrations_per_minute=args.registrations_per_minute,
         send_buffer_bytes=args.send_buffer_bytes,
         message_max_delay=args.message_max_delay,
+        hash_workers=args.hash_workers,
+        hash_queue=args.hash_queue,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_auto=True if args.tls == "auto" else None,

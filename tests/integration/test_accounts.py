@@ -4,12 +4,15 @@ tokens, throttling, several connections per user, and no ghost after a second lo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from newcomer import PASSWORD, Newcomer
 
+from beseda.server.accounts import PasswordHasher
 from beseda.server.app import Server
-from conftest import wait_for
+from conftest import FAST_HASHER_ARGS, test_settings, wait_for
+from hashing import gated
 
 
 async def test_register_login_logout_over_the_wire(server: Server) -> None:
@@ -255,3 +258,37 @@ async def test_second_login_on_one_connection_is_refused_and_leaves_no_ghost(
         "observer": True,
     }
     await observer.close()
+
+
+async def test_logins_beyond_the_hash_queue_are_refused_with_retry_after(tmp_path: Path) -> None:
+    """One hash at a time, one waiting: a third login at that moment is refused with
+    ``rate_limited`` and ``retry_after``, whether or not its user exists, and the admitted
+    logins complete in order once the hash worker is free."""
+    hasher = PasswordHasher(**FAST_HASHER_ARGS, workers=1, queue=1)  # type: ignore[arg-type]
+    try:
+        async with Server(test_settings(tmp_path), hasher=hasher) as server:
+            await (await Newcomer.user(server.port, "alice")).close()
+            wrapper = gated(hasher)
+            wrapper.gate.clear()
+            running, waiting, refused, unknown = [
+                await Newcomer.open(server.port) for _ in range(4)
+            ]
+            first = running.send("login", username="alice", password=PASSWORD)
+            await wait_for(lambda: wrapper.running == 1)
+            second = waiting.send("login", username="alice", password="wrong password")
+            await wait_for(lambda: hasher.pending == 2)
+            for conn, username in ((refused, "alice"), (unknown, "nobody")):
+                reply = await conn.request("login", username=username, password=PASSWORD)
+                assert reply["code"] == "rate_limited", reply
+                assert reply["retry_after"] > 0
+            wrapper.gate.set()
+            assert (await running.reply(first))["data"]["user"] == "alice"
+            assert (await waiting.reply(second))["code"] == "bad_credentials"
+            # The queue is free again: the refused connection logs in when it retries.
+            assert (await refused.call("login", username="alice", password=PASSWORD))[
+                "user"
+            ] == "alice"
+            for conn in (running, waiting, refused, unknown):
+                await conn.close()
+    finally:
+        hasher.close()

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import argon2
 import pytest
 
+from beseda import cli
 from beseda.protocol import errors
 from beseda.protocol.errors import ProtocolError
-from beseda.server import accounts
+from beseda.server import accounts, config
 from beseda.server.accounts import LoginThrottle, PasswordHasher, TokenBucket
+from beseda.server.app import Server
+from conftest import wait_for
+from hashing import gated
 
 # -- usernames --------------------------------------------------------------------------------
 
@@ -285,3 +294,205 @@ async def test_needs_rehash_when_the_parameters_change(hasher: PasswordHasher) -
         assert not stronger.needs_rehash(await stronger.hash("correct horse"))
     finally:
         stronger.close()
+
+
+# -- password hashing under load: bounded, queued, at the lowest priority ----------------------
+
+
+FAST = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+async def test_never_more_than_workers_hashes_at_once(workers: int) -> None:
+    hasher = PasswordHasher(**FAST, workers=workers, queue=50)
+    wrapper = gated(hasher)
+    try:
+        encoded = await hasher.hash("correct horse")
+        wrapper.gate.clear()
+        calls = [asyncio.ensure_future(hasher.verify(encoded, "correct horse")) for _ in range(20)]
+        calls += [asyncio.ensure_future(hasher.hash(f"password {i}")) for i in range(10)]
+        await wait_for(lambda: wrapper.running == workers)
+        assert hasher.pending == 30
+        wrapper.gate.set()
+        results = await asyncio.gather(*calls)
+    finally:
+        wrapper.gate.set()
+        hasher.close()
+    assert results[:20] == [True] * 20
+    assert wrapper.most == workers
+    assert wrapper.started == 31
+    assert hasher.pending == 0
+
+
+async def test_waiting_hashes_run_in_arrival_order() -> None:
+    hasher = PasswordHasher(**FAST, workers=1, queue=10)
+    wrapper = gated(hasher)
+    order: list[int] = []
+    try:
+        wrapper.gate.clear()
+
+        async def one(i: int) -> None:
+            await hasher.hash(f"password {i}")
+            order.append(i)
+
+        calls = [asyncio.ensure_future(one(i)) for i in range(8)]
+        await wait_for(lambda: wrapper.running == 1)
+        wrapper.gate.set()
+        await asyncio.gather(*calls)
+    finally:
+        wrapper.gate.set()
+        hasher.close()
+    assert order == list(range(8))
+
+
+async def test_a_full_queue_refuses_with_rate_limited() -> None:
+    hasher = PasswordHasher(**FAST, workers=1, queue=2)
+    wrapper = gated(hasher)
+    try:
+        encoded = await hasher.hash("correct horse")
+        wrapper.gate.clear()
+        admitted = [
+            asyncio.ensure_future(hasher.verify(encoded, "correct horse")) for _ in range(3)
+        ]
+        await wait_for(lambda: wrapper.running == 1 and hasher.pending == 3)
+        # One running, two waiting: the next is refused at once, and so is a registration's
+        # hash or an unknown user's check.
+        for refused in (
+            hasher.verify(encoded, "correct horse"),
+            hasher.verify(None, "correct horse"),
+            hasher.hash("correct horse"),
+        ):
+            with pytest.raises(ProtocolError) as caught:
+                await refused
+            assert caught.value.code == errors.RATE_LIMITED
+            assert caught.value.retry_after is not None
+            assert caught.value.retry_after > 0
+        assert hasher.pending == 3
+        wrapper.gate.set()
+        assert await asyncio.gather(*admitted) == [True, True, True]
+        # The queue drained: new work is taken again.
+        assert await hasher.verify(encoded, "correct horse")
+    finally:
+        wrapper.gate.set()
+        hasher.close()
+    assert wrapper.started == 5  # the refused calls never reached argon2
+
+
+async def test_a_hash_that_fails_frees_its_place() -> None:
+    hasher = PasswordHasher(**FAST, workers=1, queue=0)
+    wrapper = gated(hasher)
+
+    def fail() -> None:
+        raise MemoryError("argon2 could not allocate")
+
+    wrapper.probe = fail
+    try:
+        with pytest.raises(MemoryError):
+            await hasher.hash("correct horse")
+        assert hasher.pending == 0
+        wrapper.probe = None
+        assert await hasher.verify(await hasher.hash("correct horse"), "correct horse")
+    finally:
+        hasher.close()
+
+
+def test_bad_hasher_sizes_are_refused() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        PasswordHasher(**FAST, workers=0)
+    with pytest.raises(ValueError, match="queue"):
+        PasswordHasher(**FAST, queue=-1)
+
+
+def test_one_worker_per_available_core_by_default() -> None:
+    hasher = PasswordHasher(**FAST)
+    try:
+        assert hasher.workers == accounts.available_cores()
+    finally:
+        hasher.close()
+    if hasattr(os, "sched_getaffinity"):
+        assert accounts.available_cores() == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is a Linux feature")
+def test_the_default_follows_the_cpu_affinity() -> None:
+    # As under `taskset -c 0 beseda serve`: pid 0 is this thread, restored below.
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
+    try:
+        hasher = PasswordHasher(**FAST)
+        hasher.close()
+    finally:
+        os.sched_setaffinity(0, cores)
+    assert hasher.workers == 1
+
+
+def _thread_priority() -> tuple[int, int, int]:
+    tid = threading.get_native_id()
+    return tid, os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, tid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority: Linux")
+async def test_hashes_run_at_the_lowest_priority_on_their_own_threads_only() -> None:
+    before = _thread_priority()
+    hasher = PasswordHasher(**FAST, workers=2)
+    wrapper = gated(hasher)
+    wrapper.probe = _thread_priority
+    try:
+        encoded = await hasher.hash("correct horse")
+        assert await hasher.verify(encoded, "correct horse")
+        assert not await hasher.verify(None, "correct horse")
+    finally:
+        hasher.close()
+    assert hasher.lowered
+    assert len(wrapper.seen) == 3
+    for tid, policy, nice in wrapper.seen:  # type: ignore[misc]
+        assert tid != before[0]
+        assert nice == 19
+        assert policy == os.SCHED_OTHER
+    # The calling thread (the event loop's) and so the process keep their priority.
+    assert _thread_priority() == before
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before[2]
+
+
+async def test_low_priority_can_be_turned_off() -> None:
+    hasher = PasswordHasher(**FAST, workers=1, low_priority=False)
+    wrapper = gated(hasher)
+    wrapper.probe = _thread_priority
+    try:
+        await hasher.hash("correct horse")
+    finally:
+        hasher.close()
+    assert not hasher.lowered
+    if sys.platform.startswith("linux"):
+        ((_, _, nice),) = wrapper.seen  # type: ignore[misc]
+        assert nice == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_hash_limits_come_from_variables_and_flags(tmp_path: Path) -> None:
+    settings = config.from_environment(
+        {"BESEDA_HASH_WORKERS": "3", "BESEDA_HASH_QUEUE": "8"}, db=tmp_path / "beseda.db"
+    )
+    assert (settings.limits.hash_workers, settings.limits.hash_queue) == (3, 8)
+    args = cli._parser().parse_args(["serve", "--hash-workers", "2", "--hash-queue", "0"])
+    assert (args.hash_workers, args.hash_queue) == (2, 0)
+    server = Server(settings)
+    try:
+        assert (server.hasher.workers, server.hasher.queue) == (3, 8)
+    finally:
+        server.hasher.close()
+    default = Server(config.from_environment({}, db=tmp_path / "beseda.db"))
+    try:
+        assert default.hasher.workers == accounts.available_cores()
+        assert default.hasher.queue == config.Limits.hash_queue == 64
+    finally:
+        default.hasher.close()
+
+
+@pytest.mark.parametrize("value", ["-1", "two"])
+def test_bad_hash_limit_flags_are_clear_errors(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli._parser().parse_args(["serve", "--hash-queue", value])
+    assert exited.value.code == 2
+    assert "--hash-queue" in capsys.readouterr().err

@@ -15,21 +15,29 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import secrets
+import sys
+import threading
+import time
 import unicodedata
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import argon2
 
 from ..protocol import errors
 from ..protocol.errors import ProtocolError
+from .config import Limits
 
 MIN_NAME = 1
 MAX_NAME = 32
 MIN_PASSWORD = 8
 MAX_PASSWORD = 256
 _NAME_PUNCTUATION = frozenset("_-.")
+_T = TypeVar("_T")
 
 
 def canonical_name(raw: str) -> str:
@@ -101,10 +109,51 @@ def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
+def available_cores() -> int:
+    """How many cores this process may run on (its CPU affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def lower_thread_priority() -> bool:
+    """Give the calling thread the lowest CPU priority (nice 19); True when done.
+
+    Linux only: there a thread is a task of its own and ``setpriority(PRIO_PROCESS, tid, …)``
+    changes that thread alone. Elsewhere the same call would renice the whole process, the
+    event loop included, so nothing is done.
+
+    Nice 19 rather than ``SCHED_IDLE``: both keep the chat's latency during a sign-in storm
+    (the storm benchmark), but a ``SCHED_IDLE`` thread gets almost nothing while any other
+    thread on its core is busy, and when that happens while it holds the GIL the event loop
+    waits for it; the with-storm p99 varied more from run to run with it (docs/operations.md).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except OSError:
+        return False
+    return True
+
+
 class PasswordHasher:
-    """argon2id hashing on worker threads, never on the event loop.
+    """argon2id hashing on worker threads, never on the event loop, and never in its way.
 
     The defaults are OWASP's minimum for argon2id (19 MiB, 2 passes, 1 lane).
+
+    A hash costs tens of milliseconds of CPU; a burst of sign-ins must not take the event
+    loop's core. So:
+
+    * at most ``workers`` hashes run at once (default: one per core the process may run on),
+      on threads of their own; the others wait in order (FIFO);
+    * at most ``queue`` wait: beyond that, ``hash`` and ``verify`` refuse at once with
+      ``rate_limited`` and a ``retry_after`` (the time the work ahead is expected to take),
+      rather than let the wait grow without end;
+    * on Linux the hashing threads run at the lowest CPU priority (nice 19), so the event
+      loop takes the core whenever it has work and the hashes use what the chat leaves idle.
+      Elsewhere setting a thread's priority would change the whole process's, so it is left
+      alone.
     """
 
     def __init__(
@@ -113,28 +162,76 @@ class PasswordHasher:
         time_cost: int = 2,
         memory_cost: int = 19 * 1024,
         parallelism: int = 1,
-        workers: int = 2,
+        workers: int | None = None,
+        queue: int = Limits.hash_queue,
+        low_priority: bool = True,
     ) -> None:
+        if workers is None:
+            workers = available_cores()
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
+        if queue < 0:
+            raise ValueError(f"queue must be at least 0, not {queue}")
         self._hasher = argon2.PasswordHasher(
             time_cost=time_cost,
             memory_cost=memory_cost,
             parallelism=parallelism,
             type=argon2.Type.ID,
         )
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="beseda-argon2")
+        self.workers = workers
+        self.queue = queue
+        self.lowered = False
+        """True once a hashing thread has lowered its priority (Linux only)."""
+        self._lock = threading.Lock()
+        self._pending = 0  # submitted and not finished: running + waiting
+        self._seconds = 0.0  # mean wall time of one hash (moving average), for retry_after
+        self._pool = ThreadPoolExecutor(
+            workers,
+            thread_name_prefix="beseda-argon2",
+            initializer=self._lower_priority if low_priority else None,
+        )
         # Verifying against this when the user does not exist makes both cases cost the same.
         self._dummy = self._hasher.hash(secrets.token_hex(16))
 
+    @property
+    def pending(self) -> int:
+        """Hashes running or waiting now."""
+        return self._pending
+
     async def hash(self, password: str) -> str:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._hasher.hash, password)
+        return await self._run(self._hasher.hash, password)
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """True when ``password`` matches; with ``None`` it burns the same time and fails."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._pool, self._verify, password_hash or self._dummy, password, password_hash
-        )
+        return await self._run(self._verify, password_hash or self._dummy, password, password_hash)
+
+    async def _run(self, function: Callable[..., _T], *args: object) -> _T:
+        with self._lock:
+            if self._pending >= self.workers + self.queue:
+                ahead = self._pending
+                raise ProtocolError(
+                    errors.RATE_LIMITED,
+                    "The server is busy checking passwords; try again shortly.",
+                    retry_after=round(max(0.1, ahead * self._seconds / self.workers), 3),
+                )
+            self._pending += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, self._timed, function, *args)
+        finally:
+            with self._lock:
+                self._pending -= 1
+
+    def _timed(self, function: Callable[..., _T], *args: object) -> _T:
+        began = time.monotonic()
+        try:
+            return function(*args)
+        finally:
+            seconds = time.monotonic() - began
+            with self._lock:
+                self._seconds = (
+                    seconds if not self._seconds else 0.8 * self._seconds + 0.2 * seconds
+                )
 
     def _verify(self, password_hash: str, password: str, real: str | None) -> bool:
         try:
@@ -142,6 +239,10 @@ class PasswordHasher:
         except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
             return False
         return real is not None
+
+    def _lower_priority(self) -> None:
+        # Runs in each hashing thread as it starts, so it affects that thread only.
+        self.lowered = lower_thread_priority()
 
     def needs_rehash(self, password_hash: str) -> bool:
         return self._hasher.check_needs_rehash(password_hash)

@@ -46,7 +46,9 @@ class Server:
         self.storage = SQLiteStorage(settings.db, busy_timeout=settings.db_busy_timeout)
         self.bus = LocalBus()
         self.hub = DeliveryHub()
-        self.hasher = hasher or PasswordHasher()
+        self.hasher = hasher or PasswordHasher(
+            workers=settings.limits.hash_workers or None, queue=settings.limits.hash_queue
+        )
         self._own_hasher = hasher is None
         self.chat = Chat(
             storage=self.storage,

@@ -47,6 +47,11 @@ class Limits:
     login_failures_per_address: tuple[float, float] = (20 / 60, 30)
     registrations_per_address: tuple[float, float] = (10 / 60, 30)
     """(refill per second, burst) of new accounts per address."""
+    hash_workers: int = 0
+    """Password hashes (argon2id) computed at once; 0: one per core the server may run on."""
+    hash_queue: int = 64
+    """Password hashes that may wait for a worker; a login or registration beyond that is
+    refused with ``rate_limited`` (and ``retry_after``) instead of waiting."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,8 @@ _LIMIT_ENV: dict[str, Callable[[str], object]] = {
     "message_burst": int,
     "message_max_delay": float,
     "send_buffer_bytes": int,
+    "hash_workers": int,
+    "hash_queue": int,
 }
 
 
