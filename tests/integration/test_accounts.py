@@ -292,3 +292,31 @@ async def test_logins_beyond_the_hash_queue_are_refused_with_retry_after(tmp_pat
                 await conn.close()
     finally:
         hasher.close()
+
+
+async def test_a_login_refused_for_a_full_hash_queue_is_not_a_failed_attempt(
+    tmp_path: Path,
+) -> None:
+    """The password of a login refused because the hashing queue is full was never checked,
+    so it must not spend the account's allowance of failed logins (here: one per hour)."""
+    hasher = PasswordHasher(**FAST_HASHER_ARGS, workers=1, queue=0)  # type: ignore[arg-type]
+    settings = test_settings(tmp_path, login_failures_per_account=(1 / 3600, 1))
+    try:
+        async with Server(settings, hasher=hasher) as server:
+            await (await Newcomer.user(server.port, "alice")).close()
+            wrapper = gated(hasher)
+            wrapper.gate.clear()
+            busy, retrying = await Newcomer.open(server.port), await Newcomer.open(server.port)
+            held = busy.send("login", username="nobody", password=PASSWORD)
+            await wait_for(lambda: wrapper.running == 1)
+            for _ in range(3):
+                reply = await retrying.request("login", username="alice", password=PASSWORD)
+                assert reply["code"] == "rate_limited", reply
+            wrapper.gate.set()
+            assert (await busy.reply(held))["code"] == "bad_credentials"
+            logged_in = await retrying.call("login", username="alice", password=PASSWORD)
+            assert logged_in["user"] == "alice"
+            for conn in (busy, retrying):
+                await conn.close()
+    finally:
+        hasher.close()

@@ -212,15 +212,29 @@ class Chat:
             )
         key = accounts.canonical_name(request.username)
         self._throttle.attempt(key, address, now)
-        user = await self._storage.user_by_key(key)
-        if not await self._hasher.verify(user.password_hash if user else None, request.password):
+        try:
+            user = await self._storage.user_by_key(key)
+            right = await self._hasher.verify(
+                user.password_hash if user else None, request.password
+            )
+        except BaseException:
+            # Not a wrong guess (the hashing queue was full, the store failed): the password
+            # was never checked, so the attempt must not count against the account.
+            self._throttle.succeeded(key, address)
+            raise
+        if not right:
             raise ProtocolError(errors.BAD_CREDENTIALS)
         assert user is not None
         self._throttle.succeeded(key, address)
         if self._hasher.needs_rehash(user.password_hash):
-            await self._storage.set_password_hash(
-                user.id, await self._hasher.hash(request.password)
-            )
+            try:
+                new_hash = await self._hasher.hash(request.password)
+            except ProtocolError:
+                # The hashing queue is full: the password was right, so log in now and
+                # upgrade the stored hash at a later login.
+                log.info("conn %d: hash upgrade postponed", session.peer.conn_id)
+            else:
+                await self._storage.set_password_hash(user.id, new_hash)
         return await self._start_session(session, user)
 
     async def _logout(self, session: Session, request: schema.Logout) -> schema.Empty:
