@@ -2,11 +2,17 @@
 
 Why a writer thread: a commit waits for the disk (fsync). The event loop must never wait for
 that, and SQLite allows one writer at a time anyway. So every write is a small function queued
-to a single thread, which takes everything queued, runs it in one transaction (each write in
-its own savepoint, so one failing write does not fail its neighbours), commits once, and only
-then resolves the callers' futures. Under load many writes share one fsync (group commit);
-without load a write costs one commit. Reads run on a small pool of reader threads, each with
-its own connection; WAL lets them read while the writer writes.
+to a single thread, which takes everything queued, runs it in one transaction, commits once,
+and only then resolves the callers' futures. Under load many writes share one fsync (group
+commit); without load a write costs one commit. Reads run on a small pool of reader threads,
+each with its own connection; WAL lets them read while the writer writes.
+
+A batch has no savepoint per write. A write that fails alone (its failed statement undone by
+SQLite) just gets its error; one that fails after changing something makes the writer roll
+back and run the batch again without it (see ``_Writer._commit``). Because the writer is the
+only writer of the file, it keeps each conversation's last seq in memory; ``PRAGMA
+data_version`` and the UNIQUE (conversation, seq) constraint catch another process writing the
+same file anyway.
 """
 
 from __future__ import annotations
