@@ -358,7 +358,13 @@ class _Writer(threading.Thread):
         *,
         careful: bool,
     ) -> bool:
-        """Run the writes not yet failed; True when the transaction must be run again."""
+        """Run the writes not yet failed; True when the transaction must be run again.
+
+        Whether a failed write left anything behind is read from ``total_changes``, which
+        counts the rows of every INSERT, UPDATE and DELETE that completed (a statement that
+        failed on a constraint is undone by SQLite and not counted). So a write function must
+        change the database only with those statements (no DDL, no REPLACE).
+        """
         conn = tx.conn
         for index, (work, _) in enumerate(batch):
             if index in failed:
