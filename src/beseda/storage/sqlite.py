@@ -2,11 +2,17 @@
 
 Why a writer thread: a commit waits for the disk (fsync). The event loop must never wait for
 that, and SQLite allows one writer at a time anyway. So every write is a small function queued
-to a single thread, which takes everything queued, runs it in one transaction (each write in
-its own savepoint, so one failing write does not fail its neighbours), commits once, and only
-then resolves the callers' futures. Under load many writes share one fsync (group commit);
-without load a write costs one commit. Reads run on a small pool of reader threads, each with
-its own connection; WAL lets them read while the writer writes.
+to a single thread, which takes everything queued, runs it in one transaction, commits once,
+and only then resolves the callers' futures. Under load many writes share one fsync (group
+commit); without load a write costs one commit. Reads run on a small pool of reader threads,
+each with its own connection; WAL lets them read while the writer writes.
+
+A batch has no savepoint per write. A write that fails alone (its failed statement undone by
+SQLite) just gets its error; one that fails after changing something makes the writer roll
+back and run the batch again without it (see ``_Writer._commit``). Because the writer is the
+only writer of the file, it keeps each conversation's last seq in memory; ``PRAGMA
+data_version`` and the UNIQUE (conversation, seq) constraint catch another process writing the
+same file anyway.
 """
 
 from __future__ import annotations
@@ -43,6 +49,30 @@ _MESSAGE_COLUMNS = """
     JOIN users s ON s.id = m.sender_id
     LEFT JOIN users r ON r.id = m.recipient_id
 """
+
+
+_BY_CLIENT_ID = f"SELECT {_MESSAGE_COLUMNS} WHERE m.sender_id = ? AND m.client_id = ?"
+
+_INSERT_MESSAGE = """
+    INSERT INTO messages (conversation, seq, sender_id, recipient_id, client_id, text, ts)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (sender_id, client_id) DO NOTHING
+    RETURNING id
+"""
+
+_MAX_SEQ = "SELECT coalesce(max(seq), 0) FROM messages WHERE conversation = ?"
+
+_LAST_SEQ = """
+    SELECT max(c.last_seq, coalesce((SELECT max(seq) FROM messages WHERE conversation = c.id), 0))
+    FROM conversations c WHERE c.id = ?
+"""
+"""The last seq of an existing conversation (None without its row). The counter row is the
+truth; the messages are asked too in case another program inserted without counting."""
+
+_INSERT_CONVERSATION = (
+    "INSERT INTO conversations (id, last_seq, user_a, user_b) VALUES (?, 0, ?, ?) "
+    "ON CONFLICT (id) DO NOTHING"
+)
 
 
 def _message(row: tuple[Any, ...]) -> Message:
@@ -98,8 +128,56 @@ def migrate(conn: sqlite3.Connection) -> int:
     return len(MIGRATIONS)
 
 
-Batch = list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
+class _Transaction:
+    """What a write function sees: the connection inside the batch's transaction, and the
+    writer's sequence numbers.
+
+    The writer thread is the only writer of the file, so it keeps the last seq of each
+    conversation in memory (``committed``, loaded lazily). A batch takes numbers from
+    ``pending``, which becomes committed only if the batch commits. A write function changes
+    this object only after its last statement has succeeded, so a write that fails leaves it
+    as it was.
+    """
+
+    __slots__ = ("_committed", "_last_ts", "conn", "pending")
+
+    def __init__(self, conn: sqlite3.Connection, committed: dict[str, int]) -> None:
+        self.conn = conn
+        self._committed = committed
+        self.pending: dict[str, int] = {}
+        """Last seq per conversation as this transaction sees it (loaded or taken)."""
+        self._last_ts: dict[str, int] = {}
+
+    def last_seq(self, conversation: str) -> int | None:
+        """The known last seq of ``conversation``, or None when it must be loaded."""
+        seq = self.pending.get(conversation)
+        return self._committed.get(conversation) if seq is None else seq
+
+    def know(self, conversation: str, seq: int) -> None:
+        """Remember a last seq read from the database."""
+        self.pending[conversation] = seq
+
+    def took(self, conversation: str, seq: int, ts: int) -> None:
+        """A message with ``seq`` was inserted into ``conversation``."""
+        self.pending[conversation] = seq
+        self._last_ts[conversation] = ts
+
+    def finish(self) -> None:
+        """Bring each conversation row the batch wrote to up to date: once, before COMMIT."""
+        if self._last_ts:
+            self.conn.executemany(
+                "UPDATE conversations SET last_seq = max(last_seq, ?), last_ts = ? WHERE id = ?",
+                [(self.pending[c], ts, c) for c, ts in self._last_ts.items()],
+            )
+
+
+Write = Callable[[_Transaction], Any]
+Batch = list[tuple[Write, asyncio.Future[Any]]]
 Outcomes = list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+
+_CAREFUL_AFTER = 3
+"""Re-runs of one batch after which every remaining write gets its own savepoint: a batch in
+which many writes fail then costs a savepoint per write instead of a re-run per failure."""
 
 
 class _Writer(threading.Thread):
@@ -117,18 +195,25 @@ class _Writer(threading.Thread):
         self._path = path
         self._loop = loop
         self._busy_timeout_ms = busy_timeout_ms
-        self._queue: queue.SimpleQueue[
-            tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None
-        ] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Write, asyncio.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
         self.ready: asyncio.Future[None] = loop.create_future()
         self.batches = 0
         self.writes = 0
+        self.reruns = 0
+        """Batches run again without a write that failed after changing something."""
         self.generation = 0
         """Bumped each time the database file is reopened; readers reopen too."""
         self._conn: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None
+        self._seqs: dict[str, int] = {}
+        """Committed last seq per conversation (only conversations whose row exists)."""
+        self._data_version: int | None = None
+        """``PRAGMA data_version`` after our last commit: it changes when another connection
+        commits, and then ``_seqs`` may be stale."""
 
-    def submit(self, work: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def submit(self, work: Callable[[_Transaction], T]) -> asyncio.Future[T]:
         future: asyncio.Future[T] = self._loop.create_future()
         self._queue.put((work, future))
         return future
@@ -160,6 +245,8 @@ class _Writer(threading.Thread):
             raise
         self._conn = conn
         self._identity = (status.st_dev, status.st_ino)
+        self._seqs.clear()
+        self._data_version = None
 
     def _file_problem(self) -> str | None:
         """Why the open database can no longer be trusted, or None. Reopens when it can."""
@@ -184,13 +271,14 @@ class _Writer(threading.Thread):
         return None
 
     def _serve(self) -> None:
+        get, get_nowait = self._queue.get, self._queue.get_nowait
         while True:
-            item = self._queue.get()
+            item = get()
             stopping = item is None
             batch: Batch = [] if item is None else [item]
             while len(batch) < MAX_BATCH:
                 try:
-                    item = self._queue.get_nowait()
+                    item = get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
@@ -210,39 +298,104 @@ class _Writer(threading.Thread):
                 return
 
     def _commit(self, conn: sqlite3.Connection, batch: Batch) -> Outcomes:
-        outcomes: Outcomes = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for work, future in batch:
-                conn.execute("SAVEPOINT w")
-                try:
-                    result = work(conn)
-                except (sqlite3.IntegrityError, StorageError) as exc:
-                    conn.execute("ROLLBACK TO w")
-                    outcomes.append((future, None, _map_error(exc)))
-                except sqlite3.Error:
-                    raise  # disk full, I/O error …: the whole transaction is in doubt
-                except Exception as exc:
-                    # A bug in one write must not take the others (or this thread) down.
-                    log.exception("a write failed")
-                    conn.execute("ROLLBACK TO w")
-                    outcomes.append((future, None, StorageError(f"write failed: {exc!r}")))
-                else:
-                    outcomes.append((future, result, None))
-                conn.execute("RELEASE w")
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            log.error("commit of %d writes failed: %s", len(batch), exc)
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    log.exception("rollback failed")
-            error = StorageError(f"The database could not commit: {exc}")
-            return [(future, None, error) for _, future in batch]
+        """Run ``batch`` in one transaction and commit it; the outcomes in batch order.
+
+        A write that fails gets its error and the others go on. When the failed write had
+        changed nothing (a constraint fails its statement, which SQLite undoes alone) the
+        transaction simply continues; otherwise it is rolled back and the batch runs again
+        without that write, so nothing is half written. A failed COMMIT fails every write.
+        """
+        failed: dict[int, BaseException] = {}
+        results: list[Any] = [None] * len(batch)
+        reruns = 0
+        while True:
+            tx = _Transaction(conn, self._seqs)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                (version,) = conn.execute("PRAGMA data_version").fetchone()
+                if version != self._data_version:
+                    # Another connection committed since our last commit (or this is the
+                    # first batch): what we remember of the file may be stale.
+                    self._seqs.clear()
+                    self._data_version = version
+                if self._run(tx, batch, results, failed, careful=reruns >= _CAREFUL_AFTER):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    reruns += 1
+                    self.reruns += 1
+                    continue
+                tx.finish()
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                log.error("commit of %d writes failed: %s", len(batch), exc)
+                self._seqs.clear()  # whatever happened, the database tells the truth
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        log.exception("rollback failed")
+                error = StorageError(f"The database could not commit: {exc}")
+                return [(future, None, error) for _, future in batch]
+            break
+        self._seqs.update(tx.pending)
         self.batches += 1
         self.writes += len(batch)
-        return outcomes
+        if not failed:
+            return [
+                (future, result, None) for (_, future), result in zip(batch, results, strict=True)
+            ]
+        return [
+            (future, None, failed[index]) if index in failed else (future, results[index], None)
+            for index, (_, future) in enumerate(batch)
+        ]
+
+    @staticmethod
+    def _run(
+        tx: _Transaction,
+        batch: Batch,
+        results: list[Any],
+        failed: dict[int, BaseException],
+        *,
+        careful: bool,
+    ) -> bool:
+        """Run the writes not yet failed; True when the transaction must be run again.
+
+        Whether a failed write left anything behind is read from ``total_changes``, which
+        counts the rows of every INSERT, UPDATE and DELETE that completed (a statement that
+        failed on a constraint is undone by SQLite and not counted). So a write function must
+        change the database only with those statements (no DDL, no REPLACE).
+        """
+        conn = tx.conn
+        for index, (work, _) in enumerate(batch):
+            if index in failed:
+                continue
+            if careful:
+                conn.execute("SAVEPOINT w")
+            changes = conn.total_changes
+            try:
+                results[index] = work(tx)
+            except (sqlite3.IntegrityError, StorageError) as exc:
+                failed[index] = _map_error(exc)
+                undone = conn.total_changes == changes
+            except sqlite3.Error:
+                raise  # disk full, I/O error …: the whole transaction is in doubt
+            except Exception as exc:
+                # A bug in one write must not take the others (or this thread) down.
+                log.exception("a write failed")
+                failed[index] = StorageError(f"write failed: {exc!r}")
+                undone = False  # who knows what it left behind
+            else:
+                if careful:
+                    conn.execute("RELEASE w")
+                continue
+            if not conn.in_transaction:
+                return True
+            if careful:
+                conn.execute("ROLLBACK TO w")
+                conn.execute("RELEASE w")
+            elif not undone:
+                return True
+        return False
 
 
 def _map_error(exc: BaseException) -> BaseException:
@@ -320,10 +473,10 @@ class SQLiteStorage:
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, work: Callable[[_Transaction], T]) -> T:
         return await self._submit(work)
 
-    def _submit(self, work: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def _submit(self, work: Callable[[_Transaction], T]) -> asyncio.Future[T]:
         """Queue ``work`` for the writer now; its future resolves after the commit."""
         if self._writer is None:
             future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -360,9 +513,9 @@ class SQLiteStorage:
     # -- accounts ------------------------------------------------------------------------------
 
     async def create_user(self, name: str, key: str, password_hash: str, now: int) -> UserRecord:
-        def work(conn: sqlite3.Connection) -> UserRecord:
+        def work(tx: _Transaction) -> UserRecord:
             try:
-                cursor = conn.execute(
+                cursor = tx.conn.execute(
                     "INSERT INTO users (name, key, password_hash, created_at) VALUES (?, ?, ?, ?)",
                     (name, key, password_hash, now),
                 )
@@ -384,14 +537,14 @@ class SQLiteStorage:
 
     async def set_password_hash(self, user_id: int, password_hash: str) -> None:
         await self._write(
-            lambda conn: conn.execute(
+            lambda tx: tx.conn.execute(
                 "UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id)
             )
         )
 
     async def add_token(self, token_hash: bytes, user_id: int, now: int) -> None:
         await self._write(
-            lambda conn: conn.execute(
+            lambda tx: tx.conn.execute(
                 "INSERT INTO tokens (hash, user_id, created_at) VALUES (?, ?, ?)",
                 (token_hash, user_id, now),
             )
@@ -410,7 +563,7 @@ class SQLiteStorage:
 
     async def delete_token(self, token_hash: bytes) -> None:
         await self._write(
-            lambda conn: conn.execute("DELETE FROM tokens WHERE hash = ?", (token_hash,))
+            lambda tx: tx.conn.execute("DELETE FROM tokens WHERE hash = ?", (token_hash,))
         )
 
     async def list_users(self, query: str, after: str | None, limit: int) -> list[UserRecord]:
@@ -445,53 +598,68 @@ class SQLiteStorage:
     # -- messages ------------------------------------------------------------------------------
 
     def append_message(self, message: NewMessage) -> asyncio.Future[tuple[Message, bool]]:
-        def work(conn: sqlite3.Connection) -> tuple[Message, bool]:
-            existing = conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} WHERE m.sender_id = ? AND m.client_id = ?",
-                (message.sender.id, message.client_id),
-            ).fetchone()
-            if existing is not None:
+        sender = message.sender
+        recipient = message.recipient
+        conversation = message.conversation
+        row = [
+            conversation,
+            0,  # the seq, set in the writer
+            sender.id,
+            recipient.id if recipient is not None else None,
+            message.client_id,
+            message.text,
+            message.ts,
+        ]
+
+        def work(tx: _Transaction) -> tuple[Message, bool]:
+            conn = tx.conn
+            last = tx.last_seq(conversation)
+            loaded = create = False
+            if last is None:
+                found = conn.execute(_LAST_SEQ, (conversation,)).fetchone()
+                if found is not None:
+                    last, loaded = found[0], True
+                elif recipient is None:
+                    raise StorageError(f"no conversation {conversation!r}")
+                else:
+                    # A new direct conversation: its row is created with its first message.
+                    create = True
+                    (last,) = conn.execute(_MAX_SEQ, (conversation,)).fetchone()
+            assert last is not None
+            row[1] = seq = last + 1
+            try:
+                inserted = conn.execute(_INSERT_MESSAGE, row).fetchone()
+            except sqlite3.IntegrityError:
+                # Another process wrote this conversation behind our back (the UNIQUE
+                # (conversation, seq) constraint fired): take its last seq from the file. We
+                # hold the write lock, so it cannot move again before our commit.
+                (actual,) = conn.execute(_MAX_SEQ, (conversation,)).fetchone()
+                if actual < seq:
+                    raise  # some other constraint
+                log.warning("conversation %s was written by another process", conversation)
+                row[1] = seq = actual + 1
+                inserted = conn.execute(_INSERT_MESSAGE, row).fetchone()
+            if inserted is None:
+                # The sender already stored this client id: answer with the original.
+                existing = conn.execute(_BY_CLIENT_ID, (sender.id, message.client_id)).fetchone()
+                if loaded:
+                    tx.know(conversation, seq - 1)
                 return _message(existing), True
-            recipient = message.recipient
-            if recipient is not None:
-                low, high = sorted((message.sender.id, recipient.id))
-                conn.execute(
-                    "INSERT INTO conversations (id, last_seq, user_a, user_b) VALUES (?, 0, ?, ?) "
-                    "ON CONFLICT (id) DO NOTHING",
-                    (message.conversation, low, high),
-                )
-            row = conn.execute(
-                "UPDATE conversations SET last_seq = last_seq + 1, last_ts = ? WHERE id = ? "
-                "RETURNING last_seq",
-                (message.ts, message.conversation),
-            ).fetchone()
-            if row is None:
-                raise StorageError(f"no conversation {message.conversation!r}")
-            seq = row[0]
-            cursor = conn.execute(
-                "INSERT INTO messages (conversation, seq, sender_id, recipient_id, client_id, "
-                "text, ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    message.conversation,
-                    seq,
-                    message.sender.id,
-                    recipient.id if recipient else None,
-                    message.client_id,
-                    message.text,
-                    message.ts,
-                ),
-            )
-            assert cursor.lastrowid is not None
+            if create:
+                assert recipient is not None
+                low, high = sorted((sender.id, recipient.id))
+                conn.execute(_INSERT_CONVERSATION, (conversation, low, high))
             stored = Message(
-                id=cursor.lastrowid,
-                conversation=message.conversation,
+                id=inserted[0],
+                conversation=conversation,
                 seq=seq,
-                sender=message.sender.name,
-                to=recipient.name if recipient else None,
+                sender=sender.name,
+                to=recipient.name if recipient is not None else None,
                 text=message.text,
                 ts=message.ts,
                 client_id=message.client_id,
             )
+            tx.took(conversation, seq, message.ts)
             return stored, False
 
         return self._submit(work)

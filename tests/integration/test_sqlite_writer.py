@@ -1,0 +1,449 @@
+"""The SQLite writer on real files: one transaction per batch, sequence numbers in memory.
+
+A batch runs without a savepoint per write. A write that fails must fail alone, and nothing of
+it may stay behind; a failed commit fails the batch and leaves no gap. The writer keeps the
+last seq of each conversation in memory, so these tests also write the same file from a
+second store and from a raw connection, and check that no seq is duplicated, skipped or
+acknowledged wrongly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from beseda.protocol.schema import GENERAL, Message
+from beseda.storage import NameTakenError, NewMessage, StorageError, UserRecord
+from beseda.storage.sqlite import _CAREFUL_AFTER, SQLiteStorage
+
+TS = 1_700_000_000_000
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
+    store = SQLiteStorage(tmp_path / "beseda.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+def general(sender: UserRecord, client_id: str, text: str = "hi", ts: int = TS) -> NewMessage:
+    return NewMessage(GENERAL, sender, None, client_id, text, ts)
+
+
+def direct(sender: UserRecord, recipient: UserRecord, client_id: str, ts: int = TS) -> NewMessage:
+    low, high = sorted((sender.id, recipient.id))
+    return NewMessage(f"dm:{low}:{high}", sender, recipient, client_id, "hi", ts)
+
+
+@contextmanager
+def write_lock(path: Path) -> Iterator[None]:
+    """Hold the write lock from another connection, so the writer's queue fills up."""
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+
+
+async def in_few_batches(
+    storage: SQLiteStorage, make_calls: Callable[[], list[Awaitable[T]]]
+) -> list[Any]:
+    """Make the calls while the write lock is held elsewhere, so that they share at most two
+    batches (the writer takes the first one alone before it blocks on the lock); returns
+    results and exceptions in order. (``append_message`` queues its write when called.)"""
+    before = storage.stats["batches"]
+    with write_lock(storage.path):
+        tasks = [asyncio.ensure_future(call) for call in make_calls()]
+        await asyncio.sleep(0)  # every task has now queued its write
+        await asyncio.sleep(0)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert storage.stats["batches"] - before <= 2
+    return results
+
+
+def stored_seqs(path: Path, conversation: str) -> list[int]:
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(
+            "SELECT seq FROM messages WHERE conversation = ? ORDER BY seq", (conversation,)
+        ).fetchall()
+    finally:
+        conn.close()
+    return [seq for (seq,) in rows]
+
+
+def counter(path: Path, conversation: str) -> tuple[int, int | None]:
+    conn = sqlite3.connect(path)
+    try:
+        row = conn.execute(
+            "SELECT last_seq, last_ts FROM conversations WHERE id = ?", (conversation,)
+        ).fetchone()
+    finally:
+        conn.close()
+    assert row is not None
+    return row[0], row[1]
+
+
+def assert_gap_free(messages: list[Message], path: Path) -> None:
+    """The acknowledged seqs are 1..n per conversation and are what the file holds."""
+    for conversation in {m.conversation for m in messages}:
+        run = sorted((m for m in messages if m.conversation == conversation), key=lambda m: m.id)
+        assert [m.seq for m in run] == list(range(1, len(run) + 1))
+        assert stored_seqs(path, conversation) == [m.seq for m in run]
+
+
+# -- a failing write fails alone ---------------------------------------------------------------
+
+
+async def test_a_taken_name_fails_alone_among_messages(storage: SQLiteStorage) -> None:
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    bob = await storage.create_user("bob", "bob", "h", TS)
+
+    def calls() -> list[Awaitable[Any]]:
+        made: list[Awaitable[Any]] = [
+            storage.append_message(general(alice, f"a{i}")) for i in range(10)
+        ]
+        made.append(storage.create_user("ALICE", "alice", "h", TS))
+        made += [storage.append_message(direct(bob, alice, f"b{i}")) for i in range(10)]
+        made.append(storage.create_user("carol", "carol", "h", TS))
+        return made
+
+    results = await in_few_batches(storage, calls)
+
+    assert isinstance(results[10], NameTakenError)
+    assert isinstance(results[-1], UserRecord)
+    messages = [message for message, duplicate in results[:10] + results[11:-1]]
+    assert_gap_free(messages, storage.path)
+    assert [u.key for u in await storage.list_users("", None, 10)] == ["alice", "bob", "carol"]
+    assert storage.stats["writes"] == 2 + len(results)
+    # The failed INSERT undid itself, so the batch went on without being run again.
+    assert storage._writer is not None
+    assert storage._writer.reruns == 0
+
+
+async def test_a_write_that_fails_after_writing_leaves_nothing_behind(
+    storage: SQLiteStorage,
+) -> None:
+    """A write that changed a row and then raised is undone, not half committed; the batch is
+    run again without it, and its neighbours keep their seqs."""
+    alice = await storage.create_user("alice", "alice", "h", TS)
+
+    def broken(tx: Any) -> None:
+        tx.conn.execute(
+            "INSERT INTO users (name, key, password_hash, created_at) VALUES ('x', 'x', 'h', 0)"
+        )
+        raise RuntimeError("a bug after a write")
+
+    def calls() -> list[Awaitable[Any]]:
+        made: list[Awaitable[Any]] = [
+            storage.append_message(general(alice, f"a{i}")) for i in range(5)
+        ]
+        made.append(storage._submit(broken))
+        made += [storage.append_message(general(alice, f"b{i}")) for i in range(5)]
+        return made
+
+    results = await in_few_batches(storage, calls)
+
+    assert isinstance(results[5], StorageError)
+    assert "a bug after a write" in str(results[5])
+    assert await storage.user_by_key("x") is None
+    assert_gap_free([m for m, _ in results[:5] + results[6:]], storage.path)
+    assert (await storage.conversations_of(alice.id))[0].last_seq == 10
+    assert storage._writer is not None
+    assert storage._writer.reruns == 1
+
+
+async def test_many_failing_writes_in_one_batch(storage: SQLiteStorage) -> None:
+    """Past a few re-runs the rest of the batch falls back to a savepoint per write; the
+    outcome is the same."""
+    alice = await storage.create_user("alice", "alice", "h", TS)
+
+    def broken(tx: Any) -> None:
+        tx.conn.execute("UPDATE users SET password_hash = 'changed' WHERE id = ?", (alice.id,))
+        raise RuntimeError("a bug after a write")
+
+    def calls() -> list[Awaitable[Any]]:
+        made: list[Awaitable[Any]] = []
+        for i in range(20):
+            made.append(storage.append_message(general(alice, f"a{i}")))
+            made.append(storage._submit(broken))
+        return made
+
+    results = await in_few_batches(storage, calls)
+
+    assert all(isinstance(r, StorageError) for r in results[1::2])
+    assert_gap_free([m for m, _ in results[0::2]], storage.path)
+    user = await storage.user_by_key("alice")
+    assert user is not None
+    assert user.password_hash == "h"
+    assert storage._writer is not None
+    assert storage._writer.reruns == _CAREFUL_AFTER
+
+
+async def test_a_message_to_an_unknown_room_fails_alone(storage: SQLiteStorage) -> None:
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    results = await in_few_batches(
+        storage,
+        lambda: [
+            storage.append_message(general(alice, "a")),
+            storage.append_message(NewMessage("room", alice, None, "r", "hi", TS)),
+            storage.append_message(general(alice, "b")),
+        ],
+    )
+    assert isinstance(results[1], StorageError)
+    assert [m.seq for m, _ in (results[0], results[2])] == [1, 2]
+
+
+# -- failed writes and commits leave no gap ----------------------------------------------------
+
+
+async def test_seqs_stay_gap_free_after_a_failed_write(storage: SQLiteStorage) -> None:
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    bob = await storage.create_user("bob", "bob", "h", TS)
+
+    def broken(tx: Any) -> None:
+        tx.conn.execute(
+            "INSERT INTO tokens (hash, user_id, created_at) VALUES (?, ?, 0)", (b"t", alice.id)
+        )
+        raise RuntimeError("a bug after a write")
+
+    first = await in_few_batches(
+        storage,
+        lambda: [
+            storage.append_message(direct(alice, bob, "d1")),
+            storage.append_message(direct(alice, bob, "d2")),
+            storage._submit(broken),
+            storage.append_message(direct(bob, alice, "d3")),
+        ],
+    )
+    assert isinstance(first[2], StorageError)
+    later = [(await storage.append_message(direct(bob, alice, f"e{i}")))[0] for i in range(3)]
+    everything = [m for m, _ in first[:2] + first[3:]] + later
+    assert_gap_free(everything, storage.path)
+    assert counter(storage.path, everything[0].conversation) == (6, TS)
+    assert await storage.user_by_token(b"t") is None
+
+
+async def test_seqs_stay_gap_free_after_a_failed_commit(storage: SQLiteStorage) -> None:
+    """A batch whose COMMIT fails (here a deferred foreign key, checked at COMMIT) fails every
+    write in it; the seqs it had taken are not used, so the next messages leave no gap."""
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    bob = await storage.create_user("bob", "bob", "h", TS)
+    before = [(await storage.append_message(direct(alice, bob, f"a{i}")))[0] for i in range(2)]
+
+    def poison(tx: Any) -> None:
+        tx.conn.execute("PRAGMA defer_foreign_keys = ON")
+        tx.conn.execute(
+            "INSERT INTO tokens (hash, user_id, created_at) VALUES (?, 999, 0)", (b"t",)
+        )
+
+    failed = await in_few_batches(
+        storage,
+        lambda: [
+            storage.append_message(general(bob, "warm-up")),  # may take the first batch alone
+            storage.append_message(direct(alice, bob, "b1")),
+            storage.append_message(general(alice, "b2")),
+            storage._submit(poison),
+            storage.append_message(direct(bob, alice, "b3")),
+        ],
+    )
+    assert all(isinstance(r, StorageError) for r in failed[1:])
+    assert "could not commit" in str(failed[3])
+    after = [(await storage.append_message(direct(bob, alice, f"c{i}")))[0] for i in range(3)]
+    assert [m.seq for m in before + after] == [1, 2, 3, 4, 5]
+    assert_gap_free(before + after, storage.path)
+    assert counter(storage.path, before[0].conversation)[0] == 5
+    stored_general = stored_seqs(storage.path, GENERAL)
+    assert stored_general == list(range(1, len(stored_general) + 1))
+    following, _ = await storage.append_message(general(alice, "next"))
+    assert following.seq == len(stored_general) + 1
+
+
+async def test_a_locked_database_fails_the_batch_and_leaves_no_gap(tmp_path: Path) -> None:
+    store = SQLiteStorage(tmp_path / "beseda.db", busy_timeout=0.2)
+    await store.open()
+    try:
+        alice = await store.create_user("alice", "alice", "h", TS)
+        first, _ = await store.append_message(general(alice, "a"))
+        blocker = sqlite3.connect(store.path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(StorageError):
+                await store.append_message(general(alice, "b"))
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        second, _ = await store.append_message(general(alice, "c"))
+        assert (first.seq, second.seq) == (1, 2)
+    finally:
+        await store.close()
+
+
+# -- someone else writes the same file ---------------------------------------------------------
+
+
+async def test_a_second_store_on_the_same_file(tmp_path: Path) -> None:
+    path = tmp_path / "beseda.db"
+    ours, theirs = SQLiteStorage(path), SQLiteStorage(path)
+    await ours.open()
+    await theirs.open()
+    try:
+        alice = await ours.create_user("alice", "alice", "h", TS)
+        bob = await ours.create_user("bob", "bob", "h", TS)
+        acked: list[Message] = []
+        for round_ in range(4):
+            for number, store in enumerate((ours, theirs, ours)):
+                for sender, recipient in ((alice, bob), (bob, alice)):
+                    message, duplicate = await store.append_message(
+                        direct(sender, recipient, f"{round_}-{number}-{sender.id}", TS + round_)
+                    )
+                    assert not duplicate
+                    acked.append(message)
+                acked.append((await store.append_message(general(alice, f"g{len(acked)}")))[0])
+        # Both at once, so each store's batches interleave with the other's.
+        results = await asyncio.gather(
+            *(
+                store.append_message(direct(alice, bob, f"both-{i}-{n}"))
+                for i, store in enumerate((ours, theirs))
+                for n in range(30)
+            )
+        )
+        acked += [message for message, _ in results]
+        assert_gap_free(acked, path)
+        dm = acked[0].conversation
+        assert counter(path, dm)[0] == len(stored_seqs(path, dm))
+        for store in (ours, theirs):
+            history, _ = await store.history(dm, None, 500)
+            assert [m.seq for m in history] == stored_seqs(path, dm)
+            records = {r.conversation: r.last_seq for r in await store.conversations_of(alice.id)}
+            assert records[dm] == len(stored_seqs(path, dm))
+            assert records[GENERAL] == len(stored_seqs(path, GENERAL))
+    finally:
+        await ours.close()
+        await theirs.close()
+
+
+async def test_a_raw_connection_inserting_behind_the_writers_back(storage: SQLiteStorage) -> None:
+    """Another program inserts messages without touching the counter row: the writer goes on
+    after them rather than colliding or reusing a seq."""
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    bob = await storage.create_user("bob", "bob", "h", TS)
+    first, _ = await storage.append_message(direct(alice, bob, "d1"))
+    await storage.append_message(general(alice, "g1"))
+
+    raw = sqlite3.connect(storage.path, isolation_level=None)
+    try:
+        raw.executemany(
+            "INSERT INTO messages (conversation, seq, sender_id, recipient_id, client_id, text, ts)"
+            " VALUES (?, ?, ?, ?, ?, 'raw', ?)",
+            [(first.conversation, seq, bob.id, alice.id, f"raw{seq}", TS) for seq in (2, 3)],
+        )
+    finally:
+        raw.close()
+
+    following, _ = await storage.append_message(direct(alice, bob, "d4"))
+    assert following.seq == 4
+    assert stored_seqs(storage.path, first.conversation) == [1, 2, 3, 4]
+    assert counter(storage.path, first.conversation)[0] == 4
+    assert (await storage.append_message(general(alice, "g2")))[0].seq == 2
+
+
+async def test_a_stale_seq_in_memory_is_caught_by_the_unique_constraint(
+    storage: SQLiteStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last line of defence: if the writer's memory is behind the file anyway, the
+    UNIQUE (conversation, seq) constraint fires, and the writer takes the seq from the file
+    instead of failing the write or acknowledging a wrong seq."""
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    for i in range(5):
+        await storage.append_message(general(alice, f"g{i}"))
+    assert storage._writer is not None
+    storage._writer._seqs[GENERAL] = 1  # as if someone had written seqs 2..5 unseen
+
+    results = await in_few_batches(
+        storage, lambda: [storage.append_message(general(alice, f"h{i}")) for i in range(3)]
+    )
+    assert [m.seq for m, _ in results] == [6, 7, 8]
+    assert stored_seqs(storage.path, GENERAL) == list(range(1, 9))
+    assert counter(storage.path, GENERAL)[0] == 8
+    assert "written by another process" in caplog.text
+
+
+# -- exactly once, counters --------------------------------------------------------------------
+
+
+async def test_a_retried_client_id_returns_the_original_across_batches(
+    storage: SQLiteStorage,
+) -> None:
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    bob = await storage.create_user("bob", "bob", "h", TS)
+    original, _ = await storage.append_message(general(alice, "c1", "first"))
+    for i in range(3):
+        await storage.append_message(general(bob, f"b{i}"))
+    results = await in_few_batches(
+        storage,
+        lambda: [
+            storage.append_message(general(alice, "c1", "first", TS + 9)),
+            storage.append_message(general(bob, "b3")),
+            # The same client id aimed at a new direct conversation is still the original,
+            # and does not create that conversation.
+            storage.append_message(direct(alice, bob, "c1")),
+            storage.append_message(general(alice, "c1", "first", TS + 9)),
+        ],
+    )
+    assert [duplicate for _, duplicate in results] == [True, False, True, True]
+    assert all(message == original for message, _ in results[0::2])
+    assert results[1][0].seq == 5
+    assert [r.conversation for r in await storage.conversations_of(alice.id)] == [GENERAL]
+    assert stored_seqs(storage.path, GENERAL) == [1, 2, 3, 4, 5]
+
+
+async def test_the_counter_row_follows_each_batch(storage: SQLiteStorage) -> None:
+    """last_seq and last_ts are written once per conversation per batch: the last message's."""
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    bob = await storage.create_user("bob", "bob", "h", TS)
+    carol = await storage.create_user("carol", "carol", "h", TS)
+
+    def calls() -> list[Awaitable[Any]]:
+        made: list[Awaitable[Any]] = []
+        for i in range(12):
+            made.append(storage.append_message(general(alice, f"g{i}", ts=TS + i)))
+            made.append(storage.append_message(direct(bob, carol, f"d{i}", ts=TS + 100 + i)))
+        return made
+
+    results = await in_few_batches(storage, calls)
+    assert_gap_free([m for m, _ in results], storage.path)
+    dm = results[1][0].conversation
+    assert counter(storage.path, GENERAL) == (12, TS + 11)
+    assert counter(storage.path, dm) == (12, TS + 111)
+    records = {r.conversation: r for r in await storage.conversations_of(carol.id)}
+    assert (records[dm].last_seq, records[dm].last_ts, records[dm].peer) == (12, TS + 111, "bob")
+
+
+async def test_reopening_reloads_seqs_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "beseda.db"
+    store = SQLiteStorage(path)
+    await store.open()
+    alice = await store.create_user("alice", "alice", "h", TS)
+    bob = await store.create_user("bob", "bob", "h", TS)
+    for i in range(3):
+        await store.append_message(direct(alice, bob, f"d{i}"))
+    await store.close()
+    store = SQLiteStorage(path)
+    await store.open()
+    try:
+        message, _ = await store.append_message(direct(bob, alice, "again"))
+        assert message.seq == 4
+    finally:
+        await store.close()
