@@ -346,11 +346,19 @@ def durable(bench: Bench) -> dict[str, Any]:
         "generator_saturated": outcome.generator_saturated,
     }
     bench.progress("durable throughput raw sqlite3")
+    same_batch = max(1, round(batch))
     raw = dataset.raw_inserts(
-        bench.workdir / "raw.db", total, max(1, round(batch)), timeout=size.run_timeout
+        bench.workdir / "raw.db", total, same_batch, timeout=size.run_timeout, senders=senders
     )
-    raw["batch"] = max(1, round(batch))
-    return {"beseda": row, "raw_sqlite3": raw}
+    raw["batch"] = same_batch
+    raw["senders"] = senders
+    # The same rows all in one conversation, for comparison with earlier runs.
+    one = dataset.raw_inserts(
+        bench.workdir / "raw1.db", total, same_batch, timeout=size.run_timeout, senders=1
+    )
+    one["batch"] = same_batch
+    one["senders"] = 1
+    return {"beseda": row, "raw_sqlite3": raw, "raw_sqlite3_one_conversation": one}
 
 
 # -- 4. idle connections -----------------------------------------------------------------------
