@@ -57,7 +57,7 @@ async def test_a_burst_written_at_once_shares_commits_and_is_acked_in_order(
     # and every later message queues behind it: the sharing is then certain, not a race.
     blocker = sqlite3.connect(server.storage.path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
-    count = 60  # below the connection's in-flight bound (max_pending_requests = 64)
+    count = 60  # below the connection's bounds (64 waiting, 256 in flight)
     ids = [sender.send("send", client_id=f"b{i}", text=f"burst {i}") for i in range(count)]
     await sender.writer.drain()
     try:
@@ -177,3 +177,30 @@ async def test_shutdown_answers_the_messages_in_flight_then_says_bye(
     assert [m["id"] for m in results] == ids[1:]
     assert rest[-1]["type"] == "bye"
     assert rest[-1]["code"] == "server_shutdown"
+
+
+@pytest.mark.timeout(60)
+async def test_messages_in_flight_are_bounded_per_connection(
+    make_server: Callable[..., Server],
+) -> None:
+    """Past ``max_in_flight`` uncommitted messages a connection waits for the oldest commit:
+    with a bound of 4, ten messages written at once take at least three commits."""
+    server = make_server(max_in_flight=4)
+    await server.start()
+    alice = await Newcomer.user(server.port, "alice")
+    try:
+        before = server.storage.stats["batches"]
+        blocker = sqlite3.connect(server.storage.path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        ids = [alice.send("send", client_id=f"f{i}", text=f"bounded {i}") for i in range(10)]
+        await alice.writer.drain()
+        assert await _nothing_within(alice, 0.2)
+        blocker.execute("COMMIT")
+        blocker.close()
+        replies = await replies_in_order(alice, ids)
+        assert [r["data"]["message"]["text"] for r in replies] == [
+            f"bounded {i}" for i in range(10)
+        ]
+        assert server.storage.stats["batches"] - before >= 3
+    finally:
+        await alice.close()

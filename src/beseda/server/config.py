@@ -42,6 +42,10 @@ class Limits:
     """Outbound bytes queued for one connection before it is dropped as a slow consumer."""
     max_pending_requests: int = 64
     """Requests read but not yet handled on one connection before reading pauses."""
+    max_in_flight: int = 256
+    """Messages of one connection queued for the disk and not yet committed; beyond that the
+    connection waits for the oldest. Large enough that a burst shares a few commits (and a
+    few writes per recipient), small enough to bound what one connection holds."""
     login_failures_per_account: tuple[float, float] = (5 / 60, 10)
     """(refill per second, burst) of failed logins per account name."""
     login_failures_per_address: tuple[float, float] = (20 / 60, 30)

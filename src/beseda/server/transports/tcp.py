@@ -197,7 +197,7 @@ class TcpConnection(asyncio.Protocol):
     async def _work(self) -> None:
         """Begin the queued requests in order; ends when none are left (or closes)."""
         try:
-            in_flight = self._limits.max_pending_requests
+            in_flight = self._limits.max_in_flight
             while requests := self._requests:
                 line = requests.popleft()
                 if self._paused and len(requests) < self._limits.max_pending_requests // 2:
