@@ -11,10 +11,12 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import IO
@@ -214,3 +216,16 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+@contextmanager
+def write_lock(path: Path) -> Iterator[None]:
+    """Hold the database's write lock from another connection: the server's writer then
+    waits at its next commit, and every write queued meanwhile joins the batch after it."""
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()

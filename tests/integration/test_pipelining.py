@@ -9,7 +9,6 @@ middle touching only its own request, and a connection reading its own writes.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 from newcomer import Newcomer
 
 from beseda.server.app import Server
+from conftest import write_lock
 
 
 @pytest.fixture
@@ -55,17 +55,12 @@ async def test_a_burst_written_at_once_shares_commits_and_is_acked_in_order(
     before = server.storage.stats
     # Hold the database's write lock from outside, so that the writer's first commit waits
     # and every later message queues behind it: the sharing is then certain, not a race.
-    blocker = sqlite3.connect(server.storage.path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
     count = 60  # below the connection's bounds (64 waiting, 256 in flight)
-    ids = [sender.send("send", client_id=f"b{i}", text=f"burst {i}") for i in range(count)]
-    await sender.writer.drain()
-    try:
+    with write_lock(server.storage.path):
+        ids = [sender.send("send", client_id=f"b{i}", text=f"burst {i}") for i in range(count)]
+        await sender.writer.drain()
         # Nothing is acknowledged before it is committed.
         assert await _nothing_within(sender, 0.3)
-    finally:
-        blocker.execute("COMMIT")
-        blocker.close()
     replies = await replies_in_order(sender, ids)
     seqs = [r["data"]["message"]["seq"] for r in replies]
     assert seqs == list(range(seqs[0], seqs[0] + count))
@@ -126,16 +121,13 @@ async def test_a_request_after_messages_sees_them(
     although the sends were not yet committed when the reads were read."""
     alice = await user("alice")
     await user("bob")
-    blocker = sqlite3.connect(server.storage.path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
-    ids = [alice.send("send", client_id=f"r{i}", text=f"mine {i}") for i in range(5)]
-    ids.append(alice.send("dm", client_id="r-dm", to="bob", text="private"))
-    ids.append(alice.send("history", conversation="general", limit=50))
-    ids.append(alice.send("sync", cursors={}))
-    await alice.writer.drain()
-    assert await _nothing_within(alice, 0.2)
-    blocker.execute("COMMIT")
-    blocker.close()
+    with write_lock(server.storage.path):
+        ids = [alice.send("send", client_id=f"r{i}", text=f"mine {i}") for i in range(5)]
+        ids.append(alice.send("dm", client_id="r-dm", to="bob", text="private"))
+        ids.append(alice.send("history", conversation="general", limit=50))
+        ids.append(alice.send("sync", cursors={}))
+        await alice.writer.drain()
+        assert await _nothing_within(alice, 0.2)
     replies = await replies_in_order(alice, ids)
     history = [m["text"] for m in replies[6]["data"]["messages"]]
     assert history[-5:] == [f"mine {i}" for i in range(5)]
@@ -150,14 +142,11 @@ async def test_replies_in_flight_are_sent_before_the_connection_closes(
 ) -> None:
     """A client that writes its messages and closes its sending side still gets every ack."""
     alice = await user("alice")
-    blocker = sqlite3.connect(server.storage.path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
-    ids = [alice.send("send", client_id=f"c{i}", text=f"last {i}") for i in range(20)]
-    await alice.writer.drain()
-    alice.writer.write_eof()
-    assert await _nothing_within(alice, 0.2)
-    blocker.execute("COMMIT")
-    blocker.close()
+    with write_lock(server.storage.path):
+        ids = [alice.send("send", client_id=f"c{i}", text=f"last {i}") for i in range(20)]
+        await alice.writer.drain()
+        alice.writer.write_eof()
+        assert await _nothing_within(alice, 0.2)
     replies = await replies_in_order(alice, ids)
     assert all(r["type"] == "result" for r in replies)
     assert await alice.read() is None  # then the server closes
@@ -190,13 +179,10 @@ async def test_messages_in_flight_are_bounded_per_connection(
     alice = await Newcomer.user(server.port, "alice")
     try:
         before = server.storage.stats["batches"]
-        blocker = sqlite3.connect(server.storage.path, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")
-        ids = [alice.send("send", client_id=f"f{i}", text=f"bounded {i}") for i in range(10)]
-        await alice.writer.drain()
-        assert await _nothing_within(alice, 0.2)
-        blocker.execute("COMMIT")
-        blocker.close()
+        with write_lock(server.storage.path):
+            ids = [alice.send("send", client_id=f"f{i}", text=f"bounded {i}") for i in range(10)]
+            await alice.writer.drain()
+            assert await _nothing_within(alice, 0.2)
         replies = await replies_in_order(alice, ids)
         assert [r["data"]["message"]["text"] for r in replies] == [
             f"bounded {i}" for i in range(10)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +20,7 @@ import pytest
 from beseda.protocol.schema import GENERAL, Message
 from beseda.storage import NameTakenError, NewMessage, StorageError, UserRecord
 from beseda.storage.sqlite import _CAREFUL_AFTER, SQLiteStorage
+from conftest import write_lock
 
 TS = 1_700_000_000_000
 
@@ -42,18 +42,6 @@ def general(sender: UserRecord, client_id: str, text: str = "hi", ts: int = TS) 
 def direct(sender: UserRecord, recipient: UserRecord, client_id: str, ts: int = TS) -> NewMessage:
     low, high = sorted((sender.id, recipient.id))
     return NewMessage(f"dm:{low}:{high}", sender, recipient, client_id, "hi", ts)
-
-
-@contextmanager
-def write_lock(path: Path) -> Iterator[None]:
-    """Hold the write lock from another connection, so the writer's queue fills up."""
-    blocker = sqlite3.connect(path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    finally:
-        blocker.execute("COMMIT")
-        blocker.close()
 
 
 async def in_few_batches(
