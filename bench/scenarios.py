@@ -497,19 +497,24 @@ def storm(bench: Bench) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     seconds = size.fanout_messages / size.paced_rate
     logins = max(1, int(seconds * size.storm_rate))
-    for label in ("without", "with"):
-        bench.progress(f"sign-in storm: paced fan-out N={n} {label} storm")
+    # "with": each storm connection signs in and leaves, so the run differs from "without" by
+    # the sign-ins alone. "with_staying": they stay, and receive the room as the run goes on
+    # (up to N + 200 receivers at the end), which adds fan-out on top of the sign-ins.
+    for label in ("without", "with", "with_staying"):
+        bench.progress(f"sign-in storm: paced fan-out N={n} {label.replace('_', ' ')} storm")
 
         def once(label: str = label) -> dict[str, Any]:
             with bench.server(BESEDA, users=n + 1 + logins) as service:
                 load = fanout_load(bench, BESEDA, n, size.paced_rate)
-                if label == "with":
+                if label != "without":
                     load.storm = StormPlan(
-                        dataset.credentials(n + 1, logins, password=True), size.storm_rate
+                        dataset.credentials(n + 1, logins, password=True),
+                        size.storm_rate,
+                        stay=label == "with_staying",
                     )
                 outcome, cpu, _ = bench.drive(service, load)
             row = summary(BESEDA, outcome, cpu, outcome.deliveries, n=n, mode="paced")
-            if label == "with":
+            if label != "without":
                 row["logins"] = len(outcome.login_latencies_ns)
                 row["failed_logins"] = outcome.failed_logins
                 row["login_p50_ms"] = percentile_ms(outcome.login_latencies_ns, 50)
@@ -519,6 +524,8 @@ def storm(bench: Bench) -> dict[str, Any]:
         runs[label] = median_run(once, size.repeats)
     without, with_ = runs["without"]["p99_ms"], runs["with"]["p99_ms"]
     runs["p99_ratio"] = round(with_ / without, 2) if without and with_ else None
+    staying = runs["with_staying"]["p99_ms"]
+    runs["p99_ratio_staying"] = round(staying / without, 2) if without and staying else None
     return runs
 
 
@@ -540,6 +547,6 @@ def steps(sizes: Sizes, contenders: int, chosen: tuple[str, ...]) -> int:
         "durable": 2,
         "idle": min(3, contenders),
         "history": 2,
-        "storm": 2,
+        "storm": 3,
     }
     return sum(counts[name] for name in chosen)

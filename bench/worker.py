@@ -39,6 +39,10 @@ class StormPlan:
 
     credentials: list[Credential]
     rate: float
+    stay: bool = False
+    """Keep each signed-in connection (it then receives the general room too, so the fan-out
+    grows during the run); by default it closes once signed in, so that the storm adds
+    sign-ins and nothing else."""
 
 
 @dataclass
@@ -307,7 +311,10 @@ class Worker:
             self.failed_logins += 1
             return
         self.login_latencies.append(time.monotonic_ns() - began)
-        self.storm_links.append(link)
+        if self.plan.storm is not None and self.plan.storm.stay:
+            self.storm_links.append(link)
+        else:
+            link.close()
 
     async def close(self) -> None:
         for link in self.links + self.storm_links:
