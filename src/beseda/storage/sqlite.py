@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ..protocol.schema import GENERAL, Message
 from . import ConversationRecord, NameTakenError, NewMessage, StorageError, UserRecord
@@ -169,6 +169,96 @@ class _Transaction:
                 "UPDATE conversations SET last_seq = max(last_seq, ?), last_ts = ? WHERE id = ?",
                 [(self.pending[c], ts, c) for c, ts in self._last_ts.items()],
             )
+
+
+_INSERT_MESSAGES = """
+    INSERT INTO messages (id, conversation, seq, sender_id, recipient_id, client_id, text, ts)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (sender_id, client_id) DO NOTHING
+"""
+"""A run of appends in one ``executemany``, with ids chosen by the writer."""
+
+_DELETE_IDS = "DELETE FROM messages WHERE id BETWEEN ? AND ?"
+
+_MAX_ROWID = 2**63 - 1
+
+
+def _stored(message: NewMessage, id_: int, seq: int) -> Message:
+    recipient = message.recipient
+    return Message(
+        id=id_,
+        conversation=message.conversation,
+        seq=seq,
+        sender=message.sender.name,
+        to=recipient.name if recipient is not None else None,
+        text=message.text,
+        ts=message.ts,
+        client_id=message.client_id,
+    )
+
+
+class _Append:
+    """The write of one message. Callable like any write (the message alone, one INSERT), and
+    recognised by the writer, which runs consecutive appends of a batch together."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: NewMessage) -> None:
+        self.message = message
+
+    def __call__(self, tx: _Transaction) -> tuple[Message, bool]:
+        message = self.message
+        sender = message.sender
+        recipient = message.recipient
+        conversation = message.conversation
+        conn = tx.conn
+        last = tx.last_seq(conversation)
+        loaded = create = False
+        if last is None:
+            found = conn.execute(_LAST_SEQ, (conversation,)).fetchone()
+            if found is not None:
+                last, loaded = found[0], True
+            elif recipient is None:
+                raise StorageError(f"no conversation {conversation!r}")
+            else:
+                # A new direct conversation: its row is created with its first message.
+                create = True
+                (last,) = conn.execute(_MAX_SEQ, (conversation,)).fetchone()
+        assert last is not None
+        seq = last + 1
+        row = [
+            conversation,
+            seq,
+            sender.id,
+            recipient.id if recipient is not None else None,
+            message.client_id,
+            message.text,
+            message.ts,
+        ]
+        try:
+            inserted = conn.execute(_INSERT_MESSAGE, row).fetchone()
+        except sqlite3.IntegrityError:
+            # Another process wrote this conversation behind our back (the UNIQUE
+            # (conversation, seq) constraint fired): take its last seq from the file. We
+            # hold the write lock, so it cannot move again before our commit.
+            (actual,) = conn.execute(_MAX_SEQ, (conversation,)).fetchone()
+            if actual < seq:
+                raise  # some other constraint
+            log.warning("conversation %s was written by another process", conversation)
+            row[1] = seq = actual + 1
+            inserted = conn.execute(_INSERT_MESSAGE, row).fetchone()
+        if inserted is None:
+            # The sender already stored this client id: answer with the original.
+            existing = conn.execute(_BY_CLIENT_ID, (sender.id, message.client_id)).fetchone()
+            if loaded:
+                tx.know(conversation, seq - 1)
+            return _message(existing), True
+        if create:
+            assert recipient is not None
+            low, high = sorted((sender.id, recipient.id))
+            conn.execute(_INSERT_CONVERSATION, (conversation, low, high))
+        tx.took(conversation, seq, message.ts)
+        return _stored(message, inserted[0], seq), False
 
 
 Write = Callable[[_Transaction], Any]
@@ -365,37 +455,185 @@ class _Writer(threading.Thread):
         failed on a constraint is undone by SQLite and not counted). So a write function must
         change the database only with those statements (no DDL, no REPLACE).
         """
+        size = len(batch)
+        index = 0
+        while index < size:
+            end = index + 1
+            if not careful and type(batch[index][0]) is _Append:
+                while end < size and type(batch[end][0]) is _Append:
+                    end += 1
+                run = [i for i in range(index, end) if i not in failed]
+                if len(run) > 1 and _Writer._together(tx, batch, run, results, failed):
+                    index = end
+                    continue
+            for one in range(index, end):
+                if one not in failed and _Writer._one(tx, one, batch, results, failed, careful):
+                    return True
+            index = end
+        return False
+
+    @staticmethod
+    def _one(
+        tx: _Transaction,
+        index: int,
+        batch: Batch,
+        results: list[Any],
+        failed: dict[int, BaseException],
+        careful: bool,
+    ) -> bool:
+        """Run one write; True when the transaction must be run again."""
         conn = tx.conn
-        for index, (work, _) in enumerate(batch):
-            if index in failed:
-                continue
+        if careful:
+            conn.execute("SAVEPOINT w")
+        changes = conn.total_changes
+        try:
+            results[index] = batch[index][0](tx)
+        except (sqlite3.IntegrityError, StorageError) as exc:
+            failed[index] = _map_error(exc)
+            undone = conn.total_changes == changes
+        except sqlite3.Error:
+            raise  # disk full, I/O error …: the whole transaction is in doubt
+        except Exception as exc:
+            # A bug in one write must not take the others (or this thread) down.
+            log.exception("a write failed")
+            failed[index] = StorageError(f"write failed: {exc!r}")
+            undone = False  # who knows what it left behind
+        else:
             if careful:
-                conn.execute("SAVEPOINT w")
+                conn.execute("RELEASE w")
+            return False
+        if not conn.in_transaction:
+            return True
+        if careful:
+            conn.execute("ROLLBACK TO w")
+            conn.execute("RELEASE w")
+            return False
+        return not undone
+
+    @staticmethod
+    def _together(
+        tx: _Transaction,
+        batch: Batch,
+        run: list[int],
+        results: list[Any],
+        failed: dict[int, BaseException],
+    ) -> bool:
+        """``_appends``, taking a bug in it (before anything was written) as "one by one"."""
+        try:
+            return _Writer._appends(tx, batch, run, results, failed)
+        except sqlite3.Error:
+            raise
+        except Exception:
+            log.exception("appending a run of messages failed; one by one instead")
+            return False
+
+    @staticmethod
+    def _appends(
+        tx: _Transaction,
+        batch: Batch,
+        run: list[int],
+        results: list[Any],
+        failed: dict[int, BaseException],
+    ) -> bool:
+        """Insert the messages of consecutive appends (``run``, indices into ``batch``) with
+        one ``executemany``; False, having changed nothing, when they must go one by one.
+
+        Seqs are taken in batch order; the ids are chosen here as SQLite would choose them
+        (one above the largest, the writer holding the write lock), since ``executemany``
+        returns no rows. A message into a room that does not exist fails alone, and a later
+        copy of a (sender, client id) in the run answers with the first. A duplicate of a
+        message stored before the run (skipped by ON CONFLICT, so fewer rows changed) or a
+        seq taken by another process (the INSERT fails part-way): the run's rows, known by
+        their ids, are deleted and the run goes message by message, which handles both.
+        """
+        conn = tx.conn
+        last_seq = tx.last_seq
+        seqs: dict[str, int] = {}
+        """Last seq per conversation in this run (as loaded, then as taken)."""
+        created: list[tuple[str, int, int]] = []
+        firsts: dict[tuple[int, str], int] = {}
+        """Position in ``rows`` of each (sender id, client id) the run inserts."""
+        rows: list[tuple[Any, ...]] = []
+        placed: list[tuple[int, NewMessage]] = []
+        copies: list[tuple[int, int]] = []
+        refused: list[tuple[int, StorageError]] = []
+        (top,) = conn.execute("SELECT max(id) FROM messages").fetchone()
+        next_id = (top or 0) + 1
+        if next_id + len(run) > _MAX_ROWID:
+            return False
+        for index in run:
+            message = cast(_Append, batch[index][0]).message
+            sender = message.sender
+            key = (sender.id, message.client_id)
+            first = firsts.get(key)
+            if first is not None:
+                copies.append((index, first))
+                continue
+            conversation = message.conversation
+            last = seqs.get(conversation)
+            if last is None:
+                last = last_seq(conversation)
+                if last is None:
+                    found = conn.execute(_LAST_SEQ, (conversation,)).fetchone()
+                    recipient = message.recipient
+                    if found is not None:
+                        last = found[0]
+                    elif recipient is None:
+                        refused.append((index, StorageError(f"no conversation {conversation!r}")))
+                        continue
+                    else:
+                        # A new direct conversation: its row is created with its messages.
+                        low, high = sorted((sender.id, recipient.id))
+                        created.append((conversation, low, high))
+                        (last,) = conn.execute(_MAX_SEQ, (conversation,)).fetchone()
+            seqs[conversation] = seq = last + 1
+            firsts[key] = len(rows)
+            recipient = message.recipient
+            rows.append(
+                (
+                    next_id,
+                    conversation,
+                    seq,
+                    sender.id,
+                    recipient.id if recipient is not None else None,
+                    message.client_id,
+                    message.text,
+                    message.ts,
+                )
+            )
+            placed.append((index, message))
+            next_id += 1
+        if rows:
+            # No savepoint (it would copy every page the run touches to a sub-journal, a
+            # quarter of the run's cost): the run's rows are told apart by their ids instead.
             changes = conn.total_changes
             try:
-                results[index] = work(tx)
-            except (sqlite3.IntegrityError, StorageError) as exc:
-                failed[index] = _map_error(exc)
-                undone = conn.total_changes == changes
-            except sqlite3.Error:
-                raise  # disk full, I/O error …: the whole transaction is in doubt
-            except Exception as exc:
-                # A bug in one write must not take the others (or this thread) down.
-                log.exception("a write failed")
-                failed[index] = StorageError(f"write failed: {exc!r}")
-                undone = False  # who knows what it left behind
+                conn.executemany(_INSERT_MESSAGES, rows)
+            except sqlite3.Error as exc:
+                if not isinstance(exc, sqlite3.IntegrityError):
+                    raise  # disk full, I/O error …: the whole transaction is in doubt
+                inserted = -1  # another process took a seq (or a bug): one by one
+            except Exception:
+                inserted = -1  # a value SQLite cannot hold, say: one by one, it fails alone
             else:
-                if careful:
-                    conn.execute("RELEASE w")
-                continue
-            if not conn.in_transaction:
-                return True
-            if careful:
-                conn.execute("ROLLBACK TO w")
-                conn.execute("RELEASE w")
-            elif not undone:
-                return True
-        return False
+                inserted = conn.total_changes - changes
+            if inserted != len(rows):
+                # Some message was stored before this run (ON CONFLICT DO NOTHING skipped
+                # it, so the seqs after it are wrong), or the INSERT failed part-way: remove
+                # what the run inserted and go one by one.
+                conn.execute(_DELETE_IDS, (rows[0][0], rows[-1][0]))
+                return False
+            if created:
+                conn.executemany(_INSERT_CONVERSATION, created)
+        took = tx.took
+        for (index, message), row in zip(placed, rows, strict=True):
+            took(message.conversation, row[2], message.ts)
+            results[index] = (_stored(message, row[0], row[2]), False)
+        for index, first in copies:
+            results[index] = (results[placed[first][0]][0], True)
+        for index, error in refused:
+            failed[index] = error
+        return True
 
 
 def _map_error(exc: BaseException) -> BaseException:
@@ -598,71 +836,9 @@ class SQLiteStorage:
     # -- messages ------------------------------------------------------------------------------
 
     def append_message(self, message: NewMessage) -> asyncio.Future[tuple[Message, bool]]:
-        sender = message.sender
-        recipient = message.recipient
-        conversation = message.conversation
-        row = [
-            conversation,
-            0,  # the seq, set in the writer
-            sender.id,
-            recipient.id if recipient is not None else None,
-            message.client_id,
-            message.text,
-            message.ts,
-        ]
-
-        def work(tx: _Transaction) -> tuple[Message, bool]:
-            conn = tx.conn
-            last = tx.last_seq(conversation)
-            loaded = create = False
-            if last is None:
-                found = conn.execute(_LAST_SEQ, (conversation,)).fetchone()
-                if found is not None:
-                    last, loaded = found[0], True
-                elif recipient is None:
-                    raise StorageError(f"no conversation {conversation!r}")
-                else:
-                    # A new direct conversation: its row is created with its first message.
-                    create = True
-                    (last,) = conn.execute(_MAX_SEQ, (conversation,)).fetchone()
-            assert last is not None
-            row[1] = seq = last + 1
-            try:
-                inserted = conn.execute(_INSERT_MESSAGE, row).fetchone()
-            except sqlite3.IntegrityError:
-                # Another process wrote this conversation behind our back (the UNIQUE
-                # (conversation, seq) constraint fired): take its last seq from the file. We
-                # hold the write lock, so it cannot move again before our commit.
-                (actual,) = conn.execute(_MAX_SEQ, (conversation,)).fetchone()
-                if actual < seq:
-                    raise  # some other constraint
-                log.warning("conversation %s was written by another process", conversation)
-                row[1] = seq = actual + 1
-                inserted = conn.execute(_INSERT_MESSAGE, row).fetchone()
-            if inserted is None:
-                # The sender already stored this client id: answer with the original.
-                existing = conn.execute(_BY_CLIENT_ID, (sender.id, message.client_id)).fetchone()
-                if loaded:
-                    tx.know(conversation, seq - 1)
-                return _message(existing), True
-            if create:
-                assert recipient is not None
-                low, high = sorted((sender.id, recipient.id))
-                conn.execute(_INSERT_CONVERSATION, (conversation, low, high))
-            stored = Message(
-                id=inserted[0],
-                conversation=conversation,
-                seq=seq,
-                sender=sender.name,
-                to=recipient.name if recipient is not None else None,
-                text=message.text,
-                ts=message.ts,
-                client_id=message.client_id,
-            )
-            tx.took(conversation, seq, message.ts)
-            return stored, False
-
-        return self._submit(work)
+        # An _Append, not a closure: the writer recognises consecutive appends in a batch and
+        # inserts them together (see _Writer._appends).
+        return self._submit(_Append(message))
 
     async def history(
         self, conversation: str, before: int | None, limit: int
