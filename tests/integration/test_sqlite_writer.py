@@ -435,3 +435,222 @@ async def test_reopening_reloads_seqs_from_the_file(tmp_path: Path) -> None:
         assert message.seq == 4
     finally:
         await store.close()
+
+
+# -- a run of appends goes in one INSERT -------------------------------------------------------
+
+
+def together(storage: SQLiteStorage) -> int:
+    """Messages the writer has inserted in runs (one ``executemany``) rather than one by one."""
+    assert storage._writer is not None
+    return storage._writer.together
+
+
+async def assert_stored_as_acknowledged(storage: SQLiteStorage, acked: list[Message]) -> None:
+    """Every acknowledged message is in the file exactly as acknowledged (id included), and the
+    file holds no other message of those conversations."""
+    for conversation in {m.conversation for m in acked}:
+        stored, _ = await storage.history(conversation, None, 10_000)
+        mine = sorted(
+            {m.id: m for m in acked if m.conversation == conversation}.values(), key=lambda m: m.id
+        )
+        assert stored == mine
+
+
+async def test_a_run_of_appends_is_inserted_together(storage: SQLiteStorage) -> None:
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    bob = await storage.create_user("bob", "bob", "h", TS)
+    results = await in_few_batches(
+        storage,
+        lambda: [
+            storage.append_message(general(alice, "warm-up")),  # may take the first batch alone
+            *(storage.append_message(general(alice, f"g{i}", ts=TS + i)) for i in range(10)),
+            *(storage.append_message(direct(bob, alice, f"d{i}", ts=TS + i)) for i in range(10)),
+        ],
+    )
+    acked = [m for m, duplicate in results if not duplicate]
+    assert len(acked) == 21
+    assert together(storage) >= 20
+    assert_gap_free(acked, storage.path)
+    await assert_stored_as_acknowledged(storage, acked)
+    assert counter(storage.path, GENERAL) == (11, TS + 9)
+    dm = acked[-1].conversation
+    # The direct conversation was new: the run created its row, with its peers.
+    assert counter(storage.path, dm) == (10, TS + 9)
+    records = {r.conversation: r for r in await storage.conversations_of(alice.id)}
+    assert records[dm].peer == "bob"
+    assert [m.id for m in acked] == sorted(m.id for m in acked)
+
+
+async def test_copies_inside_one_run_answer_with_the_first(storage: SQLiteStorage) -> None:
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    bob = await storage.create_user("bob", "bob", "h", TS)
+    results = await in_few_batches(
+        storage,
+        lambda: [
+            storage.append_message(general(bob, "warm-up")),
+            storage.append_message(general(alice, "c1", "first")),
+            storage.append_message(general(alice, "c2")),
+            storage.append_message(general(alice, "c1", "retried", TS + 5)),
+            storage.append_message(direct(alice, bob, "c1")),  # the same id, elsewhere
+            storage.append_message(general(alice, "c3")),
+            storage.append_message(general(alice, "c1", "again")),
+        ],
+    )
+    assert [d for _, d in results] == [False, False, False, True, True, False, True]
+    first = results[1][0]
+    assert first.text == "first"
+    assert all(m == first for m, _ in results[3:5] + results[6:])
+    acked = [m for m, d in results if not d]
+    assert [m.seq for m in acked] == [1, 2, 3, 4]
+    assert_gap_free(acked, storage.path)
+    await assert_stored_as_acknowledged(storage, acked)
+    # The copy aimed at a new direct conversation did not create it.
+    assert [r.conversation for r in await storage.conversations_of(alice.id)] == [GENERAL]
+    assert together(storage) >= 4
+    assert storage._writer is not None
+    assert storage._writer.reruns == 0
+
+
+async def test_copies_of_earlier_batches_inside_a_run(storage: SQLiteStorage) -> None:
+    """A run that holds a retry of a message stored earlier goes one by one: the retry
+    answers with the original and the seqs after it close up."""
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    bob = await storage.create_user("bob", "bob", "h", TS)
+    original, _ = await storage.append_message(general(alice, "old", "stored before"))
+    dm_original, _ = await storage.append_message(direct(alice, bob, "dm-old"))
+    results = await in_few_batches(
+        storage,
+        lambda: [
+            storage.append_message(general(bob, "warm-up")),
+            storage.append_message(general(alice, "n1")),
+            storage.append_message(direct(bob, alice, "n2")),
+            storage.append_message(general(alice, "old", "stored before", TS + 7)),
+            storage.append_message(general(alice, "n3")),
+            storage.append_message(direct(alice, bob, "dm-old")),
+            storage.append_message(direct(bob, alice, "n4")),
+        ],
+    )
+    assert [d for _, d in results] == [False, False, False, True, False, True, False]
+    assert results[3][0] == original
+    assert results[5][0] == dm_original
+    acked = [original, dm_original] + [m for m, d in results if not d]
+    assert [m.seq for m in acked if m.conversation == GENERAL] == [1, 2, 3, 4]
+    assert [m.seq for m in acked if m.conversation != GENERAL] == [1, 2, 3]
+    assert_gap_free(acked, storage.path)
+    await assert_stored_as_acknowledged(storage, acked)
+    assert counter(storage.path, GENERAL)[0] == 4
+    assert counter(storage.path, dm_original.conversation)[0] == 3
+    # Nothing the abandoned attempt inserted stayed behind, and later ids follow on.
+    following, _ = await storage.append_message(general(alice, "n5"))
+    assert following.seq == 5
+    assert following.id == max(m.id for m in acked) + 1
+
+
+async def test_a_new_conversation_survives_its_run_going_one_by_one(
+    storage: SQLiteStorage,
+) -> None:
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    carol = await storage.create_user("carol", "carol", "h", TS)
+    original, _ = await storage.append_message(general(alice, "old"))
+    results = await in_few_batches(
+        storage,
+        lambda: [
+            storage.append_message(general(carol, "warm-up")),
+            storage.append_message(direct(alice, carol, "d1")),
+            storage.append_message(general(alice, "old")),
+            storage.append_message(direct(carol, alice, "d2")),
+        ],
+    )
+    assert [d for _, d in results] == [False, False, True, False]
+    dm = results[1][0].conversation
+    assert counter(storage.path, dm)[0] == 2
+    records = {r.conversation: r for r in await storage.conversations_of(carol.id)}
+    assert records[dm].peer == "alice"
+    assert results[2][0] == original
+    assert_gap_free([original] + [m for m, d in results if not d], storage.path)
+
+
+async def test_a_failure_inside_a_run_fails_alone(storage: SQLiteStorage) -> None:
+    """A message into an unknown room, from an unknown sender (a foreign key) and with a value
+    SQLite cannot hold, each in the middle of a run: each fails alone, the rest keep
+    gap-free seqs."""
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    bob = await storage.create_user("bob", "bob", "h", TS)
+    ghost = UserRecord(999, "ghost", "ghost", "h")
+
+    def calls() -> list[Awaitable[Any]]:
+        return [
+            storage.append_message(general(bob, "warm-up")),
+            storage.append_message(general(alice, "a1")),
+            storage.append_message(NewMessage("room", alice, None, "r", "hi", TS)),
+            storage.append_message(direct(alice, bob, "a2")),
+            storage.append_message(general(ghost, "g")),
+            storage.append_message(general(alice, "a3")),
+            storage.append_message(general(alice, "big", ts=2**70)),
+            storage.append_message(direct(bob, alice, "a4")),
+            storage.append_message(general(alice, "a5")),
+        ]
+
+    results = await in_few_batches(storage, calls)
+    for index in (2, 4, 6):
+        assert isinstance(results[index], StorageError), results[index]
+    assert "no conversation 'room'" in str(results[2])
+    acked = [m for m, _ in (results[i] for i in (0, 1, 3, 5, 7, 8))]
+    assert [m.seq for m in acked if m.conversation == GENERAL] == [1, 2, 3, 4]
+    assert [m.seq for m in acked if m.conversation != GENERAL] == [1, 2]
+    assert_gap_free(acked, storage.path)
+    await assert_stored_as_acknowledged(storage, acked)
+    assert counter(storage.path, GENERAL)[0] == 4
+    assert await storage.user_by_key("ghost") is None
+
+
+async def test_runs_interleaved_with_other_writes(storage: SQLiteStorage) -> None:
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    bob = await storage.create_user("bob", "bob", "h", TS)
+
+    def calls() -> list[Awaitable[Any]]:
+        made: list[Awaitable[Any]] = [storage.append_message(general(bob, "warm-up"))]
+        for round_ in range(4):
+            made += [storage.append_message(general(alice, f"{round_}-{i}")) for i in range(3)]
+            made.append(storage.create_user(f"user{round_}", f"user{round_}", "h", TS))
+            made.append(storage.create_user("Alice", "alice", "h", TS))  # taken
+            made += [storage.append_message(direct(bob, alice, f"{round_}-d{i}")) for i in range(2)]
+            made.append(storage.add_token(f"t{round_}".encode(), alice.id, TS))
+        return made
+
+    results = await in_few_batches(storage, calls)
+    acked = [r[0] for r in results if isinstance(r, tuple)]
+    assert len(acked) == 1 + 4 * 5
+    assert sum(isinstance(r, NameTakenError) for r in results) == 4
+    assert sum(isinstance(r, UserRecord) for r in results) == 4
+    assert_gap_free(acked, storage.path)
+    await assert_stored_as_acknowledged(storage, acked)
+    assert together(storage) >= 4 * 5
+    for round_ in range(4):
+        assert await storage.user_by_token(f"t{round_}".encode()) == alice
+    assert storage._writer is not None
+    assert storage._writer.reruns == 0
+
+
+async def test_a_full_batch_of_appends(storage: SQLiteStorage) -> None:
+    """More appends than one batch takes (and than any build's limit of bound variables):
+    every one is stored once, in order, with the ids and seqs acknowledged."""
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    bob = await storage.create_user("bob", "bob", "h", TS)
+    before = storage.stats["batches"]
+    with write_lock(storage.path):
+        calls = [
+            storage.append_message(
+                general(alice, f"g{i}") if i % 3 else direct(alice, bob, f"d{i}")
+            )
+            for i in range(1200)
+        ]
+        await asyncio.sleep(0)
+    results = await asyncio.gather(*calls)
+    assert storage.stats["batches"] - before <= 4
+    acked = [m for m, d in results]
+    assert not any(d for _, d in results)
+    assert_gap_free(acked, storage.path)
+    await assert_stored_as_acknowledged(storage, acked)
+    assert together(storage) >= 1000

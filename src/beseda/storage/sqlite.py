@@ -291,6 +291,8 @@ class _Writer(threading.Thread):
         self.ready: asyncio.Future[None] = loop.create_future()
         self.batches = 0
         self.writes = 0
+        self.together = 0
+        """Messages inserted in a run of appends (one ``executemany``), not one by one."""
         self.reruns = 0
         """Batches run again without a write that failed after changing something."""
         self.generation = 0
@@ -439,8 +441,8 @@ class _Writer(threading.Thread):
             for index, (_, future) in enumerate(batch)
         ]
 
-    @staticmethod
     def _run(
+        self,
         tx: _Transaction,
         batch: Batch,
         results: list[Any],
@@ -463,7 +465,7 @@ class _Writer(threading.Thread):
                 while end < size and type(batch[end][0]) is _Append:
                     end += 1
                 run = [i for i in range(index, end) if i not in failed]
-                if len(run) > 1 and _Writer._together(tx, batch, run, results, failed):
+                if len(run) > 1 and self._together(tx, batch, run, results, failed):
                     index = end
                     continue
             for one in range(index, end):
@@ -510,8 +512,8 @@ class _Writer(threading.Thread):
             return False
         return not undone
 
-    @staticmethod
     def _together(
+        self,
         tx: _Transaction,
         batch: Batch,
         run: list[int],
@@ -520,12 +522,16 @@ class _Writer(threading.Thread):
     ) -> bool:
         """``_appends``, taking a bug in it (before anything was written) as "one by one"."""
         try:
-            return _Writer._appends(tx, batch, run, results, failed)
+            inserted = _Writer._appends(tx, batch, run, results, failed)
         except sqlite3.Error:
             raise
         except Exception:
             log.exception("appending a run of messages failed; one by one instead")
             return False
+        if inserted is None:
+            return False
+        self.together += inserted
+        return True
 
     @staticmethod
     def _appends(
@@ -534,9 +540,10 @@ class _Writer(threading.Thread):
         run: list[int],
         results: list[Any],
         failed: dict[int, BaseException],
-    ) -> bool:
+    ) -> int | None:
         """Insert the messages of consecutive appends (``run``, indices into ``batch``) with
-        one ``executemany``; False, having changed nothing, when they must go one by one.
+        one ``executemany``; how many rows it inserted, or None, having changed nothing, when
+        they must go one by one.
 
         Seqs are taken in batch order; the ids are chosen here as SQLite would choose them
         (one above the largest, the writer holding the write lock), since ``executemany``
@@ -560,7 +567,7 @@ class _Writer(threading.Thread):
         (top,) = conn.execute("SELECT max(id) FROM messages").fetchone()
         next_id = (top or 0) + 1
         if next_id + len(run) > _MAX_ROWID:
-            return False
+            return None
         for index in run:
             message = cast(_Append, batch[index][0]).message
             sender = message.sender
@@ -622,7 +629,7 @@ class _Writer(threading.Thread):
                 # it, so the seqs after it are wrong), or the INSERT failed part-way: remove
                 # what the run inserted and go one by one.
                 conn.execute(_DELETE_IDS, (rows[0][0], rows[-1][0]))
-                return False
+                return None
             if created:
                 conn.executemany(_INSERT_CONVERSATION, created)
         took = tx.took
@@ -633,7 +640,7 @@ class _Writer(threading.Thread):
             results[index] = (results[placed[first][0]][0], True)
         for index, error in refused:
             failed[index] = error
-        return True
+        return len(rows)
 
 
 def _map_error(exc: BaseException) -> BaseException:
