@@ -520,7 +520,8 @@ class _Writer(threading.Thread):
         results: list[Any],
         failed: dict[int, BaseException],
     ) -> bool:
-        """``_appends``, taking a bug in it (before anything was written) as "one by one"."""
+        """``_appends``; a bug in it (which can only come before its INSERT, or in the
+        INSERT, whose rows it then removes) sends the run one by one."""
         try:
             inserted = _Writer._appends(tx, batch, run, results, failed)
         except sqlite3.Error:
@@ -561,7 +562,7 @@ class _Writer(threading.Thread):
         firsts: dict[tuple[int, str], int] = {}
         """Position in ``rows`` of each (sender id, client id) the run inserts."""
         rows: list[tuple[Any, ...]] = []
-        placed: list[tuple[int, NewMessage]] = []
+        placed: list[tuple[int, Message]] = []
         copies: list[tuple[int, int]] = []
         refused: list[tuple[int, StorageError]] = []
         (top,) = conn.execute("SELECT max(id) FROM messages").fetchone()
@@ -608,7 +609,8 @@ class _Writer(threading.Thread):
                     message.ts,
                 )
             )
-            placed.append((index, message))
+            # Built before the INSERT: once it has succeeded, nothing here may fail.
+            placed.append((index, _stored(message, next_id, seq)))
             next_id += 1
         if rows:
             # No savepoint (it would copy every page the run touches to a sub-journal, a
@@ -633,9 +635,9 @@ class _Writer(threading.Thread):
             if created:
                 conn.executemany(_INSERT_CONVERSATION, created)
         took = tx.took
-        for (index, message), row in zip(placed, rows, strict=True):
-            took(message.conversation, row[2], message.ts)
-            results[index] = (_stored(message, row[0], row[2]), False)
+        for index, stored in placed:
+            took(stored.conversation, stored.seq, stored.ts)
+            results[index] = (stored, False)
         for index, first in copies:
             results[index] = (results[placed[first][0]][0], True)
         for index, error in refused:
