@@ -13,6 +13,11 @@ back and run the batch again without it (see ``_Writer._commit``). Because the w
 only writer of the file, it keeps each conversation's last seq in memory; ``PRAGMA
 data_version`` and the UNIQUE (conversation, seq) constraint catch another process writing the
 same file anyway.
+
+Message appends are queued as ``_Append`` objects rather than closures, so the writer inserts
+each run of consecutive appends in a batch with one ``executemany`` (``_Writer._appends``),
+choosing seqs and ids itself; a run it cannot do that way (a retried client id stored
+earlier, a seq taken by another process) goes one message at a time as before.
 """
 
 from __future__ import annotations
