@@ -11,12 +11,10 @@ import os
 import re
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import IO
@@ -27,6 +25,7 @@ from beseda.client import Client
 from beseda.server.accounts import PasswordHasher
 from beseda.server.app import Server
 from beseda.server.config import Limits, Settings
+from beseda.storage.sqlite import SQLiteStorage
 
 TIMEOUT_FACTOR = float(os.environ.get("BESEDA_TEST_TIMEOUT_FACTOR", "1"))
 """Scale every waiting time in the tests on slow machines."""
@@ -218,14 +217,10 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None
         await asyncio.sleep(0.01)
 
 
-@contextmanager
-def write_lock(path: Path) -> Iterator[None]:
-    """Hold the database's write lock from another connection: the server's writer then
-    waits at its next commit, and every write queued meanwhile joins the batch after it."""
-    blocker = sqlite3.connect(path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    finally:
-        blocker.execute("COMMIT")
-        blocker.close()
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
+    """A real SQLite store on a fresh file, open for the test."""
+    store = SQLiteStorage(tmp_path / "beseda.db")
+    await store.open()
+    yield store
+    await store.close()

@@ -16,7 +16,7 @@ import pytest
 from newcomer import Newcomer
 
 from beseda.server.app import Server
-from conftest import write_lock
+from storage_helpers import write_lock
 
 
 @pytest.fixture

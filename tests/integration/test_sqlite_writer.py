@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,28 +21,9 @@ import pytest
 from beseda.protocol.schema import GENERAL, Message
 from beseda.storage import NameTakenError, NewMessage, StorageError, UserRecord
 from beseda.storage.sqlite import _CAREFUL_AFTER, SQLiteStorage
-from conftest import write_lock
-
-TS = 1_700_000_000_000
+from storage_helpers import TS, direct, general, write_lock
 
 T = TypeVar("T")
-
-
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
-    store = SQLiteStorage(tmp_path / "beseda.db")
-    await store.open()
-    yield store
-    await store.close()
-
-
-def general(sender: UserRecord, client_id: str, text: str = "hi", ts: int = TS) -> NewMessage:
-    return NewMessage(GENERAL, sender, None, client_id, text, ts)
-
-
-def direct(sender: UserRecord, recipient: UserRecord, client_id: str, ts: int = TS) -> NewMessage:
-    low, high = sorted((sender.id, recipient.id))
-    return NewMessage(f"dm:{low}:{high}", sender, recipient, client_id, "hi", ts)
 
 
 async def in_few_batches(
@@ -295,7 +276,7 @@ async def test_a_second_store_on_the_same_file(tmp_path: Path) -> None:
             for number, store in enumerate((ours, theirs, ours)):
                 for sender, recipient in ((alice, bob), (bob, alice)):
                     message, duplicate = await store.append_message(
-                        direct(sender, recipient, f"{round_}-{number}-{sender.id}", TS + round_)
+                        direct(sender, recipient, f"{round_}-{number}-{sender.id}", ts=TS + round_)
                     )
                     assert not duplicate
                     acked.append(message)
@@ -705,7 +686,7 @@ async def random_batches(storage: SQLiteStorage, seed: int) -> list[object]:
                     made.append(storage.append_message(general(sender, client_id, text, ts)))
                 else:
                     recipient = rng.choice(users)
-                    made.append(storage.append_message(direct(sender, recipient, client_id, ts)))
+                    made.append(storage.append_message(direct(sender, recipient, client_id, ts=ts)))
             return made
 
         results = await in_few_batches(storage, calls)

@@ -38,6 +38,17 @@ _top_spec.loader.exec_module(_top)
 
 TIMEOUT_FACTOR: float = _top.TIMEOUT_FACTOR
 FAST_HASHER_ARGS: dict[str, int] = _top.FAST_HASHER_ARGS
+
+NO_RATE_LIMITS: tuple[str, ...] = (
+    "--message-rate",
+    "100000",
+    "--message-burst",
+    "100000",
+    "--max-connections-per-address",
+    "100000",
+)
+"""``beseda serve`` flags that take the per-user and per-address limits out of a proof's way
+(the load comes from one address and a few users)."""
 free_port = _top.free_port
 test_settings = _top.test_settings
 wait_for = _top.wait_for

@@ -22,7 +22,15 @@ from beseda.client import (
 )
 from beseda.protocol import errors, schema
 from beseda.protocol.errors import ProtocolError
-from conftest import ServerProcess, register_all, report, sizes, unhandled_errors, wait_for
+from conftest import (
+    NO_RATE_LIMITS,
+    ServerProcess,
+    register_all,
+    report,
+    sizes,
+    unhandled_errors,
+    wait_for,
+)
 
 # Errors after which a client simply sends again with the same client id.
 RETRIABLE = {errors.STORAGE_UNAVAILABLE, errors.RATE_LIMITED}
@@ -81,14 +89,7 @@ async def test_sigkill_loses_nothing_acknowledged(
     size: Size, server_process: Callable[..., ServerProcess]
 ) -> None:
     rng = random.Random(20240401)
-    proc = server_process(
-        "--message-rate",
-        "100000",
-        "--message-burst",
-        "100000",
-        "--max-connections-per-address",
-        "100000",
-    )
+    proc = server_process(*NO_RATE_LIMITS)
     names = [f"c{i:03d}" for i in range(size.clients)]
     tokens = await register_all(proc.port, names)
     senders: list[Sender] = []

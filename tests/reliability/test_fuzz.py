@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from beseda.protocol import codec, errors, schema
 from beseda.protocol.errors import ProtocolError
 from conftest import (
+    NO_RATE_LIMITS,
     TIMEOUT_FACTOR,
     RawConnection,
     ServerProcess,
@@ -325,14 +326,7 @@ def read_line(sock: socket.socket, pending: bytearray) -> bytes | None:
 def test_live_server_survives_hostile_bytes(
     examples: int, server_process: Callable[..., ServerProcess]
 ) -> None:
-    proc = server_process(
-        "--message-rate",
-        "100000",
-        "--message-burst",
-        "100000",
-        "--max-connections-per-address",
-        "100000",
-    )
+    proc = server_process(*NO_RATE_LIMITS)
     tokens = asyncio.run(register_all(proc.port, ["fuzzer", "peer"]))
     login = codec.encode(schema.Login(id="login", token=tokens["fuzzer"]))
     probe = codec.encode(schema.Ping(id="probe"))

@@ -15,6 +15,7 @@ import pytest
 from beseda.client import Client, MessageReceived
 from beseda.protocol import schema
 from conftest import (
+    NO_RATE_LIMITS,
     RawConnection,
     ServerProcess,
     percentile,
@@ -103,14 +104,7 @@ async def test_slow_readers_are_dropped_and_recover(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("BESEDA_SEND_BUFFER_BYTES", str(SEND_BUFFER))
-    proc = server_process(
-        "--message-rate",
-        "100000",
-        "--message-burst",
-        "100000",
-        "--max-connections-per-address",
-        "100000",
-    )
+    proc = server_process(*NO_RATE_LIMITS)
     assert proc.proc is not None
     fast_names = [f"fast{i}" for i in range(size.fast)]
     slow_names = [f"slow{i}" for i in range(size.slow)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,29 +17,9 @@ from beseda.protocol.schema import GENERAL
 from beseda.storage import NameTakenError, NewMessage, Storage, StorageError, UserRecord
 from beseda.storage.migrations import MIGRATIONS
 from beseda.storage.sqlite import SQLiteStorage
+from storage_helpers import TS, direct, general
 
 from .fakes import MemoryStorage
-
-TS = 1_700_000_000_000
-
-
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
-    store = SQLiteStorage(tmp_path / "beseda.db")
-    await store.open()
-    yield store
-    await store.close()
-
-
-def general(sender: UserRecord, client_id: str, text: str = "hi", ts: int = TS) -> NewMessage:
-    return NewMessage(GENERAL, sender, None, client_id, text, ts)
-
-
-def direct(
-    sender: UserRecord, recipient: UserRecord, client_id: str, text: str = "hi"
-) -> NewMessage:
-    low, high = sorted((sender.id, recipient.id))
-    return NewMessage(f"dm:{low}:{high}", sender, recipient, client_id, text, TS)
 
 
 async def test_the_database_is_created_on_first_open(tmp_path: Path) -> None:
