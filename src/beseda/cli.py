@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
@@ -41,58 +41,8 @@ def _parser() -> argparse.ArgumentParser:
         type=str.upper,
         help="log verbosity (BESEDA_LOG_LEVEL, default INFO)",
     )
-    serve.add_argument(
-        "--auth-timeout",
-        type=float,
-        help="seconds a connection may stay without logging in (BESEDA_AUTH_TIMEOUT, default 10)",
-    )
-    serve.add_argument(
-        "--max-connections-per-address",
-        type=int,
-        help="connections allowed from one address (BESEDA_MAX_CONNECTIONS_PER_ADDRESS, "
-        "default 64)",
-    )
-    serve.add_argument(
-        "--message-rate",
-        type=float,
-        help="messages per second per user (BESEDA_MESSAGE_RATE, default 20)",
-    )
-    serve.add_argument(
-        "--message-burst",
-        type=int,
-        help="messages a user may send at once (BESEDA_MESSAGE_BURST, default 100)",
-    )
-
-    serve.add_argument(
-        "--message-max-delay",
-        type=float,
-        help="seconds of backlog over the rate that a user's messages are held rather than "
-        "refused (BESEDA_MESSAGE_MAX_DELAY, default 2)",
-    )
-    serve.add_argument(
-        "--send-buffer-bytes",
-        type=int,
-        help="unsent bytes per connection before it is dropped as a slow consumer "
-        "(BESEDA_SEND_BUFFER_BYTES, default 2097152)",
-    )
-    serve.add_argument(
-        "--registrations-per-minute",
-        type=float,
-        help="new accounts per minute from one address, bursts of 3× that (at least 30) "
-        "(BESEDA_REGISTRATIONS_PER_MINUTE, default 10)",
-    )
-    serve.add_argument(
-        "--hash-workers",
-        type=_count,
-        help="password hashes computed at once, on threads of the lowest CPU priority "
-        "(BESEDA_HASH_WORKERS, default 0: one per core the server may run on)",
-    )
-    serve.add_argument(
-        "--hash-queue",
-        type=_count,
-        help="password hashes that may wait for a worker; more logins at once are refused "
-        "with rate_limited (BESEDA_HASH_QUEUE, default 64)",
-    )
+    for option in config.limit_options():  # each declared once, in config.Limits
+        serve.add_argument(option.flag, type=_typed(option), dest=option.name, help=option.help)
     serve.add_argument("--tls-cert", type=Path, help="TLS certificate chain, PEM (BESEDA_TLS_CERT)")
     serve.add_argument("--tls-key", type=Path, help="TLS private key, PEM (BESEDA_TLS_KEY)")
     serve.add_argument(
@@ -115,15 +65,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _count(text: str) -> int:
-    """A whole number, 0 or more (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
+def _typed(option: config.LimitOption) -> Callable[[str], object]:
+    """The option's parser as an argparse type, so a bad value is a clear usage error."""
+
+    def parse(text: str) -> object:
+        try:
+            return option.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,15 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         db=args.db,
         log_level=args.log_level,
-        auth_timeout=args.auth_timeout,
-        max_connections_per_address=args.max_connections_per_address,
-        message_rate=args.message_rate,
-        message_burst=args.message_burst,
-        registrations_per_minute=args.registrations_per_minute,
-        send_buffer_bytes=args.send_buffer_bytes,
-        message_max_delay=args.message_max_delay,
-        hash_workers=args.hash_workers,
-        hash_queue=args.hash_queue,
+        **{option.name: getattr(args, option.name) for option in config.limit_options()},
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_auto=True if args.tls == "auto" else None,

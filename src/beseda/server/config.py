@@ -1,6 +1,7 @@
 """Server settings: defaults, environment variables (``BESEDA_*``) and command-line flags.
 
-Every limit the protocol documents lives here with its default.
+Every limit is declared once, in :class:`Limits`, with its default, help and whether ``hello``
+advertises it; its flag, variable and help text are derived from that declaration.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import platformdirs
 
-from ..protocol.schema import MAX_LINE_BYTES
+from ..protocol.schema import MAX_LINE_BYTES, MAX_TEXT_CHARS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7878
@@ -23,39 +25,194 @@ def default_db_path() -> Path:
     return platformdirs.user_data_path("beseda") / "beseda.db"
 
 
+T = TypeVar("T")
+
+
+def whole_number(text: str) -> int:
+    """A whole number, 0 or more (for flags and variables)."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be 0 or more, not {value}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """How one limit is set and shown. Its name and default are those of its ``Limits`` field;
+    the flag (``--name``), the variable (``BESEDA_NAME``), their help and the ``hello``
+    advertisement are all derived from this one declaration."""
+
+    help: str
+    unit: str = ""
+    """Shown after the default in help (``s``, ``bytes``)."""
+    advertised: bool = False
+    """Sent to clients in the ``limits`` object of ``hello``."""
+    configurable: bool = True
+    """False for a limit fixed in code (no flag, no variable)."""
+    option: str = ""
+    """The flag's and variable's name when it is not the field's (then ``convert`` maps)."""
+    parse: Callable[[str], Any] | None = None
+    """Text of a flag or variable → value; by default the type of the default."""
+    convert: Callable[[Any], Any] | None = None
+    """The parsed value → the field's value, for an option that is not the field itself."""
+    shown_default: str = ""
+    """The default as help shows it, when not simply the field's default."""
+
+
+def limit(default: T, help: str, **declaration: Any) -> T:
+    """Declare a field of :class:`Limits` with its :class:`Limit`."""
+    return cast(T, field(default=default, metadata={"limit": Limit(help, **declaration)}))
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Per-connection and per-user limits (see docs/protocol.md, "Limits")."""
+    """Per-connection, per-user and server-wide limits (see docs/protocol.md, "Limits").
 
-    max_line_bytes: int = MAX_LINE_BYTES
-    auth_timeout: float = 10.0
-    """Seconds a connection may stay without logging in."""
-    max_connections_per_address: int = 64
-    message_rate: float = 20.0
-    """Messages (general and direct) per second per user, sustained."""
-    message_burst: int = 100
-    """Messages a user may send at once before the rate applies."""
-    message_max_delay: float = 2.0
+    Each limit is declared here once; flags, variables, help and ``hello`` derive from it.
+    """
+
+    max_line_bytes: int = limit(
+        MAX_LINE_BYTES, "bytes a request line may have, newline not counted", advertised=True
+    )
+    auth_timeout: float = limit(
+        10.0, "seconds a connection may stay without logging in", unit=" s", advertised=True
+    )
+    line_timeout: float = limit(
+        30.0,
+        "seconds from the first byte of a line to its newline; a line still unfinished then "
+        "closes the connection with bye line_timeout",
+        unit=" s",
+    )
+    max_connections: int = limit(
+        10_000, "connections the server holds at once; more are refused with bye server_full"
+    )
+    max_connections_per_address: int = limit(
+        64, "connections allowed from one address; more get bye too_many_connections"
+    )
+    max_connections_per_user: int = limit(
+        32, "connections logged in as one user; another login gets error too_many_sessions"
+    )
+    input_buffer_bytes: int = limit(
+        64 * 1024 * 1024,
+        "bytes of unfinished lines held for all connections together; a connection that "
+        "would go over is closed with bye server_busy",
+    )
+    message_rate: float = limit(20.0, "messages per second per user, sustained", advertised=True)
+    message_burst: int = limit(100, "messages a user may send at once", advertised=True)
+    message_max_delay: float = limit(
+        2.0,
+        "seconds of backlog over the rate that a user's messages are held rather than refused",
+        unit=" s",
+    )
     """A message over the rate is held (its reply comes later) while the user's backlog is
     at most this many seconds; beyond that it is refused with ``rate_limited``."""
-    send_buffer_bytes: int = 2 * 1024 * 1024
-    """Outbound bytes queued for one connection before it is dropped as a slow consumer."""
-    max_pending_requests: int = 64
-    """Requests read but not yet handled on one connection before reading pauses."""
-    max_in_flight: int = 256
-    """Messages of one connection queued for the disk and not yet committed; beyond that the
-    connection waits for the oldest. Large enough that a burst shares a few commits (and a
-    few writes per recipient), small enough to bound what one connection holds."""
-    login_failures_per_account: tuple[float, float] = (5 / 60, 10)
-    """(refill per second, burst) of failed logins per account name."""
-    login_failures_per_address: tuple[float, float] = (20 / 60, 30)
-    registrations_per_address: tuple[float, float] = (10 / 60, 30)
-    """(refill per second, burst) of new accounts per address."""
-    hash_workers: int = 0
-    """Password hashes (argon2id) computed at once; 0: one per core the server may run on."""
-    hash_queue: int = 64
-    """Password hashes that may wait for a worker; a login or registration beyond that is
-    refused with ``rate_limited`` (and ``retry_after``) instead of waiting."""
+    send_buffer_bytes: int = limit(
+        2 * 1024 * 1024, "unsent bytes per connection before it is dropped as a slow consumer"
+    )
+    max_pending_requests: int = limit(
+        64, "requests read but not yet handled on one connection before reading pauses"
+    )
+    max_in_flight: int = limit(
+        256,
+        "messages of one connection waiting for their commit before it waits for the oldest",
+    )
+    """Large enough that a burst shares a few commits (and a few writes per recipient), small
+    enough to bound what one connection holds."""
+    login_failures_per_account: tuple[float, float] = limit(
+        (5 / 60, 10),
+        "(refill per second, burst) of failed logins per account name",
+        configurable=False,
+    )
+    login_failures_per_address: tuple[float, float] = limit(
+        (20 / 60, 30),
+        "(refill per second, burst) of failed logins per address",
+        configurable=False,
+    )
+    registrations_per_address: tuple[float, float] = limit(
+        (10 / 60, 30),
+        "new accounts per minute from one address, bursts of 3× that (at least 30)",
+        option="registrations_per_minute",
+        parse=float,
+        convert=lambda per_minute: (per_minute / 60, max(30.0, 3 * per_minute)),
+        shown_default="10",
+    )
+    hash_workers: int = limit(
+        0,
+        "password hashes computed at once, on threads of the lowest CPU priority",
+        parse=whole_number,
+        shown_default="0: one per core the server may run on",
+    )
+    hash_queue: int = limit(
+        64,
+        "password hashes that may wait for a worker; more logins at once are refused with "
+        "rate_limited",
+        parse=whole_number,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LimitOption:
+    """A configurable limit as a flag and a variable: derived from its declaration."""
+
+    name: str
+    """Of the flag (``--name`` with dashes) and the variable (``BESEDA_NAME``)."""
+    field: str
+    """The ``Limits`` field it sets."""
+    declaration: Limit
+    default: object
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def variable(self) -> str:
+        return "BESEDA_" + self.name.upper()
+
+    def parse(self, text: str) -> Any:
+        parse = self.declaration.parse or type(self.default)
+        return parse(text)
+
+    def value(self, parsed: Any) -> Any:
+        """The field's value for a parsed flag or variable."""
+        convert = self.declaration.convert
+        return parsed if convert is None else convert(parsed)
+
+    @property
+    def help(self) -> str:
+        shown = self.declaration.shown_default or _plain(self.default)
+        return f"{self.declaration.help} ({self.variable}, default {shown}{self.declaration.unit})"
+
+
+def _plain(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def declared_limits() -> list[tuple[str, Limit, object]]:
+    """Every limit: its field name, declaration and default, in declaration order."""
+    return [(f.name, f.metadata["limit"], f.default) for f in fields(Limits)]
+
+
+def limit_options() -> list[LimitOption]:
+    """The configurable limits as flags and variables."""
+    return [
+        LimitOption(declaration.option or name, name, declaration, default)
+        for name, declaration, default in declared_limits()
+        if declaration.configurable
+    ]
+
+
+def advertised_limits(limits: Limits) -> dict[str, object]:
+    """The ``limits`` object of ``hello``: the advertised limits, and the protocol's text bound."""
+    values: dict[str, object] = {
+        name: getattr(limits, name)
+        for name, declaration, _ in declared_limits()
+        if declaration.advertised
+    }
+    values["max_text_chars"] = MAX_TEXT_CHARS
+    return values
 
 
 @dataclass(frozen=True)
@@ -94,16 +251,6 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
         lambda value: value.strip() in ("1", "yes", "true"),
     ),
 }
-_LIMIT_ENV: dict[str, Callable[[str], object]] = {
-    "auth_timeout": float,
-    "max_connections_per_address": int,
-    "message_rate": float,
-    "message_burst": int,
-    "message_max_delay": float,
-    "send_buffer_bytes": int,
-    "hash_workers": int,
-    "hash_queue": int,
-}
 
 
 def from_environment(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -114,16 +261,10 @@ def from_environment(environ: dict[str, str] | None = None, **overrides: object)
         if variable in env:
             values[name] = convert(env[variable])
     limits: dict[str, object] = {}
-    for name, convert in _LIMIT_ENV.items():
-        variable = f"BESEDA_{name.upper()}"
-        if variable in env:
-            limits[name] = convert(env[variable])
-    per_minute = overrides.pop("registrations_per_minute", None)
-    if per_minute is None and "BESEDA_REGISTRATIONS_PER_MINUTE" in env:
-        per_minute = float(env["BESEDA_REGISTRATIONS_PER_MINUTE"])
-    if per_minute is not None:
-        rate = float(per_minute)  # type: ignore[arg-type]
-        limits["registrations_per_address"] = (rate / 60, max(30.0, 3 * rate))
+    options = {option.name: option for option in limit_options()}
+    for option in options.values():
+        if option.variable in env:
+            limits[option.field] = option.value(option.parse(env[option.variable]))
     known = {f.name for f in fields(Settings)}
     known_limits = {f.name for f in fields(Limits)}
     for name, value in overrides.items():
@@ -131,6 +272,8 @@ def from_environment(environ: dict[str, str] | None = None, **overrides: object)
             continue
         if name in known:
             values[name] = value
+        elif name in options:
+            limits[options[name].field] = options[name].value(value)
         elif name in known_limits:
             limits[name] = value
         else:
