@@ -26,6 +26,7 @@ UNLIMITED = 1e9
 def bench_settings(port: int, db: Path) -> Settings:
     limits = Limits(
         auth_timeout=600.0,
+        max_connections=1_000_000,
         max_connections_per_address=1_000_000,
         message_rate=UNLIMITED,
         message_burst=1_000_000_000,

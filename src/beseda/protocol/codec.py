@@ -99,6 +99,10 @@ class LineBuffer:
             fatal=True,
         )
 
+    def clear(self) -> None:
+        """Let go of an unfinished line (the connection is closing)."""
+        self._buffer = bytearray()
+
     @property
     def pending(self) -> int:
         """Bytes of an unfinished line held."""
@@ -114,6 +118,10 @@ def decode_request(line: bytes) -> AnyRequest:
     if line.endswith(b"\r"):
         line = line[:-1]
     try:
+        if not line.isascii():
+            # msgspec checks UTF-8 only in the strings it decodes: a byte that is not UTF-8 in
+            # a field it skips would pass, and a message with it would be stored.
+            line.decode()
         return _request_decoder.decode(line)
     except msgspec.ValidationError as exc:
         envelope = _read_envelope(line)

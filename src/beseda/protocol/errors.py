@@ -59,6 +59,7 @@ EMPTY_MESSAGE: Final = "empty_message"
 MESSAGE_TOO_LONG: Final = "message_too_long"
 CLIENT_ID_REUSED: Final = "client_id_reused"
 RATE_LIMITED: Final = "rate_limited"
+TOO_MANY_SESSIONS: Final = "too_many_sessions"
 # The server's side.
 STORAGE_UNAVAILABLE: Final = "storage_unavailable"
 INTERNAL_ERROR: Final = "internal_error"
@@ -67,6 +68,9 @@ AUTH_TIMEOUT: Final = "auth_timeout"
 TOO_MANY_CONNECTIONS: Final = "too_many_connections"
 SLOW_CONSUMER: Final = "slow_consumer"
 SERVER_SHUTDOWN: Final = "server_shutdown"
+SERVER_FULL: Final = "server_full"
+SERVER_BUSY: Final = "server_busy"
+LINE_TIMEOUT: Final = "line_timeout"
 
 MESSAGES: Final[dict[str, str]] = {
     BAD_JSON: "The line is not a valid UTF-8 JSON object.",
@@ -85,10 +89,14 @@ MESSAGES: Final[dict[str, str]] = {
     MESSAGE_TOO_LONG: "The message is too long.",
     CLIENT_ID_REUSED: "This client_id was already used for a different message.",
     RATE_LIMITED: "Too many requests; slow down.",
+    TOO_MANY_SESSIONS: "This account has the most connections allowed; close one first.",
     STORAGE_UNAVAILABLE: "The server cannot store data right now; try again later.",
     INTERNAL_ERROR: "The server failed to handle the request.",
     AUTH_TIMEOUT: "No login within the time allowed.",
     TOO_MANY_CONNECTIONS: "Too many connections from your address.",
     SLOW_CONSUMER: "You are not reading fast enough; reconnect and sync.",
     SERVER_SHUTDOWN: "The server is shutting down.",
+    SERVER_FULL: "The server has the most connections it accepts; try again later.",
+    SERVER_BUSY: "The server holds too much unfinished input; send whole lines.",
+    LINE_TIMEOUT: "A line took too long to arrive; send whole lines.",
 }

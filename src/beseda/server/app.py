@@ -19,6 +19,7 @@ from ..storage.sqlite import SQLiteStorage
 from .accounts import PasswordHasher
 from .chat import Chat
 from .config import Settings
+from .connection import Capacity
 from .delivery import DeliveryHub
 from .transports.tcp import TcpListener
 
@@ -58,7 +59,9 @@ class Server:
             limits=settings.limits,
         )
         self.bus.subscribe(self.hub.on_event)
-        self.tcp = TcpListener(self.chat, settings.limits)
+        # Shared by every transport: the caps on connections and the input budget.
+        self.capacity = Capacity(settings.limits)
+        self.tcp = TcpListener(self.chat, settings.limits, self.capacity)
         self.fingerprint: str | None = None
         """SHA-256 fingerprint of the TLS certificate, when TLS is on."""
 

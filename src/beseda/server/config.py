@@ -61,7 +61,8 @@ class Limit:
 
 def limit(default: T, help: str, **declaration: Any) -> T:
     """Declare a field of :class:`Limits` with its :class:`Limit`."""
-    return cast(T, field(default=default, metadata={"limit": Limit(help, **declaration)}))
+    declared: T = field(default=default, metadata={"limit": Limit(help, **declaration)})
+    return declared
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ class LimitOption:
         return "BESEDA_" + self.name.upper()
 
     def parse(self, text: str) -> Any:
-        parse = self.declaration.parse or type(self.default)
+        parse: Callable[[str], Any] = self.declaration.parse or cast(Any, type(self.default))
         return parse(text)
 
     def value(self, parsed: Any) -> Any:
@@ -204,9 +205,9 @@ def limit_options() -> list[LimitOption]:
     ]
 
 
-def advertised_limits(limits: Limits) -> dict[str, object]:
+def advertised_limits(limits: Limits) -> dict[str, int | float]:
     """The ``limits`` object of ``hello``: the advertised limits, and the protocol's text bound."""
-    values: dict[str, object] = {
+    values: dict[str, int | float] = {
         name: getattr(limits, name)
         for name, declaration, _ in declared_limits()
         if declaration.advertised
