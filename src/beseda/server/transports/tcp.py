@@ -159,6 +159,8 @@ class TcpConnection(asyncio.Protocol):
         self._arm()
 
     def _close(self, transport: asyncio.Transport) -> None:
+        if self._linger is not None:
+            return  # half-closed already, waiting for the peer
         if self.connection.aborted:
             transport.abort()  # not reading: a goodbye would not reach it; free the buffer
             return
