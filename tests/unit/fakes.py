@@ -14,6 +14,7 @@ from beseda.protocol import codec, schema
 from beseda.protocol.schema import GENERAL, Message
 from beseda.storage import (
     ConversationRecord,
+    LookAlikeNameError,
     NameTakenError,
     NewMessage,
     StorageError,
@@ -35,6 +36,7 @@ class MemoryStorage:
     def __init__(self) -> None:
         self._users: dict[int, UserRecord] = {}
         self._by_key: dict[str, int] = {}
+        self._skeletons: set[str] = set()
         self._tokens: dict[bytes, int] = {}
         self._conversations: dict[str, _Conversation] = {GENERAL: _Conversation()}
         self._messages: dict[str, list[Message]] = {GENERAL: []}
@@ -60,13 +62,19 @@ class MemoryStorage:
 
     # -- accounts ------------------------------------------------------------------------------
 
-    async def create_user(self, name: str, key: str, password_hash: str, now: int) -> UserRecord:
+    async def create_user(
+        self, name: str, key: str, password_hash: str, now: int, *, skeleton: str | None = None
+    ) -> UserRecord:
         await self._io()
         if key in self._by_key:
             raise NameTakenError(key)
+        if skeleton is not None and skeleton in self._skeletons:
+            raise LookAlikeNameError(key)
         user = UserRecord(len(self._users) + 1, name, key, password_hash)
         self._users[user.id] = user
         self._by_key[key] = user.id
+        if skeleton is not None:
+            self._skeletons.add(skeleton)
         return user
 
     async def user_by_key(self, key: str) -> UserRecord | None:

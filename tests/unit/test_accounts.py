@@ -95,6 +95,67 @@ def test_look_alike_mixed_scripts_are_refused(name: str) -> None:
     assert "script" in caught.value.message
 
 
+LOOK_ALIKES_OF_ADMIN = {
+    "Latin alpha": "\u0251dmin",  # ɑdmin
+    "Cyrillic а, whole-script": "\u0430dmin"[:1] + "dmin",  # refused as mixed anyway
+    "rn for m": "adrnin",
+    "upper case and rn": "ADRNIN",
+}
+
+
+@pytest.mark.parametrize("label", list(LOOK_ALIKES_OF_ADMIN))
+def test_look_alikes_share_the_skeleton(label: str) -> None:
+    assert accounts.name_skeleton(LOOK_ALIKES_OF_ADMIN[label]) == accounts.name_skeleton("admin")
+
+
+def test_whole_script_look_alikes_share_the_skeleton() -> None:
+    # Each name is valid alone (one script); as skeletons they are one name.
+    assert accounts.check_display_name("\u0430\u0441\u0435").skeleton == (
+        accounts.check_display_name("ace").skeleton
+    )
+    assert accounts.name_skeleton("paypal") == accounts.name_skeleton("PayPal")
+    assert accounts.name_skeleton("alice") != accounts.name_skeleton("alicia")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\u1d00dmin",  # ᴀdmin: small capital A, not in the identifier profile
+        "admin\u0966",  # admin०: a Devanagari digit in a Latin name
+        "g\u09e6\u09e6gle",  # g০০gle: Bengali zeros
+        "\u0430\u0441\u0435\u0967",  # a Devanagari digit in a Cyrillic name
+        "1\u0967",  # two systems of digits
+    ],
+)
+def test_restricted_characters_and_foreign_digits_are_refused(name: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        accounts.check_display_name(name)
+    assert caught.value.code == errors.INVALID_USERNAME
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\u0915\u092e\u0932\u0967",
+        "\u0967\u0968\u0969",
+        "user_42",
+        "\u0645\u062d\u0645\u062f\u0661",
+    ],
+)
+def test_digits_of_the_names_own_script_are_allowed(name: str) -> None:
+    assert accounts.check_display_name(name).name == name
+
+
+def test_check_display_name_returns_name_key_and_skeleton() -> None:
+    checked = accounts.check_display_name("ＡＤＭＩＮ")
+    assert checked == ("ADMIN", "admin", accounts.name_skeleton("admin"))
+    other = accounts.NameKind("channel name", errors.BAD_REQUEST)
+    with pytest.raises(ProtocolError) as caught:
+        accounts.check_display_name("a b", other)
+    assert caught.value.code == errors.BAD_REQUEST
+    assert caught.value.message.startswith("A channel name may contain")
+
+
 def test_name_length_bounds() -> None:
     assert accounts.check_username("a")[0] == "a"
     assert accounts.check_username("я" * accounts.MAX_NAME)[0] == "я" * accounts.MAX_NAME
@@ -179,6 +240,47 @@ def test_token_bucket_peek_and_refund() -> None:
     assert bucket.take("k", 0.0) > 0  # refunds never exceed the burst
 
 
+def test_a_limiter_forgets_refilled_buckets_and_never_scans_them_all() -> None:
+    # 100,000 keys, each used once a millisecond apart: every call looks at no more than
+    # PRUNED_PER_CALL buckets, and the buckets that have refilled are forgotten.
+    bucket = TokenBucket(rate=1.0, burst=2)  # refilled 2 s after its last use
+    calls = 100_000
+    most = 0
+    for i in range(calls):
+        before = bucket.examined
+        bucket.take(("10.0.0.1", i), i / 1000)
+        most = max(most, bucket.examined - before)
+    assert most <= accounts.PRUNED_PER_CALL
+    assert bucket.examined <= accounts.PRUNED_PER_CALL * calls
+    # Only the keys of the last 2 s (2,000 of them) can still hold information.
+    assert len(bucket) <= 2_000 + accounts.PRUNED_PER_CALL
+    # Later, each call forgets up to two old keys, so the table shrinks as it is used.
+    for i in range(2_000):
+        bucket.take("steady", 1000.0 + i / 1000)
+    assert len(bucket) <= 2
+
+
+def test_a_forgotten_bucket_behaves_as_a_full_one() -> None:
+    bucket = TokenBucket(rate=1.0, burst=2)
+    bucket.take("a", 0.0)
+    bucket.take("a", 0.0)
+    assert bucket.take("a", 0.0) > 0
+    for i in range(10):
+        bucket.take(f"other{i}", 10.0)  # prunes "a", now refilled
+    assert len(bucket) == 10  # "a" was forgotten
+    assert [bucket.take("a", 10.0) for _ in range(3)] == [0.0, 0.0, pytest.approx(1.0)]
+
+
+def test_throttle_buckets_are_pruned_in_constant_work_too() -> None:
+    limiter = throttle(account=(1.0, 2), address=(1.0, 2))
+    for i in range(20_000):
+        limiter.attempt(f"name{i}", f"10.0.{i // 250}.{i % 250}", i / 100)
+        limiter.failed(f"name{i}", f"10.0.{i // 250}.{i % 250}", i / 100)
+    for limiter_bucket in limiter.limiters:
+        assert limiter_bucket.examined <= accounts.PRUNED_PER_CALL * 20_000
+        assert len(limiter_bucket) <= 1_000
+
+
 def throttle(
     account: tuple[float, float] = (1 / 60, 3), address: tuple[float, float] = (1 / 60, 100)
 ) -> LoginThrottle:
@@ -201,6 +303,7 @@ def test_failed_logins_are_limited_per_address() -> None:
     limiter = throttle(account=(1 / 60, 100), address=(1 / 60, 3))
     for name in ["a", "b", "c"]:
         limiter.attempt(name, "10.0.0.1", 0.0)
+        limiter.failed(name, "10.0.0.1", 0.0)
     with pytest.raises(ProtocolError) as caught:
         limiter.attempt("d", "10.0.0.1", 0.0)
     assert caught.value.code == errors.RATE_LIMITED
@@ -209,13 +312,43 @@ def test_failed_logins_are_limited_per_address() -> None:
     limiter.attempt("d", "10.0.0.2", 0.0)
 
 
-def test_token_logins_spend_from_the_address_only() -> None:
+def test_bad_tokens_are_charged_to_the_address_only() -> None:
     limiter = throttle(account=(1 / 60, 1), address=(1 / 60, 3))
     for _ in range(3):
         limiter.attempt(None, "10.0.0.1", 0.0)
+        limiter.failed(None, "10.0.0.1", 0.0)
     with pytest.raises(ProtocolError):
         limiter.attempt(None, "10.0.0.1", 0.0)
     limiter.attempt("alice", "10.0.0.2", 0.0)
+
+
+def test_logins_in_flight_together_cost_a_clean_address_nothing() -> None:
+    # 50 token logins (or right passwords for 50 accounts) from one NAT address, all begun
+    # before any is answered: none is refused, and succeeding costs nothing.
+    limiter = throttle(account=(1 / 60, 3), address=(1 / 60, 30))
+    for i in range(50):
+        limiter.attempt(None, "10.0.0.1", 0.0)
+        limiter.attempt(f"user{i}", "10.0.0.1", 0.0)
+    for i in range(50):
+        limiter.succeeded(None, "10.0.0.1")
+        limiter.succeeded(f"user{i}", "10.0.0.1")
+    for _ in range(1000):
+        limiter.attempt(None, "10.0.0.1", 1.0)
+        limiter.succeeded(None, "10.0.0.1")
+
+
+def test_failures_in_flight_together_are_all_charged() -> None:
+    # 40 guesses begun together from a clean address all pass the check; once they have
+    # failed, the address owes for all 40: 10 more than its burst, 10 minutes at 1/min.
+    limiter = throttle(account=(1 / 60, 100), address=(1 / 60, 30))
+    for i in range(40):
+        limiter.attempt(f"name{i}", "10.0.0.1", 0.0)
+    for i in range(40):
+        limiter.failed(f"name{i}", "10.0.0.1", 0.0)
+    with pytest.raises(ProtocolError) as caught:
+        limiter.attempt(None, "10.0.0.1", 0.0)
+    assert caught.value.retry_after == pytest.approx(11 * 60)
+    limiter.attempt(None, "10.0.0.1", 11 * 60)
 
 
 def test_only_failures_count() -> None:
@@ -396,11 +529,47 @@ async def test_a_hash_that_fails_frees_its_place() -> None:
         hasher.close()
 
 
+async def test_places_are_kept_for_accounts_that_exist() -> None:
+    """With 1 worker, a queue of 4 and 2 places reserved, unknown names (and registrations)
+    get 3 places at most: the fourth is refused, while a real account's check still queues."""
+    hasher = PasswordHasher(**FAST, workers=1, queue=4, reserved=2)
+    wrapper = gated(hasher)
+    try:
+        encoded = await hasher.hash("correct horse")
+        wrapper.gate.clear()
+        unknown = [asyncio.ensure_future(hasher.verify(None, "guess")) for _ in range(3)]
+        await wait_for(lambda: hasher.pending == 3)
+        for refused in (hasher.verify(None, "guess"), hasher.hash("new account")):
+            with pytest.raises(ProtocolError) as caught:
+                await refused
+            assert caught.value.code == errors.RATE_LIMITED
+        known = [asyncio.ensure_future(hasher.verify(encoded, "correct horse")) for _ in range(2)]
+        await wait_for(lambda: hasher.pending == 5)
+        with pytest.raises(ProtocolError):  # the whole queue is full now
+            await hasher.verify(encoded, "correct horse")
+        wrapper.gate.set()
+        assert await asyncio.gather(*known) == [True, True]
+        assert await asyncio.gather(*unknown) == [False, False, False]
+    finally:
+        wrapper.gate.set()
+        hasher.close()
+
+
+def test_a_quarter_of_the_queue_is_reserved_by_default() -> None:
+    hasher = PasswordHasher(**FAST, queue=64)
+    try:
+        assert hasher.reserved == 16
+    finally:
+        hasher.close()
+
+
 def test_bad_hasher_sizes_are_refused() -> None:
     with pytest.raises(ValueError, match="workers"):
         PasswordHasher(**FAST, workers=0)
     with pytest.raises(ValueError, match="queue"):
         PasswordHasher(**FAST, queue=-1)
+    with pytest.raises(ValueError, match="reserved"):
+        PasswordHasher(**FAST, queue=2, reserved=3)
 
 
 def test_one_worker_per_available_core_by_default() -> None:

@@ -31,7 +31,7 @@ from ..bus import Bus, MessagePosted, PresenceChanged
 from ..protocol import errors, schema
 from ..protocol.errors import ProtocolError
 from ..protocol.schema import GENERAL
-from ..storage import NameTakenError, NewMessage, Storage, UserRecord
+from ..storage import LookAlikeNameError, NameTakenError, NewMessage, Storage, UserRecord
 from . import accounts
 from .config import Limits
 
@@ -176,7 +176,7 @@ class Chat:
 
     async def _register(self, session: Session, request: schema.Register) -> schema.AuthResult:
         self._require_anonymous(session)
-        name, key = accounts.check_username(request.username)
+        name, key, skeleton = accounts.check_display_name(request.username, accounts.USERNAME)
         accounts.check_password(request.password)
         # Each registration costs a password hash: limit them per address.
         wait = self._registrations.take(session.peer.address, self._monotonic())
@@ -188,7 +188,14 @@ class Chat:
             )
         password_hash = await self._hasher.hash(request.password)
         try:
-            user = await self._storage.create_user(name, key, password_hash, self._clock())
+            user = await self._storage.create_user(
+                name, key, password_hash, self._clock(), skeleton=skeleton
+            )
+        except LookAlikeNameError:
+            # Which name it resembles is not said: the directory can be searched for it.
+            raise ProtocolError(
+                errors.NAME_TAKEN, f"The name {name!r} looks too much like a name that is taken."
+            ) from None
         except NameTakenError:
             raise ProtocolError(errors.NAME_TAKEN, f"The name {name!r} is taken.") from None
         self._remember(user)
@@ -203,8 +210,8 @@ class Chat:
             token_hash = accounts.hash_token(request.token)
             user = await self._storage.user_by_token(token_hash)
             if user is None:
+                self._throttle.failed(None, address, self._monotonic())
                 raise ProtocolError(errors.BAD_CREDENTIALS, "The session token is not valid.")
-            self._throttle.succeeded(None, address)
             return await self._authenticate(session, user, request.token, token_hash)
         if request.username is None or request.password is None:
             raise ProtocolError(
@@ -223,6 +230,7 @@ class Chat:
             self._throttle.succeeded(key, address)
             raise
         if not right:
+            self._throttle.failed(key, address, self._monotonic())
             raise ProtocolError(errors.BAD_CREDENTIALS)
         assert user is not None
         self._throttle.succeeded(key, address)

@@ -22,6 +22,10 @@ class NameTakenError(StorageError):
     """A user with this canonical name exists."""
 
 
+class LookAlikeNameError(NameTakenError):
+    """A user with another name of the same confusable skeleton exists."""
+
+
 @dataclass(frozen=True, slots=True)
 class UserRecord:
     id: int
@@ -60,8 +64,11 @@ class Storage(Protocol):
         """Finish pending writes, then release the database."""
 
     # Accounts ---------------------------------------------------------------------------------
-    async def create_user(self, name: str, key: str, password_hash: str, now: int) -> UserRecord:
-        """Raises :class:`NameTakenError` when ``key`` exists."""
+    async def create_user(
+        self, name: str, key: str, password_hash: str, now: int, *, skeleton: str | None = None
+    ) -> UserRecord:
+        """Raises :class:`NameTakenError` when ``key`` exists, :class:`LookAlikeNameError`
+        when ``skeleton`` does (``accounts.name_skeleton``; None: not checked)."""
 
     async def user_by_key(self, key: str) -> UserRecord | None: ...
 

@@ -1,14 +1,44 @@
 """Versioned schema migrations for SQLite.
 
-``PRAGMA user_version`` holds how many have been applied. Each migration is a list of
-statements run in one transaction. Never edit a released migration: append a new one.
+``PRAGMA user_version`` holds how many have been applied. Each migration is a list of steps
+run in one transaction: SQL statements, or Python callables given the connection (for a
+backfill that SQL cannot compute). Never edit a released migration: append a new one.
 """
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+from collections.abc import Callable
 from typing import Final
 
-MIGRATIONS: Final[list[list[str]]] = [
+from ..server.accounts import name_skeleton
+
+log = logging.getLogger(__name__)
+
+Step = str | Callable[[sqlite3.Connection], None]
+
+
+def _backfill_skeletons(conn: sqlite3.Connection) -> None:
+    """Give every existing user the confusable skeleton of their name.
+
+    Names registered before the rule may already look alike: the oldest keeps the skeleton
+    (and so the right to it), the later ones keep their accounts and logins with none.
+    """
+    taken: set[str] = set()
+    rows = conn.execute("SELECT id, name FROM users ORDER BY id").fetchall()
+    for user_id, name in rows:
+        skeleton = name_skeleton(name)
+        if skeleton in taken:
+            log.warning(
+                "user %d: %r looks like an older name; left without a skeleton", user_id, name
+            )
+            continue
+        taken.add(skeleton)
+        conn.execute("UPDATE users SET skeleton = ? WHERE id = ?", (skeleton, user_id))
+
+
+MIGRATIONS: Final[list[list[Step]]] = [
     # 1: accounts, sessions, conversations and messages.
     [
         """
@@ -54,5 +84,12 @@ MIGRATIONS: Final[list[list[str]]] = [
             UNIQUE (sender_id, client_id)
         )
         """,
+    ],
+    # Look-alike names (UTS #39 confusable skeletons), unique where set. Appended last:
+    # renumber freely at a merge, it depends only on migration 1's users table.
+    [
+        "ALTER TABLE users ADD COLUMN skeleton TEXT",
+        _backfill_skeletons,
+        "CREATE UNIQUE INDEX users_by_skeleton ON users (skeleton)",
     ],
 ]

@@ -34,7 +34,14 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from ..protocol.schema import GENERAL, Message
-from . import ConversationRecord, NameTakenError, NewMessage, StorageError, UserRecord
+from . import (
+    ConversationRecord,
+    LookAlikeNameError,
+    NameTakenError,
+    NewMessage,
+    StorageError,
+    UserRecord,
+)
 from .migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -124,7 +131,10 @@ def migrate(conn: sqlite3.Connection) -> int:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for statement in script:
-                conn.execute(statement)
+                if callable(statement):  # a step computed in Python (a backfill)
+                    statement(conn)
+                else:
+                    conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number}")
             conn.execute("COMMIT")
         except BaseException:
@@ -764,15 +774,21 @@ class SQLiteStorage:
 
     # -- accounts ------------------------------------------------------------------------------
 
-    async def create_user(self, name: str, key: str, password_hash: str, now: int) -> UserRecord:
+    async def create_user(
+        self, name: str, key: str, password_hash: str, now: int, *, skeleton: str | None = None
+    ) -> UserRecord:
         def work(tx: _Transaction) -> UserRecord:
             try:
                 cursor = tx.conn.execute(
-                    "INSERT INTO users (name, key, password_hash, created_at) VALUES (?, ?, ?, ?)",
-                    (name, key, password_hash, now),
+                    "INSERT INTO users (name, key, password_hash, created_at, skeleton) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (name, key, password_hash, now, skeleton),
                 )
             except sqlite3.IntegrityError:
-                raise NameTakenError(key) from None
+                # The same key is "taken"; only another key of the same skeleton is a look-alike
+                # (SQLite may report either index first).
+                same = tx.conn.execute("SELECT 1 FROM users WHERE key = ?", (key,)).fetchone()
+                raise (NameTakenError if same else LookAlikeNameError)(key) from None
             assert cursor.lastrowid is not None
             return UserRecord(cursor.lastrowid, name, key, password_hash)
 
