@@ -14,6 +14,7 @@ from beseda.gui.preferences import Preferences, SavedSession
 from beseda.gui.presenter import GENERAL_KEY, Presenter, dm_key
 from beseda.gui.timeline import Timeline
 from beseda.protocol import errors, schema
+from beseda.tls import CertificateChangedError
 
 from .fakes import FakeBackend, FakeView, message
 
@@ -719,11 +720,9 @@ def test_a_changed_certificate_while_reconnecting_ends_the_session(
     prefs.trusted_servers.trust(SERVER, FINGERPRINT)
     sign_in_tls(presenter)
     feed(presenter, events.SignedIn("alice", "t", [], {}))
-    reason = (
-        f"The certificate of {SERVER} has changed: it was {FINGERPRINT}, it is now {OTHER}. "
-        "Someone may be intercepting the connection."
-    )
-    feed(presenter, StateChanged(ConnectionState.OFFLINE, reason=reason))
+    # The client library's typed error, whatever its wording: the window reads attributes.
+    changed = CertificateChangedError(SERVER, FINGERPRINT, OTHER)
+    feed(presenter, StateChanged(ConnectionState.OFFLINE, reason="(any text)", error=changed))
     assert view.screen == "sign_in"
     assert view.form is not None
     assert "intercepting" in view.form.error

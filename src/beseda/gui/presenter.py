@@ -10,7 +10,6 @@ presenter with a fake view and a fake backend.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Protocol
 from ..client import ConnectionState, MessageReceived, PresenceChanged, StateChanged
 from ..client.connection import new_client_id
 from ..protocol import errors, schema
-from ..tls import TLSError
+from ..tls import CertificateChangedError, TLSError
 from . import events
 from .i18n import _, ngettext
 from .network import parse_address
@@ -189,7 +188,6 @@ class Conversation:
 
 
 SIGN_IN, SIGNING_IN, TRUSTING, CHAT = "sign_in", "signing_in", "trusting", "chat"
-_CHANGED = re.compile(r"it was (SHA256:[0-9A-F:]+), it is now (SHA256:[0-9A-F:]+|no certificate)")
 READ_SAVE_INTERVAL = 3.0
 
 
@@ -376,34 +374,22 @@ class Presenter:
         self.using_token = False
         self._sign_in_error("")
 
-    def _certificate_changed(self, address: str, expected: str, actual: str) -> None:
+    def _certificate_changed(self, address: str, expected: str, actual: str | None) -> None:
         self._awaiting = None
-        if expected and actual:
-            text = _(
-                "The certificate of {address} has changed: it was {expected}, it is now "
-                "{actual}. Someone may be intercepting the connection, so beseda did not "
-                "connect. If the server's operator replaced the certificate on purpose, remove "
-                "{address} from trusted-servers.json in {folder} and sign in again."
-            )
-        else:
-            text = _(
-                "The certificate of {address} has changed. Someone may be intercepting the "
-                "connection, so beseda did not connect. If the server's operator replaced the "
-                "certificate on purpose, remove {address} from trusted-servers.json in "
-                "{folder} and sign in again."
-            )
+        text = _(
+            "The certificate of {address} has changed: it was {expected}, it is now "
+            "{actual}. Someone may be intercepting the connection, so beseda did not "
+            "connect. If the server's operator replaced the certificate on purpose, remove "
+            "{address} from trusted-servers.json in {folder} and sign in again."
+        )
         self._sign_in_error(
             text.format(
                 address=address,
                 expected=expected,
-                actual=actual,
+                actual=actual or _("no certificate"),
                 folder=str(self.preferences.directory),
             )
         )
-
-    def _address(self) -> str:
-        host, port = parse_address(self.server)
-        return f"{host}:{port}"
 
     def _sign_in_error(self, text: str) -> None:
         self.stage = SIGN_IN
@@ -455,7 +441,7 @@ class Presenter:
             self._fingerprint_fetched(event)
         elif isinstance(event, events.CertificateChanged):
             if self.stage == SIGNING_IN:
-                self._certificate_changed(event.address, event.expected, event.actual)
+                self._certificate_changed(event.address, event.expected, event.fingerprint)
         elif self.stage != CHAT:
             return
         elif isinstance(event, MessageReceived):
@@ -588,12 +574,11 @@ class Presenter:
             if event.reason == errors.BAD_CREDENTIALS:
                 self.preferences.forget_session()
                 text = _("Your session has ended. Sign in again.")
-            elif event.reason is not None and "has changed" in event.reason:
+            elif isinstance(event.error, CertificateChangedError):
+                changed = event.error
                 self._save_reads()
                 self._end_session(SignInForm(self.server, self.user, self.remember, tls=self.tls))
-                found = _CHANGED.search(event.reason)
-                expected, actual = found.groups() if found else ("", "")
-                self._certificate_changed(self._address(), expected, actual)
+                self._certificate_changed(changed.address, changed.expected, changed.fingerprint)
                 return
             else:
                 text = _("Disconnected: {reason}").format(reason=sanitize_name(event.reason or ""))
