@@ -26,16 +26,21 @@ class TLSError(BesedaError):
 
 
 class CertificateChangedError(TLSError):
-    """The server presented a certificate other than the pinned one."""
+    """The server presented a certificate other than the pinned one.
 
-    def __init__(self, address: str, expected: str, actual: str) -> None:
+    ``fingerprint`` is the presented certificate's (None when it presented none), so a
+    program can show it or pin it without reading the message.
+    """
+
+    def __init__(self, address: str, expected: str, fingerprint: str | None) -> None:
         self.address = address
         self.expected = expected
-        self.actual = actual
+        self.fingerprint = fingerprint
         super().__init__(
-            f"The certificate of {address} has changed: it was {expected}, it is now {actual}. "
-            "Someone may be intercepting the connection. If the server's certificate was "
-            "replaced on purpose, remove the old fingerprint and trust the new one."
+            f"The certificate of {address} has changed: it was {expected}, it is now "
+            f"{fingerprint or 'no certificate'}. Someone may be intercepting the connection. "
+            "If the server's certificate was replaced on purpose, remove the old fingerprint "
+            "and trust the new one."
         )
 
 

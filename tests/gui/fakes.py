@@ -35,6 +35,8 @@ class FakeView:
         self.composer_error = ""
         self.title = ""
         self.bells = 0
+        self.jump = ""
+        self.scrolled_to_bottom = 0
 
     def show_sign_in(self, form: SignInForm) -> None:
         self.screen, self.form = "sign_in", form
@@ -65,6 +67,12 @@ class FakeView:
     def show_status(self, status: Status) -> None:
         self.status = status
 
+    def show_jump(self, text: str) -> None:
+        self.jump = text
+
+    def scroll_to_bottom(self) -> None:
+        self.scrolled_to_bottom += 1
+
     def show_people(self, rows: Sequence[PersonRow], more: bool) -> None:
         self.people, self.more_people = list(rows), more
 
@@ -82,7 +90,15 @@ class FakeView:
 
     # -- for assertions
     def texts(self) -> list[str]:
-        return [row.text for row in self.rows]
+        """The messages shown (the "new messages" line left out)."""
+        return [row.text for row in self.rows if not row.marker]
+
+    def marker_above(self) -> str | None:
+        """The text of the message just below the "new messages" line, if one is shown."""
+        for index, row in enumerate(self.rows):
+            if row.marker:
+                return self.rows[index + 1].text if index + 1 < len(self.rows) else ""
+        return None
 
     def unread(self) -> dict[str, int]:
         return {row.title: row.unread for row in self.conversations}

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import socket
+import threading
 import time
 
 from beseda.client import Client, MessageReceived
 from beseda.gui import events
 from beseda.gui.network import Network
+from beseda.protocol import codec, errors, schema
 from conftest import TIMEOUT_FACTOR, free_port
 
 from .conftest import ServerThread
@@ -70,3 +73,27 @@ def test_an_unreachable_server_is_reported() -> None:
         assert session == 1
     finally:
         network.close()
+
+
+def test_a_server_that_refuses_at_hello_is_reported_with_its_code() -> None:
+    refusal = codec.encode(
+        schema.Bye(code=errors.TOO_MANY_CONNECTIONS, message="Too many connections.")
+    )
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def answer() -> None:
+            connection, _address = listener.accept()
+            with connection:
+                connection.sendall(refusal)
+
+        threading.Thread(target=answer, daemon=True).start()
+        inbox: queue.SimpleQueue[tuple[int, events.Event]] = queue.SimpleQueue()
+        network = Network(lambda s, e: inbox.put((s, e)))
+        try:
+            port = listener.getsockname()[1]
+            network.sign_in("127.0.0.1", port, "a", "b", create=False, token=None)
+            failed = collect(inbox, events.SignInFailed)[-1]
+        finally:
+            network.close()
+    assert isinstance(failed, events.SignInFailed)
+    assert failed.code == errors.TOO_MANY_CONNECTIONS

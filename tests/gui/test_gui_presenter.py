@@ -14,6 +14,7 @@ from beseda.gui.preferences import Preferences, SavedSession
 from beseda.gui.presenter import GENERAL_KEY, Presenter, dm_key
 from beseda.gui.timeline import Timeline
 from beseda.protocol import errors, schema
+from beseda.tls import CertificateChangedError
 
 from .fakes import FakeBackend, FakeView, message
 
@@ -475,7 +476,20 @@ def test_the_outbox_waits_for_the_connection_and_delivers_once(
     feed(presenter, events.Sent(local_id, stored), MessageReceived(stored))
     assert view.texts() == ["while away"]
     assert view.rows[0].note == "✓"
-    assert view.status.text == "Connected to 127.0.0.1:7992"
+    assert view.status.state == "connected"
+    assert view.status.text == ""  # all is well: nothing to read, no address
+
+
+def test_the_status_line_is_empty_when_connected_and_speaks_of_problems(
+    presenter: Presenter, view: FakeView
+) -> None:
+    sign_in(presenter)
+    assert view.status is not None
+    assert (view.status.state, view.status.text) == ("connected", "")
+    feed(presenter, StateChanged(ConnectionState.RECONNECTING, retry_in=2.0, reason="gone"))
+    assert view.status.text == "Reconnecting in 2 seconds…"
+    feed(presenter, StateChanged(ConnectionState.CONNECTED))
+    assert view.status.text == ""
 
 
 def test_a_message_from_another_arriving_while_sending_goes_above(
@@ -552,9 +566,96 @@ def test_new_messages_while_reading_older_ones_do_not_jump(
     sign_in(presenter, [schema.ConversationEntry(conversation="general", last_seq=50)])
     history(presenter, GENERAL_KEY, [message(s) for s in range(1, 51)], more=False)
     presenter.scrolled(0.2, 0.5)
-    feed(presenter, *received(message(51)))
+    feed(presenter, *received(message(51, "new one")))
     start, removed, added, reset = view.edits[-1]
-    assert (start, removed, added, reset) == (50, 0, 1, False)
+    assert (start, removed, added, reset) == (50, 0, 2, False)  # the line and the message
+    assert view.marker_above() == "new one"
+
+
+def dm_from_bob(seq: int, text: str) -> schema.Message:
+    return message(seq, text, "bob", conversation="d1", to="alice")
+
+
+def test_opening_a_chat_marks_where_the_unread_messages_start(
+    presenter: Presenter, view: FakeView
+) -> None:
+    sign_in(presenter)
+    feed(presenter, *received(dm_from_bob(1, "one"), dm_from_bob(2, "two")))
+    presenter.select(dm_key("bob"))
+    assert view.marker_above() == "one"  # all of it was unread
+    presenter.select(GENERAL_KEY)
+    feed(presenter, *received(dm_from_bob(3, "three"), dm_from_bob(4, "four")))
+    presenter.select(dm_key("bob"))
+    assert view.texts() == ["one", "two", "three", "four"]
+    assert view.marker_above() == "three"
+    assert [row.text for row in view.rows if row.marker] == ["New messages"]
+    presenter.select(dm_key("bob"))  # chosen again (a double click): it stays as it is
+    assert view.marker_above() == "three"
+    presenter.select(GENERAL_KEY)
+    presenter.select(dm_key("bob"))
+    assert view.marker_above() is None  # nothing new since: no line
+
+
+def test_messages_arriving_while_scrolled_up_are_marked_and_counted(
+    presenter: Presenter, view: FakeView
+) -> None:
+    sign_in(presenter, [schema.ConversationEntry(conversation="general", last_seq=50)])
+    history(presenter, GENERAL_KEY, [message(s, f"m{s}") for s in range(1, 51)], more=False)
+    assert view.jump == ""  # at the bottom: no button
+    presenter.scrolled(0.2, 0.5)
+    assert view.jump == "Jump to latest ↓"
+    feed(presenter, *received(message(51, "m51")))
+    assert view.jump == "1 new message ↓"
+    feed(presenter, *received(message(52, "m52"), message(53, "m53")))
+    assert view.jump == "3 new messages ↓"
+    assert view.marker_above() == "m51"
+    i18n.install("ru")
+    presenter.render()
+    assert view.jump == "3 новых сообщения ↓"
+    i18n.install("en")
+    presenter.scrolled(0.6, 1.0)  # the reader scrolled down to them
+    assert view.jump == ""
+    assert view.marker_above() == "m51"  # the line stays while the chat is open
+
+
+def test_jump_to_latest_scrolls_to_the_newest(presenter: Presenter, view: FakeView) -> None:
+    sign_in(presenter, [schema.ConversationEntry(conversation="general", last_seq=50)])
+    history(presenter, GENERAL_KEY, [message(s, f"m{s}") for s in range(1, 51)], more=False)
+    presenter.scrolled(0.2, 0.5)
+    feed(presenter, *received(message(51, "m51")))
+    presenter.jump_to_latest()
+    assert view.scrolled_to_bottom == 1
+    assert view.jump == ""
+    assert view.texts()[-1] == "m51"
+
+
+def test_sending_while_scrolled_up_brings_the_message_into_view(
+    presenter: Presenter, view: FakeView
+) -> None:
+    sign_in(presenter, [schema.ConversationEntry(conversation="general", last_seq=50)])
+    history(presenter, GENERAL_KEY, [message(s, f"m{s}") for s in range(1, 51)], more=False)
+    presenter.scrolled(0.2, 0.5)
+    presenter.send("mine")
+    assert view.texts()[-1] == "mine"
+    assert view.scrolled_to_bottom == 1
+    assert view.jump == ""
+
+
+def test_sending_from_far_back_in_a_long_chat_shows_the_newest(
+    presenter: Presenter, view: FakeView
+) -> None:
+    sign_in(presenter, [schema.ConversationEntry(conversation="general", last_seq=1000)])
+    for end in range(1000, 0, -200):
+        history(
+            presenter, GENERAL_KEY, [message(s) for s in range(end - 199, end + 1)], more=end > 200
+        )
+    for _ in range(20):
+        presenter.scrolled(0.0, 0.5)
+    assert view.rows[0].id == "seq:1"
+    presenter.send("mine")
+    assert view.texts()[-1] == "mine"
+    assert view.rows[-2].id == "seq:1000"
+    assert view.scrolled_to_bottom == 1
 
 
 # -- people ------------------------------------------------------------------------------------
@@ -719,11 +820,9 @@ def test_a_changed_certificate_while_reconnecting_ends_the_session(
     prefs.trusted_servers.trust(SERVER, FINGERPRINT)
     sign_in_tls(presenter)
     feed(presenter, events.SignedIn("alice", "t", [], {}))
-    reason = (
-        f"The certificate of {SERVER} has changed: it was {FINGERPRINT}, it is now {OTHER}. "
-        "Someone may be intercepting the connection."
-    )
-    feed(presenter, StateChanged(ConnectionState.OFFLINE, reason=reason))
+    # The client library's typed error, whatever its wording: the window reads attributes.
+    changed = CertificateChangedError(SERVER, FINGERPRINT, OTHER)
+    feed(presenter, StateChanged(ConnectionState.OFFLINE, reason="(any text)", error=changed))
     assert view.screen == "sign_in"
     assert view.form is not None
     assert "intercepting" in view.form.error

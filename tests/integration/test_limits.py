@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from newcomer import PASSWORD, Newcomer
 
-from beseda.client import Client, MessageReceived
+from beseda.client import Client, MessageReceived, ServerRefusedError
+from beseda.protocol.errors import TOO_MANY_CONNECTIONS
 from beseda.protocol.schema import MAX_LINE_BYTES, MAX_TEXT_CHARS
 from beseda.server.app import Server
 from beseda.server.transports.tcp import TcpConnection
@@ -315,6 +316,10 @@ async def test_connections_per_address_are_capped(make_server: Callable[..., Ser
         }
     ]
     await fourth.close()
+    # The client library raises the refusal with its code.
+    with pytest.raises(ServerRefusedError) as refused:
+        await Client("127.0.0.1", server.port, reconnect=False).connect()
+    assert refused.value.code == TOO_MANY_CONNECTIONS
     # The others are unaffected; closing one makes room.
     assert await conns[0].call("ping") == {}
     await conns[2].close()

@@ -20,6 +20,7 @@ from .connection import (
     ConnectionState,
     MessageReceived,
     PresenceChanged,
+    ServerRefusedError,
     StateChanged,
 )
 
@@ -30,5 +31,6 @@ __all__ = [
     "ConnectionState",
     "MessageReceived",
     "PresenceChanged",
+    "ServerRefusedError",
     "StateChanged",
 ]

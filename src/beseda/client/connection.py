@@ -32,6 +32,16 @@ class ConnectionLostError(BesedaError):
     """The connection dropped and the request cannot be retried (or reconnecting is off)."""
 
 
+class ServerRefusedError(ConnectionRefusedError):
+    """The server answered the connection with an error or ``bye`` instead of ``hello``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        """The wire error code (``too_many_connections``, ``server_shutdown``, ...)."""
+        self.message = message
+
+
 class ConnectionState(enum.Enum):
     OFFLINE = "offline"
     CONNECTING = "connecting"
@@ -59,6 +69,9 @@ class StateChanged:
     """While reconnecting: seconds until the next attempt."""
     reason: str | None = None
     """Why the connection went down or could not resume (an error code or text)."""
+    error: BesedaError | None = None
+    """When the client went offline for good because of a typed error (a changed
+    certificate: :class:`~beseda.tls.CertificateChangedError`), that error."""
 
 
 ClientEvent = MessageReceived | PresenceChanged | StateChanged
@@ -395,7 +408,7 @@ class Client:
             raise
         if isinstance(hello, schema.Bye | schema.Error):
             writer.close()
-            raise ConnectionRefusedError(f"{hello.code}: {hello.message}")
+            raise ServerRefusedError(hello.code, hello.message)
         if not isinstance(hello, schema.Hello):
             writer.close()
             raise ProtocolError(errors.BAD_JSON, f"Expected hello, got {hello!r}")
@@ -430,7 +443,7 @@ class Client:
             return
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        actual = tlslib.certificate_fingerprint(der) if der else "no certificate"
+        actual = tlslib.certificate_fingerprint(der) if der else None
         if actual != self.fingerprint:
             raise tlslib.CertificateChangedError(
                 f"{self.host}:{self.port}", self.fingerprint, actual
@@ -585,7 +598,7 @@ class Client:
                 # Never talk to an impostor; a person must decide.
                 await self._drop_connection()
                 self._fail_pending(lambda p: True, str(exc))
-                self._set_state(ConnectionState.OFFLINE, reason=str(exc))
+                self._set_state(ConnectionState.OFFLINE, reason=str(exc), error=exc)
                 return
             except ProtocolError as exc:
                 if exc.code == errors.BAD_CREDENTIALS:
@@ -636,12 +649,17 @@ class Client:
                 pending.future.set_exception(ConnectionLostError(text))
 
     def _set_state(
-        self, state: ConnectionState, *, retry_in: float | None = None, reason: str | None = None
+        self,
+        state: ConnectionState,
+        *,
+        retry_in: float | None = None,
+        reason: str | None = None,
+        error: BesedaError | None = None,
     ) -> None:
         if state is self.state and state is not ConnectionState.RECONNECTING:
             return
         self.state = state
-        self._events.put_nowait(StateChanged(state, retry_in, reason))
+        self._events.put_nowait(StateChanged(state, retry_in, reason, error))
 
 
 def new_client_id() -> str:

@@ -52,7 +52,8 @@ class CertificateChanged:
 
     address: str
     expected: str
-    actual: str
+    fingerprint: str | None
+    """The certificate's it presents now; None when it presented none."""
 
 
 @dataclass(frozen=True, slots=True)

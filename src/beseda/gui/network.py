@@ -16,8 +16,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .. import tls
-from ..client import Client, ConnectionLostError
-from ..protocol import errors, schema
+from ..client import Client, ConnectionLostError, ServerRefusedError
+from ..protocol import schema
 from ..protocol.errors import BesedaError, ProtocolError
 from . import events
 
@@ -164,17 +164,15 @@ class Network:
         try:
             await client.connect()
         except tls.CertificateChangedError as exc:
-            self._post(session, events.CertificateChanged(exc.address, exc.expected, exc.actual))
+            self._post(
+                session, events.CertificateChanged(exc.address, exc.expected, exc.fingerprint)
+            )
             return
         except (tls.TLSError, ssl.SSLError) as exc:
             self._post(session, events.SignInFailed(events.TLS_FAILED, str(exc)))
             return
-        except ConnectionRefusedError as exc:
-            code, _sep, detail = str(exc).partition(": ")
-            if code in errors.MESSAGES:
-                self._post(session, events.SignInFailed(code, detail))
-            else:
-                self._post(session, events.SignInFailed(events.UNREACHABLE, str(exc)))
+        except ServerRefusedError as exc:  # a bye instead of hello: too many connections, say
+            self._post(session, events.SignInFailed(exc.code, exc.message))
             return
         except (OSError, TimeoutError) as exc:
             self._post(session, events.SignInFailed(events.UNREACHABLE, str(exc) or repr(exc)))

@@ -10,7 +10,6 @@ presenter with a fake view and a fake backend.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Protocol
 from ..client import ConnectionState, MessageReceived, PresenceChanged, StateChanged
 from ..client.connection import new_client_id
 from ..protocol import errors, schema
-from ..tls import TLSError
+from ..tls import CertificateChangedError, TLSError
 from . import events
 from .i18n import _, ngettext
 from .network import parse_address
@@ -82,6 +81,8 @@ class MessageRow:
     """For one's own messages: sending, waiting, sent (✓) or why it failed."""
     failed: bool = False
     """Shows a Retry link."""
+    marker: bool = False
+    """Not a message: the "new messages" line above the first one the reader has not seen."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +134,12 @@ class View(Protocol):
         the bottom stays at the bottom."""
 
     def show_status(self, status: Status) -> None: ...
+    def show_jump(self, text: str) -> None:
+        """The "jump to latest" button over the messages, with this label; "" hides it."""
+
+    def scroll_to_bottom(self) -> None:
+        """Scroll the messages to the newest row (the reader asked for it)."""
+
     def show_people(self, rows: Sequence[PersonRow], more: bool) -> None: ...
     def show_switcher(self, rows: Sequence[SwitcherRow]) -> None: ...
     def show_composer_error(self, text: str) -> None: ...
@@ -182,6 +189,10 @@ class Conversation:
     has_older: bool = True
     loading: bool = False
     timeline: Timeline = field(default_factory=Timeline)
+    marker_seq: int | None = None
+    """The "new messages" line goes above the message with this seq (seqs have no gaps)."""
+    unseen: int = 0
+    """Messages of others that arrived while the reader was scrolled up, not yet looked at."""
 
     @property
     def unread(self) -> int:
@@ -189,7 +200,6 @@ class Conversation:
 
 
 SIGN_IN, SIGNING_IN, TRUSTING, CHAT = "sign_in", "signing_in", "trusting", "chat"
-_CHANGED = re.compile(r"it was (SHA256:[0-9A-F:]+), it is now (SHA256:[0-9A-F:]+|no certificate)")
 READ_SAVE_INTERVAL = 3.0
 
 
@@ -252,6 +262,7 @@ class Presenter:
         self._shown_title = ""
         self._shown_header: Header | None = None
         self._shown_people: tuple[list[PersonRow], bool] | None = None
+        self._shown_jump: str | None = None
 
     # -- starting and signing in ---------------------------------------------------------------
 
@@ -376,34 +387,22 @@ class Presenter:
         self.using_token = False
         self._sign_in_error("")
 
-    def _certificate_changed(self, address: str, expected: str, actual: str) -> None:
+    def _certificate_changed(self, address: str, expected: str, actual: str | None) -> None:
         self._awaiting = None
-        if expected and actual:
-            text = _(
-                "The certificate of {address} has changed: it was {expected}, it is now "
-                "{actual}. Someone may be intercepting the connection, so beseda did not "
-                "connect. If the server's operator replaced the certificate on purpose, remove "
-                "{address} from trusted-servers.json in {folder} and sign in again."
-            )
-        else:
-            text = _(
-                "The certificate of {address} has changed. Someone may be intercepting the "
-                "connection, so beseda did not connect. If the server's operator replaced the "
-                "certificate on purpose, remove {address} from trusted-servers.json in "
-                "{folder} and sign in again."
-            )
+        text = _(
+            "The certificate of {address} has changed: it was {expected}, it is now "
+            "{actual}. Someone may be intercepting the connection, so beseda did not "
+            "connect. If the server's operator replaced the certificate on purpose, remove "
+            "{address} from trusted-servers.json in {folder} and sign in again."
+        )
         self._sign_in_error(
             text.format(
                 address=address,
                 expected=expected,
-                actual=actual,
+                actual=actual or _("no certificate"),
                 folder=str(self.preferences.directory),
             )
         )
-
-    def _address(self) -> str:
-        host, port = parse_address(self.server)
-        return f"{host}:{port}"
 
     def _sign_in_error(self, text: str) -> None:
         self.stage = SIGN_IN
@@ -430,6 +429,7 @@ class Presenter:
         self._watched = frozenset()
         self._shown_key, self._shown_rows, self._row_cache = None, [], {}
         self._shown_list = self._shown_status = self._shown_header = self._shown_people = None
+        self._shown_jump = None
         self.connection = ConnectionState.OFFLINE
         self.form = form
         self.view.show_sign_in(form)
@@ -455,7 +455,7 @@ class Presenter:
             self._fingerprint_fetched(event)
         elif isinstance(event, events.CertificateChanged):
             if self.stage == SIGNING_IN:
-                self._certificate_changed(event.address, event.expected, event.actual)
+                self._certificate_changed(event.address, event.expected, event.fingerprint)
         elif self.stage != CHAT:
             return
         elif isinstance(event, MessageReceived):
@@ -571,7 +571,14 @@ class Presenter:
         conversation.last_activity = max(conversation.last_activity, message.ts / 1000)
         if message.sender.casefold() == self.user.casefold():
             self._mark_read(conversation, message.seq)
-        elif message.seq > conversation.read_seq:
+            return
+        timeline = conversation.timeline
+        if key == self.selected and not (timeline.at_bottom and timeline.attached):
+            # Out of sight: the line marks where the new ones start, the button counts them.
+            if conversation.unseen == 0:
+                conversation.marker_seq = message.seq
+            conversation.unseen += 1
+        if message.seq > conversation.read_seq:
             if key == self.selected and self.focused:
                 self._mark_read(conversation, message.seq)
             else:
@@ -588,12 +595,11 @@ class Presenter:
             if event.reason == errors.BAD_CREDENTIALS:
                 self.preferences.forget_session()
                 text = _("Your session has ended. Sign in again.")
-            elif event.reason is not None and "has changed" in event.reason:
+            elif isinstance(event.error, CertificateChangedError):
+                changed = event.error
                 self._save_reads()
                 self._end_session(SignInForm(self.server, self.user, self.remember, tls=self.tls))
-                found = _CHANGED.search(event.reason)
-                expected, actual = found.groups() if found else ("", "")
-                self._certificate_changed(self._address(), expected, actual)
+                self._certificate_changed(changed.address, changed.expected, changed.fingerprint)
                 return
             else:
                 text = _("Disconnected: {reason}").format(reason=sanitize_name(event.reason or ""))
@@ -662,11 +668,16 @@ class Presenter:
         conversation = self.conversations.get(key)
         if conversation is None or self.stage != CHAT:
             return
+        if key == self.selected and self._shown_key == key:
+            return  # already on screen (a double click): keep its place and its line
         self.selected = key
         self._open(conversation)
         self.render()
 
     def _open(self, conversation: Conversation) -> None:
+        # The line above the first unread message, placed before reading marks it read.
+        conversation.marker_seq = conversation.read_seq + 1 if conversation.unread else None
+        conversation.unseen = 0
         conversation.timeline.show_newest()
         conversation.timeline.at_top = True
         self._shown_key = None  # a new list, scrolled to its end
@@ -712,17 +723,29 @@ class Presenter:
             return False
         self.view.show_composer_error("")
         outgoing = Outgoing(new_client_id(), text, self.wall())
-        timeline = conversation.timeline
-        if not timeline.attached:
-            timeline.show_newest()
-            self._shown_key = None
-        timeline.at_bottom = True
-        timeline.add_outgoing(outgoing)
+        conversation.timeline.add_outgoing(outgoing)
         conversation.last_activity = max(conversation.last_activity, outgoing.sent_at)
         self._outgoing[outgoing.local_id] = conversation.key
         self.backend.send(outgoing.local_id, conversation.peer, text)
-        self.render()
+        # One's own message is always brought into view, however far up the reader was.
+        self._reveal_newest(conversation)
         return True
+
+    def jump_to_latest(self) -> None:
+        """The "jump to latest" button: show the newest messages."""
+        conversation = self.conversations.get(self.selected)
+        if conversation is not None and self.stage == CHAT:
+            self._reveal_newest(conversation)
+
+    def _reveal_newest(self, conversation: Conversation) -> None:
+        timeline = conversation.timeline
+        if not timeline.attached:
+            timeline.show_newest()
+            self._shown_key = None  # a new list, scrolled to its end
+        timeline.at_bottom = True
+        conversation.unseen = 0
+        self.render()
+        self.view.scroll_to_bottom()
 
     def retry(self, row_id: str) -> None:
         """The Retry link of a message that failed: send it again, same client id."""
@@ -749,6 +772,8 @@ class Presenter:
             self._load_older(conversation)
         if timeline.at_bottom:
             timeline.extend_down()
+            if timeline.attached:
+                conversation.unseen = 0
         self.render()
 
     def focus_changed(self, focused: bool) -> None:
@@ -852,6 +877,10 @@ class Presenter:
         if status != self._shown_status:
             self._shown_status = status
             self.view.show_status(status)
+        jump = self._jump(conversation)
+        if jump != self._shown_jump:
+            self._shown_jump = jump
+            self.view.show_jump(jump)
         people = (
             [
                 PersonRow(sanitize_name(u.name), self._is_online(u.name), u.name == self.user)
@@ -876,8 +905,16 @@ class Presenter:
             self.view.bell()
 
     def _render_messages(self) -> None:
-        timeline = self.conversations[self.selected].timeline
-        rows = [self._row(item) for item in timeline.visible()]
+        conversation = self.conversations[self.selected]
+        visible = conversation.timeline.visible()
+        rows = [self._row(item) for item in visible]
+        if conversation.marker_seq is not None:
+            for index, item in enumerate(visible):
+                if isinstance(item, schema.Message) and item.seq == conversation.marker_seq:
+                    rows.insert(
+                        index, MessageRow("marker", "", "", _("New messages"), False, marker=True)
+                    )
+                    break
         old = self._shown_rows
         if self._shown_key != self.selected:
             self._shown_key, self._shown_rows = self.selected, rows
@@ -894,7 +931,6 @@ class Presenter:
         while end < limit - start and old[-1 - end] == rows[-1 - end]:
             end += 1
         self._shown_rows = rows
-        conversation = self.conversations.get(self.selected)
         self.view.edit_messages(
             start,
             len(old) - start - end,
@@ -902,7 +938,7 @@ class Presenter:
             reset=False,
             # Reaching the bottom of an older part of the window is not reaching the newest:
             # following there would page on by itself.
-            follow=conversation is None or conversation.timeline.attached,
+            follow=conversation.timeline.attached,
         )
 
     def _row(self, item: Item) -> MessageRow:
@@ -987,10 +1023,20 @@ class Presenter:
     def _subtitle(self, conversation: Conversation) -> str:
         return self._presence_text(conversation)
 
+    def _jump(self, conversation: Conversation) -> str:
+        timeline = conversation.timeline
+        if timeline.at_bottom and timeline.attached:
+            return ""
+        if conversation.unseen:
+            return ngettext("{n} new message ↓", "{n} new messages ↓", conversation.unseen).format(
+                n=conversation.unseen
+            )
+        return _("Jump to latest ↓")
+
     def _status(self) -> Status:
         waiting = len(self._outgoing)
         if self.connection is ConnectionState.CONNECTED:
-            return Status("connected", _("Connected to {server}").format(server=self.server))
+            return Status("connected", "")  # all is well: nothing to read
         if self.connection is ConnectionState.RECONNECTING:
             seconds = math.ceil(self.retry_at - self.clock()) if self.retry_at else 0
             if seconds > 0:

@@ -6,10 +6,11 @@ attributes so that the real-window tests can drive them as a person would.
 
 from __future__ import annotations
 
+import contextlib
 import tkinter as tk
 from collections.abc import Sequence
 from tkinter import ttk
-from typing import Any
+from typing import Any, cast
 
 from . import theme
 from .i18n import _
@@ -26,6 +27,32 @@ from .presenter import (
 )
 
 MIN_WIDTH, MIN_HEIGHT = 760, 520
+
+SELECT_ALL = ("<Control-a>", "<Control-A>", "<Control-Cyrillic_ef>", "<Control-Cyrillic_EF>")
+"""Ctrl+A, on a Latin or a Russian layout (there X reports the Cyrillic letter's key)."""
+
+
+def bind_select_all(root: tk.Misc) -> None:
+    """Ctrl+A selects all the text of any entry or text box (Tk's default on X11 moves to
+    the start of the line, as in Emacs)."""
+
+    def entry(event: tk.Event[Any]) -> str:
+        widget = cast(tk.Entry, event.widget)
+        widget.selection_range(0, "end")
+        widget.icursor("end")
+        return "break"
+
+    def text(event: tk.Event[Any]) -> str:
+        widget = cast(tk.Text, event.widget)
+        widget.tag_add("sel", "1.0", "end-1c")
+        widget.mark_set("insert", "end-1c")
+        return "break"
+
+    for sequence in SELECT_ALL:
+        with contextlib.suppress(tk.TclError):  # a Tk that does not know the keysym
+            for widget_class in ("TEntry", "Entry"):
+                root.bind_class(widget_class, sequence, entry)
+            root.bind_class("Text", sequence, text)
 
 
 class SignInScreen(ttk.Frame):
@@ -183,6 +210,14 @@ class MessageList:
         )
         self.text.tag_configure("body", spacing3=2, lmargin1=0, lmargin2=0)
         self.text.tag_configure("own", background=palette.own, lmargin1=6, lmargin2=6, rmargin=6)
+        self.text.tag_configure(
+            "marker",
+            foreground=palette.accent,
+            font=("TkDefaultFont", 8, "bold"),
+            justify="center",
+            spacing1=10,
+            spacing3=2,
+        )
         self.text.tag_raise("sel")
         self.text.tag_bind("retry", "<Button-1>", self._retry)
         self.text.tag_bind("retry", "<Enter>", lambda _e: self.text.configure(cursor="hand2"))
@@ -192,6 +227,14 @@ class MessageList:
         self._names = 0
         self._last_scroll: tuple[float, float] | None = None
         self._scroll_pending = False
+        self.stuck = True
+        """The newest row was in view when last looked: it stays in view when the window is
+        resized and when rows are added."""
+        self._height = 0
+        self.text.bind("<Configure>", self._resized)
+        self.jump_button = ttk.Button(
+            self.frame, style="Accent.TButton", command=lambda: window.presenter.jump_to_latest()
+        )
 
     def _position(self, row: int) -> str:
         return self.marks[row] if row < len(self.marks) else "end-1c"
@@ -206,7 +249,7 @@ class MessageList:
         follow: bool = True,
     ) -> None:
         text = self.text
-        at_bottom = self._bottom_visible()
+        at_bottom = self.stuck or self._bottom_visible()
         # The row at the top of the view, to keep it there: the edit may replace every row
         # (the window moved), so a text mark could not follow it.
         top_id = next(
@@ -236,6 +279,7 @@ class MessageList:
         text.configure(state="disabled")
         if reset or (at_bottom and follow):
             text.see("end")
+            self.stuck = True
         elif top_id is not None and top_id in self.row_ids:
             text.yview(self.marks[self.row_ids.index(top_id)])
 
@@ -243,6 +287,9 @@ class MessageList:
         text = self.text
         own = ("own",) if row.own else ()
         tag = "row:" + row.id
+        if row.marker:
+            text.insert("insert_row", f"———  {row.text}  ———\n", ("marker", tag))
+            return
         text.insert(
             "insert_row", row.sender, ("own_sender" if row.own else "sender", "sender", tag, *own)
         )
@@ -273,10 +320,31 @@ class MessageList:
         # scrolled fully down, Tk may report 0.9988 (the empty line after the last newline).
         return self.text.bbox("end-2c") is not None or self.text.yview()[1] >= 1.0
 
+    def _resized(self, _event: object) -> None:
+        if self.stuck:
+            self.text.see("end")
+
+    def scroll_to_bottom(self) -> None:
+        self.text.see("end")
+        self.stuck = True
+
+    def show_jump(self, label: str) -> None:
+        if label:
+            self.jump_button.configure(text=label)
+            self.jump_button.place(in_=self.text, relx=1.0, rely=1.0, x=-14, y=-10, anchor="se")
+        else:
+            self.jump_button.place_forget()
+
     def _report_scroll(self) -> None:
         self._scroll_pending = False
+        height = self.text.winfo_height()
+        if self.stuck and height != self._height:
+            # The window was resized, the reader did not scroll: keep the newest in view.
+            self.text.see("end")
+        self._height = height
         first, last = self.text.yview()
-        if self._bottom_visible():
+        self.stuck = self._bottom_visible()
+        if self.stuck:
             last = 1.0
         if (first, last) != self._last_scroll or first <= 0.0:
             self._last_scroll = (first, last)
@@ -341,6 +409,10 @@ class ChatScreen(ttk.Frame):
         self.chat_list.tag_configure("unread", font=("TkDefaultFont", 10, "bold"))
         self.chat_list.pack(fill="both", expand=True, pady=(6, 0))
         self.chat_list.bind("<<TreeviewSelect>>", self._chat_selected)
+        # A chat chosen with the mouse (or Enter) is for writing in: typing goes to the
+        # composer. The arrow keys still walk the list.
+        self.chat_list.bind("<ButtonRelease-1>", self._chat_clicked)
+        self.chat_list.bind("<Return>", lambda _e: self.composer.focus_set())
         self._updating_list = False
 
         self.people_query = tk.StringVar(self)
@@ -350,8 +422,10 @@ class ChatScreen(ttk.Frame):
         self.people_query.trace_add("write", lambda *_a: self._people_query_changed())
         self.people_list = ttk.Treeview(people, show="tree", selectmode="browse")
         self.people_list.pack(fill="both", expand=True, pady=(6, 0))
+        self.people_list.bind("<ButtonRelease-1>", self._person_clicked)
         self.people_list.bind("<Double-Button-1>", self._person_chosen)
         self.people_list.bind("<Return>", self._person_chosen)
+        self._people_names: dict[str, str] = {}
         self.more_people_button = ttk.Button(
             people, text=_("Show more"), style="Link.TButton", command=self._more_people
         )
@@ -375,10 +449,25 @@ class ChatScreen(ttk.Frame):
         self._search_job = None
         self.window.presenter.search_people(self.people_query.get())
 
+    def _chat_clicked(self, event: tk.Event[Any]) -> None:
+        if self.chat_list.identify_row(event.y):
+            self.composer.focus_set()
+
+    def _person_clicked(self, event: tk.Event[Any]) -> None:
+        row = self.people_list.identify_row(event.y)
+        if row:
+            self._open_person(row)
+
     def _person_chosen(self, _event: object = None) -> None:
         selection = self.people_list.selection()
         if selection:
-            self.window.presenter.open_dm(self.people_list.item(selection[0], "text").strip())
+            self._open_person(selection[0])
+
+    def _open_person(self, row: str) -> None:
+        name = self._people_names.get(row)
+        if name is not None:
+            self.window.presenter.open_dm(name)
+            self.composer.focus_set()
 
     def _more_people(self) -> None:
         self.window.presenter.more_people()
@@ -414,9 +503,12 @@ class ChatScreen(ttk.Frame):
     def show_people(self, rows: Sequence[PersonRow], more: bool) -> None:
         tree = self.people_list
         tree.delete(*tree.get_children())
+        self._people_names = {}
         for row in rows:
             label = "  " + row.name + (_(" (you)") if row.me else "")
-            tree.insert("", "end", text=label, image=self.dots[row.online])
+            self._people_names[tree.insert("", "end", text=label, image=self.dots[row.online])] = (
+                row.name
+            )
         if more:
             self.more_people_button.pack(fill="x", pady=4)
         else:
@@ -573,6 +665,8 @@ class Switcher(tk.Toplevel):
             key = self.row_keys[current[0]]
             self.destroy()
             self.window.presenter.switcher_choose(key)
+            # Back in the main window, ready to write (the switcher had the focus).
+            self.window.chat.composer.focus_force()
         return "break"
 
 
@@ -592,6 +686,7 @@ class MainWindow:
         root.bind("<Control-K>", lambda _e: self.open_switcher())
         root.bind("<FocusIn>", self._focus_in, add=True)
         root.bind("<FocusOut>", self._focus_out, add=True)
+        bind_select_all(root)
         self._focused = True
 
     @property
@@ -670,6 +765,12 @@ class MainWindow:
 
     def show_status(self, status: Status) -> None:
         self.chat.show_status(status)
+
+    def show_jump(self, text: str) -> None:
+        self.chat.messages.show_jump(text)
+
+    def scroll_to_bottom(self) -> None:
+        self.chat.messages.scroll_to_bottom()
 
     def show_people(self, rows: Sequence[PersonRow], more: bool) -> None:
         self.chat.show_people(rows, more)
