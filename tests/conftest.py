@@ -41,6 +41,7 @@ def test_settings(tmp_path: Path, **limits: object) -> Settings:
         message_rate=10_000.0,
         message_burst=10_000,
         max_connections_per_address=1000,
+        max_connections_per_user=1000,
         registrations_per_address=(1000.0, 10_000),
     )
     return Settings(

@@ -870,9 +870,9 @@ async def test_a_closed_connection_receives_nothing_more(world: World) -> None:
 # -- reply size -------------------------------------------------------------------------------
 
 
-async def test_history_replies_fit_the_send_buffer(make_world: Callable[..., World]) -> None:
-    # Half the send buffer holds three of these messages but not four.
-    world = make_world(send_buffer_bytes=20_000)
+async def test_history_replies_stop_at_the_reply_limit(make_world: Callable[..., World]) -> None:
+    # The reply limit holds three of these messages but not four.
+    world = make_world(max_reply_bytes=10_000)
     alice = await world.user("alice")
     for i in range(10):
         await world.send(alice, f"{i}" + "x" * 3000)
@@ -887,8 +887,8 @@ async def test_history_replies_fit_the_send_buffer(make_world: Callable[..., Wor
     assert seqs == [[8, 9, 10], [5, 6, 7], [2, 3, 4], [1]]
 
 
-async def test_sync_replies_fit_the_send_buffer(make_world: Callable[..., World]) -> None:
-    world = make_world(send_buffer_bytes=20_000)
+async def test_sync_replies_stop_at_the_reply_limit(make_world: Callable[..., World]) -> None:
+    world = make_world(max_reply_bytes=10_000)
     alice, bob = await world.user("alice"), await world.user("bob")
     sent = [await world.send(alice, f"g{i}" + "x" * 3000) for i in range(5)]
     sent += [await world.dm(alice, "bob", f"d{i}" + "y" * 3000) for i in range(5)]
@@ -907,7 +907,7 @@ async def test_sync_replies_fit_the_send_buffer(make_world: Callable[..., World]
 async def test_a_message_larger_than_the_budget_still_comes_through(
     make_world: Callable[..., World],
 ) -> None:
-    world = make_world(send_buffer_bytes=4_000)
+    world = make_world(max_reply_bytes=2_000)
     alice = await world.user("alice")
     sent = [await world.send(alice, "z" * schema.MAX_TEXT_CHARS) for _ in range(3)]
     page = await world.call(alice, schema.History, conversation=GENERAL)

@@ -176,6 +176,61 @@ EVERY_REQUEST = [
         schema.Watch(id=14, users=["alice", "Борис"]),
     ),
     ({"type": "watch", "id": 15, "users": []}, schema.Watch(id=15, users=[])),
+    (
+        {"type": "post", "id": 16, "conversation": "c:3", "client_id": "c3", "text": "@anna hi"},
+        schema.Post(id=16, conversation="c:3", client_id="c3", text="@anna hi"),
+    ),
+    (
+        {"type": "create_channel", "id": 17, "name": "проект", "public": False},
+        schema.CreateChannel(id=17, name="проект", public=False),
+    ),
+    (
+        {"type": "create_group", "id": 18, "members": ["anna", "boris"]},
+        schema.CreateGroup(id=18, members=["anna", "boris"]),
+    ),
+    ({"type": "join", "id": 19, "conversation": "c:1"}, schema.Join(id=19, conversation="c:1")),
+    ({"type": "leave", "id": 20, "conversation": "c:1"}, schema.Leave(id=20, conversation="c:1")),
+    (
+        {"type": "invite", "id": 21, "conversation": "c:1", "users": ["anna"]},
+        schema.Invite(id=21, conversation="c:1", users=["anna"]),
+    ),
+    (
+        {"type": "remove", "id": 22, "conversation": "c:1", "user": "anna"},
+        schema.Remove(id=22, conversation="c:1", user="anna"),
+    ),
+    (
+        {"type": "set_role", "id": 23, "conversation": "c:1", "user": "anna", "role": "admin"},
+        schema.SetRole(id=23, conversation="c:1", user="anna", role="admin"),
+    ),
+    (
+        {"type": "rename", "id": 24, "conversation": "c:1", "name": "ops"},
+        schema.Rename(id=24, conversation="c:1", name="ops"),
+    ),
+    (
+        {"type": "set_topic", "id": 25, "conversation": "c:1", "topic": "Deploys"},
+        schema.SetTopic(id=25, conversation="c:1", topic="Deploys"),
+    ),
+    (
+        {"type": "archive", "id": 26, "conversation": "c:1"},
+        schema.Archive(id=26, conversation="c:1"),
+    ),
+    (
+        {"type": "conversation", "id": 27, "conversation": "c:1"},
+        schema.ConversationRequest(id=27, conversation="c:1"),
+    ),
+    (
+        {"type": "members", "id": 28, "conversation": "c:1", "limit": 5},
+        schema.Members(id=28, conversation="c:1", limit=5),
+    ),
+    ({"type": "channels", "id": 29, "query": "pro"}, schema.Channels(id=29, query="pro")),
+    (
+        {"type": "read", "id": 30, "conversation": "c:1", "seq": 7},
+        schema.Read(id=30, conversation="c:1", seq=7),
+    ),
+    (
+        {"type": "typing", "id": 31, "conversation": "c:1"},
+        schema.Typing(id=31, conversation="c:1"),
+    ),
 ]
 
 

@@ -69,6 +69,7 @@ def test_hello_advertises_the_declared_limits() -> None:
     advertised = config.advertised_limits(Limits(auth_timeout=3.0))
     assert advertised == {
         "max_line_bytes": 262_144,
+        "max_reply_bytes": 1_000_000,
         "auth_timeout": 3.0,
         "message_rate": 20.0,
         "message_burst": 100,

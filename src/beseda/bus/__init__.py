@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..protocol.errors import BesedaError
-from ..protocol.schema import Message
+from ..protocol.schema import Entry
 
 
 class BusError(BesedaError):
@@ -20,13 +20,21 @@ class BusError(BesedaError):
 
 
 @dataclass(frozen=True, slots=True)
-class MessagePosted:
-    """A committed message to deliver to ``recipients`` (user ids; ``None`` means everyone)."""
+class EntryPosted:
+    """A committed entry to deliver to ``recipients`` (user ids; ``None`` means everyone)."""
 
-    message: Message
-    recipients: tuple[int, ...] | None
+    entry: Entry
+    recipients: frozenset[int] | tuple[int, ...] | None
+    """The conversation's members at the entry's place in the stream (for a removal, the
+    removed member too, who gets that entry and nothing after it)."""
     origin: int | None = None
     """The connection that sent it (it gets the acknowledgement instead)."""
+    legacy: bool = False
+    """Shown to version-2 connections too (an entry of General or a direct conversation)."""
+
+
+MessagePosted = EntryPosted
+"""The version-2 name of :class:`EntryPosted`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +44,27 @@ class PresenceChanged:
     online: bool
 
 
-BusEvent = MessagePosted | PresenceChanged
+@dataclass(frozen=True, slots=True)
+class ReadMoved:
+    """A user's read marker moved: their other connections are told."""
+
+    user_id: int
+    conversation: str
+    seq: int
+    origin: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TypingStarted:
+    """Ephemeral: ``name`` is typing in ``conversation``; never stored."""
+
+    conversation: str
+    user_id: int
+    name: str
+    recipients: frozenset[int] | tuple[int, ...] | None
+
+
+BusEvent = EntryPosted | PresenceChanged | ReadMoved | TypingStarted
 
 
 class Bus(Protocol):

@@ -60,6 +60,14 @@ MESSAGE_TOO_LONG: Final = "message_too_long"
 CLIENT_ID_REUSED: Final = "client_id_reused"
 RATE_LIMITED: Final = "rate_limited"
 TOO_MANY_SESSIONS: Final = "too_many_sessions"
+# Conversations (version 3).
+NOT_A_MEMBER: Final = "not_a_member"
+NOT_ALLOWED: Final = "not_allowed"
+INVALID_NAME: Final = "invalid_name"
+TOPIC_TOO_LONG: Final = "topic_too_long"
+GROUP_SIZE: Final = "group_size"
+TOO_MANY_CONVERSATIONS: Final = "too_many_conversations"
+ARCHIVED: Final = "archived"
 # The server's side.
 STORAGE_UNAVAILABLE: Final = "storage_unavailable"
 INTERNAL_ERROR: Final = "internal_error"
@@ -71,6 +79,7 @@ SERVER_SHUTDOWN: Final = "server_shutdown"
 SERVER_FULL: Final = "server_full"
 SERVER_BUSY: Final = "server_busy"
 LINE_TIMEOUT: Final = "line_timeout"
+SESSION_ENDED: Final = "session_ended"
 
 MESSAGES: Final[dict[str, str]] = {
     BAD_JSON: "The line is not a valid UTF-8 JSON object.",
@@ -90,6 +99,13 @@ MESSAGES: Final[dict[str, str]] = {
     CLIENT_ID_REUSED: "This client_id was already used for a different message.",
     RATE_LIMITED: "Too many requests; slow down.",
     TOO_MANY_SESSIONS: "This account has the most connections allowed; close one first.",
+    NOT_A_MEMBER: "You are not a member of this conversation.",
+    NOT_ALLOWED: "Your role in this conversation does not allow that.",
+    INVALID_NAME: "That channel name is not allowed.",
+    TOPIC_TOO_LONG: "The topic is too long.",
+    GROUP_SIZE: "A group has 3 to 32 members.",
+    TOO_MANY_CONVERSATIONS: "You are in too many channels and groups.",
+    ARCHIVED: "The channel is archived.",
     STORAGE_UNAVAILABLE: "The server cannot store data right now; try again later.",
     INTERNAL_ERROR: "The server failed to handle the request.",
     AUTH_TIMEOUT: "No login within the time allowed.",
@@ -99,4 +115,5 @@ MESSAGES: Final[dict[str, str]] = {
     SERVER_FULL: "The server has the most connections it accepts; try again later.",
     SERVER_BUSY: "The server holds too much unfinished input; send whole lines.",
     LINE_TIMEOUT: "A line took too long to arrive; send whole lines.",
+    SESSION_ENDED: "The session was logged out; log in again.",
 }

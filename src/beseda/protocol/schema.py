@@ -36,6 +36,28 @@ MAX_WATCH: Final = 1000
 """Most names one ``watch`` request may list (a client shows the presence of a screenful or
 two of people, not of the whole directory)."""
 
+MAX_TOPIC_CHARS: Final = 250
+"""Longest channel topic, in code points."""
+MIN_GROUP_MEMBERS: Final = 3
+"""A group is created with at least this many people, its creator included."""
+MAX_GROUP_MEMBERS: Final = 32
+"""Most members a group may ever have."""
+MAX_INVITE: Final = 50
+"""Most names one ``create_channel``, ``create_group`` or ``invite`` request may list."""
+MAX_MEMBERSHIPS: Final = 1000
+"""Most channels and groups one user may be a member of at once (direct conversations and
+General do not count)."""
+MAX_MENTIONS: Final = 50
+"""Names after ``@`` looked up in one message; further ones are plain text."""
+MAX_UNREAD_COUNT: Final = 1000
+"""Unread and mention counts stop at this number (a client shows "1000+")."""
+MAX_REPLY_BYTES: Final = 1_000_000
+"""A reply that lists entries stops early (``more`` = true) before it would exceed this."""
+TYPING_INTERVAL: Final = 3.0
+"""Seconds: a user's ``typing`` in one conversation is passed on at most once per interval."""
+TYPING_EXPIRY: Final = 6.0
+"""Seconds after which a client stops showing a ``typing`` event it has not seen renewed."""
+
 RequestId = int | Annotated[str, msgspec.Meta(max_length=MAX_REQUEST_ID_CHARS)]
 ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CLIENT_ID_CHARS)]
 Seq = Annotated[int, msgspec.Meta(ge=0)]
@@ -55,22 +77,66 @@ class Base(msgspec.Struct, forbid_unknown_fields=False, omit_defaults=True):
 # ---------------------------------------------------------------------------------------------
 
 
-class Message(Base, kw_only=True):
-    """A stored message, as every party sees it."""
+class Entry(Base, kw_only=True):
+    """One entry of a conversation's stream: a message, or a change every member must see.
+
+    Every entry has the conversation's next ``seq``; ``history`` and ``sync`` return entries,
+    and a client resumes from the last ``seq`` it saw, whatever the kinds. A new kind of change
+    is a new ``kind`` with its own optional fields: clients skip kinds they do not know (they
+    still advance their cursor past them). A ``message`` entry has exactly the fields of a
+    version-2 ``Message``, plus ``mentions``.
+    """
 
     id: int
     """Server-wide unique id."""
     conversation: str
-    """``"general"`` or the id of a direct conversation, e.g. ``"dm:3:7"``."""
+    """``"general"``, ``"dm:LOW:HIGH"`` (user ids) or ``"c:N"`` (a channel or a group)."""
     seq: int
     """Gap-free, commit-ordered position within the conversation, starting at 1."""
+    kind: str = "message"
+    """One of :data:`ENTRY_KINDS`; absent means ``message``."""
     sender: str
+    """Who wrote the message or made the change."""
     to: str | None = None
-    """The recipient's name for a direct message; absent in the general room."""
-    text: str
+    """The recipient's name for a direct message (kept for version-2 clients)."""
+    text: str = ""
+    """The message's text (``message``)."""
     ts: int
     """Server time of storing, milliseconds since the Unix epoch (UTC)."""
-    client_id: str
+    client_id: str = ""
+    """The sender's id of the message, for exactly-once (``message``)."""
+    mentions: list[str] = []
+    """Members named with ``@name`` in a message (each as registered)."""
+    mention_all: bool = False
+    """The message mentions every member (``@channel``, ``@all``), as its sender may."""
+    target: str | None = None
+    """The member the change is about (``added``, ``removed``, ``role``)."""
+    name: str | None = None
+    """The channel's name (``created``, ``renamed``)."""
+    topic: str | None = None
+    """The channel's topic (``created``, ``topic``)."""
+    role: str | None = None
+    """The member's new role (``role``)."""
+
+
+Message = Entry
+"""Version 2 called entries messages; a message entry has the same fields."""
+
+ENTRY_KINDS: Final = (
+    "message",
+    "created",
+    "joined",
+    "left",
+    "added",
+    "removed",
+    "renamed",
+    "topic",
+    "archived",
+    "role",
+)
+
+CONVERSATION_KINDS: Final = ("channel", "group", "direct")
+ROLES: Final = ("owner", "admin", "member")
 
 
 class UserEntry(Base, kw_only=True):
@@ -86,6 +152,54 @@ class ConversationEntry(Base, kw_only=True):
     last_ts: int | None = None
 
 
+class ConversationInfo(Base, kw_only=True):
+    """A conversation as one member sees it (version 3)."""
+
+    conversation: str
+    kind: str
+    """``channel``, ``group`` or ``direct``."""
+    name: str | None = None
+    """A channel's name; absent for groups and direct conversations."""
+    peer: str | None = None
+    """The other party of a direct conversation."""
+    topic: str = ""
+    public: bool = False
+    """A public channel: anyone may find and join it."""
+    archived: bool = False
+    role: str | None = None
+    """The user's role (``owner``, ``admin``, ``member``); absent once they left."""
+    member: bool = True
+    """False when the user left or was removed (the conversation is kept for its history)."""
+    members: int = 0
+    """How many members it has now."""
+    last_seq: int = 0
+    last_ts: int | None = None
+    read_seq: int = 0
+    """The user's read marker: every entry up to this seq is read."""
+    unread: int = 0
+    """Messages of others after the read marker (counted up to :data:`MAX_UNREAD_COUNT`)."""
+    mentions: int = 0
+    """Of those, the ones that mention the user."""
+
+
+class MemberEntry(Base, kw_only=True):
+    name: str
+    role: str
+    online: bool
+
+
+class ChannelEntry(Base, kw_only=True):
+    """A channel in the directory (public ones, and private ones the user is in)."""
+
+    conversation: str
+    name: str
+    topic: str = ""
+    public: bool
+    archived: bool = False
+    members: int
+    joined: bool
+
+
 # ---------------------------------------------------------------------------------------------
 # Requests (client → server). Every request has a client-chosen ``id`` and gets one reply.
 # ---------------------------------------------------------------------------------------------
@@ -95,9 +209,14 @@ class Request(Base, tag_field="type", kw_only=True):
     id: RequestId
 
 
+ProtocolVersion = Annotated[int, msgspec.Meta(ge=1)]
+
+
 class Register(Request, tag="register"):
     username: ShortText
     password: ShortText
+    protocol: ProtocolVersion = 2
+    """The protocol version the client speaks (3 for everything below; 2 when absent)."""
 
 
 class Login(Request, tag="login"):
@@ -106,6 +225,8 @@ class Login(Request, tag="login"):
     username: ShortText | None = None
     password: ShortText | None = None
     token: ShortText | None = None
+    protocol: ProtocolVersion = 2
+    """The protocol version the client speaks (3 for everything below; 2 when absent)."""
 
 
 class Logout(Request, tag="logout"):
@@ -152,7 +273,119 @@ class Users(Request, tag="users"):
 
 
 class Conversations(Request, tag="conversations"):
-    """The conversations the user is in: general and every direct conversation."""
+    """The conversations the user is in, most recently active first, in pages (version 3;
+    version 2 gets general and its direct conversations, unpaged)."""
+
+    after: ShortText | None = None
+    limit: PageLimit = MAX_PAGE
+
+
+ConversationId = ShortText
+Names = Annotated[list[ShortText], msgspec.Meta(max_length=MAX_INVITE)]
+
+
+class Post(Request, tag="post"):
+    """Post a message into any conversation one is a member of (version 3)."""
+
+    conversation: ConversationId
+    client_id: ClientId
+    text: str
+
+
+class CreateChannel(Request, tag="create_channel"):
+    name: ShortText
+    public: bool = True
+    topic: ShortText = ""
+    members: Names = []
+    """People added at creation (besides the creator, who becomes its owner)."""
+
+
+class CreateGroup(Request, tag="create_group"):
+    members: Names
+    """The other people of the group (the creator is a member too)."""
+
+
+class Join(Request, tag="join"):
+    """Join a public channel."""
+
+    conversation: ConversationId
+
+
+class Leave(Request, tag="leave"):
+    conversation: ConversationId
+
+
+class Invite(Request, tag="invite"):
+    """Add people to a channel (owners and admins) or a group (any member)."""
+
+    conversation: ConversationId
+    users: Names
+
+
+class Remove(Request, tag="remove"):
+    """Remove a member from a channel (owners and admins)."""
+
+    conversation: ConversationId
+    user: ShortText
+
+
+class SetRole(Request, tag="set_role"):
+    """Make a channel member an admin, or an admin a member (owners and admins)."""
+
+    conversation: ConversationId
+    user: ShortText
+    role: ShortText
+
+
+class Rename(Request, tag="rename"):
+    conversation: ConversationId
+    name: ShortText
+
+
+class SetTopic(Request, tag="set_topic"):
+    conversation: ConversationId
+    topic: ShortText
+
+
+class Archive(Request, tag="archive"):
+    """Archive a channel: it stays readable, and nobody can post or join any more."""
+
+    conversation: ConversationId
+
+
+class ConversationRequest(Request, tag="conversation"):
+    """One conversation as the user sees it."""
+
+    conversation: ConversationId
+
+
+class Members(Request, tag="members"):
+    """A conversation's members, by name, in pages."""
+
+    conversation: ConversationId
+    after: ShortText | None = None
+    limit: PageLimit = DEFAULT_PAGE
+
+
+class Channels(Request, tag="channels"):
+    """The channel directory: public channels and the private ones the user is in."""
+
+    query: ShortText = ""
+    after: ShortText | None = None
+    limit: PageLimit = DEFAULT_PAGE
+
+
+class Read(Request, tag="read"):
+    """Move the read marker of a conversation forward to ``seq``."""
+
+    conversation: ConversationId
+    seq: Seq
+
+
+class Typing(Request, tag="typing"):
+    """The user is typing in a conversation (an ephemeral event to its other members)."""
+
+    conversation: ConversationId
 
 
 class Ping(Request, tag="ping"):
@@ -178,6 +411,22 @@ AnyRequest = (
     | Conversations
     | Ping
     | Watch
+    | Post
+    | CreateChannel
+    | CreateGroup
+    | Join
+    | Leave
+    | Invite
+    | Remove
+    | SetRole
+    | Rename
+    | SetTopic
+    | Archive
+    | ConversationRequest
+    | Members
+    | Channels
+    | Read
+    | Typing
 )
 REQUEST_TYPES: Final = frozenset(
     t.__struct_config__.tag
@@ -193,6 +442,22 @@ REQUEST_TYPES: Final = frozenset(
         Conversations,
         Ping,
         Watch,
+        Post,
+        CreateChannel,
+        CreateGroup,
+        Join,
+        Leave,
+        Invite,
+        Remove,
+        SetRole,
+        Rename,
+        SetTopic,
+        Archive,
+        ConversationRequest,
+        Members,
+        Channels,
+        Read,
+        Typing,
     )
 )
 
@@ -233,6 +498,53 @@ class SyncResult(Base, kw_only=True):
     """Oldest first within each conversation."""
     more: bool
     """True when the page was full: ask again with the advanced cursors."""
+
+
+class PostResult(Base, kw_only=True):
+    """The acknowledgement of ``post`` (version 3): the entry as stored, after its commit."""
+
+    entry: Entry
+    duplicate: bool = False
+
+
+class EntriesResult(Base, kw_only=True):
+    """Reply to ``history`` and ``sync`` in version 3."""
+
+    conversation: str | None = None
+    """The conversation of a ``history`` page."""
+    entries: list[Entry]
+    """Oldest first within each conversation."""
+    more: bool
+    """``history``: older entries exist (ask with ``before`` = ``entries[0].seq``); ``sync``:
+    the page was full (ask again with the advanced cursors)."""
+
+
+class ConversationResult(Base, kw_only=True):
+    conversation: ConversationInfo
+
+
+class ConversationsPage(Base, kw_only=True):
+    """Reply to ``conversations`` in version 3."""
+
+    conversations: list[ConversationInfo]
+    next: str | None = None
+    """Pass as ``after`` to get the next page; absent on the last page."""
+
+
+class MembersResult(Base, kw_only=True):
+    members: list[MemberEntry]
+    next: str | None = None
+
+
+class ChannelsResult(Base, kw_only=True):
+    channels: list[ChannelEntry]
+    next: str | None = None
+
+
+class ReadResult(Base, kw_only=True):
+    conversation: str
+    seq: int
+    """The read marker now (never moves back; never past the last entry)."""
 
 
 class UsersResult(Base, kw_only=True):
@@ -281,6 +593,26 @@ class MessageEvent(ServerMessage, tag="message"):
     message: Message
 
 
+class EntryEvent(ServerMessage, tag="entry"):
+    """A new entry of a conversation the user is a member of (version 3)."""
+
+    entry: Entry
+
+
+class ReadEvent(ServerMessage, tag="read"):
+    """The user's read marker moved (on another of their connections)."""
+
+    conversation: str
+    seq: int
+
+
+class TypingEvent(ServerMessage, tag="typing"):
+    """Someone is typing in a conversation; show it for :data:`TYPING_EXPIRY` seconds."""
+
+    conversation: str
+    user: str
+
+
 class PresenceEvent(ServerMessage, tag="presence"):
     user: str
     online: bool
@@ -301,6 +633,17 @@ class Bye(ServerMessage, tag="bye"):
     message: str
 
 
-AnyServerMessage = Result | Error | MessageEvent | PresenceEvent | Hello | Bye
-PROTOCOL_VERSION: Final = 2
-"""2: ``presence`` events go only to connections that ``watch`` the user (1: to everyone)."""
+AnyServerMessage = (
+    Result
+    | Error
+    | MessageEvent
+    | EntryEvent
+    | ReadEvent
+    | TypingEvent
+    | PresenceEvent
+    | Hello
+    | Bye
+)
+PROTOCOL_VERSION: Final = 3
+"""3: conversations (channels, groups), entries, read markers, mentions, typing.
+2: ``presence`` events go only to connections that ``watch`` the user (1: to everyone)."""

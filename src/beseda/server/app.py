@@ -72,7 +72,9 @@ class Server:
     async def start(self) -> None:
         try:
             await self.storage.open()
+            await self.chat.open()
         except Exception as exc:
+            await self.storage.close()
             raise StartupError(str(exc)) from exc
         try:
             context = self._tls_context()

@@ -18,22 +18,49 @@ order, and acknowledged in request order by the transport.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+import unicodedata
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 import msgspec
 
-from ..bus import Bus, MessagePosted, PresenceChanged
+from ..bus import Bus, EntryPosted, PresenceChanged, ReadMoved, TypingStarted
 from ..protocol import errors, schema
 from ..protocol.errors import ProtocolError
 from ..protocol.schema import GENERAL
-from ..storage import LookAlikeNameError, NameTakenError, NewMessage, Storage, UserRecord
+from ..storage import (
+    LookAlikeNameError,
+    MemberChange,
+    NameTakenError,
+    NewConversation,
+    NewEntry,
+    NewMessage,
+    Storage,
+    UserRecord,
+)
 from . import accounts
 from .config import Limits
+from .conversations import (
+    ADMIN,
+    CHANNEL,
+    DIRECT,
+    GROUP,
+    MEMBER,
+    OWNER,
+    Conversation,
+    Index,
+    Membership,
+    dm_conversation,
+    dm_members,
+    is_canonical_id,
+    mentioned_names,
+    unknown,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +74,9 @@ class Peer(Protocol):
     def deliver(self, data: bytes) -> None:
         """Queue already-encoded lines for sending; never blocks."""
 
+    def close(self, code: str, message: str | None = None) -> None:
+        """Say why in a ``bye``, then close."""
+
 
 @dataclass(eq=False, slots=True)
 class Session:
@@ -57,6 +87,12 @@ class Session:
     token_hash: bytes | None = None
     last_write: asyncio.Future[msgspec.Struct] | None = None
     """The reply of the newest message in flight (queued, not yet committed), if any."""
+    protocol: int = 2
+    """The protocol version the client said it speaks at login (2 when it said nothing)."""
+
+    @property
+    def user_id(self) -> int | None:
+        return None if self.user is None else self.user.id
 
 
 class Hub(Protocol):
@@ -70,19 +106,8 @@ class Hub(Protocol):
     def watch(self, session: Session, user_ids: Iterable[int]) -> None:
         """Replace the session's watch set: it gets the presence changes of these users."""
 
-
-def dm_conversation(a: int, b: int) -> str:
-    """The id of the direct conversation between two user ids (order does not matter)."""
-    low, high = sorted((a, b))
-    return f"dm:{low}:{high}"
-
-
-def dm_members(conversation: str) -> tuple[int, int] | None:
-    """The two user ids of a direct conversation id, or None when it is not one."""
-    parts = conversation.split(":")
-    if len(parts) != 3 or parts[0] != "dm" or not all(p.isdigit() for p in parts[1:]):
-        return None
-    return int(parts[1]), int(parts[2])
+    def sessions_of_token(self, token_hash: bytes) -> list[Session]:
+        """The attached sessions logged in with this token."""
 
 
 def _now_ms() -> int:
@@ -128,6 +153,20 @@ class Chat:
         self._message_rate = accounts.TokenBucket(limits.message_rate, limits.message_burst)
         self._user_cache: OrderedDict[str, UserRecord] = OrderedDict()
         self._registrations = accounts.TokenBucket(*limits.registrations_per_address)
+        self._channel_creations = accounts.TokenBucket(
+            limits.channels_per_hour / 3600, max(1.0, limits.channels_per_hour)
+        )
+        self._invitations = accounts.TokenBucket(
+            limits.invitations_per_minute / 60, max(1.0, limits.invitations_per_minute)
+        )
+        self._typing: OrderedDict[tuple[int, str], float] = OrderedDict()
+        """(user, conversation) → when its last typing event was passed on, oldest first."""
+        self._reads = _ReadSlots(limits.reads_per_user)
+        # A reply larger than a connection may hold unsent would get its reader dropped as a
+        # slow consumer, and the same reply, and drop, at every retry.
+        self._reply_bytes = min(limits.max_reply_bytes, limits.send_buffer_bytes // 2)
+        self.index = Index()
+        """Every conversation and membership (see ``conversations.py``)."""
         self._handlers: dict[type[schema.Request], Callable[..., Awaitable[Outcome]]] = {
             schema.Register: self._register,
             schema.Login: self._login,
@@ -140,7 +179,29 @@ class Chat:
             schema.Conversations: self._conversations,
             schema.Ping: self._ping,
             schema.Watch: self._watch,
+            schema.Post: self._post_request,
+            schema.CreateChannel: self._create_channel,
+            schema.CreateGroup: self._create_group,
+            schema.Join: self._join,
+            schema.Leave: self._leave,
+            schema.Invite: self._invite,
+            schema.Remove: self._remove,
+            schema.SetRole: self._set_role,
+            schema.Rename: self._rename,
+            schema.SetTopic: self._set_topic,
+            schema.Archive: self._archive,
+            schema.ConversationRequest: self._conversation,
+            schema.Members: self._members,
+            schema.Channels: self._channels,
+            schema.Read: self._read,
+            schema.Typing: self._typing_request,
         }
+
+    async def open(self) -> None:
+        """Load the conversation index from storage (once, after the storage opened)."""
+        self.index.load(
+            await self._storage.load_conversations(), await self._storage.load_members()
+        )
 
     async def handle(self, session: Session, request: schema.AnyRequest) -> msgspec.Struct:
         """Carry out one request; returns the reply data or raises ``ProtocolError``."""
@@ -162,7 +223,9 @@ class Chat:
         ):
             raise ProtocolError(errors.NOT_AUTHENTICATED)
         pending = session.last_write
-        if pending is not None and not isinstance(request, schema.Send | schema.DirectMessage):
+        if pending is not None and not isinstance(
+            request, schema.Send | schema.DirectMessage | schema.Post | schema.Typing
+        ):
             # Anything else sees this connection's messages: a history or sync asked right
             # after a send includes it, and a logout comes after it.
             await asyncio.wait((pending,))
@@ -199,6 +262,11 @@ class Chat:
         except NameTakenError:
             raise ProtocolError(errors.NAME_TAKEN, f"The name {name!r} is taken.") from None
         self._remember(user)
+        # Everyone is in General, from its first entry.
+        general = self.index.conversations[GENERAL]
+        self.index.join(general, user.id, MEMBER, 1)
+        await self._storage.set_members(GENERAL, [MemberChange(user.id)])
+        session.protocol = request.protocol
         return await self._start_session(session, user)
 
     async def _login(self, session: Session, request: schema.Login) -> schema.AuthResult:
@@ -212,6 +280,7 @@ class Chat:
             if user is None:
                 self._throttle.failed(None, address, self._monotonic())
                 raise ProtocolError(errors.BAD_CREDENTIALS, "The session token is not valid.")
+            session.protocol = request.protocol
             return await self._authenticate(session, user, request.token, token_hash)
         if request.username is None or request.password is None:
             raise ProtocolError(
@@ -243,11 +312,17 @@ class Chat:
                 log.info("conn %d: hash upgrade postponed", session.peer.conn_id)
             else:
                 await self._storage.set_password_hash(user.id, new_hash)
+        session.protocol = request.protocol
         return await self._start_session(session, user)
 
     async def _logout(self, session: Session, request: schema.Logout) -> schema.Empty:
-        if session.token_hash is not None:
-            await self._storage.delete_token(session.token_hash)
+        token_hash = session.token_hash
+        if token_hash is not None:
+            await self._storage.delete_token(token_hash)
+            # The token is dead: so is every other connection that logged in with it.
+            for other in self._hub.sessions_of_token(token_hash):
+                if other is not session:
+                    other.peer.close(errors.SESSION_ENDED)
         await self._sign_out(session)
         return schema.Empty()
 
@@ -290,21 +365,64 @@ class Chat:
 
     async def _send(self, session: Session, request: schema.Send) -> Outcome:
         assert session.user is not None
-        return await self._post(session, session.user, None, request.client_id, request.text)
+        general = self.index.conversations[GENERAL]
+        return await self._post(session, general, None, request.client_id, request.text)
 
     async def _direct_message(self, session: Session, request: schema.DirectMessage) -> Outcome:
         assert session.user is not None
         recipient = await self._user_named(request.to)
-        return await self._post(session, session.user, recipient, request.client_id, request.text)
+        conversation = self._direct_with(session.user, recipient)
+        return await self._post(session, conversation, recipient, request.client_id, request.text)
+
+    async def _post_request(self, session: Session, request: schema.Post) -> Outcome:
+        user = session.user
+        assert user is not None
+        conversation_id = self._conversation_id(session, request.conversation)
+        recipient = None
+        pair = dm_members(conversation_id)
+        if pair is not None and self.index.get(conversation_id) is None and user.id in pair:
+            # The first message of a direct conversation creates it, as ``dm`` does.
+            other = pair[1] if pair[0] == user.id else pair[0]
+            found = await self._storage.users_by_ids([other])
+            if not found:
+                raise unknown(conversation_id)
+            recipient = found[0]
+            conversation = self._direct_with(user, recipient)
+        else:
+            conversation = self.index.require_member(user.id, conversation_id)
+            if pair is not None:
+                other = pair[1] if pair[0] == user.id else pair[0]
+                found = await self._storage.users_by_ids([other])
+                recipient = found[0] if found else None
+        return await self._post(
+            session, conversation, recipient, request.client_id, request.text, v3=True
+        )
+
+    def _direct_with(self, user: UserRecord, other: UserRecord) -> Conversation:
+        """The direct conversation of two users, made in the index when it is new (its row is
+        created with its first message)."""
+        conversation_id = dm_conversation(user.id, other.id)
+        conversation = self.index.get(conversation_id)
+        if conversation is None:
+            conversation = Conversation(conversation_id, DIRECT)
+            self.index.add_conversation(conversation)
+            self.index.join(conversation, user.id, MEMBER, 1)
+            if other.id != user.id:
+                self.index.join(conversation, other.id, MEMBER, 1)
+        return conversation
 
     async def _post(
         self,
         session: Session,
-        sender: UserRecord,
+        conversation: Conversation,
         recipient: UserRecord | None,
         client_id: str,
         text: str,
+        *,
+        v3: bool = False,
     ) -> Outcome:
+        sender = session.user
+        assert sender is not None
         if not text.strip():
             raise ProtocolError(errors.EMPTY_MESSAGE)
         if len(text) > schema.MAX_TEXT_CHARS:
@@ -313,6 +431,9 @@ class Chat:
                 f"A message may have at most {schema.MAX_TEXT_CHARS} characters; "
                 f"this one has {len(text)}.",
             )
+        if conversation.archived:
+            raise ProtocolError(errors.ARCHIVED)
+        mentions, mention_all = await self._mentions(sender, conversation, text)
         # Over the rate, hold the message instead of refusing it while the backlog is short:
         # a connection's requests are handled in order, so a fast sender is paced at the
         # rate, keeps its order and needs no retries. Only a longer backlog is refused.
@@ -323,15 +444,28 @@ class Chat:
             raise ProtocolError(errors.RATE_LIMITED, retry_after=round(max(retry, 0.001), 3))
         if wait > 0:
             await self._sleep(wait)
-        conversation = GENERAL if recipient is None else dm_conversation(sender.id, recipient.id)
+            if not conversation.is_member(sender.id):  # removed while the message was held
+                raise unknown(conversation.id)
+        conversation_id = conversation.id
         appended = self._storage.append_message(
-            NewMessage(conversation, sender, recipient, client_id, text, self._clock())
+            NewMessage(
+                conversation_id,
+                sender,
+                recipient,
+                client_id,
+                text,
+                self._clock(),
+                mentions=mentions,
+                mention_all=mention_all,
+            )
         )
         result: asyncio.Future[msgspec.Struct] = asyncio.get_running_loop().create_future()
-        recipients = None if recipient is None else (sender.id, recipient.id)
+        # The members now, at the message's place in the stream (the set is never mutated).
+        recipients = None if conversation.everyone else conversation.members
+        legacy = conversation.everyone or conversation.kind == DIRECT
         origin = session.peer.conn_id
 
-        def committed(appended: asyncio.Future[tuple[schema.Message, bool]]) -> None:
+        def committed(appended: asyncio.Future[tuple[schema.Entry, bool]]) -> None:
             # Runs from the commit, in commit order, before anything else can run: so the
             # bus gets messages in commit order, and before the sender's acknowledgement.
             if session.last_write is result:
@@ -345,16 +479,43 @@ class Chat:
                 return
             stored, duplicate = appended.result()
             if duplicate:
-                if stored.conversation != conversation or stored.text != text:
+                if stored.conversation != conversation_id or stored.text != text:
                     result.set_exception(ProtocolError(errors.CLIENT_ID_REUSED))
                     return
             else:
-                self._bus.publish(MessagePosted(stored, recipients, origin))
-            result.set_result(schema.SendResult(message=stored, duplicate=duplicate))
+                if stored.seq > conversation.last_seq:
+                    conversation.last_seq, conversation.last_ts = stored.seq, stored.ts
+                self._bus.publish(EntryPosted(stored, recipients, origin, legacy))
+            if v3:
+                result.set_result(schema.PostResult(entry=stored, duplicate=duplicate))
+            else:
+                result.set_result(schema.SendResult(message=stored, duplicate=duplicate))
 
         appended.add_done_callback(committed)
         session.last_write = result
         return result
+
+    async def _mentions(
+        self, sender: UserRecord, conversation: Conversation, text: str
+    ) -> tuple[tuple[UserRecord, ...], bool]:
+        """The members a message mentions (by ``@name``; not the sender), and whether it
+        mentions everyone (only where the sender may, see ``Index.may_mention_all``)."""
+        if "@" not in text:
+            return (), False
+        names, everyone = mentioned_names(text, schema.MAX_MENTIONS)
+        found: dict[int, UserRecord] = {}
+        for name in names:
+            key = accounts.canonical_name(name)
+            user = self._user_cache.get(key)
+            if user is None:
+                user = await self._storage.user_by_key(key)
+                if user is None:
+                    continue
+                self._remember(user)
+            if user.id != sender.id and conversation.is_member(user.id):
+                found[user.id] = user
+        everyone = everyone and self.index.may_mention_all(sender.id, conversation)
+        return tuple(found.values()), everyone
 
     async def _user_named(self, name: str) -> UserRecord:
         key = accounts.canonical_name(name)
@@ -362,7 +523,7 @@ class Chat:
         if user is None:
             user = await self._storage.user_by_key(key)
             if user is None:
-                raise ProtocolError(errors.UNKNOWN_USER, f"No user is named {name!r}.")
+                raise ProtocolError(errors.UNKNOWN_USER, f"No user is named {name[:64]!r}.")
             self._remember(user)
         return user
 
@@ -376,73 +537,100 @@ class Chat:
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def _history(self, session: Session, request: schema.History) -> schema.HistoryResult:
-        assert session.user is not None
+    def _conversation_id(self, session: Session, raw: str) -> str:
+        """``raw`` if it is a conversation id in its exact canonical form (and, for a
+        version-2 client, one of General or a direct conversation)."""
+        if not is_canonical_id(raw) or (session.protocol < 3 and raw.startswith("c:")):
+            raise unknown(raw)
+        return raw
+
+    async def _history(self, session: Session, request: schema.History) -> msgspec.Struct:
+        user = session.user
+        assert user is not None
         if (request.conversation is None) == (request.peer is None):
             raise ProtocolError(
                 errors.BAD_REQUEST, "history needs exactly one of conversation or peer."
             )
         if request.peer is not None:
             peer = await self._user_named(request.peer)
-            conversation = dm_conversation(session.user.id, peer.id)
+            conversation_id = dm_conversation(user.id, peer.id)
+            conversation = self.index.get(conversation_id)
         else:
             assert request.conversation is not None
-            conversation = request.conversation
-            self._require_member(session.user, conversation)
-        messages, more = await self._storage.history(conversation, request.before, request.limit)
-        # Keep the newest messages that fit; the client pages back for the rest.
-        kept = self._fitting(reversed(messages))
-        if kept < len(messages):
-            messages, more = messages[len(messages) - kept :], True
-        return schema.HistoryResult(conversation=conversation, messages=messages, more=more)
+            conversation_id = self._conversation_id(session, request.conversation)
+            pair = dm_members(conversation_id)
+            if pair is not None and user.id in pair:
+                conversation = self.index.get(conversation_id)  # empty until its first message
+            else:
+                conversation = self.index.require_readable(user.id, conversation_id)
+        readable = None if conversation is None else self.index.readable(user.id, conversation)
+        if readable is None:
+            entries: list[schema.Entry] = []
+            more = False
+        else:
+            floor, ceiling = readable
+            async with self._reads.slot(user.id):
+                entries, more = await self._storage.history(
+                    conversation_id,
+                    request.before,
+                    request.limit,
+                    floor=floor,
+                    ceiling=ceiling,
+                    max_bytes=self._reply_bytes,
+                )
+        if session.protocol < 3:
+            return schema.HistoryResult(conversation=conversation_id, messages=entries, more=more)
+        return schema.EntriesResult(conversation=conversation_id, entries=entries, more=more)
 
-    def _fitting(self, messages: Iterable[schema.Message]) -> int:
-        """How many of ``messages`` (at least one) fit in one reply.
+    async def _sync(self, session: Session, request: schema.Sync) -> msgspec.Struct:
+        user = session.user
+        assert user is not None
+        cursors = request.cursors
+        ranges: dict[str, tuple[int, int | None]] = {}
+        legacy = session.protocol < 3
+        seen_general = False
+        for conversation, membership in self.index.of_user(user.id):
+            seen_general = seen_general or conversation.everyone
+            if legacy and not (conversation.everyone or conversation.kind == DIRECT):
+                continue
+            if not membership.active and conversation.id not in cursors:
+                continue  # left before this client knew it: nothing to catch up on
+            self._add_range(ranges, user.id, conversation, cursors.get(conversation.id, 0))
+        if not seen_general:
+            general = self.index.conversations[GENERAL]
+            self._add_range(ranges, user.id, general, cursors.get(GENERAL, 0))
+        if ranges:
+            async with self._reads.slot(user.id):
+                entries, more = await self._storage.entries_after(
+                    ranges, request.limit, max_bytes=self._reply_bytes
+                )
+        else:
+            entries, more = [], False
+        if legacy:
+            return schema.SyncResult(messages=entries, more=more)
+        return schema.EntriesResult(entries=entries, more=more)
 
-        A reply larger than a connection's send buffer would get its reader dropped as a slow
-        consumer, and it would get the same reply, and be dropped, every time it asked again.
-        """
-        budget = self._limits.send_buffer_bytes // 2
-        chars = size = count = 0
-        for message in messages:
-            chars += len(message.text)
-            size += len(msgspec.json.encode(message)) + 1
-            if count and (chars > schema.MAX_SYNC_CHARS or size > budget):
-                break
-            count += 1
-        return count
-
-    def _require_member(self, user: UserRecord, conversation: str) -> None:
-        if conversation == GENERAL:
+    def _add_range(
+        self,
+        ranges: dict[str, tuple[int, int | None]],
+        user_id: int,
+        conversation: Conversation,
+        cursor: int,
+    ) -> None:
+        readable = self.index.readable(user_id, conversation)
+        if readable is None:
             return
-        members = dm_members(conversation)
-        if members is None or user.id not in members:
-            # The same answer whether it does not exist or is someone else's.
-            raise ProtocolError(
-                errors.UNKNOWN_CONVERSATION, f"No conversation {conversation!r} is yours."
-            )
-
-    async def _sync(self, session: Session, request: schema.Sync) -> schema.SyncResult:
-        assert session.user is not None
-        conversations = await self._storage.conversations_of(session.user.id)
-        cursors = {}
-        for record in conversations:
-            after = request.cursors.get(record.conversation, 0)
-            if record.last_seq > after:
-                cursors[record.conversation] = after
-        if not cursors:
-            return schema.SyncResult(messages=[], more=False)
-        messages, more = await self._storage.messages_after(cursors, request.limit)
-        # Bound the reply's size too: a prefix (by id) keeps every conversation contiguous.
-        kept = self._fitting(messages)
-        if kept < len(messages):
-            return schema.SyncResult(messages=messages[:kept], more=True)
-        return schema.SyncResult(messages=messages, more=more)
+        floor, ceiling = readable
+        after = max(cursor, floor)
+        if ceiling > after:
+            ranges[conversation.id] = (after, ceiling)
 
     async def _users(self, session: Session, request: schema.Users) -> schema.UsersResult:
         query = accounts.canonical_name(request.query.strip())
         after = accounts.canonical_name(request.after) if request.after else None
-        records = await self._storage.list_users(query, after, request.limit + 1)
+        assert session.user is not None
+        async with self._reads.slot(session.user.id):
+            records = await self._storage.list_users(query, after, request.limit + 1)
         page = records[: request.limit]
         online = await self._bus.online([record.id for record in page])
         return schema.UsersResult(
@@ -468,17 +656,688 @@ class Chat:
 
     async def _conversations(
         self, session: Session, request: schema.Conversations
-    ) -> schema.ConversationsResult:
-        assert session.user is not None
-        records = await self._storage.conversations_of(session.user.id)
-        return schema.ConversationsResult(
-            conversations=[
-                schema.ConversationEntry(
-                    conversation=r.conversation, peer=r.peer, last_seq=r.last_seq, last_ts=r.last_ts
-                )
-                for r in records
-            ]
+    ) -> msgspec.Struct:
+        user = session.user
+        assert user is not None
+        mine = sorted(
+            self.index.of_user(user.id),
+            key=lambda item: (-(item[0].last_ts or 0), item[0].id),
         )
+        if not any(conversation.everyone for conversation, _ in mine):
+            general = self.index.conversations[GENERAL]
+            mine.append((general, Membership(MEMBER, 1)))
+        if session.protocol < 3:
+            # Version 2 knew General and direct conversations only, in one reply: the most
+            # recent ones that fit one page of the largest size.
+            legacy = [c for c, _ in mine if c.everyone or c.kind == DIRECT][: schema.MAX_PAGE * 5]
+            peers = await self._peers(user.id, legacy)
+            return schema.ConversationsResult(
+                conversations=[
+                    schema.ConversationEntry(
+                        conversation=c.id,
+                        peer=peers.get(c.id),
+                        last_seq=c.last_seq,
+                        last_ts=c.last_ts,
+                    )
+                    for c in legacy
+                ]
+            )
+        start = 0
+        if request.after is not None:
+            marker = _page_marker_key(request.after)
+            start = next(
+                (i for i, (c, _) in enumerate(mine) if (-(c.last_ts or 0), c.id) > marker),
+                len(mine),
+            )
+        page = mine[start : start + request.limit]
+        infos = await self._infos(user.id, page)
+        following = None
+        if start + request.limit < len(mine) and page:
+            last = page[-1][0]
+            following = f"{last.last_ts or 0}:{last.id}"
+        return schema.ConversationsPage(conversations=infos, next=following)
+
+    async def _peers(self, user_id: int, conversations: Iterable[Conversation]) -> dict[str, str]:
+        """The other party's name of each direct conversation."""
+        wanted: dict[int, list[str]] = {}
+        for conversation in conversations:
+            pair = dm_members(conversation.id)
+            if pair is not None:
+                other = pair[1] if pair[0] == user_id else pair[0]
+                wanted.setdefault(other, []).append(conversation.id)
+        if not wanted:
+            return {}
+        names = {u.id: u.name for u in await self._storage.users_by_ids(list(wanted))}
+        return {cid: names[uid] for uid, cids in wanted.items() if uid in names for cid in cids}
+
+    async def _infos(
+        self, user_id: int, items: list[tuple[Conversation, Membership]]
+    ) -> list[schema.ConversationInfo]:
+        peers = await self._peers(user_id, (c for c, _ in items))
+        markers = [
+            (c.id, m.read_seq)
+            for c, m in items
+            if m.active and c.last_seq > m.read_seq and m.from_seq is not None
+        ]
+        async with self._reads.slot(user_id):
+            counts = await self._storage.unread_counts(user_id, markers, schema.MAX_UNREAD_COUNT)
+        infos = []
+        for conversation, membership in items:
+            unread, mentions = counts.get(conversation.id, (0, 0))
+            infos.append(
+                schema.ConversationInfo(
+                    conversation=conversation.id,
+                    kind=conversation.kind,
+                    name=conversation.name,
+                    peer=peers.get(conversation.id),
+                    topic=conversation.topic,
+                    public=conversation.public,
+                    archived=conversation.archived,
+                    role=membership.role if membership.active else None,
+                    member=membership.active,
+                    members=(
+                        self.index.everyone if conversation.everyone else len(conversation.members)
+                    ),
+                    last_seq=conversation.last_seq,
+                    last_ts=conversation.last_ts,
+                    read_seq=membership.read_seq,
+                    unread=unread,
+                    mentions=mentions,
+                )
+            )
+        return infos
+
+    async def _conversation(
+        self, session: Session, request: schema.ConversationRequest
+    ) -> schema.ConversationResult:
+        user = session.user
+        assert user is not None
+        conversation_id = self._conversation_id(session, request.conversation)
+        conversation = self.index.require_readable(user.id, conversation_id)
+        membership = self.index.membership(user.id, conversation_id) or Membership(MEMBER, 1)
+        (info,) = await self._infos(user.id, [(conversation, membership)])
+        return schema.ConversationResult(conversation=info)
+
+    async def _members(self, session: Session, request: schema.Members) -> schema.MembersResult:
+        user = session.user
+        assert user is not None
+        conversation_id = self._conversation_id(session, request.conversation)
+        conversation = self.index.require_readable(user.id, conversation_id)
+        if conversation.everyone:
+            # Everyone is in General: its member list is the directory.
+            after = accounts.canonical_name(request.after) if request.after else None
+            async with self._reads.slot(user.id):
+                records = await self._storage.list_users("", after, request.limit + 1)
+            page = records[: request.limit]
+            roles: dict[int, str] = {}
+        else:
+            roles = conversation.roles
+            async with self._reads.slot(user.id):
+                records = await self._storage.users_by_ids(list(conversation.members))
+            records.sort(key=lambda r: r.key)
+            if request.after is not None:
+                after = accounts.canonical_name(request.after)
+                records = [r for r in records if r.key > after]
+            page = records[: request.limit]
+        online = await self._bus.online([r.id for r in page])
+        return schema.MembersResult(
+            members=[
+                schema.MemberEntry(name=r.name, role=roles.get(r.id, MEMBER), online=r.id in online)
+                for r in page
+            ],
+            next=page[-1].key if len(records) > request.limit else None,
+        )
+
+    async def _channels(self, session: Session, request: schema.Channels) -> schema.ChannelsResult:
+        user = session.user
+        assert user is not None
+        query = accounts.canonical_name(request.query.strip())
+        after = accounts.canonical_name(request.after) if request.after else ""
+        found = sorted(
+            (
+                c
+                for c in self.index.conversations.values()
+                if c.kind == CHANNEL
+                and c.key is not None
+                and c.key > after
+                and query in c.key
+                and (c.public or c.is_member(user.id))
+            ),
+            key=lambda c: c.key or "",
+        )
+        page = found[: request.limit]
+        return schema.ChannelsResult(
+            channels=[
+                schema.ChannelEntry(
+                    conversation=c.id,
+                    name=c.name or "",
+                    topic=c.topic,
+                    public=c.public,
+                    archived=c.archived,
+                    members=self.index.everyone if c.everyone else len(c.members),
+                    joined=c.is_member(user.id),
+                )
+                for c in page
+            ],
+            next=page[-1].key if len(found) > request.limit else None,
+        )
+
+    async def _read(self, session: Session, request: schema.Read) -> schema.ReadResult:
+        user = session.user
+        assert user is not None
+        conversation_id = self._conversation_id(session, request.conversation)
+        conversation = self.index.require_readable(user.id, conversation_id)
+        membership = self.index.membership(user.id, conversation_id)
+        readable = self.index.readable(user.id, conversation)
+        if membership is None or readable is None:
+            raise unknown(conversation_id)
+        seq = min(request.seq, readable[1])
+        if seq > membership.read_seq:
+            membership.read_seq = seq
+            await self._storage.set_read(user.id, conversation_id, seq)
+            self._bus.publish(ReadMoved(user.id, conversation_id, seq, session.peer.conn_id))
+        return schema.ReadResult(conversation=conversation_id, seq=membership.read_seq)
+
+    async def _typing_request(self, session: Session, request: schema.Typing) -> schema.Empty:
+        user = session.user
+        assert user is not None
+        conversation_id = self._conversation_id(session, request.conversation)
+        conversation = self.index.require_member(user.id, conversation_id)
+        if conversation.archived:
+            raise ProtocolError(errors.ARCHIVED)
+        now = self._monotonic()
+        typing = self._typing
+        # Forget stamps older than the interval, oldest first: O(1) amortised per request.
+        while typing:
+            oldest, stamp = next(iter(typing.items()))
+            if now - stamp < schema.TYPING_INTERVAL:
+                break
+            del typing[oldest]
+        key = (user.id, conversation_id)
+        if key not in typing:
+            typing[key] = now
+            recipients = None if conversation.everyone else conversation.members
+            self._bus.publish(TypingStarted(conversation_id, user.id, user.name, recipients))
+        return schema.Empty()
 
     async def _ping(self, session: Session, request: schema.Ping) -> schema.Empty:
         return schema.Empty()
+
+    # -- conversations -------------------------------------------------------------------------
+
+    def _check_channel_name(self, raw: str) -> tuple[str, str]:
+        try:
+            return accounts.check_username(raw)
+        except ProtocolError as exc:
+            raise ProtocolError(
+                errors.INVALID_NAME, exc.message.replace("username", "channel name")
+            ) from None
+
+    @staticmethod
+    def _check_topic(topic: str) -> str:
+        topic = topic.strip()
+        if len(topic) > schema.MAX_TOPIC_CHARS:
+            raise ProtocolError(
+                errors.TOPIC_TOO_LONG,
+                f"A topic has at most {schema.MAX_TOPIC_CHARS} characters.",
+            )
+        if any(unicodedata.category(c) in ("Cc", "Cf") for c in topic):
+            raise ProtocolError(errors.BAD_REQUEST, "A topic may not hold control characters.")
+        return topic
+
+    def _require_room_for(self, user_id: int, name: str | None = None) -> None:
+        if self.index.counted.get(user_id, 0) >= schema.MAX_MEMBERSHIPS:
+            who = "You are" if name is None else f"{name} is"
+            raise ProtocolError(
+                errors.TOO_MANY_CONVERSATIONS,
+                f"{who} in {schema.MAX_MEMBERSHIPS} channels and groups, the most there may be.",
+            )
+
+    def _spend_invitations(self, user: UserRecord, count: int) -> None:
+        now = self._monotonic()
+        for _ in range(count):
+            wait = self._invitations.take(user.id, now)
+            if wait:
+                raise ProtocolError(
+                    errors.RATE_LIMITED,
+                    "You have added too many people recently; wait before adding more.",
+                    retry_after=round(wait, 3),
+                )
+
+    async def _people(self, names: Iterable[str], exclude: int) -> list[UserRecord]:
+        """The users with these names (each once, not ``exclude``); unknown_user if any is
+        nobody's."""
+        wanted: dict[str, str] = {}
+        for name in names:
+            wanted.setdefault(accounts.canonical_name(name), name)
+        by_key = {r.key: r for r in await self._storage.users_by_keys(list(wanted))}
+        missing = [name for key, name in wanted.items() if key not in by_key]
+        if missing:
+            raise ProtocolError(
+                errors.UNKNOWN_USER, f"No user is named {', '.join(n[:64] for n in missing)}."
+            )
+        return [by_key[key] for key in wanted if by_key[key].id != exclude]
+
+    async def _create_channel(
+        self, session: Session, request: schema.CreateChannel
+    ) -> schema.ConversationResult:
+        user = session.user
+        assert user is not None
+        name, key = self._check_channel_name(request.name)
+        topic = self._check_topic(request.topic)
+        if key in self.index.by_key or key == GENERAL:
+            raise ProtocolError(errors.NAME_TAKEN, f"A channel is named {name!r} already.")
+        self._require_room_for(user.id)
+        people = await self._people(request.members, user.id)
+        for person in people:
+            self._require_room_for(person.id, person.name)
+        wait = self._channel_creations.take(user.id, self._monotonic())
+        if wait:
+            raise ProtocolError(
+                errors.RATE_LIMITED,
+                "You have created too many channels recently; wait before creating more.",
+                retry_after=round(wait, 3),
+            )
+        self._spend_invitations(user, len(people))
+        members = (
+            MemberChange(user.id, OWNER, join=True),
+            *(MemberChange(p.id, MEMBER, join=True) for p in people),
+        )
+        return await self._create(
+            session,
+            NewConversation(
+                kind=CHANNEL,
+                creator=user,
+                ts=self._clock(),
+                name=name,
+                key=key,
+                topic=topic,
+                public=request.public,
+                members=members,
+            ),
+        )
+
+    async def _create_group(
+        self, session: Session, request: schema.CreateGroup
+    ) -> schema.ConversationResult:
+        user = session.user
+        assert user is not None
+        people = await self._people(request.members, user.id)
+        if not schema.MIN_GROUP_MEMBERS <= len(people) + 1 <= schema.MAX_GROUP_MEMBERS:
+            raise ProtocolError(
+                errors.GROUP_SIZE,
+                f"A group has {schema.MIN_GROUP_MEMBERS} to {schema.MAX_GROUP_MEMBERS} "
+                f"members, you included; this one would have {len(people) + 1}.",
+            )
+        for person_id, person_name in [(user.id, None)] + [(p.id, p.name) for p in people]:
+            self._require_room_for(person_id, person_name)
+        self._spend_invitations(user, len(people))
+        members = (
+            MemberChange(user.id, MEMBER, join=True),
+            *(MemberChange(p.id, MEMBER, join=True) for p in people),
+        )
+        return await self._create(
+            session, NewConversation(kind=GROUP, creator=user, ts=self._clock(), members=members)
+        )
+
+    async def _create(self, session: Session, new: NewConversation) -> schema.ConversationResult:
+        try:
+            state, entry = await self._storage.create_conversation(new)
+        except NameTakenError:
+            raise ProtocolError(
+                errors.NAME_TAKEN, f"A channel is named {new.name!r} already."
+            ) from None
+        assert entry is not None
+        assert session.user is not None
+        conversation = Conversation(
+            id=state.id,
+            kind=state.kind,
+            name=state.name,
+            key=state.key,
+            topic=state.topic,
+            public=state.public,
+            last_seq=state.last_seq,
+            last_ts=state.last_ts,
+        )
+        self.index.add_conversation(conversation)
+        for change in new.members:
+            self.index.join(conversation, change.user_id, change.role, 1)
+        self._bus.publish(EntryPosted(entry, conversation.members, session.peer.conn_id))
+        membership = self.index.membership(session.user.id, conversation.id)
+        assert membership is not None
+        (info,) = await self._infos(session.user.id, [(conversation, membership)])
+        return schema.ConversationResult(conversation=info)
+
+    async def _change(
+        self,
+        session: Session,
+        conversation: Conversation,
+        new: NewEntry,
+        *,
+        joining: tuple[MemberChange, ...] = (),
+        leaving: tuple[int, ...] = (),
+    ) -> schema.Entry:
+        """Store one change of ``conversation`` as its next entry and deliver it.
+
+        The index is changed first (so every request after this one sees the change) and
+        put back if the write fails; the entry goes to the members before the change and
+        after it, so the one who left or was removed gets it, and nothing after it."""
+        index = self.index
+        before = conversation.members
+        undo: list[tuple[int, Membership | None, str | None]] = []
+        for change in joining:
+            undo.append(
+                (
+                    change.user_id,
+                    index.membership(change.user_id, conversation.id),
+                    conversation.roles.get(change.user_id),
+                )
+            )
+            index.join(conversation, change.user_id, change.role, 1 if change.from_start else None)
+        for user_id in leaving:
+            undo.append(
+                (
+                    user_id,
+                    index.membership(user_id, conversation.id),
+                    conversation.roles.get(user_id),
+                )
+            )
+            index.leave(conversation, user_id)
+        recipients = before | conversation.members
+        try:
+            entry = await self._storage.append_entry(new)
+        except BaseException:
+            self._undo(conversation, before, undo)
+            raise
+        for change in joining:
+            membership = index.membership(change.user_id, conversation.id)
+            if membership is not None and membership.from_seq is None:
+                membership.from_seq = entry.seq
+        for user_id in leaving:
+            membership = index.membership(user_id, conversation.id)
+            if membership is not None and not membership.active:
+                membership.until_seq = entry.seq
+        if entry.seq > conversation.last_seq:
+            conversation.last_seq, conversation.last_ts = entry.seq, entry.ts
+        self._bus.publish(EntryPosted(entry, recipients, session.peer.conn_id))
+        return entry
+
+    def _undo(
+        self,
+        conversation: Conversation,
+        before: frozenset[int],
+        undo: list[tuple[int, Membership | None, str | None]],
+    ) -> None:
+        index = self.index
+        for user_id, membership, role in reversed(undo):
+            was_counted = user_id in conversation.members
+            memberships = index.memberships.setdefault(user_id, {})
+            if membership is None:
+                memberships.pop(conversation.id, None)
+            else:
+                memberships[conversation.id] = membership
+                membership.active = user_id in before
+            if role is None:
+                conversation.roles.pop(user_id, None)
+            else:
+                conversation.roles[user_id] = role
+            if conversation.kind != DIRECT and was_counted != (user_id in before):
+                index.counted[user_id] = index.counted.get(user_id, 0) + (
+                    1 if user_id in before else -1
+                )
+        conversation.members = before
+
+    def _managed(self, session: Session, raw: str) -> tuple[UserRecord, Conversation]:
+        user = session.user
+        assert user is not None
+        conversation = self.index.require_member(user.id, self._conversation_id(session, raw))
+        self.index.require_manager(user.id, conversation)
+        return user, conversation
+
+    async def _join(self, session: Session, request: schema.Join) -> schema.ConversationResult:
+        user = session.user
+        assert user is not None
+        conversation_id = self._conversation_id(session, request.conversation)
+        conversation = self.index.get(conversation_id)
+        if conversation is None or not (conversation.kind == CHANNEL and conversation.public):
+            if conversation is None or not conversation.is_member(user.id):
+                raise unknown(conversation_id)  # a private channel does not exist for you
+        elif not conversation.is_member(user.id):
+            if conversation.archived:
+                raise ProtocolError(errors.ARCHIVED)
+            self._require_room_for(user.id)
+            change = MemberChange(user.id, MEMBER, join=True)
+            await self._change(
+                session,
+                conversation,
+                NewEntry(conversation_id, "joined", user, self._clock(), members=(change,)),
+                joining=(change,),
+            )
+        return await self._conversation(
+            session, schema.ConversationRequest(id=request.id, conversation=conversation_id)
+        )
+
+    async def _leave(self, session: Session, request: schema.Leave) -> schema.Empty:
+        user = session.user
+        assert user is not None
+        conversation = self.index.require_member(
+            user.id, self._conversation_id(session, request.conversation)
+        )
+        if conversation.everyone or conversation.kind == DIRECT:
+            raise ProtocolError(
+                errors.NOT_ALLOWED,
+                "Everyone is in General."
+                if conversation.everyone
+                else "A direct conversation cannot be left.",
+            )
+        if conversation.roles.get(user.id) == OWNER and len(conversation.members) > 1:
+            owners = [u for u, r in conversation.roles.items() if r == OWNER]
+            if owners == [user.id]:
+                raise ProtocolError(
+                    errors.NOT_ALLOWED,
+                    "You are the channel's only owner: make another member an owner first.",
+                )
+        await self._change(
+            session,
+            conversation,
+            NewEntry(
+                conversation.id,
+                "left",
+                user,
+                self._clock(),
+                members=(MemberChange(user.id, leave=True),),
+            ),
+            leaving=(user.id,),
+        )
+        return schema.Empty()
+
+    async def _invite(self, session: Session, request: schema.Invite) -> schema.EntriesResult:
+        user = session.user
+        assert user is not None
+        conversation = self.index.require_member(
+            user.id, self._conversation_id(session, request.conversation)
+        )
+        if conversation.everyone or conversation.kind == DIRECT:
+            raise ProtocolError(errors.NOT_ALLOWED, "Nobody is added to General or a direct chat.")
+        self.index.may_add(user.id, conversation)
+        if conversation.archived:
+            raise ProtocolError(errors.ARCHIVED)
+        people = [
+            p
+            for p in await self._people(request.users, user.id)
+            if not conversation.is_member(p.id)
+        ]
+        if (
+            conversation.kind == GROUP
+            and len(conversation.members) + len(people) > schema.MAX_GROUP_MEMBERS
+        ):
+            raise ProtocolError(
+                errors.GROUP_SIZE, f"A group has at most {schema.MAX_GROUP_MEMBERS} members."
+            )
+        for person in people:
+            self._require_room_for(person.id, person.name)
+        self._spend_invitations(user, len(people))
+        from_start = conversation.kind == CHANNEL
+        entries = []
+        for person in people:
+            change = MemberChange(person.id, MEMBER, join=True, from_start=from_start)
+            entries.append(
+                await self._change(
+                    session,
+                    conversation,
+                    NewEntry(
+                        conversation.id,
+                        "added",
+                        user,
+                        self._clock(),
+                        target=person,
+                        members=(change,),
+                    ),
+                    joining=(change,),
+                )
+            )
+        return schema.EntriesResult(conversation=conversation.id, entries=entries, more=False)
+
+    async def _member_named(self, conversation: Conversation, name: str) -> UserRecord:
+        target = await self._user_named(name)
+        if not conversation.is_member(target.id):
+            raise ProtocolError(errors.NOT_A_MEMBER, f"{target.name} is not a member.")
+        return target
+
+    async def _remove(self, session: Session, request: schema.Remove) -> schema.Entry:
+        user, conversation = self._managed(session, request.conversation)
+        target = await self._member_named(conversation, request.user)
+        if target.id == user.id:
+            raise ProtocolError(errors.NOT_ALLOWED, "Use leave to leave a channel.")
+        if conversation.roles.get(target.id) == OWNER and conversation.roles.get(user.id) != OWNER:
+            raise ProtocolError(errors.NOT_ALLOWED, "Only an owner may remove an owner.")
+        return await self._change(
+            session,
+            conversation,
+            NewEntry(
+                conversation.id,
+                "removed",
+                user,
+                self._clock(),
+                target=target,
+                members=(MemberChange(target.id, leave=True),),
+            ),
+            leaving=(target.id,),
+        )
+
+    async def _set_role(self, session: Session, request: schema.SetRole) -> schema.Entry:
+        user, conversation = self._managed(session, request.conversation)
+        if request.role not in (OWNER, ADMIN, MEMBER):
+            raise ProtocolError(errors.BAD_REQUEST, "A role is owner, admin or member.")
+        target = await self._member_named(conversation, request.user)
+        mine = conversation.roles.get(user.id)
+        theirs = conversation.roles.get(target.id)
+        if OWNER in (request.role, theirs) and mine != OWNER:
+            raise ProtocolError(errors.NOT_ALLOWED, "Only an owner may make or unmake owners.")
+        if theirs == OWNER and request.role != OWNER:
+            owners = [u for u, r in conversation.roles.items() if r == OWNER]
+            if owners == [target.id]:
+                raise ProtocolError(errors.NOT_ALLOWED, "A channel keeps at least one owner.")
+        self.index.set_role(conversation, target.id, request.role)
+        try:
+            return await self._change(
+                session,
+                conversation,
+                NewEntry(
+                    conversation.id,
+                    "role",
+                    user,
+                    self._clock(),
+                    target=target,
+                    role=request.role,
+                    members=(MemberChange(target.id, request.role),),
+                ),
+            )
+        except BaseException:
+            self.index.set_role(conversation, target.id, theirs or MEMBER)
+            raise
+
+    async def _rename(self, session: Session, request: schema.Rename) -> schema.Entry:
+        user, conversation = self._managed(session, request.conversation)
+        if conversation.everyone:
+            raise ProtocolError(errors.NOT_ALLOWED)
+        name, key = self._check_channel_name(request.name)
+        holder = self.index.by_key.get(key)
+        if (holder is not None and holder != conversation.id) or key == GENERAL:
+            raise ProtocolError(errors.NAME_TAKEN, f"A channel is named {name!r} already.")
+        old_name, old_key = conversation.name, conversation.key
+        self.index.rename(conversation, name, key)
+        try:
+            return await self._change(
+                session,
+                conversation,
+                NewEntry(conversation.id, "renamed", user, self._clock(), name=name, key=key),
+            )
+        except BaseException:
+            if old_name is not None and old_key is not None:
+                self.index.rename(conversation, old_name, old_key)
+            raise
+
+    async def _set_topic(self, session: Session, request: schema.SetTopic) -> schema.Entry:
+        user, conversation = self._managed(session, request.conversation)
+        topic = self._check_topic(request.topic)
+        old = conversation.topic
+        conversation.topic = topic
+        try:
+            return await self._change(
+                session,
+                conversation,
+                NewEntry(conversation.id, "topic", user, self._clock(), topic=topic),
+            )
+        except BaseException:
+            conversation.topic = old
+            raise
+
+    async def _archive(self, session: Session, request: schema.Archive) -> schema.Entry:
+        user, conversation = self._managed(session, request.conversation)
+        if conversation.archived:
+            raise ProtocolError(errors.ARCHIVED)
+        conversation.archived = True
+        try:
+            return await self._change(
+                session,
+                conversation,
+                NewEntry(conversation.id, "archived", user, self._clock(), archived=True),
+            )
+        except BaseException:
+            conversation.archived = False
+            raise
+
+
+def _page_marker_key(marker: str) -> tuple[int, str]:
+    """The sort key of a ``conversations`` page marker (``"LAST_TS:ID"``)."""
+    ts, _, conversation_id = marker.partition(":")
+    if not (ts.isascii() and ts.isdigit() and len(ts) <= 19) or not is_canonical_id(
+        conversation_id
+    ):
+        raise ProtocolError(errors.BAD_REQUEST, "after is not a page marker of this list.")
+    return -int(ts), conversation_id
+
+
+class _ReadSlots:
+    """At most ``per_user`` reads of one user at the database at once, so that one user's
+    many connections make that user slower, not everyone (the reader threads are few)."""
+
+    def __init__(self, per_user: int) -> None:
+        self._per_user = max(1, per_user)
+        self._slots: dict[int, tuple[asyncio.Semaphore, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, user_id: int) -> AsyncIterator[None]:
+        entry = self._slots.get(user_id)
+        if entry is None:
+            entry = self._slots[user_id] = (asyncio.Semaphore(self._per_user), [0])
+        semaphore, users = entry
+        users[0] += 1
+        try:
+            async with semaphore:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._slots[user_id]

@@ -14,7 +14,7 @@ from typing import Any, TypeVar, cast
 
 import platformdirs
 
-from ..protocol.schema import MAX_LINE_BYTES, MAX_TEXT_CHARS
+from ..protocol.schema import MAX_LINE_BYTES, MAX_REPLY_BYTES, MAX_TEXT_CHARS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7878
@@ -110,6 +110,12 @@ class Limits:
     send_buffer_bytes: int = limit(
         2 * 1024 * 1024, "unsent bytes per connection before it is dropped as a slow consumer"
     )
+    max_reply_bytes: int = limit(
+        MAX_REPLY_BYTES,
+        "encoded entries in one history or sync reply before it stops early (more = true); "
+        "keep it at most half of send_buffer_bytes",
+        advertised=True,
+    )
     max_pending_requests: int = limit(
         64, "requests read but not yet handled on one connection before reading pauses"
     )
@@ -136,6 +142,17 @@ class Limits:
         parse=float,
         convert=lambda per_minute: (per_minute / 60, max(30.0, 3 * per_minute)),
         shown_default="10",
+    )
+    channels_per_hour: float = limit(
+        10.0, "channels and groups one user may create per hour (bursts up to as many)"
+    )
+    invitations_per_minute: float = limit(
+        60.0, "people one user may add to channels and groups per minute (bursts up to as many)"
+    )
+    reads_per_user: int = limit(
+        1,
+        "reads of one user at the database at once (history, sync, lists), so that one "
+        "user's many connections slow that user, not everyone",
     )
     hash_workers: int = limit(
         0,

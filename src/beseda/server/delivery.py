@@ -15,7 +15,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 
-from ..bus import BusEvent, MessagePosted, PresenceChanged
+from ..bus import BusEvent, EntryPosted, PresenceChanged, ReadMoved, TypingStarted
 from ..protocol import codec, schema
 from .chat import Session
 
@@ -28,6 +28,7 @@ class DeliveryHub:
     def __init__(self) -> None:
         self._by_user: defaultdict[int, set[Session]] = defaultdict(set)
         self._sessions: set[Session] = set()
+        self._by_token: defaultdict[bytes, set[Session]] = defaultdict(set)
         self._watchers: defaultdict[int, set[Session]] = defaultdict(set)
         """user id → the sessions watching that user's presence."""
         self._watching: dict[Session, frozenset[int]] = {}
@@ -39,11 +40,23 @@ class DeliveryHub:
         assert session.user is not None
         self._by_user[session.user.id].add(session)
         self._sessions.add(session)
+        if session.token_hash is not None:
+            self._by_token[session.token_hash].add(session)
+
+    def sessions_of_token(self, token_hash: bytes) -> list[Session]:
+        """The attached sessions logged in with this token."""
+        return list(self._by_token.get(token_hash, ()))
 
     def detach(self, session: Session) -> None:
         assert session.user is not None
         self._unwatch(session)
         self._sessions.discard(session)
+        if session.token_hash is not None:
+            same = self._by_token.get(session.token_hash)
+            if same is not None:
+                same.discard(session)
+                if not same:
+                    del self._by_token[session.token_hash]
         sessions = self._by_user.get(session.user.id)
         if sessions is not None:
             sessions.discard(session)
@@ -84,22 +97,8 @@ class DeliveryHub:
 
     def on_event(self, event: BusEvent) -> None:
         """Bus subscriber: deliver ``event`` to the sessions it concerns."""
-        if isinstance(event, MessagePosted):
-            data = codec.encode(schema.MessageEvent(message=event.message))
-            if event.recipients is None:
-                targets: set[Session] | list[Session] = self._sessions
-            else:
-                targets = [s for uid in set(event.recipients) for s in self._by_user.get(uid, ())]
-            origin = event.origin
-            # No copy of the set: deliver() never detaches a session synchronously (a dropped
-            # slow consumer is forgotten later, from connection_lost).
-            count = 0
-            for session in targets:
-                peer = session.peer
-                if peer.conn_id != origin:
-                    peer.deliver(data)
-                    count += 1
-            self.delivered += count
+        if isinstance(event, EntryPosted):
+            self._entry(event)
         elif isinstance(event, PresenceChanged):
             watchers = self._watchers.get(event.user_id)
             if not watchers:
@@ -108,3 +107,49 @@ class DeliveryHub:
             for session in watchers:
                 session.peer.deliver(data)
                 self.presence_delivered += 1
+        elif isinstance(event, ReadMoved):
+            read = codec.encode(schema.ReadEvent(conversation=event.conversation, seq=event.seq))
+            for session in self._by_user.get(event.user_id, ()):
+                if session.protocol >= 3 and session.peer.conn_id != event.origin:
+                    session.peer.deliver(read)
+        elif isinstance(event, TypingStarted):
+            typing = codec.encode(
+                schema.TypingEvent(conversation=event.conversation, user=event.name)
+            )
+            for session in self._targets(event.recipients):
+                if session.protocol >= 3 and session.user_id != event.user_id:
+                    session.peer.deliver(typing)
+
+    def _targets(self, recipients: frozenset[int] | tuple[int, ...] | None) -> Iterable[Session]:
+        if recipients is None:
+            return self._sessions
+        by_user = self._by_user
+        if len(recipients) > len(by_user):
+            # A large conversation with few of its members online: walk the online ones.
+            return [s for uid, sessions in by_user.items() if uid in recipients for s in sessions]
+        return [s for uid in recipients for s in by_user.get(uid, ())]
+
+    def _entry(self, event: EntryPosted) -> None:
+        # Encoded once per protocol version, whatever the number of recipients.
+        current: bytes | None = None
+        legacy: bytes | None = None
+        origin = event.origin
+        count = 0
+        # No copy of the set: deliver() never detaches a session synchronously (a dropped
+        # slow consumer is forgotten later, from connection_lost).
+        for session in self._targets(event.recipients):
+            peer = session.peer
+            if peer.conn_id == origin:
+                continue
+            if session.protocol >= 3:
+                if current is None:
+                    current = codec.encode(schema.EntryEvent(entry=event.entry))
+                peer.deliver(current)
+            elif event.legacy:
+                if legacy is None:
+                    legacy = codec.encode(schema.MessageEvent(message=event.entry))
+                peer.deliver(legacy)
+            else:
+                continue
+            count += 1
+        self.delivered += count

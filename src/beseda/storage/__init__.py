@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..protocol.errors import BesedaError
-from ..protocol.schema import Message
+from ..protocol.schema import Entry, Message
 
 
 class StorageError(BesedaError):
@@ -41,9 +41,94 @@ class NewMessage:
     conversation: str
     sender: UserRecord
     recipient: UserRecord | None
+    """The other party of a direct message (its name is kept as the entry's ``to``)."""
     client_id: str
     text: str
     ts: int
+    mentions: tuple[UserRecord, ...] = ()
+    """Members the message mentions by name (counted for them, listed on the entry)."""
+    mention_all: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationState:
+    """A conversation's own data: what the core keeps in memory for each one."""
+
+    id: str
+    kind: str
+    """``channel``, ``group`` or ``direct``."""
+    name: str | None = None
+    key: str | None = None
+    """A channel's name in canonical form: unique among channels."""
+    topic: str = ""
+    public: bool = False
+    archived: bool = False
+    last_seq: int = 0
+    last_ts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipRecord:
+    """One user's membership of one conversation, current or past."""
+
+    conversation: str
+    user_id: int
+    role: str
+    from_seq: int
+    """The first entry the member may read."""
+    until_seq: int | None
+    """The entry that ended the membership (they left or were removed), or None."""
+    read_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChange:
+    """A change of one membership, written with the entry that records it.
+
+    ``join`` makes the user a member (again) with ``role``, reading from the first entry
+    (``from_start``) or from this entry on; ``leave`` ends the membership at this entry;
+    otherwise only the role changes.
+    """
+
+    user_id: int
+    role: str = "member"
+    join: bool = False
+    from_start: bool = True
+    leave: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NewEntry:
+    """A change of a conversation, stored as its next entry (anything but a message)."""
+
+    conversation: str
+    kind: str
+    actor: UserRecord
+    ts: int
+    target: UserRecord | None = None
+    name: str | None = None
+    key: str | None = None
+    topic: str | None = None
+    role: str | None = None
+    archived: bool = False
+    """Set the conversation archived (``archived`` entries)."""
+    members: tuple[MemberChange, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NewConversation:
+    """A conversation to create. A channel or group gets an id from the store and a
+    ``created`` entry (seq 1); a direct conversation has its id and no entry."""
+
+    kind: str
+    creator: UserRecord
+    ts: int
+    id: str | None = None
+    name: str | None = None
+    key: str | None = None
+    topic: str = ""
+    public: bool = False
+    members: tuple[MemberChange, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +183,6 @@ class Storage(Protocol):
         this ``client_id``, the original message and ``True``, and nothing is written.
         """
 
-    async def history(
-        self, conversation: str, before: int | None, limit: int
-    ) -> tuple[list[Message], bool]:
-        """Up to ``limit`` messages with ``seq < before``, oldest first, and whether older
-        ones exist."""
-
     async def messages_after(
         self, cursors: dict[str, int], limit: int
     ) -> tuple[list[Message], bool]:
@@ -115,3 +194,63 @@ class Storage(Protocol):
 
     async def conversations_of(self, user_id: int) -> list[ConversationRecord]:
         """The general room and every direct conversation of the user."""
+
+    # Conversations (version 3) ---------------------------------------------------------------
+    async def load_conversations(self) -> list[ConversationState]:
+        """Every conversation, for the core's in-memory index (read once at start)."""
+
+    async def load_members(self) -> list[MembershipRecord]:
+        """Every membership, current and past, for the core's in-memory index."""
+
+    async def users_by_ids(self, user_ids: list[int]) -> list[UserRecord]:
+        """The users with these ids (in no particular order; ids nobody has are left out)."""
+
+    def create_conversation(
+        self, conversation: NewConversation
+    ) -> asyncio.Future[tuple[ConversationState, Entry | None]]:
+        """Queue the creation of a conversation with its first members; like every write,
+        in call order. Resolves to the stored conversation and its ``created`` entry (None
+        for a direct conversation, whose creation is idempotent: an existing one is
+        returned). Raises :class:`NameTakenError` when a channel has the ``key``."""
+
+    def append_entry(self, entry: NewEntry) -> asyncio.Future[Entry]:
+        """Queue an entry with the conversation's next seq, and the conversation and
+        membership changes it records, in one transaction. Raises :class:`NameTakenError`
+        when a rename takes a channel's ``key``."""
+
+    def set_members(self, conversation: str, changes: list[MemberChange]) -> asyncio.Future[None]:
+        """Queue membership changes that no entry records (General, on registration)."""
+
+    def set_read(self, user_id: int, conversation: str, seq: int) -> asyncio.Future[None]:
+        """Queue moving a read marker forward (it never moves back)."""
+
+    async def history(
+        self,
+        conversation: str,
+        before: int | None,
+        limit: int,
+        *,
+        floor: int = 0,
+        ceiling: int | None = None,
+        max_bytes: int | None = None,
+    ) -> tuple[list[Entry], bool]:
+        """Up to ``limit`` entries with ``floor < seq < before`` (and ``seq <= ceiling``),
+        oldest first, and whether older readable ones exist. With ``max_bytes``, reading
+        stops (newest kept) once the entries' encoded size would pass it."""
+
+    async def entries_after(
+        self,
+        ranges: dict[str, tuple[int, int | None]],
+        limit: int,
+        *,
+        max_bytes: int | None = None,
+    ) -> tuple[list[Entry], bool]:
+        """Entries with ``after < seq <= until`` (no bound for None) of each conversation, at
+        most ``limit`` in all and within ``max_bytes``; contiguous from each ``after``,
+        ordered by id. The flag tells whether more remain."""
+
+    async def unread_counts(
+        self, user_id: int, markers: list[tuple[str, int]], cap: int
+    ) -> dict[str, tuple[int, int]]:
+        """For each (conversation, read_seq): messages of others after the marker and those
+        of them that mention the user, each counted up to ``cap``."""

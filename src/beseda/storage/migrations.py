@@ -92,4 +92,58 @@ MIGRATIONS: Final[list[list[Step]]] = [
         _backfill_skeletons,
         "CREATE UNIQUE INDEX users_by_skeleton ON users (skeleton)",
     ],
+    # 3: conversations of every kind, entries, memberships with read markers, mentions. Every
+    # message keeps its id, conversation and seq: version-2 cursors stay valid.
+    [
+        "ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'message'",
+        "ALTER TABLE messages ADD COLUMN target_id INTEGER REFERENCES users (id)",
+        "ALTER TABLE messages ADD COLUMN data TEXT",
+        "ALTER TABLE messages ADD COLUMN mention_all INTEGER NOT NULL DEFAULT 0",
+        """
+        CREATE INDEX messages_mention_all ON messages (conversation, seq)
+        WHERE mention_all = 1
+        """,
+        "ALTER TABLE conversations ADD COLUMN kind TEXT NOT NULL DEFAULT 'direct'",
+        "ALTER TABLE conversations ADD COLUMN name TEXT",
+        "ALTER TABLE conversations ADD COLUMN key TEXT",
+        "ALTER TABLE conversations ADD COLUMN topic TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE conversations ADD COLUMN public INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE conversations ADD COLUMN archived INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE conversations ADD COLUMN created_at INTEGER",
+        """
+        UPDATE conversations SET kind = 'channel', name = 'General', key = 'general', public = 1
+        WHERE id = 'general'
+        """,
+        "CREATE UNIQUE INDEX conversations_by_key ON conversations (key) WHERE key IS NOT NULL",
+        """
+        CREATE TABLE members (
+            user_id      INTEGER NOT NULL REFERENCES users (id),
+            conversation TEXT    NOT NULL,
+            role         TEXT    NOT NULL,
+            from_seq     INTEGER NOT NULL,
+            until_seq    INTEGER,
+            read_seq     INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (user_id, conversation)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX members_by_conversation ON members (conversation)",
+        """
+        INSERT INTO members (user_id, conversation, role, from_seq)
+        SELECT id, 'general', 'member', 1 FROM users
+        """,
+        """
+        INSERT OR IGNORE INTO members (user_id, conversation, role, from_seq)
+        SELECT user_a, id, 'member', 1 FROM conversations WHERE user_a IS NOT NULL
+        UNION ALL
+        SELECT user_b, id, 'member', 1 FROM conversations WHERE user_b IS NOT NULL
+        """,
+        """
+        CREATE TABLE mentions (
+            user_id      INTEGER NOT NULL,
+            conversation TEXT    NOT NULL,
+            seq          INTEGER NOT NULL,
+            PRIMARY KEY (user_id, conversation, seq)
+        ) WITHOUT ROWID
+        """,
+    ],
 ]

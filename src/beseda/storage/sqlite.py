@@ -23,6 +23,7 @@ earlier, a seq taken by another process) goes one message at a time as before.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import os
 import queue
@@ -33,11 +34,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from ..protocol.schema import GENERAL, Message
+import msgspec
+
+from ..protocol.schema import GENERAL, Entry, Message
 from . import (
     ConversationRecord,
+    ConversationState,
     LookAlikeNameError,
+    MemberChange,
+    MembershipRecord,
     NameTakenError,
+    NewConversation,
+    NewEntry,
     NewMessage,
     StorageError,
     UserRecord,
@@ -56,18 +64,36 @@ _SEQ_CEILING = 2**62
 integer SQLite cannot hold (2**63 and up) raises OverflowError instead of matching nothing."""
 
 _MESSAGE_COLUMNS = """
-    m.id, m.conversation, m.seq, s.name, r.name, m.text, m.ts, m.client_id
+    m.id, m.conversation, m.seq, s.name, r.name, m.text, m.ts, m.client_id,
+    m.kind, t.name, m.data, m.mention_all
     FROM messages m
     JOIN users s ON s.id = m.sender_id
     LEFT JOIN users r ON r.id = m.recipient_id
+    LEFT JOIN users t ON t.id = m.target_id
 """
+
+
+class _EntryData(msgspec.Struct, omit_defaults=True):
+    """The kind-specific fields of an entry, kept as JSON in ``messages.data``: a new kind
+    of entry adds fields here, not columns."""
+
+    mentions: list[str] = []
+    name: str | None = None
+    topic: str | None = None
+    role: str | None = None
+
+
+_data_encoder = msgspec.json.Encoder()
+_data_decoder = msgspec.json.Decoder(_EntryData)
+_NO_DATA = _EntryData()
 
 
 _BY_CLIENT_ID = f"SELECT {_MESSAGE_COLUMNS} WHERE m.sender_id = ? AND m.client_id = ?"
 
 _INSERT_MESSAGE = """
-    INSERT INTO messages (conversation, seq, sender_id, recipient_id, client_id, text, ts)
-    VALUES (?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO messages
+        (conversation, seq, sender_id, recipient_id, client_id, text, ts, data, mention_all)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (sender_id, client_id) DO NOTHING
     RETURNING id
 """
@@ -82,22 +108,64 @@ _LAST_SEQ = """
 truth; the messages are asked too in case another program inserted without counting."""
 
 _INSERT_CONVERSATION = (
-    "INSERT INTO conversations (id, last_seq, user_a, user_b) VALUES (?, 0, ?, ?) "
+    "INSERT INTO conversations (id, last_seq, user_a, user_b, kind) VALUES (?, 0, ?, ?, 'direct') "
     "ON CONFLICT (id) DO NOTHING"
+)
+_INSERT_DIRECT_MEMBERS = (
+    "INSERT INTO members (user_id, conversation, role, from_seq) VALUES (?, ?, 'member', 1) "
+    "ON CONFLICT DO NOTHING"
+)
+_INSERT_MENTION = (
+    "INSERT INTO mentions (user_id, conversation, seq) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
 )
 
 
-def _message(row: tuple[Any, ...]) -> Message:
-    return Message(
+def _message(row: tuple[Any, ...]) -> Entry:
+    data = _NO_DATA if row[10] is None else _data_decoder.decode(row[10])
+    if row[8] == "message":
+        return Entry(
+            id=row[0],
+            conversation=row[1],
+            seq=row[2],
+            sender=row[3],
+            to=row[4],
+            text=row[5],
+            ts=row[6],
+            client_id=row[7],
+            mentions=data.mentions,
+            mention_all=bool(row[11]),
+        )
+    return Entry(
         id=row[0],
         conversation=row[1],
         seq=row[2],
+        kind=row[8],
         sender=row[3],
-        to=row[4],
-        text=row[5],
         ts=row[6],
-        client_id=row[7],
+        target=row[9],
+        name=data.name,
+        topic=data.topic,
+        role=data.role,
     )
+
+
+def _message_data(message: NewMessage) -> bytes | None:
+    if not message.mentions:
+        return None
+    return _data_encoder.encode(_EntryData(mentions=[user.name for user in message.mentions]))
+
+
+def _record_mentions(conn: sqlite3.Connection, message: NewMessage, seq: int) -> None:
+    if message.mentions:
+        conn.executemany(
+            _INSERT_MENTION,
+            [(user.id, message.conversation, seq) for user in message.mentions],
+        )
+
+
+def _create_direct(conn: sqlite3.Connection, conversation: str, low: int, high: int) -> None:
+    conn.execute(_INSERT_CONVERSATION, (conversation, low, high))
+    conn.executemany(_INSERT_DIRECT_MEMBERS, [(low, conversation), (high, conversation)])
 
 
 def _user(row: tuple[Any, ...] | None) -> UserRecord | None:
@@ -187,8 +255,9 @@ class _Transaction:
 
 
 _INSERT_MESSAGES = """
-    INSERT INTO messages (id, conversation, seq, sender_id, recipient_id, client_id, text, ts)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO messages
+        (id, conversation, seq, sender_id, recipient_id, client_id, text, ts, data, mention_all)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (sender_id, client_id) DO NOTHING
 """
 """A run of appends in one ``executemany``, with ids chosen by the writer."""
@@ -209,6 +278,8 @@ def _stored(message: NewMessage, id_: int, seq: int) -> Message:
         text=message.text,
         ts=message.ts,
         client_id=message.client_id,
+        mentions=[user.name for user in message.mentions],
+        mention_all=message.mention_all,
     )
 
 
@@ -249,6 +320,8 @@ class _Append:
             message.client_id,
             message.text,
             message.ts,
+            _message_data(message),
+            message.mention_all,
         ]
         try:
             inserted = conn.execute(_INSERT_MESSAGE, row).fetchone()
@@ -268,10 +341,11 @@ class _Append:
             if loaded:
                 tx.know(conversation, seq - 1)
             return _message(existing), True
+        _record_mentions(conn, message, seq)
         if create:
             assert recipient is not None
             low, high = sorted((sender.id, recipient.id))
-            conn.execute(_INSERT_CONVERSATION, (conversation, low, high))
+            _create_direct(conn, conversation, low, high)
         tx.took(conversation, seq, message.ts)
         return _stored(message, inserted[0], seq), False
 
@@ -622,6 +696,8 @@ class _Writer(threading.Thread):
                     message.client_id,
                     message.text,
                     message.ts,
+                    _message_data(message),
+                    message.mention_all,
                 )
             )
             # Built before the INSERT: once it has succeeded, nothing here may fail.
@@ -647,8 +723,10 @@ class _Writer(threading.Thread):
                 # what the run inserted and go one by one.
                 conn.execute(_DELETE_IDS, (rows[0][0], rows[-1][0]))
                 return None
-            if created:
-                conn.executemany(_INSERT_CONVERSATION, created)
+            for index, stored in placed:
+                _record_mentions(conn, cast(_Append, batch[index][0]).message, stored.seq)
+            for conversation, low, high in created:
+                _create_direct(conn, conversation, low, high)
         took = tx.took
         for index, stored in placed:
             took(stored.conversation, stored.seq, stored.ts)
@@ -870,24 +948,6 @@ class SQLiteStorage:
         # inserts them together (see _Writer._appends).
         return self._submit(_Append(message))
 
-    async def history(
-        self, conversation: str, before: int | None, limit: int
-    ) -> tuple[list[Message], bool]:
-        def work(conn: sqlite3.Connection) -> tuple[list[Message], bool]:
-            rows = conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = ? AND m.seq < ? "
-                "ORDER BY m.seq DESC LIMIT ?",
-                (
-                    conversation,
-                    _SEQ_CEILING if before is None else min(before, _SEQ_CEILING),
-                    limit + 1,
-                ),
-            ).fetchall()
-            more = len(rows) > limit
-            return [_message(row) for row in reversed(rows[:limit])], more
-
-        return await self._read(work)
-
     async def messages_after(
         self, cursors: dict[str, int], limit: int
     ) -> tuple[list[Message], bool]:
@@ -928,3 +988,373 @@ class SQLiteStorage:
             ]
 
         return await self._read(work)
+
+    # -- conversations (version 3) -------------------------------------------------------------
+
+    async def load_conversations(self) -> list[ConversationState]:
+        def work(conn: sqlite3.Connection) -> list[ConversationState]:
+            rows = conn.execute(
+                "SELECT id, kind, name, key, topic, public, archived, last_seq, last_ts "
+                "FROM conversations"
+            ).fetchall()
+            return [
+                ConversationState(
+                    id=row[0],
+                    kind=row[1],
+                    name=row[2],
+                    key=row[3],
+                    topic=row[4],
+                    public=bool(row[5]),
+                    archived=bool(row[6]),
+                    last_seq=row[7],
+                    last_ts=row[8],
+                )
+                for row in rows
+            ]
+
+        return await self._read(work)
+
+    async def load_members(self) -> list[MembershipRecord]:
+        def work(conn: sqlite3.Connection) -> list[MembershipRecord]:
+            rows = conn.execute(
+                "SELECT conversation, user_id, role, from_seq, until_seq, read_seq FROM members"
+            ).fetchall()
+            return [MembershipRecord(*row) for row in rows]
+
+        return await self._read(work)
+
+    async def users_by_ids(self, user_ids: list[int]) -> list[UserRecord]:
+        unique = list(dict.fromkeys(user_ids))
+
+        def work(conn: sqlite3.Connection) -> list[UserRecord]:
+            found: list[UserRecord] = []
+            for start in range(0, len(unique), 500):
+                chunk = unique[start : start + 500]
+                rows = conn.execute(
+                    "SELECT id, name, key, password_hash FROM users "
+                    f"WHERE id IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+                found.extend(UserRecord(*row) for row in rows)
+            return found
+
+        return await self._read(work) if unique else []
+
+    def create_conversation(
+        self, conversation: NewConversation
+    ) -> asyncio.Future[tuple[ConversationState, Entry | None]]:
+        return self._submit(lambda tx: _create_conversation(tx, conversation))
+
+    def append_entry(self, entry: NewEntry) -> asyncio.Future[Entry]:
+        return self._submit(lambda tx: _append_entry(tx, entry))
+
+    def set_members(self, conversation: str, changes: list[MemberChange]) -> asyncio.Future[None]:
+        def work(tx: _Transaction) -> None:
+            tx.conn.executemany(
+                "INSERT INTO members (user_id, conversation, role, from_seq) VALUES (?, ?, ?, 1) "
+                "ON CONFLICT DO NOTHING",
+                [(change.user_id, conversation, change.role) for change in changes],
+            )
+
+        return self._submit(work)
+
+    def set_read(self, user_id: int, conversation: str, seq: int) -> asyncio.Future[None]:
+        def work(tx: _Transaction) -> None:
+            tx.conn.execute(
+                "UPDATE members SET read_seq = max(read_seq, ?) "
+                "WHERE user_id = ? AND conversation = ?",
+                (min(seq, _SEQ_CEILING), user_id, conversation),
+            )
+
+        return self._submit(work)
+
+    async def history(
+        self,
+        conversation: str,
+        before: int | None,
+        limit: int,
+        *,
+        floor: int = 0,
+        ceiling: int | None = None,
+        max_bytes: int | None = None,
+    ) -> tuple[list[Message], bool]:
+        top = _SEQ_CEILING if before is None else min(before, _SEQ_CEILING)
+        if ceiling is not None:
+            top = min(top, ceiling + 1)
+
+        def work(conn: sqlite3.Connection) -> tuple[list[Message], bool]:
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = ? AND m.seq < ? "
+                "AND m.seq > ? ORDER BY m.seq DESC LIMIT ?",
+                (conversation, top, min(max(floor, 0), _SEQ_CEILING), limit + 1),
+            )
+            page: list[Message] = []
+            budget = _Budget(max_bytes)
+            more = False
+            for row in rows:  # stepped one by one: what is read past the page is nothing
+                if len(page) == limit:
+                    more = True
+                    break
+                entry = _message(row)
+                if not budget.take(entry, first=not page):
+                    more = True
+                    break
+                page.append(entry)
+            page.reverse()
+            return page, more
+
+        return await self._read(work)
+
+    async def entries_after(
+        self,
+        ranges: dict[str, tuple[int, int | None]],
+        limit: int,
+        *,
+        max_bytes: int | None = None,
+    ) -> tuple[list[Message], bool]:
+        def work(conn: sqlite3.Connection) -> tuple[list[Message], bool]:
+            streams = []
+            for conversation, (after, until) in ranges.items():
+                top = _SEQ_CEILING if until is None else min(until, _SEQ_CEILING)
+                cursor = conn.cursor()
+                cursor.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = ? AND m.seq > ? "
+                    "AND m.seq <= ? ORDER BY m.seq",
+                    (conversation, min(max(after, 0), _SEQ_CEILING), top),
+                )
+                streams.append(cursor)
+            # Merged by id, each conversation's cursor stepped only as far as the page needs:
+            # memory is bounded by the reply, whatever is stored behind the cursors.
+            collected: list[Message] = []
+            budget = _Budget(max_bytes)
+            more = False
+            try:
+                for row in heapq.merge(*streams, key=lambda row: row[0]):
+                    if len(collected) == limit:
+                        more = True
+                        break
+                    entry = _message(row)
+                    if not budget.take(entry, first=not collected):
+                        more = True
+                        break
+                    collected.append(entry)
+            finally:
+                for cursor in streams:
+                    cursor.close()
+            return collected, more
+
+        return await self._read(work) if ranges else ([], False)
+
+    async def unread_counts(
+        self, user_id: int, markers: list[tuple[str, int]], cap: int
+    ) -> dict[str, tuple[int, int]]:
+        def work(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+            counts: dict[str, tuple[int, int]] = {}
+            for conversation, read in markers:
+                read = min(read, _SEQ_CEILING)
+                (unread,) = conn.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM messages WHERE conversation = ? "
+                    "AND seq > ? AND kind = 'message' AND sender_id <> ? LIMIT ?)",
+                    (conversation, read, user_id, cap),
+                ).fetchone()
+                mentions = 0
+                if unread:
+                    (named,) = conn.execute(
+                        "SELECT count(*) FROM (SELECT 1 FROM mentions WHERE user_id = ? "
+                        "AND conversation = ? AND seq > ? LIMIT ?)",
+                        (user_id, conversation, read, cap),
+                    ).fetchone()
+                    (everyone,) = conn.execute(
+                        "SELECT count(*) FROM (SELECT 1 FROM messages WHERE conversation = ? "
+                        "AND seq > ? AND mention_all = 1 AND sender_id <> ? LIMIT ?)",
+                        (conversation, read, user_id, cap),
+                    ).fetchone()
+                    mentions = min(cap, named + everyone)
+                counts[conversation] = (unread, mentions)
+            return counts
+
+        return await self._read(work) if markers else {}
+
+
+class _Budget:
+    """Bytes left for the entries of one reply, counted as they will be encoded."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, max_bytes: int | None) -> None:
+        self.left = max_bytes
+
+    def take(self, entry: Entry, *, first: bool) -> bool:
+        """Count ``entry``; False when it does not fit (the first always does)."""
+        if self.left is None:
+            return True
+        size = len(_data_encoder.encode(entry)) + 1
+        if size > self.left and not first:
+            return False
+        self.left -= size
+        return True
+
+
+_LAST_CONVERSATION_NUMBER = (
+    "SELECT coalesce(max(CAST(substr(id, 3) AS INTEGER)), 0) FROM conversations WHERE id LIKE 'c:%'"
+)
+_INSERT_ENTRY = """
+    INSERT INTO messages
+        (conversation, seq, sender_id, target_id, client_id, text, ts, kind, data)
+    VALUES (?, ?, ?, ?, ?, '', ?, ?, ?)
+    RETURNING id
+"""
+_JOIN = """
+    INSERT INTO members (user_id, conversation, role, from_seq) VALUES (?, ?, ?, ?)
+    ON CONFLICT (user_id, conversation) DO UPDATE
+    SET role = excluded.role, from_seq = excluded.from_seq, until_seq = NULL
+"""
+
+
+def _next_seq(tx: _Transaction, conversation: str) -> int:
+    last = tx.last_seq(conversation)
+    if last is None:
+        found = tx.conn.execute(_LAST_SEQ, (conversation,)).fetchone()
+        if found is None:
+            raise StorageError(f"no conversation {conversation!r}")
+        last = found[0]
+        tx.know(conversation, last)
+    return last + 1
+
+
+def _insert_entry(
+    tx: _Transaction,
+    conversation: str,
+    seq: int,
+    kind: str,
+    actor: UserRecord,
+    ts: int,
+    target: UserRecord | None,
+    data: _EntryData,
+) -> Entry:
+    # Not a message: the client id only has to be unique per actor, and no client sends one
+    # of these (they are longer than a client id may be).
+    client_id = f"~{kind}~{conversation}~{seq}~" + "-" * 64
+    (entry_id,) = tx.conn.execute(
+        _INSERT_ENTRY,
+        (
+            conversation,
+            seq,
+            actor.id,
+            target.id if target is not None else None,
+            client_id,
+            ts,
+            kind,
+            _data_encoder.encode(data) if data != _NO_DATA else None,
+        ),
+    ).fetchone()
+    return Entry(
+        id=entry_id,
+        conversation=conversation,
+        seq=seq,
+        kind=kind,
+        sender=actor.name,
+        ts=ts,
+        target=target.name if target is not None else None,
+        name=data.name,
+        topic=data.topic,
+        role=data.role,
+    )
+
+
+def _apply_members(
+    conn: sqlite3.Connection, conversation: str, seq: int, changes: Iterable[MemberChange]
+) -> None:
+    for change in changes:
+        if change.join:
+            start = 1 if change.from_start else seq
+            conn.execute(_JOIN, (change.user_id, conversation, change.role, start))
+        elif change.leave:
+            conn.execute(
+                "UPDATE members SET until_seq = ? WHERE user_id = ? AND conversation = ?",
+                (seq, change.user_id, conversation),
+            )
+        else:
+            conn.execute(
+                "UPDATE members SET role = ? WHERE user_id = ? AND conversation = ?",
+                (change.role, change.user_id, conversation),
+            )
+
+
+def _create_conversation(
+    tx: _Transaction, new: NewConversation
+) -> tuple[ConversationState, Entry | None]:
+    conn = tx.conn
+    if new.kind == "direct":
+        assert new.id is not None
+        low, high = sorted(change.user_id for change in new.members)
+        _create_direct(conn, new.id, low, high)
+        last = tx.last_seq(new.id)
+        if last is None:
+            (last,) = conn.execute(_LAST_SEQ, (new.id,)).fetchone()
+        return ConversationState(id=new.id, kind="direct", last_seq=last or 0), None
+    (top,) = conn.execute(_LAST_CONVERSATION_NUMBER).fetchone()
+    conversation = f"c:{top + 1}"
+    try:
+        conn.execute(
+            "INSERT INTO conversations "
+            "(id, last_seq, kind, name, key, topic, public, created_at) "
+            "VALUES (?, 0, ?, ?, ?, ?, ?, ?)",
+            (conversation, new.kind, new.name, new.key, new.topic, new.public, new.ts),
+        )
+    except sqlite3.IntegrityError:
+        raise NameTakenError(new.key or conversation) from None
+    entry = _insert_entry(
+        tx,
+        conversation,
+        1,
+        "created",
+        new.creator,
+        new.ts,
+        None,
+        _EntryData(name=new.name, topic=new.topic or None),
+    )
+    _apply_members(conn, conversation, 1, new.members)
+    tx.took(conversation, 1, new.ts)
+    state = ConversationState(
+        id=conversation,
+        kind=new.kind,
+        name=new.name,
+        key=new.key,
+        topic=new.topic,
+        public=new.public,
+        last_seq=1,
+        last_ts=new.ts,
+    )
+    return state, entry
+
+
+def _append_entry(tx: _Transaction, new: NewEntry) -> Entry:
+    conn = tx.conn
+    conversation = new.conversation
+    seq = _next_seq(tx, conversation)
+    if new.key is not None:
+        try:
+            conn.execute(
+                "UPDATE conversations SET name = ?, key = ? WHERE id = ?",
+                (new.name, new.key, conversation),
+            )
+        except sqlite3.IntegrityError:
+            raise NameTakenError(new.key) from None
+    if new.topic is not None:
+        conn.execute("UPDATE conversations SET topic = ? WHERE id = ?", (new.topic, conversation))
+    if new.archived:
+        conn.execute("UPDATE conversations SET archived = 1 WHERE id = ?", (conversation,))
+    entry = _insert_entry(
+        tx,
+        conversation,
+        seq,
+        new.kind,
+        new.actor,
+        new.ts,
+        new.target,
+        _EntryData(name=new.name, topic=new.topic, role=new.role),
+    )
+    _apply_members(conn, conversation, seq, new.members)
+    tx.took(conversation, seq, new.ts)
+    return entry
