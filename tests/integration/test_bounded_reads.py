@@ -51,7 +51,7 @@ async def test_a_sync_over_much_stored_text_holds_about_one_reply_in_memory(
     assert 1 <= len(page["entries"]) <= 100_000 // 8_000
     # The server read no more than the reply (and the client decoded it): well under 1 MB,
     # where reading a page per conversation would hold the 6.4 MB.
-    print(f"\n[bounded sync] peak {peak} bytes, {len(page["entries"])} entries")
+    print(f"\n[bounded sync] peak {peak} bytes, {len(page['entries'])} entries")
     assert peak < 1_500_000, peak
     for conn in [bob, *senders]:
         await conn.close()
@@ -114,7 +114,7 @@ async def test_one_users_many_syncs_do_not_hold_up_another_users_history(
             # (without the per-user bound it waits behind the 16 begun before it).
             assert store.most == 1
             assert store.done == 64
-            print(f"\n[fair reads] {done_by_then} of 64 reads done when the other user was answered")
+            print(f"\n[fair reads] {done_by_then} of 64 reads done when the other was answered")
             assert done_by_then <= 6, done_by_then
             for conn in [*conns, patient]:
                 await conn.close()
