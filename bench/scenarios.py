@@ -679,9 +679,7 @@ class _Entries(msgspec.Struct):
 async def _channel_sync_client(
     service: Service, sizes: Sizes, cursors: dict[str, int]
 ) -> dict[str, Any]:
-    reader, writer = await asyncio.open_connection(
-        LOOPBACK, service.port, limit=64 * 1024 * 1024
-    )
+    reader, writer = await asyncio.open_connection(LOOPBACK, service.port, limit=64 * 1024 * 1024)
     decode = msgspec.json.Decoder(_Reply).decode
     page = msgspec.json.Decoder(_Entries).decode
     counter = 0
