@@ -670,7 +670,7 @@ def _channel_sync_section(cs: dict[str, Any]) -> str:
         "their cursors (one per channel, and General's), pages of up to 1,000 entries, "
         "advancing the cursors from each page, until `more` is false; the client decodes "
         f"every reply. Repeated {cs['repeats']} times from the same cursors; wall clock per "
-        "sync, and server CPU (/proc) over each sync.",
+        "sync, and server CPU (/proc, in 10 ms ticks) over each sync.",
         "",
         _table(
             [
