@@ -7,6 +7,7 @@ as they are.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..client import MessageReceived, PresenceChanged, StateChanged
@@ -24,7 +25,7 @@ TLS_FAILED = "tls"
 class SignedIn:
     user: str
     token: str
-    conversations: list[schema.ConversationEntry]
+    conversations: Sequence[schema.ConversationEntry | schema.ConversationInfo]
     online: dict[str, bool]
     """Presence of the peers of ``conversations``, which the connection now watches."""
 
@@ -64,7 +65,7 @@ class SignedOut:
 @dataclass(frozen=True, slots=True)
 class HistoryLoaded:
     key: str
-    result: schema.HistoryResult
+    result: schema.HistoryResult | schema.EntriesResult
     before: int | None
 
 

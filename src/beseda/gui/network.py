@@ -16,7 +16,14 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .. import tls
-from ..client import Client, ConnectionLostError, ServerRefusedError
+from ..client import (
+    Client,
+    ConnectionLostError,
+    MessageReceived,
+    PresenceChanged,
+    ServerRefusedError,
+    StateChanged,
+)
 from ..protocol import schema
 from ..protocol.errors import BesedaError, ProtocolError
 from . import events
@@ -187,7 +194,11 @@ class Network:
                 result = await client.login(token=token, backlog=False)
             else:
                 result = await client.login(username, password, backlog=False)
-            entries = await client.conversations()
+            # The desktop client shows General and direct conversations (channels and groups
+            # are not drawn yet).
+            entries = [
+                e for e in await client.conversations() if not e.conversation.startswith("c:")
+            ]
             # Watch the peers (most recently active first, within the limit): their state now
             # comes back with the reply, their changes as events.
             peers = [e.peer for e in entries if e.peer][: schema.MAX_WATCH]
@@ -218,7 +229,9 @@ class Network:
 
     async def _forward(self, client: Client, session: int) -> None:
         async for event in client.events():
-            self._post(session, event)
+            # Entries other than messages, read markers and typing are not drawn yet.
+            if isinstance(event, MessageReceived | PresenceChanged | StateChanged):
+                self._post(session, event)
 
     async def _sign_out(self) -> None:
         client, session = self._client, self._session

@@ -557,6 +557,8 @@ class Presenter:
         return dm_key(peer), peer
 
     def _received(self, message: schema.Message) -> None:
+        if message.conversation.startswith("c:"):
+            return  # channels and groups are not drawn yet
         key, peer = self._key_of(message)
         conversation = self.conversations.get(key)
         if conversation is None:
