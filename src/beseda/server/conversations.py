@@ -260,15 +260,16 @@ class Index:
     # -- rules ---------------------------------------------------------------------------------
 
     def require_readable(self, user_id: int, conversation_id: str) -> Conversation:
-        """The conversation, if the user may read it (a member now or before, or a public
-        channel's reader); else ``unknown_conversation``, the same whether it exists or not."""
+        """The conversation, if the user may read it (a member now or before); a public
+        channel's non-member gets ``not_a_member``, anyone else ``unknown_conversation``, the
+        same whether it exists or not."""
         conversation = self.conversations.get(conversation_id)
         if conversation is not None and (
-            conversation.everyone
-            or self.membership(user_id, conversation_id) is not None
-            or (conversation.kind == CHANNEL and conversation.public)
+            conversation.everyone or self.membership(user_id, conversation_id) is not None
         ):
             return conversation
+        if conversation is not None and conversation.kind == CHANNEL and conversation.public:
+            raise ProtocolError(errors.NOT_A_MEMBER, f"Join {conversation.name!r} to read it.")
         raise unknown(conversation_id)
 
     def require_member(self, user_id: int, conversation_id: str) -> Conversation:
