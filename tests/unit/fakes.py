@@ -493,6 +493,9 @@ class FakePeer:
     def deliver(self, data: bytes) -> None:
         self.sent.append(data)
 
+    def send_event(self, event: codec.Outgoing) -> None:
+        self.deliver(event.line())
+
     def close(self, code: str, message: str | None = None) -> None:
         self.closed_with = code
 

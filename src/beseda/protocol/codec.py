@@ -42,6 +42,25 @@ def encode(message: msgspec.Struct) -> bytes:
     return _encoder.encode(message) + b"\n"
 
 
+class Outgoing:
+    """A server message on its way to many connections, encoded once per wire format, when a
+    connection of that format first asks (a JSON line today; a WebSocket text frame is the
+    same JSON without the newline; another format adds a method here)."""
+
+    __slots__ = ("_line", "message")
+
+    def __init__(self, message: msgspec.Struct) -> None:
+        self.message = message
+        self._line: bytes | None = None
+
+    def line(self) -> bytes:
+        """The message as one JSON line, newline included."""
+        line = self._line
+        if line is None:
+            line = self._line = encode(self.message)
+        return line
+
+
 def encode_data(data: msgspec.Struct) -> msgspec.Raw:
     """Encode reply data once so that it can be embedded in a ``Result`` without re-encoding."""
     return msgspec.Raw(_encoder.encode(data))

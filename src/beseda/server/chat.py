@@ -30,7 +30,7 @@ from typing import Protocol
 import msgspec
 
 from ..bus import Bus, EntryPosted, PresenceChanged, ReadMoved, TypingStarted
-from ..protocol import errors, schema
+from ..protocol import codec, errors, schema
 from ..protocol.errors import ProtocolError
 from ..protocol.schema import GENERAL
 from ..storage import (
@@ -66,13 +66,15 @@ log = logging.getLogger(__name__)
 
 
 class Peer(Protocol):
-    """The core's view of a connection: an id, an address, and a way to push bytes."""
+    """The core's view of a connection: an id, an address, a way to push typed events, and a
+    way to close it with a reason."""
 
     conn_id: int
     address: str
 
-    def deliver(self, data: bytes) -> None:
-        """Queue already-encoded lines for sending; never blocks."""
+    def send_event(self, event: codec.Outgoing) -> None:
+        """Queue an event for sending, encoded by the connection (once per wire format for
+        all connections, see ``codec.Outgoing``); never blocks."""
 
     def close(self, code: str, message: str | None = None) -> None:
         """Say why in a ``bye``, then close."""

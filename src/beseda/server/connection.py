@@ -563,6 +563,10 @@ class ServerConnection:
 
     # -- output --------------------------------------------------------------------------------
 
+    def send_event(self, event: codec.Outgoing) -> None:
+        """Queue an event from the delivery hub, in this connection's wire format."""
+        self.deliver(event.line())
+
     def deliver(self, data: bytes) -> None:
         """Queue a line for the transport's next write. Never blocks."""
         if self.state is State.CLOSED:

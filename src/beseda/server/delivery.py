@@ -1,8 +1,10 @@
-"""Fan-out: bus events become encoded lines appended to each recipient connection.
+"""Fan-out: bus events become typed events handed to each recipient connection.
 
-A message is encoded once, whatever the number of recipients, and handed to each connection's
-``deliver``, which only appends to a bounded buffer and never waits (see ``transports/tcp.py``).
-So one slow reader cannot delay anyone else.
+An entry becomes one :class:`codec.Outgoing` per protocol version, whatever the number of
+recipients; each connection's ``send_event`` asks it for its own wire format (encoded once,
+by the first connection that needs it) and only appends to a bounded buffer, never waiting
+(see ``connection.py``). So one slow reader cannot delay anyone else, and a transport with
+another format needs no change here.
 
 Presence goes by subscription: a session ``watch``es a set of users and gets the changes of
 those only, so a change costs one delivery per watcher. (Sent to every session, a storm of N
@@ -103,22 +105,22 @@ class DeliveryHub:
             watchers = self._watchers.get(event.user_id)
             if not watchers:
                 return
-            data = codec.encode(schema.PresenceEvent(user=event.name, online=event.online))
+            presence = codec.Outgoing(schema.PresenceEvent(user=event.name, online=event.online))
             for session in watchers:
-                session.peer.deliver(data)
+                session.peer.send_event(presence)
                 self.presence_delivered += 1
         elif isinstance(event, ReadMoved):
-            read = codec.encode(schema.ReadEvent(conversation=event.conversation, seq=event.seq))
+            read = codec.Outgoing(schema.ReadEvent(conversation=event.conversation, seq=event.seq))
             for session in self._by_user.get(event.user_id, ()):
                 if session.protocol >= 3 and session.peer.conn_id != event.origin:
-                    session.peer.deliver(read)
+                    session.peer.send_event(read)
         elif isinstance(event, TypingStarted):
-            typing = codec.encode(
+            typing = codec.Outgoing(
                 schema.TypingEvent(conversation=event.conversation, user=event.name)
             )
             for session in self._targets(event.recipients):
                 if session.protocol >= 3 and session.user_id != event.user_id:
-                    session.peer.deliver(typing)
+                    session.peer.send_event(typing)
 
     def _targets(self, recipients: frozenset[int] | tuple[int, ...] | None) -> Iterable[Session]:
         if recipients is None:
@@ -130,9 +132,10 @@ class DeliveryHub:
         return [s for uid in recipients for s in by_user.get(uid, ())]
 
     def _entry(self, event: EntryPosted) -> None:
-        # Encoded once per protocol version, whatever the number of recipients.
-        current: bytes | None = None
-        legacy: bytes | None = None
+        # One typed event per protocol version, each encoded once per wire format by the
+        # first connection of that format, whatever the number of recipients.
+        current: codec.Outgoing | None = None
+        legacy: codec.Outgoing | None = None
         origin = event.origin
         count = 0
         # No copy of the set: deliver() never detaches a session synchronously (a dropped
@@ -143,12 +146,12 @@ class DeliveryHub:
                 continue
             if session.protocol >= 3:
                 if current is None:
-                    current = codec.encode(schema.EntryEvent(entry=event.entry))
-                peer.deliver(current)
+                    current = codec.Outgoing(schema.EntryEvent(entry=event.entry))
+                peer.send_event(current)
             elif event.legacy:
                 if legacy is None:
-                    legacy = codec.encode(schema.MessageEvent(message=event.entry))
-                peer.deliver(legacy)
+                    legacy = codec.Outgoing(schema.MessageEvent(message=event.entry))
+                peer.send_event(legacy)
             else:
                 continue
             count += 1
