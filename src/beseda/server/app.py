@@ -23,6 +23,7 @@ from .chat import Chat
 from .config import Settings
 from .connection import Capacity
 from .delivery import DeliveryHub
+from .limits import Limiters
 from .transports.tcp import TcpListener
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,11 @@ class Server:
         hasher: PasswordHasher | None = None,
         storage: Storage | None = None,
         bus: Bus | None = None,
+        limiters: Limiters | None = None,
     ) -> None:
         """Everything is built here from ``settings``; a test or another adapter hands in
-        its own ``storage``, ``bus`` or ``hasher`` instead, and nothing else changes."""
+        its own ``storage``, ``bus``, ``hasher`` or ``limiters`` instead, and nothing else
+        changes."""
         self.settings = settings
         self.storage: Storage = storage or open_storage(settings)
         self.bus: Bus = bus or LocalBus()
@@ -73,6 +76,7 @@ class Server:
             hub=self.hub,
             hasher=self.hasher,
             limits=settings.limits,
+            limiters=limiters or Limiters.in_memory(settings.limits),
         )
         self.bus.subscribe(self.hub.on_event)
         # Shared by every transport: the caps on connections and the input budget.

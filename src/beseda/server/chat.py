@@ -61,6 +61,7 @@ from .conversations import (
     mentioned_names,
     unknown,
 )
+from .limits import Limiters
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ class Chat:
         clock: Callable[[], int] = _now_ms,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        limiters: Limiters | None = None,
     ) -> None:
         self._storage = storage
         self._bus = bus
@@ -148,19 +150,13 @@ class Chat:
         self._clock = clock
         self._monotonic = monotonic
         self._sleep = sleep
-        self._throttle = accounts.LoginThrottle(
-            per_account=limits.login_failures_per_account,
-            per_address=limits.login_failures_per_address,
-        )
-        self._message_rate = accounts.TokenBucket(limits.message_rate, limits.message_burst)
+        limiters = limiters or Limiters.in_memory(limits)
+        self._throttle = limiters.logins
+        self._message_rate = limiters.messages
         self._user_cache: OrderedDict[str, UserRecord] = OrderedDict()
-        self._registrations = accounts.TokenBucket(*limits.registrations_per_address)
-        self._channel_creations = accounts.TokenBucket(
-            limits.channels_per_hour / 3600, max(1.0, limits.channels_per_hour)
-        )
-        self._invitations = accounts.TokenBucket(
-            limits.invitations_per_minute / 60, max(1.0, limits.invitations_per_minute)
-        )
+        self._registrations = limiters.registrations
+        self._channel_creations = limiters.channels
+        self._invitations = limiters.invitations
         self._typing: OrderedDict[tuple[int, str], float] = OrderedDict()
         """(user, conversation) → when its last typing event was passed on, oldest first."""
         self._reads = _ReadSlots(limits.reads_per_user)
