@@ -7,6 +7,7 @@ as they are.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..client import MessageReceived, PresenceChanged, StateChanged
@@ -20,11 +21,36 @@ TLS_FAILED = "tls"
 """Sign-in failure: no secure connection could be set up (a server without TLS, say)."""
 
 
+# The client library's protocol-3 events, until it has them (branch client-v3): the same
+# names and fields, so the presenter does not change when they come from the library.
+
+
+@dataclass(frozen=True, slots=True)
+class EntryReceived:
+    """An entry of another kind than ``message`` (joined, added, renamed, …)."""
+
+    entry: schema.Entry
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMarker:
+    """The user (on any device) has read ``conversation`` up to ``seq``."""
+
+    conversation: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class TypingStarted:
+    conversation: str
+    user: str
+
+
 @dataclass(frozen=True, slots=True)
 class SignedIn:
     user: str
     token: str
-    conversations: list[schema.ConversationEntry]
+    conversations: Sequence[schema.ConversationEntry | schema.ConversationInfo]
     online: dict[str, bool]
     """Presence of the peers of ``conversations``, which the connection now watches."""
 
@@ -95,6 +121,39 @@ class UsersFound:
     """A further page of the same search."""
 
 
+@dataclass(frozen=True, slots=True)
+class ConversationOpened:
+    """A conversation was created, joined or looked up: show it (``select``: open it)."""
+
+    info: schema.ConversationInfo
+    select: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationLeft:
+    conversation: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelsFound:
+    request: int
+    result: schema.ChannelsResult
+
+
+@dataclass(frozen=True, slots=True)
+class MembersLoaded:
+    conversation: str
+    result: schema.MembersResult
+
+
+@dataclass(frozen=True, slots=True)
+class ActionFailed:
+    """A conversation action (create, join, invite, …) was refused."""
+
+    code: str
+    detail: str
+
+
 Event = (
     SignedIn
     | SignInFailed
@@ -106,6 +165,14 @@ Event = (
     | Sent
     | SendFailed
     | UsersFound
+    | ConversationOpened
+    | ConversationLeft
+    | ChannelsFound
+    | MembersLoaded
+    | ActionFailed
+    | EntryReceived
+    | ReadMarker
+    | TypingStarted
     | MessageReceived
     | PresenceChanged
     | StateChanged
