@@ -9,8 +9,8 @@ from typing import Any
 from beseda.gui.presenter import (
     ChannelRow,
     ConversationRow,
-    MembersPanel,
     Header,
+    MembersPanel,
     MessageRow,
     PersonRow,
     SignInForm,

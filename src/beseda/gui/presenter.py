@@ -779,9 +779,9 @@ class Presenter:
             if who and who.casefold() == self.user.casefold():
                 conversation.member = False
         watched = self.members_of
-        if watched is not None and watched == conversation.conversation_id:
-            if entry.kind in ("joined", "left", "added", "removed", "role"):
-                self.backend.members(watched)
+        membership = entry.kind in ("joined", "left", "added", "removed", "role")
+        if membership and watched is not None and watched == conversation.conversation_id:
+            self.backend.members(watched)
 
     def _conversation_opened(self, info: schema.ConversationInfo, *, select: bool) -> None:
         if info.conversation == schema.GENERAL:
@@ -828,9 +828,7 @@ class Presenter:
             self.presence[member.name.casefold()] = member.online
         me = self.user.casefold()
         if conversation.kind == "group":
-            conversation.people = [
-                m.name for m in event.result.members if m.name.casefold() != me
-            ]
+            conversation.people = [m.name for m in event.result.members if m.name.casefold() != me]
         for member in event.result.members:
             if member.name.casefold() == me:
                 conversation.role = member.role
@@ -1413,7 +1411,11 @@ class Presenter:
         return self.presence.get(name.casefold(), False)
 
     def _online(self, conversation: Conversation) -> bool | None:
-        return None if conversation.peer is None or conversation.kind != "direct" else self._is_online(conversation.peer)
+        return (
+            None
+            if conversation.peer is None or conversation.kind != "direct"
+            else self._is_online(conversation.peer)
+        )
 
     def _presence_text(self, conversation: Conversation) -> str:
         if conversation.peer is None:
