@@ -1428,9 +1428,8 @@ class Presenter:
         if conversation.kind == "channel":
             return ""
         if conversation.kind == "group":
-            return ngettext("group of {n}", "group of {n}", len(conversation.people) + 1).format(
-                n=len(conversation.people) + 1
-            )
+            size = len(conversation.people) + 1
+            return ngettext("{n} member", "{n} members", size).format(n=size)
         return self._presence_text(conversation)
 
     def _typing_text(self, conversation: Conversation) -> str:

@@ -13,7 +13,7 @@ from tkinter import ttk
 from typing import Any, cast
 
 from . import theme
-from .i18n import _
+from .i18n import _, ngettext
 from .presenter import (
     CHANNELS,
     DIRECT,
@@ -851,7 +851,7 @@ class ChannelBrowser(Dialog):
             if row.topic:
                 label += " — " + row.topic
             joined = _("joined") if row.joined else ""
-            members = _("{n} members").format(n=row.members)
+            members = ngettext("{n} member", "{n} members", row.members).format(n=row.members)
             self.list.insert(
                 "", "end", iid=row.conversation, text=label, values=(f"{joined} {members}",)
             )
