@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from beseda.client import MessageReceived
+from beseda.client import EntryReceived, MessageReceived, TypingStarted
 from beseda.gui import events, i18n, theme
 from beseda.gui.preferences import Preferences
 from beseda.gui.presenter import Presenter, dm_key
@@ -88,11 +88,9 @@ def test_changes_typing_and_mentions_show_in_the_timeline(window: Window) -> Non
     window.sign_in()
     window.presenter.select(DEV)
     window.feed(
-        events.EntryReceived(
-            message(9, "", "anna", conversation=DEV, kind="added", target="boris")
-        ),
+        EntryReceived(message(9, "", "anna", conversation=DEV, kind="added", target="boris")),
         MessageReceived(message(10, "@alice please look", conversation=DEV, mentions=["alice"])),
-        events.TypingStarted(DEV, "anna"),
+        TypingStarted(DEV, "anna"),
     )
     messages = window.view.chat.messages.text
     shown = messages.get("1.0", "end")

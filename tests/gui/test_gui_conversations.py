@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from beseda.client import MessageReceived
+from beseda.client import EntryReceived, MessageReceived, ReadMarker, TypingStarted
 from beseda.gui import events, i18n
 from beseda.gui.preferences import Preferences
 from beseda.gui.presenter import GENERAL_KEY, Presenter, dm_key
@@ -203,7 +203,7 @@ def test_a_read_marker_from_another_device_clears_the_badge(
 ) -> None:
     sign_in(presenter)
     assert row(view, DEV).mentions == 1
-    feed(presenter, events.ReadMarker(DEV, 8))
+    feed(presenter, ReadMarker(DEV, 8))
     assert (row(view, DEV).unread, row(view, DEV).mentions) == (0, 0)
     assert view.title == "(1) alice — beseda"
 
@@ -339,11 +339,11 @@ def test_someone_typing_shows_for_six_seconds_then_hides(
 ) -> None:
     sign_in(presenter)
     presenter.select(DEV)
-    feed(presenter, events.TypingStarted(DEV, "anna"))
+    feed(presenter, TypingStarted(DEV, "anna"))
     assert view.typing == "anna is typing…"
-    feed(presenter, events.TypingStarted(DEV, "boris"))
+    feed(presenter, TypingStarted(DEV, "boris"))
     assert view.typing == "anna and boris are typing…"
-    feed(presenter, events.TypingStarted(GENERAL_KEY, "carol"))  # not an id: ignored
+    feed(presenter, TypingStarted(GENERAL_KEY, "carol"))  # not an id: ignored
     clock.now += schema.TYPING_EXPIRY - 1
     presenter.tick()
     assert view.typing == "anna and boris are typing…"
@@ -359,7 +359,7 @@ def test_typing_in_another_conversation_is_not_shown_here(
 ) -> None:
     sign_in(presenter)
     presenter.select(DEV)
-    feed(presenter, events.TypingStarted("dm:1:2", "bob"))
+    feed(presenter, TypingStarted("dm:1:2", "bob"))
     assert view.typing == ""
     presenter.select(dm_key("bob"))
     assert view.typing == "bob is typing…"
@@ -372,7 +372,7 @@ def test_a_change_is_a_small_line_in_the_timeline(presenter: Presenter, view: Fa
     sign_in(presenter)
     presenter.select(DEV)
     added = message(9, "", "anna", conversation=DEV, kind="added", target="boris")
-    feed(presenter, events.EntryReceived(added))
+    feed(presenter, EntryReceived(added))
     assert view.rows[-1].event
     assert view.rows[-1].text == "anna added boris"
     assert row(view, DEV).unread == 0  # a change is not an unread message
@@ -384,10 +384,8 @@ def test_changes_read_in_russian(presenter: Presenter, view: FakeView) -> None:
     presenter.select(DEV)
     feed(
         presenter,
-        events.EntryReceived(
-            message(9, "", "Анна", conversation=DEV, kind="added", target="Борис")
-        ),
-        events.EntryReceived(message(10, "", "Анна", conversation=DEV, kind="left")),
+        EntryReceived(message(9, "", "Анна", conversation=DEV, kind="added", target="Борис")),
+        EntryReceived(message(10, "", "Анна", conversation=DEV, kind="left")),
     )
     assert [r.text for r in view.rows if r.event] == [
         "Анна: добавлен(а) Борис",
@@ -398,13 +396,13 @@ def test_changes_read_in_russian(presenter: Presenter, view: FakeView) -> None:
 def test_a_topic_change_updates_the_header(presenter: Presenter, view: FakeView) -> None:
     sign_in(presenter)
     presenter.select(DEV)
-    feed(presenter, events.EntryReceived(message(9, "", "bob", conversation=DEV, kind="topic")))
+    feed(presenter, EntryReceived(message(9, "", "bob", conversation=DEV, kind="topic")))
     assert view.header is not None
     assert view.header.subtitle == ""
     topic = schema.Entry(
         id=10, conversation=DEV, seq=10, kind="topic", sender="bob", ts=1, topic="Ship it"
     )
-    feed(presenter, events.EntryReceived(topic))
+    feed(presenter, EntryReceived(topic))
     assert view.header.subtitle == "Ship it"
     assert view.rows[-1].text == "bob set the topic: Ship it"
 

@@ -7,7 +7,8 @@
 >>> async for event in client.events():
 ...     print(event)
 
-It keeps a cursor per conversation and delivers every message exactly once, in order within
+It speaks protocol 3 (channels, groups, entries, read markers, typing). It keeps a cursor
+per conversation and delivers every entry exactly once, in order within
 its conversation, across dropped connections and server restarts: after reconnecting it logs
 in with the session token, resends unacknowledged messages with their original client ids
 (the server stores each only once) and syncs from its cursors.
@@ -18,10 +19,13 @@ from .connection import (
     ClientEvent,
     ConnectionLostError,
     ConnectionState,
+    EntryReceived,
     MessageReceived,
     PresenceChanged,
+    ReadMarker,
     ServerRefusedError,
     StateChanged,
+    TypingStarted,
 )
 
 __all__ = [
@@ -29,8 +33,11 @@ __all__ = [
     "ClientEvent",
     "ConnectionLostError",
     "ConnectionState",
+    "EntryReceived",
     "MessageReceived",
     "PresenceChanged",
+    "ReadMarker",
     "ServerRefusedError",
     "StateChanged",
+    "TypingStarted",
 ]

@@ -10,9 +10,9 @@ import logging
 import random
 import ssl
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -57,6 +57,30 @@ class MessageReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class EntryReceived:
+    """An entry other than a message (``created``, ``joined``, ``added``, ``removed``, ...),
+    new to this client, exactly once and in order with the messages of its conversation."""
+
+    entry: schema.Entry
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMarker:
+    """The user's read marker of ``conversation`` moved to ``seq`` (on another connection)."""
+
+    conversation: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class TypingStarted:
+    """``user`` is typing in ``conversation`` (show it for ``schema.TYPING_EXPIRY`` s)."""
+
+    conversation: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
 class PresenceChanged:
     user: str
     online: bool
@@ -74,7 +98,12 @@ class StateChanged:
     certificate: :class:`~beseda.tls.CertificateChangedError`), that error."""
 
 
-ClientEvent = MessageReceived | PresenceChanged | StateChanged
+ClientEvent = (
+    MessageReceived | EntryReceived | ReadMarker | TypingStarted | PresenceChanged | StateChanged
+)
+
+PROTOCOL: Final = 3
+"""The protocol version this library speaks (sent at every login)."""
 
 
 @dataclass(eq=False)
@@ -90,7 +119,7 @@ class _Pending:
 @dataclass
 class _Conversation:
     cursor: int = 0
-    held: dict[int, schema.Message] = field(default_factory=dict)
+    held: dict[int, schema.Entry] = field(default_factory=dict)
 
 
 class Client:
@@ -198,7 +227,7 @@ class Client:
     ) -> schema.AuthResult:
         """Create an account and log in with it (``backlog`` as for :meth:`login`)."""
         result = await self._call(
-            schema.Register(id=0, username=username, password=password),
+            schema.Register(id=0, username=username, password=password, protocol=PROTOCOL),
             schema.AuthResult,
             retry=False,
         )
@@ -220,7 +249,9 @@ class Client:
         instead of replaying its whole history through :meth:`sync`.
         """
         result = await self._call(
-            schema.Login(id=0, username=username, password=password, token=token),
+            schema.Login(
+                id=0, username=username, password=password, token=token, protocol=PROTOCOL
+            ),
             schema.AuthResult,
             retry=False,
         )
@@ -257,13 +288,14 @@ class Client:
         peer: str | None = None,
         before: int | None = None,
         limit: int = schema.DEFAULT_PAGE,
-    ) -> schema.HistoryResult:
-        """One page of history, oldest first; ``before=result.messages[0].seq`` pages back."""
+    ) -> schema.EntriesResult:
+        """One page of history, oldest first; ``before=result.entries[0].seq`` pages back
+        (``result.messages`` is the same list, by its version-2 name)."""
         if conversation is None and peer is None:
             conversation = schema.GENERAL
         return await self._call(
             schema.History(id=0, conversation=conversation, peer=peer, before=before, limit=limit),
-            schema.HistoryResult,
+            schema.EntriesResult,
         )
 
     async def users(
@@ -310,24 +342,173 @@ class Client:
         if names is self._watching:  # else a newer watch() answers for itself
             self._watched(result)
 
-    async def conversations(self) -> list[schema.ConversationEntry]:
-        result = await self._call(schema.Conversations(id=0), schema.ConversationsResult)
-        return result.conversations
+    async def conversations(self) -> list[schema.ConversationInfo]:
+        """Every conversation of the user, most recently active first (all pages)."""
+        out: list[schema.ConversationInfo] = []
+        after: str | None = None
+        while True:
+            page = await self._call(
+                schema.Conversations(id=0, after=after), schema.ConversationsPage
+            )
+            out.extend(page.conversations)
+            if page.next is None or not page.conversations:
+                return out
+            after = page.next
+
+    async def conversation(self, conversation: str) -> schema.ConversationInfo:
+        """One conversation as the user sees it (unread and mention counts included)."""
+        result = await self._call(
+            schema.ConversationRequest(id=0, conversation=conversation),
+            schema.ConversationResult,
+        )
+        return result.conversation
+
+    # -- conversations (protocol 3) ------------------------------------------------------------
+
+    async def post(
+        self, conversation: str, text: str, client_id: str | None = None
+    ) -> schema.Entry:
+        """Post a message into any conversation one is a member of; returns the stored entry
+        once it is committed (resent after a reconnect with the same client id)."""
+        request = schema.Post(
+            id=0, conversation=conversation, client_id=client_id or new_client_id(), text=text
+        )
+        result = await self._call(request, schema.PostResult)
+        self._accept(result.entry)
+        return result.entry
+
+    async def create_channel(
+        self,
+        name: str,
+        *,
+        public: bool = True,
+        topic: str = "",
+        members: Iterable[str] = (),
+    ) -> schema.ConversationInfo:
+        """Create a channel (its owner is the user); ``members`` are added at once."""
+        request = schema.CreateChannel(
+            id=0, name=name, public=public, topic=topic, members=list(members)
+        )
+        result = await self._call(request, schema.ConversationResult, retry=False)
+        self._schedule_sync()  # its ``created`` entry
+        return result.conversation
+
+    async def create_group(self, members: Iterable[str]) -> schema.ConversationInfo:
+        """Create a group of the user and ``members`` (3 to 32 people in all)."""
+        request = schema.CreateGroup(id=0, members=list(members))
+        result = await self._call(request, schema.ConversationResult, retry=False)
+        self._schedule_sync()
+        return result.conversation
+
+    async def join(self, conversation: str) -> schema.ConversationInfo:
+        """Join a public channel (a no-op when already a member)."""
+        result = await self._call(
+            schema.Join(id=0, conversation=conversation), schema.ConversationResult
+        )
+        self._schedule_sync()  # its ``joined`` entry and the history before it
+        return result.conversation
+
+    async def leave(self, conversation: str) -> None:
+        await self._call(schema.Leave(id=0, conversation=conversation), schema.Empty, retry=False)
+        self._schedule_sync()  # the ``left`` entry, the last one this user gets
+
+    async def invite(self, conversation: str, names: Iterable[str]) -> list[schema.Entry]:
+        """Add people to a channel (owners and admins) or a group (any member); returns the
+        ``added`` entries (none for people who were members already)."""
+        request = schema.Invite(id=0, conversation=conversation, users=list(names))
+        result = await self._call(request, schema.EntriesResult, retry=False)
+        for entry in result.entries:
+            self._accept(entry)
+        return result.entries
+
+    async def remove(self, conversation: str, name: str) -> schema.Entry:
+        return await self._change(schema.Remove(id=0, conversation=conversation, user=name))
+
+    async def set_role(self, conversation: str, name: str, role: str) -> schema.Entry:
+        return await self._change(
+            schema.SetRole(id=0, conversation=conversation, user=name, role=role)
+        )
+
+    async def rename(self, conversation: str, name: str) -> schema.Entry:
+        return await self._change(schema.Rename(id=0, conversation=conversation, name=name))
+
+    async def set_topic(self, conversation: str, topic: str) -> schema.Entry:
+        return await self._change(schema.SetTopic(id=0, conversation=conversation, topic=topic))
+
+    async def archive(self, conversation: str) -> schema.Entry:
+        return await self._change(schema.Archive(id=0, conversation=conversation))
+
+    async def _change(self, request: schema.Request) -> schema.Entry:
+        entry = await self._call(request, schema.Entry, retry=False)
+        self._accept(entry)
+        return entry
+
+    async def members(self, conversation: str) -> list[schema.MemberEntry]:
+        """Every member of a conversation, by name (all pages)."""
+        out: list[schema.MemberEntry] = []
+        after: str | None = None
+        while True:
+            page = await self._call(
+                schema.Members(id=0, conversation=conversation, after=after, limit=schema.MAX_PAGE),
+                schema.MembersResult,
+            )
+            out.extend(page.members)
+            if page.next is None or not page.members:
+                return out
+            after = page.next
+
+    async def channels(self, query: str = "") -> list[schema.ChannelEntry]:
+        """The channel directory (public channels and the private ones the user is in)."""
+        out: list[schema.ChannelEntry] = []
+        after: str | None = None
+        while True:
+            page = await self._call(
+                schema.Channels(id=0, query=query, after=after, limit=schema.MAX_PAGE),
+                schema.ChannelsResult,
+            )
+            out.extend(page.channels)
+            if page.next is None or not page.channels:
+                return out
+            after = page.next
+
+    async def read(self, conversation: str, seq: int) -> int:
+        """Move the read marker forward to ``seq``; returns the marker now."""
+        result = await self._call(
+            schema.Read(id=0, conversation=conversation, seq=seq), schema.ReadResult
+        )
+        return result.seq
+
+    async def typing(self, conversation: str) -> None:
+        """Tell the other members the user is typing (the server passes it on at most once
+        per ``schema.TYPING_INTERVAL`` seconds)."""
+        await self._call(schema.Typing(id=0, conversation=conversation), schema.Empty, retry=False)
 
     async def ping(self) -> None:
         await self._call(schema.Ping(id=0), schema.Empty)
 
-    async def sync(self) -> list[schema.Message]:
-        """Fetch everything after the cursors; returns the messages new to this client.
+    async def sync(self) -> list[schema.Entry]:
+        """Fetch everything after the cursors; returns the entries new to this client
+        (messages and changes alike).
 
         They are also put on the event stream. Runs by itself after every (re)login.
         """
-        new: list[schema.Message] = []
+        new: list[schema.Entry] = []
         while True:
             cursors = {c: conv.cursor for c, conv in self._conversations.items()}
-            result = await self._call(schema.Sync(id=0, cursors=cursors), schema.SyncResult)
-            for message in result.messages:
-                new.extend(self._accept(message))
+            result = await self._call(schema.Sync(id=0, cursors=cursors), schema.EntriesResult)
+            first: set[str] = set()
+            for entry in result.entries:
+                if entry.conversation not in first:
+                    first.add(entry.conversation)
+                    # The server answers from the cursor or from the first entry this user
+                    # may read (a group joined later, a return after a removal): nothing
+                    # readable lies before the first entry of a conversation in the reply.
+                    state = self._conversations.setdefault(entry.conversation, _Conversation())
+                    if entry.seq > state.cursor + 1 and cursors.get(entry.conversation, 0) == (
+                        state.cursor
+                    ):
+                        self.set_cursor(entry.conversation, entry.seq - 1)
+                new.extend(self._accept(entry))
             if not result.more:
                 return new
 
@@ -485,7 +666,7 @@ class Client:
                 return
             if (
                 message.code == errors.RATE_LIMITED
-                and isinstance(pending.request, schema.Send | schema.DirectMessage)
+                and isinstance(pending.request, schema.Send | schema.DirectMessage | schema.Post)
                 and pending.attempts <= self.max_rate_limit_retries
             ):
                 # The message was not stored; send it again (same client id) when allowed.
@@ -502,8 +683,14 @@ class Client:
                         retry_after=message.retry_after,
                     )
                 )
+        elif isinstance(message, schema.EntryEvent):
+            self._accept(message.entry)
         elif isinstance(message, schema.MessageEvent):
             self._accept(message.message)
+        elif isinstance(message, schema.ReadEvent):
+            self._events.put_nowait(ReadMarker(message.conversation, message.seq))
+        elif isinstance(message, schema.TypingEvent):
+            self._events.put_nowait(TypingStarted(message.conversation, message.user))
         elif isinstance(message, schema.PresenceEvent):
             self._events.put_nowait(PresenceChanged(message.user, message.online))
 
@@ -516,9 +703,10 @@ class Client:
 
     # -- exactly once, in order ----------------------------------------------------------------
 
-    def _accept(self, message: schema.Message) -> list[schema.Message]:
-        """Deliver ``message`` if it is the next in its conversation; hold it if it is ahead
-        (and fetch the gap); drop it if already delivered. Returns what was delivered."""
+    def _accept(self, message: schema.Entry) -> list[schema.Entry]:
+        """Deliver ``message`` (an entry of any kind) if it is the next in its conversation;
+        hold it if it is ahead (and fetch the gap); drop it if already delivered. Returns
+        what was delivered."""
         state = self._conversations.setdefault(message.conversation, _Conversation())
         if message.seq <= state.cursor:
             return []
@@ -532,7 +720,10 @@ class Client:
             state.cursor += 1
             delivered.append(state.held.pop(state.cursor))
         for item in delivered:
-            self._events.put_nowait(MessageReceived(item))
+            if item.kind == "message":
+                self._events.put_nowait(MessageReceived(item))
+            else:
+                self._events.put_nowait(EntryReceived(item))
         return delivered
 
     def _schedule_sync(self) -> None:
@@ -619,7 +810,9 @@ class Client:
     async def _resume(self) -> None:
         token = self.token
         assert token is not None
-        result = await self._call(schema.Login(id=0, token=token), schema.AuthResult, retry=False)
+        result = await self._call(
+            schema.Login(id=0, token=token, protocol=PROTOCOL), schema.AuthResult, retry=False
+        )
         self.user = result.user
         self._authenticated.set()
         self._set_state(ConnectionState.CONNECTED)

@@ -1,8 +1,9 @@
 """What the network thread tells the Tk thread: typed events, queued with a session number.
 
 Besides these, the client library's own events (:class:`~beseda.client.MessageReceived`,
-:class:`~beseda.client.PresenceChanged`, :class:`~beseda.client.StateChanged`) are forwarded
-as they are.
+:class:`~beseda.client.EntryReceived`, :class:`~beseda.client.ReadMarker`,
+:class:`~beseda.client.TypingStarted`, :class:`~beseda.client.PresenceChanged`,
+:class:`~beseda.client.StateChanged`) are forwarded as they are.
 """
 
 from __future__ import annotations
@@ -10,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..client import MessageReceived, PresenceChanged, StateChanged
+from ..client import (
+    EntryReceived,
+    MessageReceived,
+    PresenceChanged,
+    ReadMarker,
+    StateChanged,
+    TypingStarted,
+)
 from ..protocol import schema
 
 UNREACHABLE = "unreachable"
@@ -19,31 +27,6 @@ GONE = "gone"
 """Sign-in failure: the server closed the connection."""
 TLS_FAILED = "tls"
 """Sign-in failure: no secure connection could be set up (a server without TLS, say)."""
-
-
-# The client library's protocol-3 events, until it has them (branch client-v3): the same
-# names and fields, so the presenter does not change when they come from the library.
-
-
-@dataclass(frozen=True, slots=True)
-class EntryReceived:
-    """An entry of another kind than ``message`` (joined, added, renamed, …)."""
-
-    entry: schema.Entry
-
-
-@dataclass(frozen=True, slots=True)
-class ReadMarker:
-    """The user (on any device) has read ``conversation`` up to ``seq``."""
-
-    conversation: str
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class TypingStarted:
-    conversation: str
-    user: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +73,7 @@ class SignedOut:
 @dataclass(frozen=True, slots=True)
 class HistoryLoaded:
     key: str
-    result: schema.HistoryResult
+    result: schema.HistoryResult | schema.EntriesResult
     before: int | None
 
 

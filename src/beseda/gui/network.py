@@ -135,37 +135,57 @@ class Network:
         self._submit(self._post_entry(local_id, conversation, text))
 
     def create_channel(self, name: str, *, public: bool, topic: str) -> None:
-        self._act(self._opened("create_channel", name, public=public, topic=topic))
+        self._act(_opened(lambda c: c.create_channel(name, public=public, topic=topic)))
 
     def create_group(self, members: list[str]) -> None:
-        self._act(self._opened("create_group", list(members)))
+        self._act(_opened(lambda c: c.create_group(list(members))))
 
     def join(self, conversation: str) -> None:
-        self._act(self._opened("join", conversation))
-
-    def leave(self, conversation: str) -> None:
-        self._act(self._left(conversation))
-
-    def invite(self, conversation: str, names: list[str]) -> None:
-        self._act(self._changed(conversation, "invite", conversation, list(names)))
-
-    def remove(self, conversation: str, name: str) -> None:
-        self._act(self._changed(conversation, "remove", conversation, name))
+        self._act(_opened(lambda c: c.join(conversation)))
 
     def lookup(self, conversation: str) -> None:
-        self._act(self._opened("conversation", conversation, select=False))
+        """Ask for a conversation's info; it comes back unselected."""
+        self._act(_opened(lambda c: c.conversation(conversation), select=False))
+
+    def leave(self, conversation: str) -> None:
+        async def work(client: Client) -> list[events.Event]:
+            await client.leave(conversation)
+            return [events.ConversationLeft(conversation)]
+
+        self._act(work)
+
+    def invite(self, conversation: str, names: list[str]) -> None:
+        async def work(client: Client) -> list[events.Event]:
+            await client.invite(conversation, list(names))
+            return [await _members_of(client, conversation)]
+
+        self._act(work)
+
+    def remove(self, conversation: str, name: str) -> None:
+        async def work(client: Client) -> list[events.Event]:
+            await client.remove(conversation, name)
+            return [await _members_of(client, conversation)]
+
+        self._act(work)
 
     def members(self, conversation: str) -> None:
-        self._act(self._members(conversation))
+        async def work(client: Client) -> list[events.Event]:
+            return [await _members_of(client, conversation)]
+
+        self._act(work)
 
     def channels(self, request: int, query: str) -> None:
-        self._act(self._channels(request, query))
+        async def work(client: Client) -> list[events.Event]:
+            found = await client.channels(query)
+            return [events.ChannelsFound(request, schema.ChannelsResult(channels=found))]
+
+        self._act(work)
 
     def read(self, conversation: str, seq: int) -> None:
-        self._act(self._quietly("read", conversation, seq))
+        self._submit(self._quietly(lambda c: c.read(conversation, seq)))
 
     def typing(self, conversation: str) -> None:
-        self._act(self._quietly("typing", conversation))
+        self._submit(self._quietly(lambda c: c.typing(conversation)))
 
     def close(self, timeout: float = 2.0) -> None:
         """Disconnect and stop the thread (waits at most ``timeout`` seconds, at exit)."""
@@ -308,69 +328,44 @@ class Network:
         else:
             self._post(session, events.HistoryLoaded(key, result, before))
 
-    # The client library's protocol-3 methods are reached by name: they are being added to it
-    # on another branch, and this keeps the type checker out of their way until then.
+    # -- protocol 3 on the loop: a refusal comes back as ActionFailed ---------------------------
 
-    def _act(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        self._submit(self._reporting(coroutine))
+    def _act(self, work: Work) -> None:
+        self._submit(self._reporting(work))
 
-    async def _reporting(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        session = self._session
+    async def _reporting(self, work: Work) -> None:
+        client, session = self._client, self._session
+        if client is None:
+            return
         try:
-            await coroutine
+            outcome = await work(client)
         except ProtocolError as exc:
             self._post(session, events.ActionFailed(exc.code, exc.message))
-        except (BesedaError, OSError, AttributeError) as exc:
+        except (BesedaError, OSError) as exc:
             self._post(session, events.ActionFailed(events.GONE, str(exc)))
+        else:
+            for event in outcome:
+                self._post(session, event)
 
-    async def _v3(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        client: Any = self._client
-        if client is None:
-            raise ConnectionLostError("not signed in")
-        return await getattr(client, method)(*args, **kwargs)
-
-    async def _opened(self, method: str, *args: Any, select: bool = True, **kwargs: Any) -> None:
-        session = self._session
-        info = await self._v3(method, *args, **kwargs)
-        if isinstance(info, schema.ConversationResult):
-            info = info.conversation
-        if isinstance(info, schema.ConversationInfo):
-            self._post(session, events.ConversationOpened(info, select))
-
-    async def _left(self, conversation: str) -> None:
-        session = self._session
-        await self._v3("leave", conversation)
-        self._post(session, events.ConversationLeft(conversation))
-
-    async def _changed(self, conversation: str, method: str, *args: Any) -> None:
-        await self._v3(method, *args)
-        await self._members(conversation)
-
-    async def _members(self, conversation: str) -> None:
-        session = self._session
-        result = await self._v3("members", conversation)
-        self._post(session, events.MembersLoaded(conversation, result))
-
-    async def _channels(self, request: int, query: str) -> None:
-        session = self._session
-        result = await self._v3("channels", query)
-        self._post(session, events.ChannelsFound(request, result))
-
-    async def _quietly(self, method: str, *args: Any) -> None:
-        with contextlib.suppress(BesedaError, OSError, AttributeError):
-            await self._v3(method, *args)
+    async def _quietly(self, work: Callable[[Client], Coroutine[Any, Any, object]]) -> None:
+        # Read markers and typing: best effort (the next one, or the reconnect, repairs).
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(BesedaError, OSError):
+                await work(client)
 
     async def _post_entry(self, local_id: str, conversation: str, text: str) -> None:
-        session = self._session
+        client, session = self._client, self._session
+        if client is None:
+            self._post(session, events.SendFailed(local_id, events.GONE, "not signed in"))
+            return
         try:
-            entry = await self._v3("post", conversation, text, client_id=local_id)
+            entry = await client.post(conversation, text, client_id=local_id)
         except ProtocolError as exc:
             self._post(session, events.SendFailed(local_id, exc.code, exc.message))
-        except (BesedaError, OSError, AttributeError) as exc:
+        except (BesedaError, OSError) as exc:
             self._post(session, events.SendFailed(local_id, events.GONE, str(exc)))
         else:
-            if isinstance(entry, schema.PostResult):
-                entry = entry.entry
             self._post(session, events.Sent(local_id, entry))
 
     async def _watch(self, names: list[str]) -> None:
@@ -387,6 +382,24 @@ class Network:
         with contextlib.suppress(BesedaError, OSError):
             result = await client.users(query, after=after, limit=100)
             self._post(session, events.UsersFound(request, result, after is not None))
+
+
+Work = Callable[[Client], Coroutine[Any, Any, list[events.Event]]]
+"""A conversation action on the loop: what to tell the Tk thread when it succeeds."""
+
+
+def _opened(
+    call: Callable[[Client], Coroutine[Any, Any, schema.ConversationInfo]], *, select: bool = True
+) -> Work:
+    async def work(client: Client) -> list[events.Event]:
+        return [events.ConversationOpened(await call(client), select)]
+
+    return work
+
+
+async def _members_of(client: Client, conversation: str) -> events.Event:
+    members = await client.members(conversation)
+    return events.MembersLoaded(conversation, schema.MembersResult(members=members))
 
 
 def _log_failure(future: Any) -> None:

@@ -15,7 +15,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..client import ConnectionState, MessageReceived, PresenceChanged, StateChanged
+from ..client import (
+    ConnectionState,
+    EntryReceived,
+    MessageReceived,
+    PresenceChanged,
+    ReadMarker,
+    StateChanged,
+    TypingStarted,
+)
 from ..client.connection import new_client_id
 from ..protocol import errors, schema
 from ..tls import CertificateChangedError, TLSError
@@ -571,11 +579,11 @@ class Presenter:
             self._send_failed(event)
         elif isinstance(event, events.UsersFound):
             self._users_found(event)
-        elif isinstance(event, events.EntryReceived):
+        elif isinstance(event, EntryReceived):
             self._received(event.entry)
-        elif isinstance(event, events.ReadMarker):
+        elif isinstance(event, ReadMarker):
             self._read_elsewhere(event.conversation, event.seq)
-        elif isinstance(event, events.TypingStarted):
+        elif isinstance(event, TypingStarted):
             self._typing_started(event.conversation, event.user)
         elif isinstance(event, events.ConversationOpened):
             self._conversation_opened(event.info, select=event.select)
@@ -892,7 +900,7 @@ class Presenter:
         if conversation is None:
             return
         conversation.loading = False
-        conversation.conversation_id = event.result.conversation
+        conversation.conversation_id = event.result.conversation or conversation.conversation_id
         conversation.has_older = event.result.more
         timeline = conversation.timeline
         timeline.add_page(event.result.messages)

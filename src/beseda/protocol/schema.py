@@ -518,6 +518,11 @@ class EntriesResult(Base, kw_only=True):
     """``history``: older entries exist (ask with ``before`` = ``entries[0].seq``); ``sync``:
     the page was full (ask again with the advanced cursors)."""
 
+    @property
+    def messages(self) -> list[Entry]:
+        """The entries, by their version-2 name (kept for callers of ``HistoryResult``)."""
+        return self.entries
+
 
 class ConversationResult(Base, kw_only=True):
     conversation: ConversationInfo
