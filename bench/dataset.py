@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import random
 import shutil
 import sqlite3
 import time
@@ -149,3 +151,119 @@ def _raw_row(n: int, senders: int, now: int) -> tuple[object, ...]:
     sender = n % senders + 1
     recipient = sender + senders
     return (f"dm:{sender}:{recipient}", n // senders + 1, sender, recipient, f"r{n}", TEXT, now)
+
+
+def memberships(users: int, channels: int, per_user: int, seed: int) -> list[list[int]]:
+    """Which users (indices) are in which channel: every user in ``per_user`` channels, every
+    channel of ``users * per_user / channels`` members, chosen at random (fixed ``seed``)."""
+    total = users * per_user
+    if total % channels:
+        raise ValueError("users × channels per user must divide evenly among the channels")
+    size = total // channels
+    if size > users:
+        raise ValueError("a channel cannot have more members than there are users")
+    rng = random.Random(seed)
+    slots = [user for user in range(users) for _ in range(per_user)]
+    rng.shuffle(slots)
+    groups = [slots[k * size : (k + 1) * size] for k in range(channels)]
+    members = [set(group) for group in groups]
+    # A user drawn twice into one channel swaps that place with a place elsewhere where both
+    # swapped users are new; the seed makes the repairs as reproducible as the draw.
+    for k, group in enumerate(groups):
+        seen: set[int] = set()
+        for place, user in enumerate(group):
+            if user not in seen:
+                seen.add(user)
+                continue
+            while True:
+                other = rng.randrange(channels)
+                if other == k:
+                    continue
+                spot = rng.randrange(size)
+                swapped = groups[other][spot]
+                if swapped in members[k] or user in members[other]:
+                    continue
+                groups[other][spot] = user
+                members[other].discard(swapped)
+                members[other].add(user)
+                group[place] = swapped
+                members[k].add(swapped)
+                seen.add(swapped)
+                break
+    return [sorted(group) for group in groups]
+
+
+def add_channels(path: Path, members: list[list[int]], *, prefix: str = "bench") -> list[str]:
+    """Public channels ``c:1`` … with these members (user indices, the first one its owner),
+    each opened by its ``created`` entry at seq 1 and readable from there; returns their ids."""
+    conn = _bulk(path)
+    now = int(time.time() * 1000)
+    ids = [f"c:{k + 1}" for k in range(len(members))]
+    with conn:
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO conversations (id, last_seq, last_ts, kind, name, key, topic, public, "
+            "created_at) VALUES (?, 1, ?, 'channel', ?, ?, '', 1, ?)",
+            ((cid, now, f"{prefix}-{k}", f"{prefix}-{k}", now) for k, cid in enumerate(ids)),
+        )
+        conn.executemany(
+            "INSERT INTO messages (conversation, seq, sender_id, target_id, client_id, text, ts, "
+            "kind, data) VALUES (?, 1, ?, NULL, ?, '', ?, 'created', ?)",
+            (
+                (
+                    cid,
+                    group[0] + 1,
+                    f"~created~{cid}~1~" + "-" * 64,
+                    now,
+                    json.dumps({"name": f"{prefix}-{k}"}),
+                )
+                for k, (cid, group) in enumerate(zip(ids, members, strict=True))
+            ),
+        )
+        conn.executemany(
+            "INSERT INTO members (user_id, conversation, role, from_seq) VALUES (?, ?, ?, 1)",
+            (
+                (user + 1, cid, "owner" if place == 0 else "member")
+                for cid, group in zip(ids, members, strict=True)
+                for place, user in enumerate(group)
+            ),
+        )
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return ids
+
+
+def add_channel_messages(
+    path: Path, counts: dict[str, int], senders: dict[str, list[int]], seed: int
+) -> dict[str, int]:
+    """Append ``counts[c]`` messages to each channel ``c``, from its ``senders`` (user indices)
+    at random, interleaved across channels in a random order (ids follow arrival, as when
+    they are posted live); returns each channel's last seq."""
+    rng = random.Random(seed)
+    order = [cid for cid, count in counts.items() for _ in range(count)]
+    rng.shuffle(order)
+    conn = _bulk(path)
+    last = {
+        cid: conn.execute("SELECT last_seq FROM conversations WHERE id = ?", (cid,)).fetchone()[0]
+        for cid in counts
+    }
+    now = int(time.time() * 1000)
+    rows = []
+    for cid in order:
+        last[cid] += 1
+        sender = rng.choice(senders[cid]) + 1
+        rows.append((cid, last[cid], sender, f"s~{cid}~{last[cid]}", TEXT, now))
+    with conn:
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO messages (conversation, seq, sender_id, recipient_id, client_id, text, "
+            "ts) VALUES (?, ?, ?, NULL, ?, ?, ?)",
+            rows,
+        )
+        conn.executemany(
+            "UPDATE conversations SET last_seq = ?, last_ts = ? WHERE id = ?",
+            ((seq, now, cid) for cid, seq in last.items()),
+        )
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return last

@@ -143,6 +143,30 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             if hist["sync_ms_median"]
             else "",
         )
+    ch = scen.get("channels")
+    if ch:
+        c, g = ch["channels"], ch["general"]
+        ratio = ch["cpu_ratio"]
+        add(
+            f"channels fan-out ({c['channels']} × {c['members']} members, "
+            f"{c['rate']:g}/s each): server CPU µs per delivery",
+            f"{_fmt(c['cpu_us_per_unit'])} at {_fmt(c['per_s'], 0)}/s",
+            f"General N={g['n']:,}: {_fmt(g['cpu_us_per_unit'])} at {_fmt(g['per_s'], 0)}/s",
+            f"≤ {ch['goal_ratio']:g}× General",
+            ch["met"] if c["losses"] == 0 else False,
+            "" if ratio is None else f"{ratio}× General; {c['losses']} lost",
+        )
+    cs = scen.get("channel_sync")
+    if cs:
+        add(
+            f"sync in {cs['conversations']} conversations after {cs['missed']:,} entries, ms",
+            f"{_fmt(cs['sync_ms_median'])} ms, {cs['round_trips']} round trips",
+            None,
+            "measured (no goal set)",
+            None,
+            f"{cs['sync_ms_min']}–{cs['sync_ms_max']} ms over {cs['repeats']} runs; "
+            f"server CPU {cs['server_cpu_ms_median']} ms",
+        )
     st = scen.get("storm")
     if st:
         ratio = st.get("p99_ratio")
@@ -567,6 +591,108 @@ def markdown(results: dict[str, Any], plot_name: str | None, analysis: str = "")
                 ],
             )
         )
+    ch = scen.get("channels")
+    if ch:
+        out += ["", _channels_section(ch)]
+    cs = scen.get("channel_sync")
+    if cs:
+        out += ["", _channel_sync_section(cs)]
     if results.get("notes"):
         out += ["", "## Notes", ""] + [f"- {note}" for note in results["notes"]]
     return "\n".join(out) + "\n"
+
+
+def _channels_section(ch: dict[str, Any]) -> str:
+    c, g = ch["channels"], ch["general"]
+    text = [
+        "## Channels fan-out",
+        "",
+        f"{c['users']:,} users (protocol 3), each in {c['per_user']} of {c['channels']} public "
+        f"channels of {c['members']} members (membership drawn at random, fixed seed). One "
+        f"member of each channel posts {c['rate']:g} message/s into it, each channel at its own "
+        f"random phase, for {ch['seconds']:g} s: about {_fmt(ch['target_deliveries_per_s'], 0)} "
+        "deliveries/s. The reference in the same run is today's General fan-out (protocol-2 "
+        f"`send`): one sender, {g['n']:,} receivers, paced at {g['rate']:g} messages/s to give "
+        "the same deliveries/s. The two alternate, and of each the run with the median CPU per "
+        "delivery is kept (all runs are in the JSON). Server CPU: /proc, over the timed part, "
+        "divided by deliveries.",
+        "",
+        _table(
+            [
+                "run",
+                "messages",
+                "delivered / expected",
+                "lost",
+                "p50 ms",
+                "p99 ms",
+                "CPU µs/delivery",
+                "CPU µs/delivery, every run",
+                "deliveries/s",
+                "server busy",
+                "generator busy",
+            ],
+            [
+                [
+                    label,
+                    r["messages"],
+                    f"{r['deliveries']:,} / {r['expected_deliveries']:,}",
+                    r["losses"],
+                    r["p50_ms"],
+                    r["p99_ms"],
+                    r["cpu_us_per_unit"],
+                    ", ".join(str(v) for v in r.get("cpu_us_per_unit_runs", [])) or "—",
+                    r["per_s"],
+                    r["server_busy"],
+                    _busy(r),
+                ]
+                for label, r in (
+                    (f"{c['channels']} channels × {c['members']}", c),
+                    (f"General N={g['n']:,}", g),
+                )
+            ],
+        ),
+        "",
+        f"Channels cost {_fmt(ch['cpu_ratio'])}× General's CPU per delivery (goal: ≤ "
+        f"{ch['goal_ratio']:g}×): "
+        + ("**met**." if ch["met"] and c["losses"] == 0 else "**missed**."),
+    ]
+    return "\n".join(text)
+
+
+def _channel_sync_section(cs: dict[str, Any]) -> str:
+    text = [
+        "## Sync across conversations",
+        "",
+        f"One user in {cs['conversations']} channels (each with four other members) had read "
+        f"{cs['seen_per_conversation']} messages in each; then {cs['missed']:,} messages "
+        "arrived while they were offline, spread at random over the channels (built with "
+        f"direct inserts in {cs['build_s']} s). The user logs in (protocol 3) and syncs from "
+        "their cursors (one per channel, and General's), pages of up to 1,000 entries, "
+        "advancing the cursors from each page, until `more` is false; the client decodes "
+        f"every reply. Repeated {cs['repeats']} times from the same cursors; wall clock per "
+        "sync, and server CPU (/proc, in 10 ms ticks) over each sync.",
+        "",
+        _table(
+            [
+                "entries synced",
+                "round trips",
+                "sync ms (median)",
+                "min ms",
+                "max ms",
+                "server CPU ms (median)",
+                "every run, ms",
+            ],
+            [
+                [
+                    cs["entries"],
+                    cs["round_trips"],
+                    cs["sync_ms_median"],
+                    cs["sync_ms_min"],
+                    cs["sync_ms_max"],
+                    cs["server_cpu_ms_median"],
+                    ", ".join(str(v) for v in cs["sync_ms_runs"]),
+                ]
+            ],
+        ),
+    ]
+    return "\n".join(text)

@@ -52,6 +52,18 @@ class Sizes:
     repeat_n: int = 500
     run_timeout: float = 90.0
     connect_timeout: float = 240.0
+    channel_users: int = 1000
+    channel_count: int = 200
+    channel_per_user: int = 10
+    """Channels each user is in (so channels have users × this / count members: 50)."""
+    channel_rate: float = 1.0
+    """Messages per channel per second."""
+    channel_seconds: float = 20.0
+    channel_repeats: int = 3
+    """Alternating General and channels runs; the run with the median CPU per delivery is kept."""
+    sync_conversations: int = 200
+    sync_seen: int = 5
+    """Messages per conversation the user had read before going offline."""
 
 
 FULL = Sizes()
@@ -76,8 +88,25 @@ SMOKE = Sizes(
     repeat_n=5,
     run_timeout=20.0,
     connect_timeout=20.0,
+    channel_users=10,
+    channel_count=4,
+    channel_per_user=2,
+    channel_rate=4.0,
+    channel_seconds=1.5,
+    channel_repeats=1,
+    sync_conversations=10,
+    sync_seen=2,
 )
-SCENARIOS = ("fanout", "dm", "durable", "idle", "history", "storm")
+SCENARIOS = (
+    "fanout",
+    "dm",
+    "durable",
+    "idle",
+    "history",
+    "storm",
+    "channels",
+    "channel_sync",
+)
 
 
 def percentile_ms(values_ns: array[int] | list[int], q: float) -> float | None:
@@ -511,7 +540,240 @@ def history(bench: Bench) -> dict[str, Any]:
     }
 
 
-# -- 6. sign-in storm --------------------------------------------------------------------------
+# -- 6. conversations: channels fan-out against General, and a sync across many ---------------
+
+CHANNEL_SEED = 20261201
+"""Membership, senders and phases of the channels scenario (and the sync data) come from it."""
+
+
+@contextmanager
+def _channel_server(bench: Bench, users: int, groups: list[list[int]]) -> Iterator[Service]:
+    path = bench.users_db(users)
+    dataset.add_channels(path, groups)
+    service = servers.start(BESEDA, bench.workdir, bench.placement, db=path)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def _median_by_cpu(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    ordered = sorted(rows, key=lambda row: row["cpu_us_per_unit"])
+    chosen = dict(ordered[len(ordered) // 2])
+    if len(rows) > 1:
+        chosen["cpu_us_per_unit_runs"] = [row["cpu_us_per_unit"] for row in rows]
+        chosen["per_s_runs"] = [row["per_s"] for row in rows]
+    return chosen
+
+
+def channels(bench: Bench) -> dict[str, Any]:
+    """Paced posts into many overlapping channels (protocol 3) against General's fan-out
+    (today's protocol-2 room) paced to the same deliveries per second, in the same run."""
+    size = bench.sizes
+    users = size.channel_users
+    groups = dataset.memberships(users, size.channel_count, size.channel_per_user, CHANNEL_SEED)
+    ids = [f"c:{k + 1}" for k in range(len(groups))]
+    rng = random.Random(CHANNEL_SEED + 1)
+    messages = max(1, round(size.channel_rate * size.channel_seconds))
+    period = 1 / size.channel_rate
+    senders = [rng.choice(group) for group in groups]
+    sends = [
+        SendPlan(
+            client=sender,
+            target=cid,
+            count=messages,
+            rate=size.channel_rate,
+            phase=rng.uniform(0, period),
+        )
+        for cid, sender in zip(ids, senders, strict=True)
+    ]
+    expected = [0] * users
+    for group, sender in zip(groups, senders, strict=True):
+        for user in group:
+            if user != sender:
+                expected[user] += messages
+    target_rate = sum(expected) / (messages / size.channel_rate)
+    """Deliveries per second the channels are paced to give."""
+    n = users
+    general_rate = target_rate / n
+    general_messages = max(1, round(general_rate * size.channel_seconds))
+    members = len(groups[0])
+
+    def general_run() -> dict[str, Any]:
+        with bench.server(BESEDA, users=n + 1) as service:
+            load = bench.load(
+                BESEDA,
+                dataset.credentials(0, n + 1),
+                sends=[SendPlan(client=0, target=None, count=general_messages, rate=general_rate)],
+                deliveries_per_client=[0] + [general_messages] * n,
+            )
+            outcome, cpu, _ = bench.drive(service, load)
+        return summary(
+            BESEDA,
+            outcome,
+            cpu,
+            outcome.deliveries,
+            n=n,
+            rate=round(general_rate, 3),
+            messages=general_messages,
+            unit="delivery",
+        )
+
+    def channels_run() -> dict[str, Any]:
+        with _channel_server(bench, users, groups) as service:
+            load = Load(
+                wire="beseda3",
+                clients=dataset.credentials(0, users),
+                sends=sends,
+                deliveries_per_client=expected,
+                connect_timeout=size.connect_timeout,
+                run_timeout=size.run_timeout,
+            )
+            outcome, cpu, _ = bench.drive(service, load)
+        return summary(
+            BESEDA,
+            outcome,
+            cpu,
+            outcome.deliveries,
+            users=users,
+            channels=len(groups),
+            members=members,
+            per_user=size.channel_per_user,
+            rate=size.channel_rate,
+            messages=messages * len(groups),
+            unit="delivery",
+        )
+
+    runs: dict[str, list[dict[str, Any]]] = {"general": [], "channels": []}
+    for number in range(max(1, size.channel_repeats)):
+        # Alternating, so that a drift of the machine's speed falls on both alike.
+        bench.progress(f"channels: General N={n} at {general_rate:.2f}/s, run {number + 1}")
+        runs["general"].append(general_run())
+        bench.progress(
+            f"channels: {len(groups)} × {members} members at {size.channel_rate:g}/s, "
+            f"run {number + 1}"
+        )
+        runs["channels"].append(channels_run())
+    general, chans = _median_by_cpu(runs["general"]), _median_by_cpu(runs["channels"])
+    ratio = (
+        round(chans["cpu_us_per_unit"] / general["cpu_us_per_unit"], 2)
+        if general["cpu_us_per_unit"]
+        else None
+    )
+    return {
+        "seconds": size.channel_seconds,
+        "target_deliveries_per_s": round(target_rate, 1),
+        "general": general,
+        "channels": chans,
+        "cpu_ratio": ratio,
+        "goal_ratio": 1.2,
+        "met": None if ratio is None else ratio <= 1.2,
+    }
+
+
+class _Entries(msgspec.Struct):
+    entries: list[dict[str, Any]]
+    more: bool
+
+
+async def _channel_sync_client(
+    service: Service, sizes: Sizes, cursors: dict[str, int]
+) -> dict[str, Any]:
+    reader, writer = await asyncio.open_connection(LOOPBACK, service.port, limit=64 * 1024 * 1024)
+    decode = msgspec.json.Decoder(_Reply).decode
+    page = msgspec.json.Decoder(_Entries).decode
+    counter = 0
+
+    async def call(request: dict[str, Any]) -> msgspec.Raw:
+        nonlocal counter
+        counter += 1
+        request["id"] = counter
+        writer.write(msgspec.json.encode(request) + b"\n")
+        for _ in range(100_000):  # events (presence) may come before the reply
+            reply = decode(await asyncio.wait_for(reader.readline(), 30))
+            if reply.id == counter and reply.type in ("result", "error"):
+                if reply.type == "error":
+                    raise RuntimeError(f"{request['type']} failed: {bytes(reply.data)!r}")
+                return reply.data
+        raise RuntimeError(f"no reply to {request['type']}")
+
+    await call({"type": "login", "token": dataset.token(0), "protocol": 3})
+    settle(service)
+    walls, cpus, trips = [], [], []
+    received = 0
+    for _ in range(max(1, sizes.sync_repeats)):
+        current = dict(cursors)
+        received = 0
+        count = 0
+        cpu0 = service.cpu()
+        began = time.monotonic_ns()
+        for _ in range(sizes.sync_missed // 100 + 10):  # bounded: pages of up to 1,000
+            result = page(await call({"type": "sync", "cursors": current}))
+            count += 1
+            received += len(result.entries)
+            for entry in result.entries:
+                current[entry["conversation"]] = entry["seq"]
+            if not result.more:
+                break
+        walls.append(time.monotonic_ns() - began)
+        cpus.append(service.cpu() - cpu0)
+        trips.append(count)
+    writer.close()
+    return {
+        "sync_ms_median": percentile_ms(walls, 50),
+        "sync_ms_min": percentile_ms(walls, 0),
+        "sync_ms_max": percentile_ms(walls, 100),
+        "sync_ms_runs": [round(w / 1e6, 3) for w in walls],
+        "round_trips": trips[len(trips) // 2],
+        "round_trips_runs": trips,
+        "server_cpu_ms_median": round(float(numpy.median(cpus)) * 1e3, 3),
+        "server_cpu_ms_runs": [round(c * 1e3, 3) for c in cpus],
+        "entries": received,
+    }
+
+
+def channel_sync(bench: Bench) -> dict[str, Any]:
+    """One user in many channels syncs after ``sync_missed`` entries arrived while offline."""
+    size = bench.sizes
+    conversations = size.sync_conversations
+    users = 1000
+    rng = random.Random(CHANNEL_SEED + 2)
+    bench.progress(
+        f"channel sync: building {conversations} channels, {size.sync_missed:,} missed entries"
+    )
+    # u0 is in every channel, with four others of the first 1,000 users (who wrote the rest).
+    groups = [[0, *sorted(rng.sample(range(1, users), 4))] for _ in range(conversations)]
+    started = time.monotonic()
+    path = bench.users_db(users)
+    ids = dataset.add_channels(path, groups, prefix="sync")
+    writers = {cid: group[1:] for cid, group in zip(ids, groups, strict=True)}
+    seen = dataset.add_channel_messages(
+        path, dict.fromkeys(ids, size.sync_seen), writers, CHANNEL_SEED + 3
+    )
+    missed = dict.fromkeys(ids, 0)
+    for _ in range(size.sync_missed):
+        missed[rng.choice(ids)] += 1
+    dataset.add_channel_messages(path, missed, writers, CHANNEL_SEED + 4)
+    build = time.monotonic() - started
+    bench.progress("channel sync: timed syncs")
+    cursors = {"general": 0, **seen}
+    service = servers.start(BESEDA, bench.workdir, bench.placement, db=path)
+    try:
+        figures = asyncio.run(_channel_sync_client(service, size, cursors))
+    finally:
+        service.stop()
+    return {
+        "contender": "beseda",
+        "conversations": conversations,
+        "missed": size.sync_missed,
+        "seen_per_conversation": size.sync_seen,
+        "repeats": size.sync_repeats,
+        "build_s": round(build, 1),
+        **figures,
+    }
+
+
+# -- 7. sign-in storm --------------------------------------------------------------------------
 
 
 def storm(bench: Bench) -> dict[str, Any]:
@@ -559,6 +821,8 @@ RUNNERS: dict[str, Callable[[Bench], Any]] = {
     "idle": idle,
     "history": history,
     "storm": storm,
+    "channels": channels,
+    "channel_sync": channel_sync,
 }
 
 
@@ -571,5 +835,7 @@ def steps(sizes: Sizes, contenders: int, chosen: tuple[str, ...]) -> int:
         "idle": min(3, contenders),
         "history": 2,
         "storm": 3,
+        "channels": 2 * sizes.channel_repeats,
+        "channel_sync": 2,
     }
     return sum(counts[name] for name in chosen)

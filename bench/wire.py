@@ -85,6 +85,32 @@ class BesedaWire(Wire):
         ).encode()
 
 
+class BesedaV3Wire(BesedaWire):
+    """beseda's protocol 3: ``post`` into a conversation (``target``: its id, ``c:N``), entries
+    delivered as ``{"type":"entry","entry":{…}}``, acknowledged with the stored entry."""
+
+    name = "beseda3"
+    delivery = re.compile(rb'^\{"type":"entry".*?"text":"~(\d+)~', re.M)
+
+    def sign_in(self, credential: Credential) -> bytes:
+        request: dict[str, object] = {"type": "login", "id": "login", "protocol": 3}
+        if credential.token is not None:
+            request["token"] = credential.token
+        else:
+            request["username"] = credential.name
+            request["password"] = credential.password
+        return json.dumps(request, separators=(",", ":")).encode() + b"\n"
+
+    def message(self, target: str | None, number: int, ts: int) -> bytes:
+        # One connection may post into several conversations: the client id names the
+        # conversation too, so that it stays unique per sender.
+        conversation = target or "general"
+        return (
+            f'{{"type":"post","id":{number},"conversation":"{conversation}",'
+            f'"client_id":"{conversation}~{number}","text":"~{ts}~{number}~ benchmark message"}}\n'
+        ).encode()
+
+
 class ReferenceWire(Wire):
     name = "reference"
     delivery = re.compile(rb"^M ~(\d+)~", re.M)
@@ -135,4 +161,6 @@ class IrcWire(Wire):
         return f"PRIVMSG {target or '#general'} :~{ts}~{number}~ benchmark message\r\n".encode()
 
 
-WIRES: dict[str, type[Wire]] = {w.name: w for w in (BesedaWire, ReferenceWire, IrcWire)}
+WIRES: dict[str, type[Wire]] = {
+    w.name: w for w in (BesedaWire, BesedaV3Wire, ReferenceWire, IrcWire)
+}

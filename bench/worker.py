@@ -31,6 +31,8 @@ class SendPlan:
     """Messages per second; 0 sends as fast as the transport takes them (burst)."""
     window: int = 0
     """Most messages awaiting acknowledgement; 0: no limit."""
+    phase: float = 0.0
+    """Seconds after the start before the first message (paced senders out of step)."""
 
 
 @dataclass
@@ -273,7 +275,7 @@ class Worker:
         link = self.links[plan.client]
         if plan.window:
             link.window = asyncio.Semaphore(plan.window)
-        started = time.monotonic()
+        started = time.monotonic() + plan.phase
         message = self.wire.message
         for number in range(plan.count):
             if link.closed:

@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ("fanout", "dm", "durable", "idle", "history", "storm")
+SCENARIOS = (
+    "fanout",
+    "dm",
+    "durable",
+    "idle",
+    "history",
+    "storm",
+    "channels",
+    "channel_sync",
+)
 TIMEOUT_FACTOR = float(os.environ.get("BESEDA_TEST_TIMEOUT_FACTOR", "1"))
 
 
@@ -50,11 +59,28 @@ def test_every_scenario_has_figures(smoke: tuple[dict, str]) -> None:
     assert scenarios["history"]["sync_messages"] == results["sizes"]["sync_missed"]
     assert scenarios["storm"]["with"]["logins"] > 0
     assert scenarios["storm"]["without"]["p99_ms"] is not None
+    channels = scenarios["channels"]
+    for run in (channels["channels"], channels["general"]):
+        assert run["deliveries"] == run["expected_deliveries"] > 0, run
+        assert run["cpu_us_per_unit"] is not None, run
+    assert channels["cpu_ratio"] is not None
+    sync = scenarios["channel_sync"]
+    assert sync["entries"] == results["sizes"]["sync_missed"]
+    assert sync["round_trips"] >= 1
+    assert sync["sync_ms_median"] is not None
 
 
 @pytest.mark.timeout(180)
 def test_report_has_the_targets_table(smoke: tuple[dict, str]) -> None:
     _, markdown = smoke
     assert "## Targets" in markdown
-    for phrase in ("fan-out", "durable throughput", "idle", "history", "sign-in storm"):
+    for phrase in (
+        "fan-out",
+        "durable throughput",
+        "idle",
+        "history",
+        "sign-in storm",
+        "channels fan-out",
+        "sync in",
+    ):
         assert phrase in markdown

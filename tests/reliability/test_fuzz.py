@@ -430,3 +430,122 @@ def test_hostile_examples_named_by_the_issue() -> None:
     with pytest.raises(ProtocolError) as info:
         list(too_long.feed(b"x" * (schema.MAX_LINE_BYTES + 1)))
     assert info.value.code == errors.LINE_TOO_LONG
+
+
+# -- hostile values in well-formed requests ----------------------------------------------------
+
+DIGITS = st.sampled_from(
+    ["1", "2", "01", "0", "²", "①", "٣", "１", "𝟙", "9" * 30, "-1", "+1", " 1"]
+)
+CONVERSATION_IDS = st.one_of(
+    st.sampled_from(["general", "General", "general ", "c:", "dm:", "dm:1", "dm:1:2:3", "c:1:"]),
+    st.builds(lambda a, b: f"dm:{a}:{b}", DIGITS, DIGITS),
+    st.builds(lambda a: f"c:{a}", DIGITS),
+    st.text(max_size=40),
+)
+NAMES = st.one_of(
+    st.sampled_from(
+        ["fuzzer", "peer", "FUZZER", "ｐｅｅｒ", "pеer", "", " ", "@channel", "a" * 2000]
+    ),
+    st.text(max_size=40),
+)
+MARKERS = st.one_of(st.none(), st.text(max_size=30), st.builds(lambda a: f"{a}:c:1", DIGITS))
+VALUE_REQUESTS = st.one_of(
+    st.builds(lambda c: {"type": "history", "conversation": c}, CONVERSATION_IDS),
+    st.builds(lambda p: {"type": "history", "peer": p}, NAMES),
+    st.builds(
+        lambda keys, seqs: {"type": "sync", "cursors": dict(zip(keys, seqs, strict=False))},
+        st.lists(CONVERSATION_IDS, max_size=5),
+        st.lists(st.integers(min_value=0, max_value=2**70), max_size=5),
+    ),
+    st.builds(
+        lambda c, t: {"type": "post", "conversation": c, "client_id": "f", "text": t},
+        CONVERSATION_IDS,
+        st.text(min_size=1, max_size=60).map(lambda t: "@" + t),
+    ),
+    *(
+        st.builds(lambda c, kind=kind: {"type": kind, "conversation": c}, CONVERSATION_IDS)
+        for kind in ("join", "leave", "archive", "conversation", "typing", "members")
+    ),
+    st.builds(
+        lambda c, s: {"type": "read", "conversation": c, "seq": s},
+        CONVERSATION_IDS,
+        st.integers(min_value=0, max_value=2**70),
+    ),
+    st.builds(
+        lambda c, u: {"type": "invite", "conversation": c, "users": u},
+        CONVERSATION_IDS,
+        st.lists(NAMES, max_size=3),
+    ),
+    st.builds(
+        lambda c, u: {"type": "remove", "conversation": c, "user": u}, CONVERSATION_IDS, NAMES
+    ),
+    st.builds(
+        lambda c, u, r: {"type": "set_role", "conversation": c, "user": u, "role": r},
+        CONVERSATION_IDS,
+        NAMES,
+        st.sampled_from(["owner", "admin", "member", "god", ""]),
+    ),
+    st.builds(
+        lambda c, n: {"type": "rename", "conversation": c, "name": n}, CONVERSATION_IDS, NAMES
+    ),
+    st.builds(lambda n: {"type": "create_channel", "name": n}, NAMES),
+    st.builds(lambda m: {"type": "create_group", "members": m}, st.lists(NAMES, max_size=4)),
+    st.builds(lambda q, a: {"type": "channels", "query": q, "after": a}, NAMES, MARKERS),
+    st.builds(lambda a: {"type": "conversations", "after": a}, MARKERS),
+    st.builds(lambda q, a: {"type": "users", "query": q, "after": a}, NAMES, MARKERS),
+    st.builds(lambda n: {"type": "watch", "users": n}, st.lists(NAMES, max_size=4)),
+    st.builds(lambda t: {"type": "dm", "to": t, "client_id": "f", "text": "x"}, NAMES),
+)
+
+
+@pytest.mark.parametrize("examples", sizes(150, 5000, fast_timeout=150, soak_timeout=3600))
+def test_live_server_answers_hostile_values_without_a_server_error(
+    examples: int, server_process: Callable[..., ServerProcess]
+) -> None:
+    """Well-formed requests whose values reach the core (conversation ids, cursors, names,
+    page markers) get a result or an error code, never ``internal_error``."""
+    proc = server_process(*NO_RATE_LIMITS)
+    tokens = asyncio.run(register_all(proc.port, ["fuzzer", "peer"]))
+    login = (
+        json.dumps({"id": "login", "type": "login", "token": tokens["fuzzer"], "protocol": 3})
+        + "\n"
+    ).encode()
+    probe = codec.encode(schema.Ping(id="probe"))
+    stats = {"requests": 0, "results": 0, "errors": 0}
+    codes: dict[str, int] = {}
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(st.lists(VALUE_REQUESTS, min_size=1, max_size=6))
+    def session(requests: list[dict[str, Any]]) -> None:
+        lines = [
+            json.dumps({"id": n, **request}, ensure_ascii=False).encode()
+            for n, request in enumerate(requests)
+        ]
+        stats["requests"] += len(lines)
+        with socket.create_connection(("127.0.0.1", proc.port), timeout=20 * TIMEOUT_FACTOR) as s:
+            pending = bytearray()
+            assert read_line(s, pending) is not None  # hello
+            s.sendall(login + b"\n".join(lines) + b"\n" + probe)
+            while True:
+                line = read_line(s, pending)
+                assert line is not None, "the server closed the connection"
+                message = codec.decode_server_message(line)
+                if isinstance(message, schema.Error):
+                    assert message.code != errors.INTERNAL_ERROR, (requests, message)
+                    stats["errors"] += 1
+                    codes[message.code] = codes.get(message.code, 0) + 1
+                elif isinstance(message, schema.Result):
+                    if message.id == "probe":
+                        return
+                    stats["results"] += 1
+
+    session()
+    bad = unhandled_errors(proc.log.read_text())
+    report("fuzz: hostile values", {**stats, **codes, "unhandled errors in the log": len(bad)})
+    assert bad == []

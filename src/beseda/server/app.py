@@ -14,7 +14,9 @@ import signal
 import ssl
 
 from .. import tls
+from ..bus import Bus
 from ..bus.local import LocalBus
+from ..storage import Storage
 from ..storage.sqlite import SQLiteStorage
 from .accounts import PasswordHasher
 from .chat import Chat
@@ -35,6 +37,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def open_storage(settings: Settings) -> Storage:
+    """The store ``settings`` name: the embedded SQLite file (the one engine today)."""
+    return SQLiteStorage(settings.db, busy_timeout=settings.db_busy_timeout)
+
+
 class StartupError(Exception):
     """The server could not start (port taken, database unusable); the message says why."""
 
@@ -42,10 +49,19 @@ class StartupError(Exception):
 class Server:
     """A running beseda server. ``async with Server(settings) as server:`` starts and stops it."""
 
-    def __init__(self, settings: Settings, *, hasher: PasswordHasher | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        hasher: PasswordHasher | None = None,
+        storage: Storage | None = None,
+        bus: Bus | None = None,
+    ) -> None:
+        """Everything is built here from ``settings``; a test or another adapter hands in
+        its own ``storage``, ``bus`` or ``hasher`` instead, and nothing else changes."""
         self.settings = settings
-        self.storage = SQLiteStorage(settings.db, busy_timeout=settings.db_busy_timeout)
-        self.bus = LocalBus()
+        self.storage: Storage = storage or open_storage(settings)
+        self.bus: Bus = bus or LocalBus()
         self.hub = DeliveryHub()
         self.hasher = hasher or PasswordHasher(
             workers=settings.limits.hash_workers or None, queue=settings.limits.hash_queue
