@@ -315,6 +315,23 @@ def test_leaving_a_channel_takes_it_off_the_sidebar(
     feed(presenter, events.ConversationLeft(DEV))
     assert DEV not in [r.key for r in view.conversations]
     assert view.selected == GENERAL_KEY
+    # The "left" entry that the client syncs afterwards does not bring it back.
+    feed(presenter, EntryReceived(message(9, "", "alice", conversation=DEV, kind="left")))
+    assert DEV not in [r.key for r in view.conversations]
+
+
+def test_a_message_in_a_new_group_adds_it_and_asks_who_is_in_it(
+    presenter: Presenter, view: FakeView, backend: FakeBackend
+) -> None:
+    sign_in(presenter)
+    feed(presenter, MessageReceived(message(1, "welcome", "anna", conversation="c:30")))
+    assert backend.last("lookup") == "c:30"
+    assert row(view, "c:30").unread == 1
+    group = info("c:30", "group", last_seq=1, unread=1)
+    feed(presenter, events.ConversationOpened(group, select=False))
+    assert backend.last("members") == "c:30"
+    assert row(view, "c:30").section == "direct"
+    assert row(view, "c:30").unread == 1
 
 
 # -- 5. typing ----------------------------------------------------------------------------------

@@ -350,6 +350,8 @@ class Presenter:
         self._channels_request = -1
         self.members_of: str | None = None
         """The conversation whose Members panel is open."""
+        self._left: set[str] = set()
+        """Conversations the user left here: their last entries do not bring them back."""
         self._members: list[schema.MemberEntry] = []
         # What the view shows now, to send it only changes.
         self._shown_key: str | None = None
@@ -625,7 +627,8 @@ class Presenter:
         }
         for entry in event.conversations:
             if isinstance(entry, schema.ConversationInfo):
-                self._conversation_opened(entry, select=False)
+                if entry.member or entry.conversation == schema.GENERAL:
+                    self._conversation_opened(entry, select=False)
                 continue
             key = GENERAL_KEY if entry.peer is None else dm_key(entry.peer)
             conversation = self.conversations.setdefault(key, Conversation(key, entry.peer))
@@ -696,6 +699,8 @@ class Presenter:
         return dm_key(peer), peer
 
     def _received(self, message: schema.Message) -> None:
+        if message.conversation in self._left:
+            return
         key, peer = self._key_of(message)
         conversation = self.conversations.get(key)
         if conversation is None:
@@ -704,6 +709,7 @@ class Presenter:
             conversation.has_older = message.seq > 1
             if kind == "channel":
                 # A channel or group one was just added to: its name, kind and members.
+                conversation.counted_unread = 0
                 self.backend.lookup(message.conversation)
         conversation.conversation_id = message.conversation
         if not conversation.timeline.add(message):
@@ -792,6 +798,7 @@ class Presenter:
             self.backend.members(watched)
 
     def _conversation_opened(self, info: schema.ConversationInfo, *, select: bool) -> None:
+        self._left.discard(info.conversation)
         if info.conversation == schema.GENERAL:
             key = GENERAL_KEY
         elif info.kind == "direct" and info.peer:
@@ -819,6 +826,7 @@ class Presenter:
             self.select(key)
 
     def _conversation_left(self, conversation_id: str) -> None:
+        self._left.add(conversation_id)
         conversation = self._by_id(conversation_id)
         if conversation is None or conversation.key == GENERAL_KEY:
             return
