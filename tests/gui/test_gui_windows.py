@@ -201,3 +201,20 @@ def test_a_channel_is_created_joined_and_its_mention_badge_cleared_on_every_devi
     windows.wait(lambda: "please review" in shown(alice))
     windows.wait(lambda: unread_badge(alice, dev) == "")
     windows.wait(lambda: unread_badge(second, dev) == "")
+
+
+def test_someone_typing_in_general_shows_under_the_messages(
+    windows: Windows, chat_server: ServerThread
+) -> None:
+    alice = sign_up(windows, chat_server, "alice")
+    bob = sign_up(windows, chat_server, "bob")
+    composer = bob.window.chat.composer
+    composer.focus_force()
+    composer.insert("1.0", "Hel")
+    composer.event_generate("<KeyRelease>", keysym="l")
+    typing = alice.window.chat.typing_label
+    windows.wait(lambda: typing.cget("text") == "bob is typing…")
+    composer.insert("end-1c", "lo")
+    composer.event_generate("<Return>")
+    windows.wait(lambda: "Hello" in shown(alice))
+    windows.wait(lambda: typing.cget("text") == "")  # the message came: no longer typing
