@@ -456,3 +456,35 @@ def test_a_channel_message_is_posted_and_a_direct_one_is_sent(
     presenter.select(dm_key("bob"))
     assert presenter.send("hi bob")
     assert backend.last("send")[1:] == ("bob", "hi bob")
+
+
+def test_being_made_admin_lets_one_remove_members(
+    presenter: Presenter, view: FakeView, backend: FakeBackend
+) -> None:
+    sign_in(presenter)
+    presenter.select(DEV)
+    made = schema.Entry(
+        id=9,
+        conversation=DEV,
+        seq=9,
+        kind="role",
+        sender="boris",
+        ts=1,
+        target="alice",
+        role="admin",
+    )
+    feed(presenter, EntryReceived(made))
+    assert view.rows[-1].text == "boris made alice admin"
+    presenter.open_members()
+    members = [schema.MemberEntry(name="carol", role="member", online=False)]
+    feed(presenter, events.MembersLoaded(DEV, schema.MembersResult(members=members)))
+    assert view.members is not None
+    assert [m.removable for m in view.members.rows] == [True]
+
+
+def test_the_switcher_finds_channels_by_name(presenter: Presenter, view: FakeView) -> None:
+    sign_in(presenter)
+    presenter.switcher_search("de")
+    assert [(r.key, r.title, r.detail) for r in view.switcher] == [
+        (DEV, "# dev", "Release on Friday")
+    ]

@@ -783,6 +783,8 @@ class Presenter:
             conversation.name = entry.name
         elif entry.kind == "topic":
             conversation.topic = entry.topic or ""
+        elif entry.kind == "role" and (entry.target or "").casefold() == self.user.casefold():
+            conversation.role = entry.role
         elif conversation.kind == "group" and entry.target:
             people = [p for p in conversation.people if p.casefold() != entry.target.casefold()]
             if entry.kind == "added" and entry.target.casefold() != self.user.casefold():
@@ -1434,6 +1436,8 @@ class Presenter:
         )
 
     def _presence_text(self, conversation: Conversation) -> str:
+        if conversation.kind in ("channel", "group"):
+            return sanitize(conversation.topic)
         if conversation.peer is None:
             return _("everyone on this server")
         return _("online") if self._is_online(conversation.peer) else _("offline")
