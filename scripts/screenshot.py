@@ -116,6 +116,15 @@ class Others:
         await self.clients["carol"].dm("alice", "Can you review my patch later?")
         await self.clients["alice"].dm("carol", "Sure, after lunch.")
         await self.clients["dmitry"].dm("alice", "Спасибо за помощь вчера!")
+        releases = await self.clients["bob"].create_channel(
+            "releases", topic="0.9 goes out on Friday"
+        )
+        for name in ("alice", "carol"):
+            await self.clients[name].join(releases.conversation)
+        await self.clients["bob"].post(releases.conversation, "@alice can you check the changelog?")
+        await self.clients["carol"].create_channel("design", public=False, members=["alice"])
+        group = await self.clients["elena"].create_group(["alice", "frank"])
+        await self.clients["frank"].post(group.conversation, "Lunch at one?")
         await self.clients["alice"].close()
         for name in ("dmitry", "grace"):
             await self.clients.pop(name).close()

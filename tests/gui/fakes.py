@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from beseda.gui.presenter import (
+    ChannelRow,
     ConversationRow,
     Header,
+    MembersPanel,
     MessageRow,
     PersonRow,
     SignInForm,
@@ -37,6 +39,10 @@ class FakeView:
         self.bells = 0
         self.jump = ""
         self.scrolled_to_bottom = 0
+        self.typing = ""
+        self.channels: list[ChannelRow] = []
+        self.members: MembersPanel | None = None
+        self.error = ""
 
     def show_sign_in(self, form: SignInForm) -> None:
         self.screen, self.form = "sign_in", form
@@ -81,6 +87,18 @@ class FakeView:
 
     def show_composer_error(self, text: str) -> None:
         self.composer_error = text
+
+    def show_typing(self, text: str) -> None:
+        self.typing = text
+
+    def show_channels(self, rows: Sequence[ChannelRow]) -> None:
+        self.channels = list(rows)
+
+    def show_members(self, panel: MembersPanel) -> None:
+        self.members = panel
+
+    def show_error(self, text: str) -> None:
+        self.error = text
 
     def set_title(self, title: str) -> None:
         self.title = title
@@ -149,6 +167,42 @@ class FakeBackend:
     def watch(self, names: list[str]) -> None:
         self.calls.append(("watch", list(names)))
 
+    def post(self, local_id: str, conversation: str, text: str) -> None:
+        self.calls.append(("post", (local_id, conversation, text)))
+
+    def create_channel(self, name: str, *, public: bool, topic: str) -> None:
+        self.calls.append(("create_channel", (name, public, topic)))
+
+    def create_group(self, members: list[str]) -> None:
+        self.calls.append(("create_group", list(members)))
+
+    def join(self, conversation: str) -> None:
+        self.calls.append(("join", conversation))
+
+    def leave(self, conversation: str) -> None:
+        self.calls.append(("leave", conversation))
+
+    def invite(self, conversation: str, names: list[str]) -> None:
+        self.calls.append(("invite", (conversation, list(names))))
+
+    def remove(self, conversation: str, name: str) -> None:
+        self.calls.append(("remove", (conversation, name)))
+
+    def lookup(self, conversation: str) -> None:
+        self.calls.append(("lookup", conversation))
+
+    def members(self, conversation: str) -> None:
+        self.calls.append(("members", conversation))
+
+    def channels(self, request: int, query: str) -> None:
+        self.calls.append(("channels", (request, query)))
+
+    def read(self, conversation: str, seq: int) -> None:
+        self.calls.append(("read", (conversation, seq)))
+
+    def typing(self, conversation: str) -> None:
+        self.calls.append(("typing", conversation))
+
     def of(self, kind: str) -> list[Any]:
         return [args for name, args in self.calls if name == kind]
 
@@ -165,8 +219,16 @@ def message(
     to: str | None = None,
     client_id: str | None = None,
     ts: int = 1_700_000_000_000,
+    kind: str = "message",
+    mentions: list[str] | None = None,
+    mention_all: bool = False,
+    target: str | None = None,
 ) -> schema.Message:
     return schema.Message(
+        kind=kind,
+        mentions=mentions or [],
+        mention_all=mention_all,
+        target=target,
         id=seq,
         conversation=conversation,
         seq=seq,

@@ -254,16 +254,16 @@ def entries() -> list[schema.ConversationEntry]:
     ]
 
 
-def test_signed_in_shows_chats_newest_first_with_presence(
+def test_signed_in_shows_channels_then_direct_chats_newest_first_with_presence(
     presenter: Presenter, view: FakeView, backend: FakeBackend
 ) -> None:
     sign_in(presenter, entries(), {"bob": True, "carol": False})
     assert view.screen == "chat"
     assert view.user == "alice"
-    assert [(r.title, r.online) for r in view.conversations] == [
-        ("bob", True),
-        ("carol", False),
-        ("General", None),
+    assert [(r.title, r.online, r.section) for r in view.conversations] == [
+        ("General", None, "channels"),
+        ("bob", True, "direct"),
+        ("carol", False, "direct"),
     ]
     assert view.selected == GENERAL_KEY
     assert backend.last("history") == (GENERAL_KEY, "general", None, None)

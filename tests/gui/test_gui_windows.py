@@ -157,3 +157,64 @@ def test_a_dm_peers_dot_goes_online_and_offline_live(
     fill_sign_in(bob, "bob")
     bob.window.sign_in_screen.sign_in_button.invoke()
     windows.wait(lambda: dot() == online)
+
+
+def test_a_channel_is_created_joined_and_its_mention_badge_cleared_on_every_device(
+    windows: Windows, chat_server: ServerThread
+) -> None:
+    alice = sign_up(windows, chat_server, "alice")
+    bob = sign_up(windows, chat_server, "bob")
+    # Alice creates a public channel with a topic: it opens, the topic in the header.
+    alice.window.chat.new_channel_button.invoke()
+    dialog = alice.window.chat.channel_dialog
+    assert dialog is not None
+    dialog.channel_name.set("dev")
+    dialog.topic.set("Release on Friday")
+    dialog.create_button.invoke()
+    windows.wait(lambda: alice.window.chat.title_label.cget("text") == "# dev")
+    assert alice.window.chat.subtitle_label.cget("text") == "Release on Friday"
+    # Bob finds it in the directory and joins.
+    bob.window.chat.browse_button.invoke()
+    browser = bob.window.chat.browser
+    assert browser is not None
+    windows.wait(lambda: len(browser.list.get_children()) == 2)  # General and dev
+    dev = next(i for i in browser.list.get_children() if "dev" in browser.list.item(i, "text"))
+    browser.list.selection_set(dev)
+    browser.join_button.invoke()
+    windows.wait(lambda: bob.window.chat.title_label.cget("text") == "# dev")
+    windows.wait(lambda: "bob joined" in shown(alice))
+    # Alice looks elsewhere; Bob mentions her: an accent badge on the channel.
+    alice.window.chat.chat_list.selection_set(GENERAL_KEY)
+    windows.wait(lambda: alice.window.chat.title_label.cget("text") == "General")
+    type_and_send(windows, bob, "@alice please review")
+    windows.wait(lambda: unread_badge(alice, dev) == "@1")
+    # Her second device shows the badge too, and reading on the first clears it there.
+    second = windows.open("alice-2", chat_server.address)
+    windows.pump()
+    fill_sign_in(second, "alice")
+    second.window.sign_in_screen.sign_in_button.invoke()
+    windows.wait(lambda: second.window.chat.winfo_ismapped())
+    windows.wait(lambda: unread_badge(second, dev) == "@1")
+    second.window.chat.chat_list.selection_set(GENERAL_KEY)
+    alice.window.chat.chat_list.focus_force()
+    alice.window.chat.chat_list.selection_set(dev)
+    windows.wait(lambda: "please review" in shown(alice))
+    windows.wait(lambda: unread_badge(alice, dev) == "")
+    windows.wait(lambda: unread_badge(second, dev) == "")
+
+
+def test_someone_typing_in_general_shows_under_the_messages(
+    windows: Windows, chat_server: ServerThread
+) -> None:
+    alice = sign_up(windows, chat_server, "alice")
+    bob = sign_up(windows, chat_server, "bob")
+    composer = bob.window.chat.composer
+    composer.focus_force()
+    composer.insert("1.0", "Hel")
+    composer.event_generate("<KeyRelease>", keysym="l")
+    typing = alice.window.chat.typing_label
+    windows.wait(lambda: typing.cget("text") == "bob is typing…")
+    composer.insert("end-1c", "lo")
+    composer.event_generate("<Return>")
+    windows.wait(lambda: "Hello" in shown(alice))
+    windows.wait(lambda: typing.cget("text") == "")  # the message came: no longer typing

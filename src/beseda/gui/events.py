@@ -1,8 +1,9 @@
 """What the network thread tells the Tk thread: typed events, queued with a session number.
 
 Besides these, the client library's own events (:class:`~beseda.client.MessageReceived`,
-:class:`~beseda.client.PresenceChanged`, :class:`~beseda.client.StateChanged`) are forwarded
-as they are.
+:class:`~beseda.client.EntryReceived`, :class:`~beseda.client.ReadMarker`,
+:class:`~beseda.client.TypingStarted`, :class:`~beseda.client.PresenceChanged`,
+:class:`~beseda.client.StateChanged`) are forwarded as they are.
 """
 
 from __future__ import annotations
@@ -10,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..client import MessageReceived, PresenceChanged, StateChanged
+from ..client import (
+    EntryReceived,
+    MessageReceived,
+    PresenceChanged,
+    ReadMarker,
+    StateChanged,
+    TypingStarted,
+)
 from ..protocol import schema
 
 UNREACHABLE = "unreachable"
@@ -96,6 +104,39 @@ class UsersFound:
     """A further page of the same search."""
 
 
+@dataclass(frozen=True, slots=True)
+class ConversationOpened:
+    """A conversation was created, joined or looked up: show it (``select``: open it)."""
+
+    info: schema.ConversationInfo
+    select: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationLeft:
+    conversation: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelsFound:
+    request: int
+    result: schema.ChannelsResult
+
+
+@dataclass(frozen=True, slots=True)
+class MembersLoaded:
+    conversation: str
+    result: schema.MembersResult
+
+
+@dataclass(frozen=True, slots=True)
+class ActionFailed:
+    """A conversation action (create, join, invite, …) was refused."""
+
+    code: str
+    detail: str
+
+
 Event = (
     SignedIn
     | SignInFailed
@@ -107,6 +148,14 @@ Event = (
     | Sent
     | SendFailed
     | UsersFound
+    | ConversationOpened
+    | ConversationLeft
+    | ChannelsFound
+    | MembersLoaded
+    | ActionFailed
+    | EntryReceived
+    | ReadMarker
+    | TypingStarted
     | MessageReceived
     | PresenceChanged
     | StateChanged

@@ -16,14 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .. import tls
-from ..client import (
-    Client,
-    ConnectionLostError,
-    MessageReceived,
-    PresenceChanged,
-    ServerRefusedError,
-    StateChanged,
-)
+from ..client import Client, ConnectionLostError, ServerRefusedError
 from ..protocol import schema
 from ..protocol.errors import BesedaError, ProtocolError
 from . import events
@@ -135,6 +128,65 @@ class Network:
         now, and every change, come back as :class:`~beseda.client.PresenceChanged`."""
         self._submit(self._watch(list(names)))
 
+    # -- protocol 3: conversations ------------------------------------------------------------
+
+    def post(self, local_id: str, conversation: str, text: str) -> None:
+        """Post ``text`` to a channel or group; ``local_id`` is the client id."""
+        self._submit(self._post_entry(local_id, conversation, text))
+
+    def create_channel(self, name: str, *, public: bool, topic: str) -> None:
+        self._act(_opened(lambda c: c.create_channel(name, public=public, topic=topic)))
+
+    def create_group(self, members: list[str]) -> None:
+        self._act(_opened(lambda c: c.create_group(list(members))))
+
+    def join(self, conversation: str) -> None:
+        self._act(_opened(lambda c: c.join(conversation)))
+
+    def lookup(self, conversation: str) -> None:
+        """Ask for a conversation's info; it comes back unselected."""
+        self._act(_opened(lambda c: c.conversation(conversation), select=False))
+
+    def leave(self, conversation: str) -> None:
+        async def work(client: Client) -> list[events.Event]:
+            await client.leave(conversation)
+            return [events.ConversationLeft(conversation)]
+
+        self._act(work)
+
+    def invite(self, conversation: str, names: list[str]) -> None:
+        async def work(client: Client) -> list[events.Event]:
+            await client.invite(conversation, list(names))
+            return [await _members_of(client, conversation)]
+
+        self._act(work)
+
+    def remove(self, conversation: str, name: str) -> None:
+        async def work(client: Client) -> list[events.Event]:
+            await client.remove(conversation, name)
+            return [await _members_of(client, conversation)]
+
+        self._act(work)
+
+    def members(self, conversation: str) -> None:
+        async def work(client: Client) -> list[events.Event]:
+            return [await _members_of(client, conversation)]
+
+        self._act(work)
+
+    def channels(self, request: int, query: str) -> None:
+        async def work(client: Client) -> list[events.Event]:
+            found = await client.channels(query)
+            return [events.ChannelsFound(request, schema.ChannelsResult(channels=found))]
+
+        self._act(work)
+
+    def read(self, conversation: str, seq: int) -> None:
+        self._submit(self._quietly(lambda c: c.read(conversation, seq)))
+
+    def typing(self, conversation: str) -> None:
+        self._submit(self._quietly(lambda c: c.typing(conversation)))
+
     def close(self, timeout: float = 2.0) -> None:
         """Disconnect and stop the thread (waits at most ``timeout`` seconds, at exit)."""
         if not self._thread.is_alive():
@@ -194,11 +246,7 @@ class Network:
                 result = await client.login(token=token, backlog=False)
             else:
                 result = await client.login(username, password, backlog=False)
-            # The desktop client shows General and direct conversations (channels and groups
-            # are not drawn yet).
-            entries = [
-                e for e in await client.conversations() if not e.conversation.startswith("c:")
-            ]
+            entries = await client.conversations()
             # Watch the peers (most recently active first, within the limit): their state now
             # comes back with the reply, their changes as events.
             peers = [e.peer for e in entries if e.peer][: schema.MAX_WATCH]
@@ -229,9 +277,7 @@ class Network:
 
     async def _forward(self, client: Client, session: int) -> None:
         async for event in client.events():
-            # Entries other than messages, read markers and typing are not drawn yet.
-            if isinstance(event, MessageReceived | PresenceChanged | StateChanged):
-                self._post(session, event)
+            self._post(session, event)
 
     async def _sign_out(self) -> None:
         client, session = self._client, self._session
@@ -282,6 +328,46 @@ class Network:
         else:
             self._post(session, events.HistoryLoaded(key, result, before))
 
+    # -- protocol 3 on the loop: a refusal comes back as ActionFailed ---------------------------
+
+    def _act(self, work: Work) -> None:
+        self._submit(self._reporting(work))
+
+    async def _reporting(self, work: Work) -> None:
+        client, session = self._client, self._session
+        if client is None:
+            return
+        try:
+            outcome = await work(client)
+        except ProtocolError as exc:
+            self._post(session, events.ActionFailed(exc.code, exc.message))
+        except (BesedaError, OSError) as exc:
+            self._post(session, events.ActionFailed(events.GONE, str(exc)))
+        else:
+            for event in outcome:
+                self._post(session, event)
+
+    async def _quietly(self, work: Callable[[Client], Coroutine[Any, Any, object]]) -> None:
+        # Read markers and typing: best effort (the next one, or the reconnect, repairs).
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(BesedaError, OSError):
+                await work(client)
+
+    async def _post_entry(self, local_id: str, conversation: str, text: str) -> None:
+        client, session = self._client, self._session
+        if client is None:
+            self._post(session, events.SendFailed(local_id, events.GONE, "not signed in"))
+            return
+        try:
+            entry = await client.post(conversation, text, client_id=local_id)
+        except ProtocolError as exc:
+            self._post(session, events.SendFailed(local_id, exc.code, exc.message))
+        except (BesedaError, OSError) as exc:
+            self._post(session, events.SendFailed(local_id, events.GONE, str(exc)))
+        else:
+            self._post(session, events.Sent(local_id, entry))
+
     async def _watch(self, names: list[str]) -> None:
         client = self._client
         if client is None:
@@ -296,6 +382,24 @@ class Network:
         with contextlib.suppress(BesedaError, OSError):
             result = await client.users(query, after=after, limit=100)
             self._post(session, events.UsersFound(request, result, after is not None))
+
+
+Work = Callable[[Client], Coroutine[Any, Any, list[events.Event]]]
+"""A conversation action on the loop: what to tell the Tk thread when it succeeds."""
+
+
+def _opened(
+    call: Callable[[Client], Coroutine[Any, Any, schema.ConversationInfo]], *, select: bool = True
+) -> Work:
+    async def work(client: Client) -> list[events.Event]:
+        return [events.ConversationOpened(await call(client), select)]
+
+    return work
+
+
+async def _members_of(client: Client, conversation: str) -> events.Event:
+    members = await client.members(conversation)
+    return events.MembersLoaded(conversation, schema.MembersResult(members=members))
 
 
 def _log_failure(future: Any) -> None:

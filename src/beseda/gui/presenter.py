@@ -15,7 +15,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..client import ConnectionState, MessageReceived, PresenceChanged, StateChanged
+from ..client import (
+    ConnectionState,
+    EntryReceived,
+    MessageReceived,
+    PresenceChanged,
+    ReadMarker,
+    StateChanged,
+    TypingStarted,
+)
 from ..client.connection import new_client_id
 from ..protocol import errors, schema
 from ..tls import CertificateChangedError, TLSError
@@ -61,13 +69,20 @@ class SignInForm:
     """When set, the form asks to trust this certificate (Trust / Cancel) before going on."""
 
 
+CHANNELS, DIRECT = "channels", "direct"
+"""The sidebar's sections: channels (General among them), and direct messages and groups."""
+
+
 @dataclass(frozen=True, slots=True)
 class ConversationRow:
     key: str
     title: str
     unread: int
     online: bool | None
-    """The peer's presence; None for General."""
+    """The peer's presence; None for General, channels and groups."""
+    section: str = DIRECT
+    mentions: int = 0
+    """Unread messages that mention the user (the badge shows ``@n`` in the accent colour)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +98,20 @@ class MessageRow:
     """Shows a Retry link."""
     marker: bool = False
     """Not a message: the "new messages" line above the first one the reader has not seen."""
+    event: bool = False
+    """Not a message: a change in the conversation ("Anna added Boris"), a small grey line."""
+    mention: bool = False
+    """The message mentions the user: highlighted."""
 
 
 @dataclass(frozen=True, slots=True)
 class Header:
     title: str
     subtitle: str
+    """The presence of a direct conversation's peer, or a channel's topic."""
     online: bool | None = None
+    shared: bool = False
+    """A channel or group the user is in: the Members and Leave buttons."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +133,36 @@ class SwitcherRow:
     key: str
     title: str
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRow:
+    """A channel of the directory (Browse channels)."""
+
+    conversation: str
+    name: str
+    topic: str
+    members: int
+    joined: bool
+    public: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRow:
+    name: str
+    role: str
+    """Translated: owner, admin, member."""
+    online: bool
+    removable: bool
+    """The user may remove this member (an owner or admin, not themselves)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MembersPanel:
+    title: str
+    rows: tuple[MemberRow, ...]
+    can_invite: bool
+    can_leave: bool
 
 
 class View(Protocol):
@@ -142,6 +194,16 @@ class View(Protocol):
 
     def show_people(self, rows: Sequence[PersonRow], more: bool) -> None: ...
     def show_switcher(self, rows: Sequence[SwitcherRow]) -> None: ...
+    def show_typing(self, text: str) -> None:
+        """The line under the messages ("Anna is typing…"); "" hides it."""
+
+    def show_channels(self, rows: Sequence[ChannelRow]) -> None:
+        """The Browse channels dialog's list."""
+
+    def show_members(self, panel: MembersPanel) -> None: ...
+    def show_error(self, text: str) -> None:
+        """A refused action (create, join, invite, …), told to the user."""
+
     def show_composer_error(self, text: str) -> None: ...
     def set_title(self, title: str) -> None: ...
     def bell(self) -> None: ...
@@ -169,6 +231,21 @@ class Backend(Protocol):
     ) -> None: ...
     def users(self, request: int, query: str, *, after: str | None = None) -> None: ...
     def watch(self, names: list[str]) -> None: ...
+    # Protocol 3: conversations.
+    def post(self, local_id: str, conversation: str, text: str) -> None: ...
+    def create_channel(self, name: str, *, public: bool, topic: str) -> None: ...
+    def create_group(self, members: list[str]) -> None: ...
+    def join(self, conversation: str) -> None: ...
+    def leave(self, conversation: str) -> None: ...
+    def invite(self, conversation: str, names: list[str]) -> None: ...
+    def remove(self, conversation: str, name: str) -> None: ...
+    def lookup(self, conversation: str) -> None:
+        """Ask for a conversation's info (a :class:`~.events.ConversationOpened`, unselected)."""
+
+    def members(self, conversation: str) -> None: ...
+    def channels(self, request: int, query: str) -> None: ...
+    def read(self, conversation: str, seq: int) -> None: ...
+    def typing(self, conversation: str) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,9 +270,25 @@ class Conversation:
     """The "new messages" line goes above the message with this seq (seqs have no gaps)."""
     unseen: int = 0
     """Messages of others that arrived while the reader was scrolled up, not yet looked at."""
+    kind: str = "direct"
+    """``general``, ``direct``, ``channel`` or ``group``."""
+    name: str = ""
+    """A channel's name."""
+    topic: str = ""
+    people: list[str] = field(default_factory=list)
+    """A group's members (for its title), the user left out."""
+    role: str | None = None
+    member: bool = True
+    counted_unread: int | None = None
+    """Protocol 3 counts unread messages of others (entries of other kinds have seqs too)."""
+    mentions: int = 0
+    typing: dict[str, float] = field(default_factory=dict)
+    """Who is typing: name → until when (the presenter's clock)."""
 
     @property
     def unread(self) -> int:
+        if self.counted_unread is not None:
+            return self.counted_unread
         return max(0, self.last_seq - self.read_seq)
 
 
@@ -253,6 +346,13 @@ class Presenter:
         self._reads_dirty = False
         self._reads_saved_at = 0.0
         self._ring = False
+        self._typing_sent_at: float | None = None
+        self._channels_request = -1
+        self.members_of: str | None = None
+        """The conversation whose Members panel is open."""
+        self._left: set[str] = set()
+        """Conversations the user left here: their last entries do not bring them back."""
+        self._members: list[schema.MemberEntry] = []
         # What the view shows now, to send it only changes.
         self._shown_key: str | None = None
         self._shown_rows: list[MessageRow] = []
@@ -263,6 +363,7 @@ class Presenter:
         self._shown_header: Header | None = None
         self._shown_people: tuple[list[PersonRow], bool] | None = None
         self._shown_jump: str | None = None
+        self._shown_typing = ""
 
     # -- starting and signing in ---------------------------------------------------------------
 
@@ -430,6 +531,8 @@ class Presenter:
         self._shown_key, self._shown_rows, self._row_cache = None, [], {}
         self._shown_list = self._shown_status = self._shown_header = self._shown_people = None
         self._shown_jump = None
+        self._shown_typing = ""
+        self.members_of = None
         self.connection = ConnectionState.OFFLINE
         self.form = form
         self.view.show_sign_in(form)
@@ -478,6 +581,37 @@ class Presenter:
             self._send_failed(event)
         elif isinstance(event, events.UsersFound):
             self._users_found(event)
+        elif isinstance(event, EntryReceived):
+            self._received(event.entry)
+        elif isinstance(event, ReadMarker):
+            self._read_elsewhere(event.conversation, event.seq)
+        elif isinstance(event, TypingStarted):
+            self._typing_started(event.conversation, event.user)
+        elif isinstance(event, events.ConversationOpened):
+            self._conversation_opened(event.info, select=event.select)
+        elif isinstance(event, events.ConversationLeft):
+            self._conversation_left(event.conversation)
+        elif isinstance(event, events.ChannelsFound):
+            if event.request == self._channels_request:
+                self.view.show_channels(
+                    [
+                        ChannelRow(
+                            c.conversation,
+                            sanitize_name(c.name),
+                            sanitize(c.topic),
+                            c.members,
+                            c.joined,
+                            c.public,
+                        )
+                        for c in event.result.channels
+                    ]
+                )
+        elif isinstance(event, events.MembersLoaded):
+            self._members_loaded(event)
+        elif isinstance(event, events.ActionFailed):
+            self.view.show_error(
+                _("The server refused: {reason}").format(reason=sanitize_name(event.detail))
+            )
 
     def _signed_in(self, event: events.SignedIn) -> None:
         self.stage = CHAT
@@ -488,8 +622,14 @@ class Presenter:
             self.preferences.forget_session()
         self.connection = ConnectionState.CONNECTED
         saved = self.preferences.read_positions(self.server, self.user)
-        self.conversations = {GENERAL_KEY: Conversation(GENERAL_KEY, None, schema.GENERAL)}
+        self.conversations = {
+            GENERAL_KEY: Conversation(GENERAL_KEY, None, schema.GENERAL, kind="general")
+        }
         for entry in event.conversations:
+            if isinstance(entry, schema.ConversationInfo):
+                if entry.member or entry.conversation == schema.GENERAL:
+                    self._conversation_opened(entry, select=False)
+                continue
             key = GENERAL_KEY if entry.peer is None else dm_key(entry.peer)
             conversation = self.conversations.setdefault(key, Conversation(key, entry.peer))
             conversation.conversation_id = entry.conversation
@@ -552,18 +692,25 @@ class Presenter:
     def _key_of(self, message: schema.Message) -> tuple[str, str | None]:
         if message.conversation == schema.GENERAL:
             return GENERAL_KEY, None
+        if message.conversation.startswith("c:"):
+            return message.conversation, None
         own = message.sender.casefold() == self.user.casefold()
         peer = (message.to or message.sender) if own else message.sender
         return dm_key(peer), peer
 
     def _received(self, message: schema.Message) -> None:
-        if message.conversation.startswith("c:"):
-            return  # channels and groups are not drawn yet
+        if message.conversation in self._left:
+            return
         key, peer = self._key_of(message)
         conversation = self.conversations.get(key)
         if conversation is None:
-            conversation = self.conversations[key] = Conversation(key, peer)
+            kind = "channel" if key.startswith("c:") else "direct"
+            conversation = self.conversations[key] = Conversation(key, peer, kind=kind)
             conversation.has_older = message.seq > 1
+            if kind == "channel":
+                # A channel or group one was just added to: its name, kind and members.
+                conversation.counted_unread = 0
+                self.backend.lookup(message.conversation)
         conversation.conversation_id = message.conversation
         if not conversation.timeline.add(message):
             return
@@ -571,9 +718,19 @@ class Presenter:
         if message.seq > conversation.last_seq:
             conversation.last_seq = message.seq
         conversation.last_activity = max(conversation.last_activity, message.ts / 1000)
+        conversation.typing.pop(message.sender, None)
+        if message.kind != "message":
+            self._entry_applied(conversation, message)
+            if message.seq <= conversation.read_seq + 1 and conversation.unread == 0:
+                conversation.read_seq = max(conversation.read_seq, message.seq)
+            return
         if message.sender.casefold() == self.user.casefold():
             self._mark_read(conversation, message.seq)
             return
+        if message.seq > conversation.read_seq and conversation.counted_unread is not None:
+            conversation.counted_unread += 1
+            if self._mentions_me(message):
+                conversation.mentions += 1
         timeline = conversation.timeline
         if key == self.selected and not (timeline.at_bottom and timeline.attached):
             # Out of sight: the line marks where the new ones start, the button counts them.
@@ -581,7 +738,8 @@ class Presenter:
                 conversation.marker_seq = message.seq
             conversation.unseen += 1
         if message.seq > conversation.read_seq:
-            if key == self.selected and self.focused:
+            seen = conversation.counted_unread is None or (timeline.at_bottom and timeline.attached)
+            if key == self.selected and self.focused and seen:
                 self._mark_read(conversation, message.seq)
             else:
                 self._ring = True
@@ -591,6 +749,134 @@ class Presenter:
         if seq > conversation.read_seq:
             conversation.read_seq = seq
             self._reads_dirty = True
+            if conversation.counted_unread is not None:
+                if seq >= conversation.last_seq:
+                    conversation.counted_unread = conversation.mentions = 0
+                # The server keeps the marker: every device of the user clears its badge.
+                if conversation.conversation_id is not None:
+                    self.backend.read(conversation.conversation_id, seq)
+
+    def _read_elsewhere(self, conversation_id: str, seq: int) -> None:
+        conversation = self._by_id(conversation_id)
+        if conversation is None or seq <= conversation.read_seq:
+            return
+        conversation.read_seq = seq
+        if seq >= conversation.last_seq:
+            conversation.counted_unread = conversation.mentions = 0
+            conversation.marker_seq = None
+
+    def _by_id(self, conversation_id: str) -> Conversation | None:
+        for conversation in self.conversations.values():
+            if conversation.conversation_id == conversation_id:
+                return conversation
+        return None
+
+    def _mentions_me(self, message: schema.Message) -> bool:
+        me = self.user.casefold()
+        if message.sender.casefold() == me:
+            return False
+        return message.mention_all or any(name.casefold() == me for name in message.mentions)
+
+    def _entry_applied(self, conversation: Conversation, entry: schema.Entry) -> None:
+        """What a change entry changes in the conversation itself."""
+        if entry.kind == "renamed" and entry.name:
+            conversation.name = entry.name
+        elif entry.kind == "topic":
+            conversation.topic = entry.topic or ""
+        elif entry.kind == "role" and (entry.target or "").casefold() == self.user.casefold():
+            conversation.role = entry.role
+        elif conversation.kind == "group" and entry.target:
+            people = [p for p in conversation.people if p.casefold() != entry.target.casefold()]
+            if entry.kind == "added" and entry.target.casefold() != self.user.casefold():
+                people.append(entry.target)
+            conversation.people = people
+        if entry.kind in ("removed", "left"):
+            who = entry.target if entry.kind == "removed" else entry.sender
+            if who and who.casefold() == self.user.casefold():
+                conversation.member = False
+        watched = self.members_of
+        membership = entry.kind in ("joined", "left", "added", "removed", "role")
+        if membership and watched is not None and watched == conversation.conversation_id:
+            self.backend.members(watched)
+
+    def _conversation_opened(self, info: schema.ConversationInfo, *, select: bool) -> None:
+        self._left.discard(info.conversation)
+        if info.conversation == schema.GENERAL:
+            key = GENERAL_KEY
+        elif info.kind == "direct" and info.peer:
+            key = dm_key(info.peer)
+        else:
+            key = info.conversation
+        conversation = self.conversations.get(key)
+        if conversation is None:
+            conversation = self.conversations[key] = Conversation(key, info.peer)
+            conversation.last_activity = (info.last_ts or 0) / 1000 or self.wall()
+            conversation.has_older = info.last_seq > 0
+        conversation.conversation_id = info.conversation
+        conversation.kind = "general" if key == GENERAL_KEY else info.kind
+        conversation.name = info.name or ""
+        conversation.topic = info.topic
+        conversation.role = info.role
+        conversation.member = info.member
+        conversation.last_seq = max(conversation.last_seq, info.last_seq)
+        conversation.read_seq = max(conversation.read_seq, info.read_seq)
+        conversation.counted_unread = info.unread
+        conversation.mentions = info.mentions
+        if info.kind == "group" and not conversation.people:
+            self.backend.members(info.conversation)
+        if select:
+            self.select(key)
+
+    def _conversation_left(self, conversation_id: str) -> None:
+        self._left.add(conversation_id)
+        conversation = self._by_id(conversation_id)
+        if conversation is None or conversation.key == GENERAL_KEY:
+            return
+        del self.conversations[conversation.key]
+        if self.members_of == conversation_id:
+            self.members_of = None
+        if self.selected == conversation.key:
+            self.select(GENERAL_KEY)
+
+    def _members_loaded(self, event: events.MembersLoaded) -> None:
+        conversation = self._by_id(event.conversation)
+        if conversation is None:
+            return
+        for member in event.result.members:
+            self.presence[member.name.casefold()] = member.online
+        me = self.user.casefold()
+        if conversation.kind == "group":
+            conversation.people = [m.name for m in event.result.members if m.name.casefold() != me]
+        for member in event.result.members:
+            if member.name.casefold() == me:
+                conversation.role = member.role
+        if self.members_of == event.conversation:
+            self._members = list(event.result.members)
+            self._show_members(conversation)
+
+    def _show_members(self, conversation: Conversation) -> None:
+        manager = conversation.role in ("owner", "admin")
+        me = self.user.casefold()
+        roles = {"owner": _("owner"), "admin": _("admin"), "member": _("member")}
+        rows = tuple(
+            MemberRow(
+                sanitize_name(m.name),
+                roles.get(m.role, sanitize_name(m.role)),
+                m.online,
+                removable=manager and m.name.casefold() != me and m.role != "owner",
+            )
+            for m in self._members
+        )
+        title = _("Members of {name}").format(name=self._title(conversation))
+        can_leave = conversation.kind in ("channel", "group") and conversation.member
+        can_invite = manager or (conversation.kind == "group" and conversation.member)
+        self.view.show_members(MembersPanel(title, rows, can_invite, can_leave))
+
+    def _typing_started(self, conversation_id: str, user: str) -> None:
+        conversation = self._by_id(conversation_id)
+        if conversation is None or user.casefold() == self.user.casefold():
+            return
+        conversation.typing[user] = self.clock() + schema.TYPING_EXPIRY
 
     def _state_changed(self, event: StateChanged) -> None:
         if event.state is ConnectionState.OFFLINE:
@@ -624,7 +910,7 @@ class Presenter:
         if conversation is None:
             return
         conversation.loading = False
-        conversation.conversation_id = event.result.conversation
+        conversation.conversation_id = event.result.conversation or conversation.conversation_id
         conversation.has_older = event.result.more
         timeline = conversation.timeline
         timeline.add_page(event.result.messages)
@@ -728,10 +1014,103 @@ class Presenter:
         conversation.timeline.add_outgoing(outgoing)
         conversation.last_activity = max(conversation.last_activity, outgoing.sent_at)
         self._outgoing[outgoing.local_id] = conversation.key
-        self.backend.send(outgoing.local_id, conversation.peer, text)
+        self._deliver(conversation, outgoing.local_id, text)
         # One's own message is always brought into view, however far up the reader was.
         self._reveal_newest(conversation)
         return True
+
+    def _deliver(self, conversation: Conversation, local_id: str, text: str) -> None:
+        if conversation.kind in ("channel", "group") and conversation.conversation_id:
+            self.backend.post(local_id, conversation.conversation_id, text)
+        else:
+            self.backend.send(local_id, conversation.peer, text)
+
+    def composer_changed(self) -> None:
+        """The composer's text changed: tell the others, at most every few seconds."""
+        conversation = self.conversations.get(self.selected)
+        if self.stage != CHAT or conversation is None or conversation.counted_unread is None:
+            return
+        if conversation.conversation_id is None:
+            return
+        now = self.clock()
+        if self._typing_sent_at is not None and now - self._typing_sent_at < (
+            schema.TYPING_INTERVAL
+        ):
+            return
+        self._typing_sent_at = now
+        self.backend.typing(conversation.conversation_id)
+
+    # -- conversations (protocol 3) ------------------------------------------------------------
+
+    def create_channel(self, name: str, *, public: bool, topic: str = "") -> bool:
+        """The New channel dialog; False (and nothing sent) when the name is empty."""
+        name = name.strip().lstrip("#").strip()
+        if self.stage != CHAT or not name:
+            return False
+        self.backend.create_channel(name, public=public, topic=topic.strip())
+        return True
+
+    def browse_channels(self, query: str = "") -> None:
+        """The Browse channels dialog's search (its list comes with :meth:`View.show_channels`)."""
+        if self.stage != CHAT:
+            return
+        self._requests += 1
+        self._channels_request = self._requests
+        self.backend.channels(self._channels_request, query.strip())
+
+    def join(self, conversation_id: str) -> None:
+        """Join a channel (or open it, when already a member)."""
+        if self.stage != CHAT:
+            return
+        known = self._by_id(conversation_id)
+        if known is not None and known.member:
+            self.select(known.key)
+            return
+        self.backend.join(conversation_id)
+
+    def create_group(self, names: Sequence[str]) -> bool:
+        """A group of the user and these people (at least two of them); False if too few."""
+        me = self.user.casefold()
+        people = list({n.casefold(): n for n in names if n.casefold() != me}.values())
+        if self.stage != CHAT or len(people) < 2:
+            return False
+        self.backend.create_group(people)
+        return True
+
+    def open_members(self) -> None:
+        """The Members panel of the conversation on screen."""
+        conversation = self.conversations.get(self.selected)
+        if self.stage != CHAT or conversation is None or conversation.conversation_id is None:
+            return
+        if conversation.kind not in ("channel", "group"):
+            return
+        self.members_of = conversation.conversation_id
+        self._members = []
+        self.backend.members(conversation.conversation_id)
+
+    def close_members(self) -> None:
+        self.members_of = None
+
+    def invite(self, names: str | Sequence[str]) -> None:
+        """Add people (names separated by spaces or commas) to the open Members panel's
+        conversation."""
+        if isinstance(names, str):
+            names = names.replace(",", " ").split()
+        wanted = [n.lstrip("@") for n in names if n.lstrip("@")]
+        if self.stage == CHAT and self.members_of is not None and wanted:
+            self.backend.invite(self.members_of, wanted)
+
+    def remove_member(self, name: str) -> None:
+        if self.stage == CHAT and self.members_of is not None:
+            self.backend.remove(self.members_of, name)
+
+    def leave(self) -> None:
+        """Leave the conversation on screen (a channel or group)."""
+        conversation = self.conversations.get(self.selected)
+        if self.stage != CHAT or conversation is None or conversation.conversation_id is None:
+            return
+        if conversation.kind in ("channel", "group"):
+            self.backend.leave(conversation.conversation_id)
 
     def jump_to_latest(self) -> None:
         """The "jump to latest" button: show the newest messages."""
@@ -759,7 +1138,7 @@ class Presenter:
             return
         outgoing.failed = None
         outgoing.version += 1
-        self.backend.send(local_id, conversation.peer, outgoing.text)
+        self._deliver(conversation, local_id, outgoing.text)
         self.render()
 
     def scrolled(self, first: float, last: float) -> None:
@@ -776,6 +1155,8 @@ class Presenter:
             timeline.extend_down()
             if timeline.attached:
                 conversation.unseen = 0
+                if self.focused and conversation.counted_unread is not None:
+                    self._mark_read(conversation)
         self.render()
 
     def focus_changed(self, focused: bool) -> None:
@@ -863,15 +1244,27 @@ class Presenter:
             return
         self._watch()
         rows = [
-            ConversationRow(c.key, self._title(c), c.unread, self._online(c))
+            ConversationRow(
+                c.key,
+                self._title(c),
+                c.unread,
+                self._online(c),
+                CHANNELS if c.kind in ("general", "channel") else DIRECT,
+                c.mentions,
+            )
             for c in self._ordered()
         ]
+        rows.sort(key=lambda row: row.section != CHANNELS)  # stable: recent first in each
         if (rows, self.selected) != self._shown_list:
             self._shown_list = (rows, self.selected)
             self.view.show_conversations(rows, self.selected)
         self._render_messages()
         conversation = self.conversations[self.selected]
-        header = Header(self._title(conversation), self._subtitle(conversation))
+        header = Header(
+            self._title(conversation),
+            self._subtitle(conversation),
+            shared=conversation.kind in ("channel", "group") and conversation.member,
+        )
         if header != self._shown_header:
             self._shown_header = header
             self.view.show_header(header)
@@ -879,6 +1272,10 @@ class Presenter:
         if status != self._shown_status:
             self._shown_status = status
             self.view.show_status(status)
+        typing = self._typing_text(conversation)
+        if typing != self._shown_typing:
+            self._shown_typing = typing
+            self.view.show_typing(typing)
         jump = self._jump(conversation)
         if jump != self._shown_jump:
             self._shown_jump = jump
@@ -962,6 +1359,16 @@ class Presenter:
             )
         cache_key = (item.conversation, item.seq)
         row = self._row_cache.get(cache_key)
+        if row is None and item.kind != "message":
+            row = MessageRow(
+                f"seq:{item.seq}",
+                sanitize_name(item.sender),
+                format_time(item.ts, self.wall()),
+                describe_entry(item),
+                own=False,
+                event=True,
+            )
+            self._row_cache[cache_key] = row
         if row is None:
             own = item.sender.casefold() == self.user.casefold()
             row = MessageRow(
@@ -971,6 +1378,7 @@ class Presenter:
                 sanitize(item.text),
                 own=own,
                 note="✓" if own else "",
+                mention=self._mentions_me(item),
             )
             self._row_cache[cache_key] = row
         return row
@@ -1007,6 +1415,12 @@ class Presenter:
         )
 
     def _title(self, conversation: Conversation) -> str:
+        if conversation.kind == "channel":
+            return "# " + sanitize_name(conversation.name or conversation.key)
+        if conversation.kind == "group":
+            if not conversation.people:
+                return _("Group")
+            return ", ".join(sanitize_name(name) for name in conversation.people)
         if conversation.peer is None:
             return _("General")
         return sanitize_name(conversation.peer)
@@ -1015,15 +1429,42 @@ class Presenter:
         return self.presence.get(name.casefold(), False)
 
     def _online(self, conversation: Conversation) -> bool | None:
-        return None if conversation.peer is None else self._is_online(conversation.peer)
+        return (
+            None
+            if conversation.peer is None or conversation.kind != "direct"
+            else self._is_online(conversation.peer)
+        )
 
     def _presence_text(self, conversation: Conversation) -> str:
+        if conversation.kind in ("channel", "group"):
+            return sanitize(conversation.topic)
         if conversation.peer is None:
             return _("everyone on this server")
         return _("online") if self._is_online(conversation.peer) else _("offline")
 
     def _subtitle(self, conversation: Conversation) -> str:
+        if conversation.topic:
+            return sanitize(conversation.topic)
+        if conversation.kind == "channel":
+            return ""
+        if conversation.kind == "group":
+            size = len(conversation.people) + 1
+            return ngettext("{n} member", "{n} members", size).format(n=size)
         return self._presence_text(conversation)
+
+    def _typing_text(self, conversation: Conversation) -> str:
+        now = self.clock()
+        for name, until in list(conversation.typing.items()):
+            if until <= now:
+                del conversation.typing[name]
+        names = [sanitize_name(name) for name in conversation.typing]
+        if not names:
+            return ""
+        if len(names) == 1:
+            return _("{name} is typing…").format(name=names[0])
+        if len(names) == 2:
+            return _("{first} and {second} are typing…").format(first=names[0], second=names[1])
+        return _("Several people are typing…")
 
     def _jump(self, conversation: Conversation) -> str:
         timeline = conversation.timeline
@@ -1055,3 +1496,33 @@ class Presenter:
         if self.connection is ConnectionState.CONNECTING:
             return Status("connecting", _("Connecting…"))
         return Status("offline", _("Offline"))
+
+
+def describe_entry(entry: schema.Entry) -> str:
+    """The grey line of a change in a conversation ("Anna added Boris")."""
+    who = sanitize_name(entry.sender)
+    target = sanitize_name(entry.target or "")
+    kind = entry.kind
+    if kind == "created":
+        return _("{who} created the conversation").format(who=who)
+    if kind == "joined":
+        return _("{who} joined").format(who=who)
+    if kind == "left":
+        return _("{who} left").format(who=who)
+    if kind == "added":
+        return _("{who} added {target}").format(who=who, target=target)
+    if kind == "removed":
+        return _("{who} removed {target}").format(who=who, target=target)
+    if kind == "renamed":
+        return _("{who} renamed the channel to {name}").format(
+            who=who, name=sanitize_name(entry.name or "")
+        )
+    if kind == "topic":
+        return _("{who} set the topic: {topic}").format(who=who, topic=sanitize(entry.topic or ""))
+    if kind == "archived":
+        return _("{who} archived the channel").format(who=who)
+    if kind == "role":
+        roles = {"owner": _("owner"), "admin": _("admin"), "member": _("member")}
+        role = roles.get(entry.role or "", sanitize_name(entry.role or ""))
+        return _("{who} made {target} {role}").format(who=who, target=target, role=role)
+    return _("{who} changed the conversation").format(who=who)

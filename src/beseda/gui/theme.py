@@ -36,6 +36,7 @@ class Palette:
     offline: str = "#c3c8cf"
     warning: str = "#d98200"
     selection: str = "#dfe8fb"
+    mention: str = "#fff4d6"
 
 
 PALETTE = Palette()

@@ -13,11 +13,15 @@ from tkinter import ttk
 from typing import Any, cast
 
 from . import theme
-from .i18n import _
+from .i18n import _, ngettext
 from .presenter import (
+    CHANNELS,
+    DIRECT,
     GENERAL_KEY,
+    ChannelRow,
     ConversationRow,
     Header,
+    MembersPanel,
     MessageRow,
     PersonRow,
     Presenter,
@@ -27,6 +31,9 @@ from .presenter import (
 )
 
 MIN_WIDTH, MIN_HEIGHT = 760, 520
+SECTION = "section:"
+"""The sidebar's section rows (Channels, Direct messages) have ids with this prefix."""
+SECTIONS = (CHANNELS, DIRECT)
 
 SELECT_ALL = ("<Control-a>", "<Control-A>", "<Control-Cyrillic_ef>", "<Control-Cyrillic_EF>")
 """Ctrl+A, on a Latin or a Russian layout (there X reports the Cyrillic letter's key)."""
@@ -218,6 +225,12 @@ class MessageList:
             spacing1=10,
             spacing3=2,
         )
+        self.text.tag_configure(
+            "event", foreground=palette.muted, font=("TkDefaultFont", 8), spacing1=6, spacing3=2
+        )
+        self.text.tag_configure(
+            "mention", background=palette.mention, lmargin1=6, lmargin2=6, rmargin=6
+        )
         self.text.tag_raise("sel")
         self.text.tag_bind("retry", "<Button-1>", self._retry)
         self.text.tag_bind("retry", "<Enter>", lambda _e: self.text.configure(cursor="hand2"))
@@ -290,6 +303,11 @@ class MessageList:
         if row.marker:
             text.insert("insert_row", f"———  {row.text}  ———\n", ("marker", tag))
             return
+        if row.event:
+            text.insert("insert_row", f"{row.text}  {row.time}\n", ("event", tag))
+            return
+        if row.mention:
+            own = ("mention",)
         text.insert(
             "insert_row", row.sender, ("own_sender" if row.own else "sender", "sender", tag, *own)
         )
@@ -394,6 +412,25 @@ class ChatScreen(ttk.Frame):
             command=self.window.open_switcher,
         )
         self.find_button.pack(fill="x", padx=8, pady=(0, 4))
+        actions = ttk.Frame(sidebar, style="Sidebar.TFrame", padding=(8, 0, 8, 4))
+        actions.pack(fill="x")
+        self.new_channel_button = ttk.Button(
+            actions, text=_("New channel…"), style="Link.TButton", command=self._new_channel
+        )
+        self.new_channel_button.pack(side="left")
+        self.browse_button = ttk.Button(
+            actions, text=_("Browse channels…"), style="Link.TButton", command=self._browse
+        )
+        self.browse_button.pack(side="left")
+        self.new_group_button = ttk.Button(
+            actions, text=_("New group…"), style="Link.TButton", command=self._new_group
+        )
+        self.new_group_button.pack(side="left")
+        self.channel_dialog: NewChannelDialog | None = None
+        self.browser: ChannelBrowser | None = None
+        self.group_dialog: NewGroupDialog | None = None
+        self.members_dialog: MembersDialog | None = None
+        self.people_rows: list[PersonRow] = []
         self.tabs = ttk.Notebook(sidebar)
         self.tabs.pack(fill="both", expand=True)
         chats = ttk.Frame(self.tabs, style="Sidebar.TFrame")
@@ -407,6 +444,15 @@ class ChatScreen(ttk.Frame):
         self.chat_list.column("#0", width=190, stretch=True)
         self.chat_list.column("unread", width=44, stretch=False, anchor="e")
         self.chat_list.tag_configure("unread", font=("TkDefaultFont", 10, "bold"))
+        self.chat_list.tag_configure(
+            "mention", foreground=self.palette.accent, font=("TkDefaultFont", 10, "bold")
+        )
+        self.chat_list.tag_configure(
+            "section", foreground=self.palette.muted, font=("TkDefaultFont", 9, "bold")
+        )
+        for section, label in ((CHANNELS, _("Channels")), (DIRECT, _("Direct messages"))):
+            self.chat_list.insert("", "end", iid=SECTION + section, text=label, open=True)
+            self.chat_list.item(SECTION + section, tags=("section",))
         self.chat_list.pack(fill="both", expand=True, pady=(6, 0))
         self.chat_list.bind("<<TreeviewSelect>>", self._chat_selected)
         # A chat chosen with the mouse (or Enter) is for writing in: typing goes to the
@@ -437,7 +483,7 @@ class ChatScreen(ttk.Frame):
         if self._updating_list:
             return
         selection = self.chat_list.selection()
-        if selection:
+        if selection and not selection[0].startswith(SECTION):
             self.window.presenter.select(selection[0])
 
     def _people_query_changed(self) -> None:
@@ -477,21 +523,32 @@ class ChatScreen(ttk.Frame):
         self._updating_list = True
         try:
             wanted = [row.key for row in rows]
-            for item in set(tree.get_children()) - set(wanted):
+            shown = [item for section in SECTIONS for item in tree.get_children(SECTION + section)]
+            for item in set(shown) - set(wanted):
                 tree.delete(item)
-            for index, row in enumerate(rows):
-                values = (str(row.unread) if row.unread else "",)
+            positions = dict.fromkeys(SECTIONS, 0)
+            for row in rows:
+                parent = SECTION + (row.section if row.section in SECTIONS else DIRECT)
+                tags: tuple[str, ...]
+                if row.mentions:
+                    badge, tags = f"@{row.mentions}", ("mention",)
+                elif row.unread:
+                    badge, tags = str(row.unread), ("unread",)
+                else:
+                    badge, tags = "", ()
                 options: dict[str, Any] = {
                     "text": "  " + row.title,
-                    "values": values,
+                    "values": (badge,),
                     "image": self.dots[row.online],
-                    "tags": ("unread",) if row.unread else (),
+                    "tags": tags,
                 }
+                index = positions[parent.removeprefix(SECTION)]
+                positions[parent.removeprefix(SECTION)] += 1
                 if tree.exists(row.key):
                     tree.item(row.key, **options)
-                    tree.move(row.key, "", index)
+                    tree.move(row.key, parent, index)
                 else:
-                    tree.insert("", index, iid=row.key, **options)
+                    tree.insert(parent, index, iid=row.key, **options)
             if selected in wanted and tree.selection() != (selected,):
                 tree.selection_set(selected)
                 tree.see(selected)
@@ -504,6 +561,9 @@ class ChatScreen(ttk.Frame):
         tree = self.people_list
         tree.delete(*tree.get_children())
         self._people_names = {}
+        self.people_rows = list(rows)
+        if self.group_dialog is not None and self.group_dialog.winfo_exists():
+            self.group_dialog.show(self.people_rows)
         for row in rows:
             label = "  " + row.name + (_(" (you)") if row.me else "")
             self._people_names[tree.insert("", "end", text=label, image=self.dots[row.online])] = (
@@ -523,6 +583,12 @@ class ChatScreen(ttk.Frame):
         self.title_label.pack(side="left")
         self.subtitle_label = ttk.Label(header, style="Muted.TLabel")
         self.subtitle_label.pack(side="left", padx=(10, 0), pady=(3, 0))
+        self.leave_button = ttk.Button(
+            header, text=_("Leave"), style="Link.TButton", command=self._leave
+        )
+        self.members_button = ttk.Button(
+            header, text=_("Members"), style="Link.TButton", command=self._members
+        )
         ttk.Separator(main).pack(fill="x")
 
         status = ttk.Frame(main, style="Sidebar.TFrame")
@@ -567,7 +633,10 @@ class ChatScreen(ttk.Frame):
         self.composer.bind("<KP_Enter>", self._enter)
         self.composer.bind("<Shift-Return>", self._newline)
         self.composer.bind("<Tab>", self._focus_next)
+        self.composer.bind("<KeyRelease>", self._composer_changed, add=True)
         ttk.Separator(main).pack(side="bottom", fill="x")
+        self.typing_label = ttk.Label(main, style="Muted.TLabel", padding=(18, 0, 18, 2))
+        self.typing_label.pack(side="bottom", fill="x")
         self.messages = MessageList(main, self.window, self.palette)
         self.messages.frame.pack(fill="both", expand=True)
 
@@ -587,9 +656,44 @@ class ChatScreen(ttk.Frame):
         if self.window.presenter.send(self.composer.get("1.0", "end-1c")):
             self.composer.delete("1.0", "end")
 
+    def _composer_changed(self, event: tk.Event[Any]) -> None:
+        if event.keysym not in ("Return", "KP_Enter") and self.composer.get("1.0", "end-1c"):
+            self.window.presenter.composer_changed()
+
     def show_header(self, header: Header) -> None:
         self.title_label.configure(text=header.title)
         self.subtitle_label.configure(text=header.subtitle)
+        if header.shared:
+            self.leave_button.pack(side="right")
+            self.members_button.pack(side="right", padx=(0, 8))
+        else:
+            self.leave_button.pack_forget()
+            self.members_button.pack_forget()
+
+    def show_typing(self, text: str) -> None:
+        self.typing_label.configure(text=text)
+
+    def _leave(self) -> None:
+        self.window.presenter.leave()
+
+    def _members(self) -> None:
+        if self.members_dialog is None or not self.members_dialog.winfo_exists():
+            self.members_dialog = MembersDialog(self.window)
+        self.window.presenter.open_members()
+
+    def _new_channel(self) -> None:
+        if self.channel_dialog is None or not self.channel_dialog.winfo_exists():
+            self.channel_dialog = NewChannelDialog(self.window)
+
+    def _browse(self) -> None:
+        if self.browser is None or not self.browser.winfo_exists():
+            self.browser = ChannelBrowser(self.window)
+        self.window.presenter.browse_channels("")
+
+    def _new_group(self) -> None:
+        if self.group_dialog is None or not self.group_dialog.winfo_exists():
+            self.group_dialog = NewGroupDialog(self.window)
+        self.group_dialog.show(self.people_rows)
 
     def show_status(self, status: Status) -> None:
         self.status_dot.configure(style=f"{status.state}.Dot.TLabel")
@@ -668,6 +772,202 @@ class Switcher(tk.Toplevel):
             # Back in the main window, ready to write (the switcher had the focus).
             self.window.chat.composer.focus_force()
         return "break"
+
+
+class Dialog(tk.Toplevel):
+    """A small window over the main one; Escape closes it."""
+
+    def __init__(self, window: MainWindow, title: str) -> None:
+        super().__init__(window.root)
+        self.window = window
+        self.title(title)
+        self.transient(window.root)
+        self.configure(background=theme.PALETTE.background)
+        self.body = ttk.Frame(self, padding=12)
+        self.body.pack(fill="both", expand=True)
+        self.bind("<Escape>", lambda _e: self.destroy())
+        root = window.root
+        self.geometry(f"+{root.winfo_rootx() + 140}+{root.winfo_rooty() + 90}")
+
+
+class NewChannelDialog(Dialog):
+    """New channel: a name, a topic, public or private."""
+
+    def __init__(self, window: MainWindow) -> None:
+        super().__init__(window, _("New channel"))
+        self.channel_name = tk.StringVar(self)
+        self.topic = tk.StringVar(self)
+        self.public = tk.BooleanVar(self, value=True)
+        ttk.Label(self.body, text=_("Name")).pack(anchor="w")
+        self.name_entry = ttk.Entry(self.body, textvariable=self.channel_name, width=36)
+        self.name_entry.pack(fill="x")
+        ttk.Label(self.body, text=_("Topic")).pack(anchor="w", pady=(8, 0))
+        ttk.Entry(self.body, textvariable=self.topic).pack(fill="x")
+        ttk.Checkbutton(
+            self.body, text=_("Public: anyone can find and join it"), variable=self.public
+        ).pack(anchor="w", pady=(8, 0))
+        self.create_button = ttk.Button(
+            self.body, text=_("Create"), style="Accent.TButton", command=self.create
+        )
+        self.create_button.pack(anchor="e", pady=(10, 0))
+        self.name_entry.bind("<Return>", lambda _e: self.create())
+        self.name_entry.focus_set()
+
+    def create(self) -> None:
+        if self.window.presenter.create_channel(
+            self.channel_name.get(), public=self.public.get(), topic=self.topic.get()
+        ):
+            self.destroy()
+
+
+class ChannelBrowser(Dialog):
+    """Browse channels: the server's directory, with a Join button."""
+
+    def __init__(self, window: MainWindow) -> None:
+        super().__init__(window, _("Browse channels"))
+        self.query = tk.StringVar(self)
+        entry = ttk.Entry(self.body, textvariable=self.query, width=44)
+        entry.pack(fill="x")
+        self.query.trace_add(
+            "write", lambda *_a: window.presenter.browse_channels(self.query.get())
+        )
+        self.list = ttk.Treeview(
+            self.body, columns=("members",), show="tree", selectmode="browse", height=10
+        )
+        self.list.column("#0", width=300, stretch=True)
+        self.list.column("members", width=90, stretch=False, anchor="e")
+        self.list.pack(fill="both", expand=True, pady=(8, 0))
+        self.list.bind("<Double-Button-1>", lambda _e: self.join())
+        self.join_button = ttk.Button(
+            self.body, text=_("Join"), style="Accent.TButton", command=self.join
+        )
+        self.join_button.pack(anchor="e", pady=(8, 0))
+        entry.focus_set()
+
+    def show(self, rows: Sequence[ChannelRow]) -> None:
+        self.list.delete(*self.list.get_children())
+        for row in rows:
+            label = "# " + row.name + ("" if row.public else "  " + _("(private)"))
+            if row.topic:
+                label += " — " + row.topic
+            joined = _("joined") if row.joined else ""
+            members = ngettext("{n} member", "{n} members", row.members).format(n=row.members)
+            self.list.insert(
+                "", "end", iid=row.conversation, text=label, values=(f"{joined} {members}",)
+            )
+        if rows:
+            self.list.selection_set(rows[0].conversation)
+
+    def join(self) -> None:
+        selection = self.list.selection()
+        if selection:
+            self.destroy()
+            self.window.presenter.join(selection[0])
+
+
+class NewGroupDialog(Dialog):
+    """New group: choose two or more people (from the People list)."""
+
+    def __init__(self, window: MainWindow) -> None:
+        super().__init__(window, _("New group"))
+        ttk.Label(self.body, text=_("Choose two or more people:")).pack(anchor="w")
+        self.list = tk.Listbox(
+            self.body,
+            selectmode="multiple",
+            height=10,
+            activestyle="none",
+            exportselection=False,
+            selectbackground=theme.PALETTE.selection,
+            selectforeground=theme.PALETTE.text,
+        )
+        self.list.pack(fill="both", expand=True, pady=(6, 0))
+        self.names: list[str] = []
+        self.create_button = ttk.Button(
+            self.body, text=_("Create group"), style="Accent.TButton", command=self.create
+        )
+        self.create_button.pack(anchor="e", pady=(8, 0))
+
+    def show(self, rows: Sequence[PersonRow]) -> None:
+        chosen = set(self.chosen())
+        self.list.delete(0, "end")
+        self.names = [row.name for row in rows if not row.me]
+        for index, name in enumerate(self.names):
+            self.list.insert("end", "  " + name)
+            if name in chosen:
+                self.list.selection_set(index)
+
+    def chosen(self) -> list[str]:
+        indexes = self.list.curselection()  # type: ignore[no-untyped-call]
+        return [self.names[i] for i in indexes if i < len(self.names)]
+
+    def create(self) -> None:
+        if self.window.presenter.create_group(self.chosen()):
+            self.destroy()
+
+
+class MembersDialog(Dialog):
+    """The members of the conversation on screen; invite and remove for owners and admins."""
+
+    def __init__(self, window: MainWindow) -> None:
+        super().__init__(window, _("Members"))
+        self.list = ttk.Treeview(
+            self.body, columns=("role",), show="tree", selectmode="browse", height=10
+        )
+        self.list.column("#0", width=220, stretch=True)
+        self.list.column("role", width=90, stretch=False, anchor="e")
+        self.list.pack(fill="both", expand=True)
+        self.remove_button = ttk.Button(
+            self.body, text=_("Remove"), style="Link.TButton", command=self.remove
+        )
+        self.invite_row = ttk.Frame(self.body)
+        self.invite_names = tk.StringVar(self)
+        ttk.Entry(self.invite_row, textvariable=self.invite_names).pack(
+            side="left", fill="x", expand=True
+        )
+        self.invite_button = ttk.Button(
+            self.invite_row, text=_("Invite"), style="Accent.TButton", command=self.invite
+        )
+        self.invite_button.pack(side="right", padx=(6, 0))
+        self.removable: set[str] = set()
+        self.protocol("WM_DELETE_WINDOW", self.close)
+        self.bind("<Escape>", lambda _e: self.close())
+
+    def show(self, panel: MembersPanel) -> None:
+        self.title(panel.title)
+        self.list.delete(*self.list.get_children())
+        self.removable = set()
+        for row in panel.rows:
+            self.list.insert(
+                "",
+                "end",
+                iid=row.name,
+                text="  " + row.name,
+                values=(row.role,),
+                image=self.window.chat.dots[row.online],
+            )
+            if row.removable:
+                self.removable.add(row.name)
+        if self.removable:
+            self.remove_button.pack(anchor="e", pady=(4, 0))
+        else:
+            self.remove_button.pack_forget()
+        if panel.can_invite:
+            self.invite_row.pack(fill="x", pady=(8, 0))
+        else:
+            self.invite_row.pack_forget()
+
+    def remove(self) -> None:
+        selection = self.list.selection()
+        if selection and selection[0] in self.removable:
+            self.window.presenter.remove_member(selection[0])
+
+    def invite(self) -> None:
+        self.window.presenter.invite(self.invite_names.get())
+        self.invite_names.set("")
+
+    def close(self) -> None:
+        self.window.presenter.close_members()
+        self.destroy()
 
 
 class MainWindow:
@@ -780,6 +1080,22 @@ class MainWindow:
             self.switcher.show(rows)
 
     def show_composer_error(self, text: str) -> None:
+        self.chat.show_composer_error(text)
+
+    def show_typing(self, text: str) -> None:
+        self.chat.show_typing(text)
+
+    def show_channels(self, rows: Sequence[ChannelRow]) -> None:
+        browser = self.chat.browser
+        if browser is not None and browser.winfo_exists():
+            browser.show(rows)
+
+    def show_members(self, panel: MembersPanel) -> None:
+        dialog = self.chat.members_dialog
+        if dialog is not None and dialog.winfo_exists():
+            dialog.show(panel)
+
+    def show_error(self, text: str) -> None:
         self.chat.show_composer_error(text)
 
     def set_title(self, title: str) -> None:

@@ -1,0 +1,137 @@
+"""The conversation widgets in a real Tk window under Xvfb, the presenter on a fake backend."""
+
+from __future__ import annotations
+
+import tkinter as tk
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from beseda.client import EntryReceived, MessageReceived, TypingStarted
+from beseda.gui import events, i18n, theme
+from beseda.gui.preferences import Preferences
+from beseda.gui.presenter import Presenter, dm_key
+from beseda.gui.views import SECTION, MainWindow
+from beseda.protocol import schema
+
+from .fakes import FakeBackend, message
+from .test_gui_conversations import DEV, GROUP, SERVER, Clock, group_members, infos
+
+pytestmark = [pytest.mark.gui, pytest.mark.timeout(60)]
+
+
+class Window:
+    def __init__(self, tmp_path: Path) -> None:
+        self.root = tk.Tk()
+        self.view = MainWindow(self.root, theme.apply(self.root))
+        self.backend = FakeBackend()
+        self.clock = Clock()
+        self.presenter = Presenter(
+            self.view,
+            self.backend,
+            Preferences(tmp_path / "config"),
+            server=SERVER,
+            clock=self.clock,
+            wall=lambda: 1.7e9,
+        )
+        self.view.presenter = self.presenter
+
+    def feed(self, *items: events.Event) -> None:
+        for item in items:
+            self.presenter.handle(self.presenter.session, item)
+        self.presenter.render()
+        self.root.update()
+
+    def sign_in(self) -> None:
+        self.presenter.sign_in(SERVER, "alice", "password123", remember=True, create=False)
+        self.feed(events.SignedIn("alice", "token-1", infos(), {}), group_members())
+
+
+@pytest.fixture
+def window(display: str, tmp_path: Path) -> Iterator[Window]:
+    i18n.install("en")
+    opened = Window(tmp_path)
+    yield opened
+    opened.root.destroy()
+
+
+def test_the_sidebar_shows_sections_and_a_mention_badge_in_the_accent_colour(
+    window: Window,
+) -> None:
+    window.sign_in()
+    tree = window.view.chat.chat_list
+    assert tree.item(SECTION + "channels", "text") == "Channels"
+    assert tree.item(SECTION + "direct", "text") == "Direct messages"
+    assert tree.get_children(SECTION + "channels") == (DEV, "#general")
+    assert tree.get_children(SECTION + "direct") == (GROUP, dm_key("bob"))
+    assert tree.item(GROUP, "text").strip() == "anna, boris"
+    assert tree.set(DEV, "unread") == "@1"
+    assert "mention" in tree.item(DEV, "tags")
+    assert tree.set(dm_key("bob"), "unread") == "1"
+    assert str(tree.tag_configure("mention", "foreground")) == theme.PALETTE.accent
+
+
+def test_opening_a_channel_shows_its_topic_clears_its_badge_and_reads_it(window: Window) -> None:
+    window.sign_in()
+    chat = window.view.chat
+    chat.chat_list.selection_set(DEV)
+    window.root.update()
+    assert chat.title_label.cget("text") == "# dev"
+    assert chat.subtitle_label.cget("text") == "Release on Friday"
+    assert chat.members_button.winfo_ismapped()
+    assert chat.chat_list.set(DEV, "unread") == ""
+    assert window.backend.last("read") == (DEV, 8)
+
+
+def test_changes_typing_and_mentions_show_in_the_timeline(window: Window) -> None:
+    window.sign_in()
+    window.presenter.select(DEV)
+    window.feed(
+        EntryReceived(message(9, "", "anna", conversation=DEV, kind="added", target="boris")),
+        MessageReceived(message(10, "@alice please look", conversation=DEV, mentions=["alice"])),
+        TypingStarted(DEV, "anna"),
+    )
+    messages = window.view.chat.messages.text
+    shown = messages.get("1.0", "end")
+    assert "anna added boris" in shown
+    assert "event" in messages.tag_names(messages.search("anna added", "1.0"))
+    assert "mention" in messages.tag_names(messages.search("please look", "1.0"))
+    assert window.view.chat.typing_label.cget("text") == "anna is typing…"
+    window.clock.now += 7
+    window.presenter.tick()
+    window.root.update()
+    assert window.view.chat.typing_label.cget("text") == ""
+
+
+def test_the_new_channel_dialog_creates_a_private_channel(window: Window) -> None:
+    window.sign_in()
+    window.view.chat.new_channel_button.invoke()
+    dialog = window.view.chat.channel_dialog
+    assert dialog is not None
+    dialog.channel_name.set("ops")
+    dialog.topic.set("on call")
+    dialog.public.set(False)
+    dialog.create_button.invoke()
+    window.root.update()
+    assert window.backend.last("create_channel") == ("ops", False, "on call")
+    assert not dialog.winfo_exists()
+
+
+def test_the_channel_browser_lists_channels_and_joins_one(window: Window) -> None:
+    window.sign_in()
+    window.view.chat.browse_button.invoke()
+    request, _query = window.backend.last("channels")
+    found = schema.ChannelsResult(
+        channels=[
+            schema.ChannelEntry(
+                conversation="c:20", name="random", public=True, members=5, joined=False
+            )
+        ]
+    )
+    window.feed(events.ChannelsFound(request, found))
+    browser = window.view.chat.browser
+    assert browser is not None
+    assert "random" in browser.list.item("c:20", "text")
+    browser.join_button.invoke()
+    assert window.backend.last("join") == "c:20"
