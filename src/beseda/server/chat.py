@@ -154,6 +154,7 @@ class Chat:
         self._throttle = limiters.logins
         self._message_rate = limiters.messages
         self._user_cache: OrderedDict[str, UserRecord] = OrderedDict()
+        self._users_by_id: OrderedDict[int, UserRecord] = OrderedDict()
         self._registrations = limiters.registrations
         self._channel_creations = limiters.channels
         self._invitations = limiters.invitations
@@ -381,17 +382,16 @@ class Chat:
         if pair is not None and self.index.get(conversation_id) is None and user.id in pair:
             # The first message of a direct conversation creates it, as ``dm`` does.
             other = pair[1] if pair[0] == user.id else pair[0]
-            found = await self._storage.users_by_ids([other])
-            if not found:
+            found = await self._user_by_id(other)
+            if found is None:
                 raise unknown(conversation_id)
-            recipient = found[0]
+            recipient = found
             conversation = self._direct_with(user, recipient)
         else:
             conversation = self.index.require_member(user.id, conversation_id)
             if pair is not None:
                 other = pair[1] if pair[0] == user.id else pair[0]
-                found = await self._storage.users_by_ids([other])
-                recipient = found[0] if found else None
+                recipient = await self._user_by_id(other)
         return await self._post(
             session, conversation, recipient, request.client_id, request.text, v3=True
         )
@@ -526,12 +526,28 @@ class Chat:
         return user
 
     def _remember(self, user: UserRecord) -> None:
-        """Keep ``user`` in the bounded cache by name, as the most recently used."""
+        """Keep ``user`` in the bounded caches by name and by id, as the most recently used."""
         users = self._user_cache
         users[user.key] = user
         users.move_to_end(user.key)
         if len(users) > USER_CACHE_SIZE:
             users.popitem(last=False)
+        by_id = self._users_by_id
+        by_id[user.id] = user
+        by_id.move_to_end(user.id)
+        if len(by_id) > USER_CACHE_SIZE:
+            by_id.popitem(last=False)
+
+    async def _user_by_id(self, user_id: int) -> UserRecord | None:
+        """The user with this id, from the cache (a direct message needs no database read)."""
+        user = self._users_by_id.get(user_id)
+        if user is None:
+            found = await self._storage.users_by_ids([user_id])
+            if not found:
+                return None
+            user = found[0]
+            self._remember(user)
+        return user
 
     # -- reading -------------------------------------------------------------------------------
 
