@@ -706,3 +706,56 @@ async def test_nobody_is_in_more_than_the_most_channels_and_groups(
     )
     await world.call(alice, schema.Leave, conversation=one)
     await channel(world, alice, "three")
+
+
+async def test_a_failed_rejoin_leaves_a_former_member_reading_what_they_could(
+    world: World, failing: Any
+) -> None:
+    alice, bob = await users(world, "alice", "bob")
+    team = await channel(world, alice, "team", "bob")
+    await world.call(bob, schema.Leave, conversation=team)
+    left = [e.seq for e in await history(world, bob, team)]
+    await post(world, alice, team, "while bob is away")
+    with failing(), pytest.raises(StorageError):
+        await world.call(bob, schema.Join, conversation=team)
+    assert not (await info(world, bob, team)).member
+    assert [e.seq for e in await history(world, bob, team)] == left
+    assert (await info(world, alice, team)).members == 1
+    await world.call(bob, schema.Join, conversation=team)
+    assert [e.text for e in await history(world, bob, team)][-2] == "while bob is away"
+
+
+# -- a restart: the index loaded from the store is the one the core kept ----------------------
+
+
+async def test_a_restarted_core_sees_every_conversation_as_before(make_world: Any) -> None:
+    world = make_world()
+    alice, bob, carol, dave = await users(world, "alice", "bob", "carol", "dave")
+    team = await channel(world, alice, "team", "bob", "carol", topic="first")
+    talk = await group(world, alice, "bob", "carol")
+    await post(world, alice, talk, "before dave")
+    await world.call(carol, schema.Invite, conversation=talk, users=["dave"])
+    await post(world, bob, team, "hi @alice")
+    await world.call(alice, schema.SetRole, conversation=team, user="bob", role="admin")
+    await world.call(bob, schema.Remove, conversation=team, user="carol")
+    await world.call(alice, schema.Rename, conversation=team, name="crew")
+    await world.call(alice, schema.SetTopic, conversation=team, topic="second")
+    last = await post(world, bob, talk, "@all see this")
+    await world.call(dave, schema.Read, conversation=talk, seq=last.seq - 1)
+    assert alice.user is not None
+    assert dave.user is not None
+    await post(world, dave, f"dm:{alice.user.id}:{dave.user.id}", "psst")
+    before = {
+        name: await listed(world, session)
+        for name, session in (("alice", alice), ("bob", bob), ("carol", carol), ("dave", dave))
+    }
+    later = make_world()  # a new core on the same store
+    await later.chat.open()
+    for name, seen in before.items():
+        session = await user(later, name)
+        assert await listed(later, session) == seen, name
+        for conversation in (team, talk):
+            if conversation in seen:
+                assert await history(later, session, conversation) == await history(
+                    world, await user(world, name), conversation
+                )
