@@ -728,10 +728,12 @@ class Chat:
         self, user_id: int, items: list[tuple[Conversation, Membership]]
     ) -> list[schema.ConversationInfo]:
         peers = await self._peers(user_id, (c for c, _ in items))
+        # Unread starts at what the member may read: a group member added late has nothing
+        # unread from before the entry that added them.
         markers = [
-            (c.id, m.read_seq)
+            (c.id, max(m.read_seq, m.from_seq - 1))
             for c, m in items
-            if m.active and c.last_seq > m.read_seq and m.from_seq is not None
+            if m.active and m.from_seq is not None and c.last_seq > max(m.read_seq, m.from_seq - 1)
         ]
         async with self._reads.slot(user_id):
             counts = await self._storage.unread_counts(user_id, markers, schema.MAX_UNREAD_COUNT)
@@ -907,6 +909,17 @@ class Chat:
                 f"{who} in {schema.MAX_MEMBERSHIPS} channels and groups, the most there may be.",
             )
 
+    def _spend_creation(self, user: UserRecord) -> None:
+        """One of the channels and groups a user may create per hour (both kinds count)."""
+        wait = self._channel_creations.take(user.id, self._monotonic())
+        if wait:
+            raise ProtocolError(
+                errors.RATE_LIMITED,
+                "You have created too many channels and groups recently; wait before "
+                "creating more.",
+                retry_after=round(wait, 3),
+            )
+
     def _spend_invitations(self, user: UserRecord, count: int) -> None:
         now = self._monotonic()
         for _ in range(count):
@@ -945,13 +958,7 @@ class Chat:
         people = await self._people(request.members, user.id)
         for person in people:
             self._require_room_for(person.id, person.name)
-        wait = self._channel_creations.take(user.id, self._monotonic())
-        if wait:
-            raise ProtocolError(
-                errors.RATE_LIMITED,
-                "You have created too many channels recently; wait before creating more.",
-                retry_after=round(wait, 3),
-            )
+        self._spend_creation(user)
         self._spend_invitations(user, len(people))
         members = (
             MemberChange(user.id, OWNER, join=True),
@@ -985,6 +992,7 @@ class Chat:
             )
         for person_id, person_name in [(user.id, None)] + [(p.id, p.name) for p in people]:
             self._require_room_for(person_id, person_name)
+        self._spend_creation(user)
         self._spend_invitations(user, len(people))
         members = (
             MemberChange(user.id, MEMBER, join=True),

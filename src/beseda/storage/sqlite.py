@@ -1169,7 +1169,14 @@ class SQLiteStorage:
                         "AND seq > ? AND mention_all = 1 AND sender_id <> ? LIMIT ?)",
                         (conversation, read, user_id, cap),
                     ).fetchone()
-                    mentions = min(cap, named + everyone)
+                    # A message naming the user and saying @channel mentions them once.
+                    (both,) = conn.execute(
+                        "SELECT count(*) FROM (SELECT 1 FROM mentions JOIN messages USING "
+                        "(conversation, seq) WHERE mentions.user_id = ? AND conversation = ? "
+                        "AND seq > ? AND mention_all = 1 LIMIT ?)",
+                        (user_id, conversation, read, cap),
+                    ).fetchone()
+                    mentions = min(cap, named + everyone - both)
                 counts[conversation] = (unread, mentions)
             return counts
 
