@@ -189,3 +189,20 @@ def test_a_team_of_three_channels_a_group_mentions_and_a_removal(
     open_chat(windows, anna, "# secret")
     windows.pump(0.3)
     assert "still here?" not in shown(anna)
+
+
+def test_the_new_group_dialog_lists_people_who_signed_up_after_the_user(
+    windows: Windows, chat_server: ServerThread
+) -> None:
+    anna = sign_up(windows, chat_server, "anna")
+    boris = sign_up(windows, chat_server, "boris")
+    vera = sign_up(windows, chat_server, "vera")
+    anna.window.chat.new_group_button.invoke()
+    dialog = anna.window.chat.group_dialog
+    assert dialog is not None
+    windows.wait(lambda: dialog.names == ["boris", "vera"])
+    dialog.list.selection_set(0, "end")
+    dialog.create_button.invoke()
+    windows.wait(lambda: title(anna) == "boris, vera")
+    windows.wait(lambda: sidebar(boris, DIRECT) == ["anna, vera"])
+    windows.wait(lambda: sidebar(vera, DIRECT) == ["anna, boris"])

@@ -694,6 +694,9 @@ class ChatScreen(ttk.Frame):
         if self.group_dialog is None or not self.group_dialog.winfo_exists():
             self.group_dialog = NewGroupDialog(self.window)
         self.group_dialog.show(self.people_rows)
+        # The list of people was fetched at sign-in: ask again, for those who joined since
+        # (the answer refreshes the dialog, keeping what was chosen).
+        self.window.presenter.search_people(self.people_query.get())
 
     def show_status(self, status: Status) -> None:
         self.status_dot.configure(style=f"{status.state}.Dot.TLabel")
