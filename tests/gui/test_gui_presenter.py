@@ -443,6 +443,18 @@ def test_a_failed_message_can_be_retried_with_its_client_id(
     assert not view.rows[0].failed
 
 
+def test_a_message_refused_for_good_says_why_and_offers_no_retry(
+    presenter: Presenter, view: FakeView, backend: FakeBackend
+) -> None:
+    sign_in(presenter)
+    presenter.send("hello")
+    local_id = backend.last("send")[0]
+    feed(presenter, events.SendFailed(local_id, errors.NOT_A_MEMBER, "x"))
+    row = view.rows[0]
+    assert row.note == "not sent: you are not a member of this conversation"
+    assert not row.failed  # no Retry link: resending cannot succeed
+
+
 def test_empty_and_oversized_messages_are_not_sent(
     presenter: Presenter, view: FakeView, backend: FakeBackend
 ) -> None:

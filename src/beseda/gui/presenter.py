@@ -47,6 +47,19 @@ def dm_key(peer: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+_FINAL_REFUSALS = frozenset(
+    {
+        errors.NOT_A_MEMBER,
+        errors.UNKNOWN_CONVERSATION,
+        errors.ARCHIVED,
+        errors.MESSAGE_TOO_LONG,
+        errors.EMPTY_MESSAGE,
+        errors.CLIENT_ID_REUSED,
+    }
+)
+"""Refusals a resend cannot change: the failed message offers no Retry."""
+
+
 @dataclass(frozen=True, slots=True)
 class TrustPrompt:
     """Asks whether to trust a server's self-signed certificate, showing its fingerprint."""
@@ -932,9 +945,13 @@ class Presenter:
             errors.MESSAGE_TOO_LONG: _("too long"),
             errors.UNKNOWN_USER: _("no such user"),
             errors.STORAGE_UNAVAILABLE: _("the server cannot store it now"),
+            errors.NOT_A_MEMBER: _("you are not a member of this conversation"),
+            errors.UNKNOWN_CONVERSATION: _("you are not a member of this conversation"),
+            errors.ARCHIVED: _("the channel is archived"),
             events.GONE: _("not connected"),
         }
         outgoing.failed = reasons.get(event.code, sanitize_name(event.detail))
+        outgoing.final = event.code in _FINAL_REFUSALS
         outgoing.version += 1
 
     def _users_found(self, event: events.UsersFound) -> None:
@@ -1355,7 +1372,7 @@ class Presenter:
                 sanitize(item.text),
                 own=True,
                 note=note,
-                failed=item.failed is not None,
+                failed=item.failed is not None and not item.final,
             )
         cache_key = (item.conversation, item.seq)
         row = self._row_cache.get(cache_key)

@@ -27,6 +27,9 @@ class Outgoing:
     """Wall-clock seconds when the user sent it."""
     failed: str | None = None
     """Why it could not be sent; None while it is on its way."""
+    final: bool = False
+    """The server refused it for good (no longer a member, an archived channel …): sending it
+    again cannot succeed, so no Retry is offered."""
     version: int = 0
     """Bumped on every change, so the row shown for it is rebuilt."""
 
