@@ -320,3 +320,32 @@ async def test_users_by_keys_finds_each_user_once_in_one_call(tmp_path: Path, ki
         assert await store.users_by_keys(["A", "nobody"]) == []  # keys are canonical already
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("make", ["memory", "sqlite"])
+async def test_mentions_in_a_run_of_appends_are_listed_and_counted(
+    tmp_path: Path, make: str
+) -> None:
+    """Messages queued together go in one ``executemany`` on SQLite; their mentions are
+    stored and counted as when they go one by one, on both stores."""
+    store: Storage = MemoryStorage() if make == "memory" else SQLiteStorage(tmp_path / "b.db")
+    await store.open()
+    try:
+        anna = await store.create_user("anna", "anna", "h", TS)
+        boris = await store.create_user("boris", "boris", "h", TS)
+        made = [
+            store.append_message(
+                NewMessage(GENERAL, anna, None, f"m{i}", f"@boris {i}", TS, mentions=(boris,))
+                if i % 2
+                else NewMessage(GENERAL, anna, None, f"m{i}", f"plain {i}", TS)
+            )
+            for i in range(6)
+        ]
+        stored = [entry for entry, _ in await asyncio.gather(*made)]
+        assert [e.mentions for e in stored] == [[], ["boris"], [], ["boris"], [], ["boris"]]
+        page, _ = await store.history(GENERAL, None, 10)
+        assert [e.mentions for e in page] == [e.mentions for e in stored]
+        counts = await store.unread_counts(boris.id, [(GENERAL, 2)], 1000)
+        assert counts == {GENERAL: (4, 2)}  # seqs 3-6 unread; 4 and 6 mention boris
+    finally:
+        await store.close()

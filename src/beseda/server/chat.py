@@ -120,6 +120,9 @@ def _now_ms() -> int:
 Outcome = msgspec.Struct | asyncio.Future[msgspec.Struct]
 """What :meth:`Chat.begin` returns: the reply data, or a future of it (a message in flight)."""
 
+_PIPELINED = (schema.Send, schema.DirectMessage, schema.Post, schema.Typing)
+"""Requests that do not wait for the connection's messages in flight to commit."""
+
 USER_CACHE_SIZE = 65_536
 """Users kept in memory by canonical name, so a direct message needs no database read. Names
 never change and accounts are never deleted, so an entry cannot go stale in a way that matters:
@@ -222,9 +225,7 @@ class Chat:
         ):
             raise ProtocolError(errors.NOT_AUTHENTICATED)
         pending = session.last_write
-        if pending is not None and not isinstance(
-            request, schema.Send | schema.DirectMessage | schema.Post | schema.Typing
-        ):
+        if pending is not None and not isinstance(request, _PIPELINED):
             # Anything else sees this connection's messages: a history or sync asked right
             # after a send includes it, and a logout comes after it.
             await asyncio.wait((pending,))

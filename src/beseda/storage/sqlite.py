@@ -269,7 +269,7 @@ _MAX_ROWID = 2**63 - 1
 
 def _stored(message: NewMessage, id_: int, seq: int) -> Message:
     recipient = message.recipient
-    return Message(
+    stored = Message(
         id=id_,
         conversation=message.conversation,
         seq=seq,
@@ -278,9 +278,11 @@ def _stored(message: NewMessage, id_: int, seq: int) -> Message:
         text=message.text,
         ts=message.ts,
         client_id=message.client_id,
-        mentions=[user.name for user in message.mentions],
-        mention_all=message.mention_all,
     )
+    if message.mentions or message.mention_all:  # most messages mention nobody
+        stored.mentions = [user.name for user in message.mentions]
+        stored.mention_all = message.mention_all
+    return stored
 
 
 class _Append:
@@ -652,6 +654,7 @@ class _Writer(threading.Thread):
         """Position in ``rows`` of each (sender id, client id) the run inserts."""
         rows: list[tuple[Any, ...]] = []
         placed: list[tuple[int, Message]] = []
+        mentioning = False
         copies: list[tuple[int, int]] = []
         refused: list[tuple[int, StorageError]] = []
         (top,) = conn.execute("SELECT max(id) FROM messages").fetchone()
@@ -702,6 +705,7 @@ class _Writer(threading.Thread):
             )
             # Built before the INSERT: once it has succeeded, nothing here may fail.
             placed.append((index, _stored(message, next_id, seq)))
+            mentioning = mentioning or bool(message.mentions)
             next_id += 1
         if rows:
             # No savepoint (it would copy every page the run touches to a sub-journal, a
@@ -723,8 +727,9 @@ class _Writer(threading.Thread):
                 # what the run inserted and go one by one.
                 conn.execute(_DELETE_IDS, (rows[0][0], rows[-1][0]))
                 return None
-            for index, stored in placed:
-                _record_mentions(conn, cast(_Append, batch[index][0]).message, stored.seq)
+            if mentioning:
+                for index, stored in placed:
+                    _record_mentions(conn, cast(_Append, batch[index][0]).message, stored.seq)
             for conversation, low, high in created:
                 _create_direct(conn, conversation, low, high)
         took = tx.took
