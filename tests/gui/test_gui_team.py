@@ -185,7 +185,7 @@ def test_a_team_of_three_channels_a_group_mentions_and_a_removal(
     assert not boris.window.chat.members_button.winfo_ismapped()
     type_and_send(windows, boris, "still here?")
     # The server refuses a non-member's post, and his window says so.
-    windows.wait(lambda: "not sent: You are no longer a member." in shown(boris))
+    windows.wait(lambda: "not sent: you are not a member of this conversation" in shown(boris))
     open_chat(windows, anna, "# secret")
     windows.pump(0.3)
     assert "still here?" not in shown(anna)
