@@ -8,6 +8,7 @@ from typing import Any
 
 from beseda.gui.presenter import (
     ChannelRow,
+    ChannelSettings,
     ConversationRow,
     Header,
     MembersPanel,
@@ -43,6 +44,9 @@ class FakeView:
         self.channels: list[ChannelRow] = []
         self.members: MembersPanel | None = None
         self.error = ""
+        self.settings: ChannelSettings | None = None
+        self.settings_shown = 0
+        self.composer_note = ""
 
     def show_sign_in(self, form: SignInForm) -> None:
         self.screen, self.form = "sign_in", form
@@ -96,6 +100,13 @@ class FakeView:
 
     def show_members(self, panel: MembersPanel) -> None:
         self.members = panel
+
+    def show_settings(self, panel: ChannelSettings | None) -> None:
+        self.settings = panel
+        self.settings_shown += 1
+
+    def show_composer(self, note: str) -> None:
+        self.composer_note = note
 
     def show_error(self, text: str) -> None:
         self.error = text
@@ -187,6 +198,18 @@ class FakeBackend:
 
     def remove(self, conversation: str, name: str) -> None:
         self.calls.append(("remove", (conversation, name)))
+
+    def set_role(self, conversation: str, name: str, role: str) -> None:
+        self.calls.append(("set_role", (conversation, name, role)))
+
+    def rename(self, conversation: str, name: str) -> None:
+        self.calls.append(("rename", (conversation, name)))
+
+    def set_topic(self, conversation: str, topic: str) -> None:
+        self.calls.append(("set_topic", (conversation, topic)))
+
+    def archive(self, conversation: str) -> None:
+        self.calls.append(("archive", conversation))
 
     def lookup(self, conversation: str) -> None:
         self.calls.append(("lookup", conversation))

@@ -16,6 +16,7 @@ from beseda.gui.views import SECTION, MainWindow
 from beseda.protocol import schema
 
 from .fakes import FakeBackend, message
+from .test_gui_channel_settings import managed
 from .test_gui_conversations import DEV, GROUP, SERVER, Clock, group_members, infos
 
 pytestmark = [pytest.mark.gui, pytest.mark.timeout(60)]
@@ -43,9 +44,11 @@ class Window:
         self.presenter.render()
         self.root.update()
 
-    def sign_in(self) -> None:
+    def sign_in(self, conversations: list[schema.ConversationInfo] | None = None) -> None:
         self.presenter.sign_in(SERVER, "alice", "password123", remember=True, create=False)
-        self.feed(events.SignedIn("alice", "token-1", infos(), {}), group_members())
+        self.feed(
+            events.SignedIn("alice", "token-1", conversations or infos(), {}), group_members()
+        )
 
 
 @pytest.fixture
@@ -135,3 +138,83 @@ def test_the_channel_browser_lists_channels_and_joins_one(window: Window) -> Non
     assert "random" in browser.list.item("c:20", "text")
     browser.join_button.invoke()
     assert window.backend.last("join") == "c:20"
+
+
+def test_the_channel_settings_dialog_renames_sets_the_topic_and_archives(
+    window: Window,
+) -> None:
+    window.sign_in(managed("owner"))
+    window.presenter.select(DEV)
+    window.root.update()
+    chat = window.view.chat
+    assert chat.settings_button.winfo_ismapped()
+    chat.settings_button.invoke()
+    dialog = chat.settings_dialog
+    assert dialog is not None
+    assert dialog.channel_name.get() == "dev"
+    assert dialog.topic.get() == "Release on Friday"
+    dialog.channel_name.set("ops")
+    dialog.topic.set("On call")
+    dialog.save_button.invoke()
+    window.root.update()
+    assert window.backend.last("rename") == (DEV, "ops")
+    assert window.backend.last("set_topic") == (DEV, "On call")
+    assert not dialog.winfo_exists()
+
+    chat.settings_button.invoke()
+    dialog = chat.settings_dialog
+    assert dialog is not None
+    dialog.archive_button.invoke()
+    window.root.update()
+    assert dialog.confirm_row.winfo_ismapped()
+    assert "No one will be able to post" in dialog.confirm_label.cget("text")
+    assert window.backend.of("archive") == []
+    dialog.confirm_button.invoke()
+    window.root.update()
+    assert window.backend.of("archive") == [DEV]
+    assert not dialog.winfo_exists()
+
+    window.feed(
+        EntryReceived(
+            schema.Entry(id=9, conversation=DEV, seq=9, kind="archived", sender="alice", ts=1)
+        )
+    )
+    assert chat.note_label.cget("text") == "(archived)"
+    assert not chat.settings_button.winfo_ismapped()
+    assert str(chat.composer.cget("state")) == "disabled"
+    assert chat.send_button.instate(["disabled"])
+    assert chat.composer_note.cget("text") == "This channel is archived: it is read-only."
+    window.presenter.select("#general")
+    window.root.update()
+    assert str(chat.composer.cget("state")) == "normal"
+    assert not chat.composer_note.winfo_ismapped()
+
+
+def test_members_dialog_changes_a_role(window: Window) -> None:
+    window.sign_in(managed("owner"))
+    window.presenter.select(DEV)
+    window.root.update()
+    chat = window.view.chat
+    chat.members_button.invoke()
+    rows = [
+        schema.MemberEntry(name=n, role=r, online=True)
+        for n, r in (("alice", "owner"), ("carol", "admin"), ("dima", "member"))
+    ]
+    window.feed(events.MembersLoaded(DEV, schema.MembersResult(members=rows)))
+    dialog = chat.members_dialog
+    assert dialog is not None
+    dialog.list.selection_set("dima")
+    window.root.update()
+    buttons = dialog.role_buttons
+    assert buttons["admin"].winfo_ismapped()
+    assert buttons["owner"].winfo_ismapped()
+    assert not buttons["member"].winfo_ismapped()
+    buttons["admin"].invoke()
+    assert window.backend.last("set_role") == (DEV, "dima", "admin")
+    dialog.list.selection_set("carol")
+    window.root.update()
+    assert buttons["member"].winfo_ismapped()
+    assert not buttons["admin"].winfo_ismapped()
+    dialog.list.selection_set("alice")  # oneself: nothing to change
+    window.root.update()
+    assert not any(button.winfo_ismapped() for button in buttons.values())

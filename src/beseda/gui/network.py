@@ -168,6 +168,18 @@ class Network:
 
         self._act(work)
 
+    def set_role(self, conversation: str, name: str, role: str) -> None:
+        self._act(_changed(lambda c: c.set_role(conversation, name, role)))
+
+    def rename(self, conversation: str, name: str) -> None:
+        self._act(_changed(lambda c: c.rename(conversation, name)))
+
+    def set_topic(self, conversation: str, topic: str) -> None:
+        self._act(_changed(lambda c: c.set_topic(conversation, topic)))
+
+    def archive(self, conversation: str) -> None:
+        self._act(_changed(lambda c: c.archive(conversation)))
+
     def members(self, conversation: str) -> None:
         async def work(client: Client) -> list[events.Event]:
             return [await _members_of(client, conversation)]
@@ -393,6 +405,16 @@ def _opened(
 ) -> Work:
     async def work(client: Client) -> list[events.Event]:
         return [events.ConversationOpened(await call(client), select)]
+
+    return work
+
+
+def _changed(call: Callable[[Client], Coroutine[Any, Any, schema.Entry]]) -> Work:
+    # The entry the change makes comes back through the client's events (EntryReceived),
+    # like everyone else's: nothing more to tell.
+    async def work(client: Client) -> list[events.Event]:
+        await call(client)
+        return []
 
     return work
 

@@ -125,6 +125,21 @@ class Header:
     online: bool | None = None
     shared: bool = False
     """A channel or group the user is in: the Members and Leave buttons."""
+    settings: bool = False
+    """A channel the user owns or administers (not General, not archived): Channel settings."""
+    note: str = ""
+    """A mark beside the title ("archived")."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """The Channel settings dialog of the conversation on screen."""
+
+    title: str
+    name: str
+    topic: str
+    confirm: str = ""
+    """When set, the dialog asks this (Archive / Cancel) before archiving."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +183,8 @@ class MemberRow:
     online: bool
     removable: bool
     """The user may remove this member (an owner or admin, not themselves)."""
+    roles: tuple[str, ...] = ()
+    """The roles the user may give this member (``owner``, ``admin``, ``member``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +231,12 @@ class View(Protocol):
         """The Browse channels dialog's list."""
 
     def show_members(self, panel: MembersPanel) -> None: ...
+    def show_settings(self, panel: ChannelSettings | None) -> None:
+        """The Channel settings dialog's contents; None closes it (no longer allowed)."""
+
+    def show_composer(self, note: str) -> None:
+        """ "": the composer takes messages; otherwise it is disabled, with this note."""
+
     def show_error(self, text: str) -> None:
         """A refused action (create, join, invite, …), told to the user."""
 
@@ -252,6 +275,10 @@ class Backend(Protocol):
     def leave(self, conversation: str) -> None: ...
     def invite(self, conversation: str, names: list[str]) -> None: ...
     def remove(self, conversation: str, name: str) -> None: ...
+    def set_role(self, conversation: str, name: str, role: str) -> None: ...
+    def rename(self, conversation: str, name: str) -> None: ...
+    def set_topic(self, conversation: str, topic: str) -> None: ...
+    def archive(self, conversation: str) -> None: ...
     def lookup(self, conversation: str) -> None:
         """Ask for a conversation's info (a :class:`~.events.ConversationOpened`, unselected)."""
 
@@ -292,6 +319,8 @@ class Conversation:
     """A group's members (for its title), the user left out."""
     role: str | None = None
     member: bool = True
+    archived: bool = False
+    """An archived channel is read-only."""
     counted_unread: int | None = None
     """Protocol 3 counts unread messages of others (entries of other kinds have seqs too)."""
     mentions: int = 0
@@ -363,6 +392,10 @@ class Presenter:
         self._channels_request = -1
         self.members_of: str | None = None
         """The conversation whose Members panel is open."""
+        self.settings_of: str | None = None
+        """The conversation whose Channel settings dialog is open."""
+        self._confirming = False
+        """The settings dialog asks whether to archive."""
         self._left: set[str] = set()
         """Conversations the user left here: their last entries do not bring them back."""
         self._members: list[schema.MemberEntry] = []
@@ -377,6 +410,7 @@ class Presenter:
         self._shown_people: tuple[list[PersonRow], bool] | None = None
         self._shown_jump: str | None = None
         self._shown_typing = ""
+        self._shown_composer: str | None = ""
 
     # -- starting and signing in ---------------------------------------------------------------
 
@@ -545,7 +579,9 @@ class Presenter:
         self._shown_list = self._shown_status = self._shown_header = self._shown_people = None
         self._shown_jump = None
         self._shown_typing = ""
+        self._shown_composer = None  # the next session shows it afresh
         self.members_of = None
+        self.settings_of = None
         self.connection = ConnectionState.OFFLINE
         self.form = form
         self.view.show_sign_in(form)
@@ -796,6 +832,8 @@ class Presenter:
             conversation.name = entry.name
         elif entry.kind == "topic":
             conversation.topic = entry.topic or ""
+        elif entry.kind == "archived":
+            conversation.archived = True
         elif entry.kind == "role" and (entry.target or "").casefold() == self.user.casefold():
             conversation.role = entry.role
         elif conversation.kind == "group" and entry.target:
@@ -811,6 +849,8 @@ class Presenter:
         membership = entry.kind in ("joined", "left", "added", "removed", "role")
         if membership and watched is not None and watched == conversation.conversation_id:
             self.backend.members(watched)
+        if self.settings_of is not None and self.settings_of == conversation.conversation_id:
+            self._show_settings(conversation)
 
     def _conversation_opened(self, info: schema.ConversationInfo, *, select: bool) -> None:
         self._left.discard(info.conversation)
@@ -831,6 +871,7 @@ class Presenter:
         conversation.topic = info.topic
         conversation.role = info.role
         conversation.member = info.member
+        conversation.archived = info.archived
         conversation.last_seq = max(conversation.last_seq, info.last_seq)
         conversation.read_seq = max(conversation.read_seq, info.read_seq)
         conversation.counted_unread = info.unread
@@ -848,6 +889,9 @@ class Presenter:
         del self.conversations[conversation.key]
         if self.members_of == conversation_id:
             self.members_of = None
+        if self.settings_of == conversation_id:
+            self.settings_of = None
+            self.view.show_settings(None)
         if self.selected == conversation.key:
             self.select(GENERAL_KEY)
 
@@ -877,6 +921,7 @@ class Presenter:
                 roles.get(m.role, sanitize_name(m.role)),
                 m.online,
                 removable=manager and m.name.casefold() != me and m.role != "owner",
+                roles=self._roles_for(conversation, m),
             )
             for m in self._members
         )
@@ -884,6 +929,19 @@ class Presenter:
         can_leave = conversation.kind in ("channel", "group") and conversation.member
         can_invite = manager or (conversation.kind == "group" and conversation.member)
         self.view.show_members(MembersPanel(title, rows, can_invite, can_leave))
+
+    def _roles_for(self, conversation: Conversation, member: schema.MemberEntry) -> tuple[str, ...]:
+        """The roles the user may give ``member``: owners and admins of a channel change
+        roles; only an owner makes or unmakes owners (the server keeps one at least)."""
+        mine = conversation.role
+        if conversation.kind != "channel" or mine not in ("owner", "admin"):
+            return ()
+        if member.name.casefold() == self.user.casefold():
+            return ()
+        if member.role == "owner" and mine != "owner":
+            return ()
+        order = ("owner", "admin", "member") if mine == "owner" else ("admin", "member")
+        return tuple(role for role in order if role != member.role)
 
     def _typing_started(self, conversation_id: str, user: str) -> None:
         conversation = self._by_id(conversation_id)
@@ -1019,6 +1077,8 @@ class Presenter:
         conversation = self.conversations.get(self.selected)
         if not text or conversation is None or self.stage != CHAT:
             return False
+        if conversation.archived:
+            return False
         if len(text) > schema.MAX_TEXT_CHARS:
             self.view.show_composer_error(
                 _("A message may have at most {limit} characters; this one has {n}.").format(
@@ -1120,6 +1180,112 @@ class Presenter:
     def remove_member(self, name: str) -> None:
         if self.stage == CHAT and self.members_of is not None:
             self.backend.remove(self.members_of, name)
+
+    def set_role(self, name: str, role: str) -> None:
+        """Make a member of the open Members panel's channel owner, admin or member."""
+        if self.stage != CHAT or self.members_of is None:
+            return
+        conversation = self._by_id(self.members_of)
+        member = next((m for m in self._members if m.name == name), None)
+        if conversation is None or member is None:
+            return
+        if role in self._roles_for(conversation, member):
+            self.backend.set_role(self.members_of, name, role)
+
+    # -- channel settings ------------------------------------------------------------------------
+
+    def _may_manage(self, conversation: Conversation) -> bool:
+        return (
+            conversation.kind == "channel"
+            and conversation.key != GENERAL_KEY
+            and conversation.conversation_id is not None
+            and conversation.member
+            and not conversation.archived
+            and conversation.role in ("owner", "admin")
+        )
+
+    def open_settings(self) -> None:
+        """The header's Channel settings button: the dialog of the channel on screen."""
+        conversation = self.conversations.get(self.selected)
+        if self.stage != CHAT or conversation is None or not self._may_manage(conversation):
+            return
+        self.settings_of = conversation.conversation_id
+        self._confirming = False
+        self._show_settings(conversation)
+
+    def close_settings(self) -> None:
+        self.settings_of = None
+        self._confirming = False
+
+    def _settings_target(self) -> Conversation | None:
+        if self.stage != CHAT or self.settings_of is None:
+            return None
+        conversation = self._by_id(self.settings_of)
+        if conversation is None or not self._may_manage(conversation):
+            return None
+        return conversation
+
+    def _show_settings(self, conversation: Conversation) -> None:
+        if not self._may_manage(conversation):
+            self.settings_of = None
+            self._confirming = False
+            self.view.show_settings(None)
+            return
+        title = self._title(conversation)
+        confirm = (
+            _(
+                "Archive {name}? No one will be able to post in it any more; "
+                "its history stays readable."
+            ).format(name=title)
+            if self._confirming
+            else ""
+        )
+        self.view.show_settings(
+            ChannelSettings(
+                _("Settings of {name}").format(name=title),
+                sanitize_name(conversation.name),
+                sanitize(conversation.topic),
+                confirm,
+            )
+        )
+
+    def save_settings(self, name: str, topic: str) -> bool:
+        """The dialog's Save button: rename and set the topic, whichever changed. False (and
+        nothing sent) when the name is empty."""
+        conversation = self._settings_target()
+        if conversation is None or conversation.conversation_id is None:
+            return False
+        name = name.strip().lstrip("#").strip()
+        topic = topic.strip()
+        if not name:
+            return False
+        if name != conversation.name:
+            self.backend.rename(conversation.conversation_id, name)
+        if topic != conversation.topic:
+            self.backend.set_topic(conversation.conversation_id, topic)
+        return True
+
+    def ask_archive(self) -> None:
+        """The dialog's Archive button: ask first."""
+        conversation = self._settings_target()
+        if conversation is not None:
+            self._confirming = True
+            self._show_settings(conversation)
+
+    def cancel_archive(self) -> None:
+        conversation = self._settings_target()
+        if conversation is not None:
+            self._confirming = False
+            self._show_settings(conversation)
+
+    def archive(self) -> bool:
+        """The confirmation's Archive button; True when it was sent."""
+        conversation = self._settings_target()
+        if conversation is None or conversation.conversation_id is None or not self._confirming:
+            return False
+        self._confirming = False
+        self.backend.archive(conversation.conversation_id)
+        return True
 
     def leave(self) -> None:
         """Leave the conversation on screen (a channel or group)."""
@@ -1281,10 +1447,16 @@ class Presenter:
             self._title(conversation),
             self._subtitle(conversation),
             shared=conversation.kind in ("channel", "group") and conversation.member,
+            settings=self._may_manage(conversation),
+            note=_("archived") if conversation.archived else "",
         )
         if header != self._shown_header:
             self._shown_header = header
             self.view.show_header(header)
+        composer = _("This channel is archived: it is read-only.") if conversation.archived else ""
+        if composer != self._shown_composer:
+            self._shown_composer = composer
+            self.view.show_composer(composer)
         status = self._status()
         if status != self._shown_status:
             self._shown_status = status

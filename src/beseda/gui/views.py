@@ -19,6 +19,7 @@ from .presenter import (
     DIRECT,
     GENERAL_KEY,
     ChannelRow,
+    ChannelSettings,
     ConversationRow,
     Header,
     MembersPanel,
@@ -430,6 +431,7 @@ class ChatScreen(ttk.Frame):
         self.browser: ChannelBrowser | None = None
         self.group_dialog: NewGroupDialog | None = None
         self.members_dialog: MembersDialog | None = None
+        self.settings_dialog: ChannelSettingsDialog | None = None
         self.people_rows: list[PersonRow] = []
         self.tabs = ttk.Notebook(sidebar)
         self.tabs.pack(fill="both", expand=True)
@@ -583,6 +585,10 @@ class ChatScreen(ttk.Frame):
         self.title_label.pack(side="left")
         self.subtitle_label = ttk.Label(header, style="Muted.TLabel")
         self.subtitle_label.pack(side="left", padx=(10, 0), pady=(3, 0))
+        self.note_label = ttk.Label(header, style="Muted.TLabel")
+        self.settings_button = ttk.Button(
+            header, text=_("Channel settings"), style="Link.TButton", command=self._settings
+        )
         self.leave_button = ttk.Button(
             header, text=_("Leave"), style="Link.TButton", command=self._leave
         )
@@ -603,6 +609,7 @@ class ChatScreen(ttk.Frame):
         composer = ttk.Frame(main, padding=(14, 8, 14, 10))
         composer.pack(side="bottom", fill="x")
         self.composer_error = ttk.Label(composer, style="Error.TLabel")
+        self.composer_note = ttk.Label(composer, style="Muted.TLabel")
         box = tk.Frame(
             composer,
             background=self.palette.background,
@@ -663,12 +670,31 @@ class ChatScreen(ttk.Frame):
     def show_header(self, header: Header) -> None:
         self.title_label.configure(text=header.title)
         self.subtitle_label.configure(text=header.subtitle)
+        self.note_label.configure(text=f"({header.note})" if header.note else "")
+        if header.note:
+            self.note_label.pack(side="left", padx=(10, 0), pady=(3, 0))
+        else:
+            self.note_label.pack_forget()
+        self.leave_button.pack_forget()
+        self.members_button.pack_forget()
+        self.settings_button.pack_forget()
         if header.shared:
             self.leave_button.pack(side="right")
             self.members_button.pack(side="right", padx=(0, 8))
+        if header.settings:
+            self.settings_button.pack(side="right", padx=(0, 8))
+
+    def show_composer(self, note: str) -> None:
+        """Enabled, or disabled with a note (an archived channel)."""
+        self.composer_note.configure(text=note)
+        if note:
+            self.composer.configure(state="disabled")
+            self.send_button.state(["disabled"])
+            self.composer_note.pack(side="top", fill="x", before=self.composer.master)
         else:
-            self.leave_button.pack_forget()
-            self.members_button.pack_forget()
+            self.composer.configure(state="normal")
+            self.send_button.state(["!disabled"])
+            self.composer_note.pack_forget()
 
     def show_typing(self, text: str) -> None:
         self.typing_label.configure(text=text)
@@ -680,6 +706,11 @@ class ChatScreen(ttk.Frame):
         if self.members_dialog is None or not self.members_dialog.winfo_exists():
             self.members_dialog = MembersDialog(self.window)
         self.window.presenter.open_members()
+
+    def _settings(self) -> None:
+        if self.settings_dialog is None or not self.settings_dialog.winfo_exists():
+            self.settings_dialog = ChannelSettingsDialog(self.window)
+        self.window.presenter.open_settings()
 
     def _new_channel(self) -> None:
         if self.channel_dialog is None or not self.channel_dialog.winfo_exists():
@@ -919,9 +950,23 @@ class MembersDialog(Dialog):
         self.list.column("#0", width=220, stretch=True)
         self.list.column("role", width=90, stretch=False, anchor="e")
         self.list.pack(fill="both", expand=True)
+        self.actions = ttk.Frame(self.body)
+        self.actions.pack(fill="x", pady=(4, 0))
         self.remove_button = ttk.Button(
-            self.body, text=_("Remove"), style="Link.TButton", command=self.remove
+            self.actions, text=_("Remove"), style="Link.TButton", command=self.remove
         )
+        labels = {"owner": _("Make owner"), "admin": _("Make admin"), "member": _("Make member")}
+        self.role_buttons = {
+            role: ttk.Button(
+                self.actions,
+                text=label,
+                style="Link.TButton",
+                command=lambda role=role: self.set_role(role),  # type: ignore[misc]
+            )
+            for role, label in labels.items()
+        }
+        self.roles: dict[str, tuple[str, ...]] = {}
+        self.list.bind("<<TreeviewSelect>>", lambda _e: self._show_actions())
         self.invite_row = ttk.Frame(self.body)
         self.invite_names = tk.StringVar(self)
         ttk.Entry(self.invite_row, textvariable=self.invite_names).pack(
@@ -937,8 +982,10 @@ class MembersDialog(Dialog):
 
     def show(self, panel: MembersPanel) -> None:
         self.title(panel.title)
+        selected = self.list.selection()
         self.list.delete(*self.list.get_children())
         self.removable = set()
+        self.roles = {row.name: row.roles for row in panel.rows}
         for row in panel.rows:
             self.list.insert(
                 "",
@@ -950,19 +997,39 @@ class MembersDialog(Dialog):
             )
             if row.removable:
                 self.removable.add(row.name)
-        if self.removable:
-            self.remove_button.pack(anchor="e", pady=(4, 0))
-        else:
-            self.remove_button.pack_forget()
+        if selected and self.list.exists(selected[0]):
+            self.list.selection_set(selected[0])
+        self._show_actions()
         if panel.can_invite:
             self.invite_row.pack(fill="x", pady=(8, 0))
         else:
             self.invite_row.pack_forget()
 
-    def remove(self) -> None:
+    def _selected(self) -> str | None:
         selection = self.list.selection()
-        if selection and selection[0] in self.removable:
-            self.window.presenter.remove_member(selection[0])
+        return selection[0] if selection else None
+
+    def _show_actions(self) -> None:
+        """Remove while anyone is removable; the role buttons of the selected member."""
+        selected = self._selected()
+        roles = self.roles.get(selected, ()) if selected is not None else ()
+        for button in (*self.role_buttons.values(), self.remove_button):
+            button.pack_forget()
+        if self.removable:
+            self.remove_button.pack(side="right")
+        for role, button in self.role_buttons.items():
+            if role in roles:
+                button.pack(side="left", padx=(0, 8))
+
+    def remove(self) -> None:
+        selected = self._selected()
+        if selected is not None and selected in self.removable:
+            self.window.presenter.remove_member(selected)
+
+    def set_role(self, role: str) -> None:
+        selected = self._selected()
+        if selected is not None and role in self.roles.get(selected, ()):
+            self.window.presenter.set_role(selected, role)
 
     def invite(self) -> None:
         self.window.presenter.invite(self.invite_names.get())
@@ -970,6 +1037,76 @@ class MembersDialog(Dialog):
 
     def close(self) -> None:
         self.window.presenter.close_members()
+        self.destroy()
+
+
+class ChannelSettingsDialog(Dialog):
+    """Channel settings: rename, set the topic, archive (after asking)."""
+
+    def __init__(self, window: MainWindow) -> None:
+        super().__init__(window, _("Channel settings"))
+        self.channel_name = tk.StringVar(self)
+        self.topic = tk.StringVar(self)
+        ttk.Label(self.body, text=_("Name")).pack(anchor="w")
+        self.name_entry = ttk.Entry(self.body, textvariable=self.channel_name, width=40)
+        self.name_entry.pack(fill="x")
+        ttk.Label(self.body, text=_("Topic")).pack(anchor="w", pady=(8, 0))
+        ttk.Entry(self.body, textvariable=self.topic).pack(fill="x")
+        buttons = ttk.Frame(self.body)
+        buttons.pack(fill="x", pady=(10, 0))
+        self.archive_button = ttk.Button(
+            buttons, text=_("Archive…"), style="Link.TButton", command=self.ask_archive
+        )
+        self.archive_button.pack(side="left")
+        self.save_button = ttk.Button(
+            buttons, text=_("Save"), style="Accent.TButton", command=self.save
+        )
+        self.save_button.pack(side="right")
+        self.confirm_row = ttk.Frame(self.body)
+        self.confirm_label = ttk.Label(self.confirm_row, wraplength=320, justify="left")
+        self.confirm_label.pack(fill="x")
+        self.confirm_button = ttk.Button(
+            self.confirm_row, text=_("Archive"), style="Accent.TButton", command=self.archive
+        )
+        self.confirm_button.pack(side="right", pady=(6, 0))
+        self.cancel_button = ttk.Button(
+            self.confirm_row,
+            text=_("Cancel"),
+            style="Link.TButton",
+            command=lambda: window.presenter.cancel_archive(),
+        )
+        self.cancel_button.pack(side="right", padx=(0, 8), pady=(6, 0))
+        self.name_entry.bind("<Return>", lambda _e: self.save())
+        self.protocol("WM_DELETE_WINDOW", self.close)
+        self.bind("<Escape>", lambda _e: self.close())
+        self._filled = False
+        self.name_entry.focus_set()
+
+    def show(self, panel: ChannelSettings) -> None:
+        self.title(panel.title)
+        if not self._filled:  # what the user typed is not overwritten
+            self._filled = True
+            self.channel_name.set(panel.name)
+            self.topic.set(panel.topic)
+        self.confirm_label.configure(text=panel.confirm)
+        if panel.confirm:
+            self.confirm_row.pack(fill="x", pady=(10, 0))
+        else:
+            self.confirm_row.pack_forget()
+
+    def save(self) -> None:
+        if self.window.presenter.save_settings(self.channel_name.get(), self.topic.get()):
+            self.close()
+
+    def ask_archive(self) -> None:
+        self.window.presenter.ask_archive()
+
+    def archive(self) -> None:
+        if self.window.presenter.archive():
+            self.close()
+
+    def close(self) -> None:
+        self.window.presenter.close_settings()
         self.destroy()
 
 
@@ -1097,6 +1234,18 @@ class MainWindow:
         dialog = self.chat.members_dialog
         if dialog is not None and dialog.winfo_exists():
             dialog.show(panel)
+
+    def show_settings(self, panel: ChannelSettings | None) -> None:
+        dialog = self.chat.settings_dialog
+        if dialog is None or not dialog.winfo_exists():
+            return
+        if panel is None:
+            dialog.destroy()
+        else:
+            dialog.show(panel)
+
+    def show_composer(self, note: str) -> None:
+        self.chat.show_composer(note)
 
     def show_error(self, text: str) -> None:
         self.chat.show_composer_error(text)
