@@ -254,6 +254,13 @@ class _Transaction:
             )
 
 
+_INSERT_PLAIN_MESSAGES = """
+    INSERT INTO messages (id, conversation, seq, sender_id, recipient_id, client_id, text, ts)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (sender_id, client_id) DO NOTHING
+"""
+"""A run of appends none of which mentions anyone (the other columns keep their defaults)."""
+
 _INSERT_MESSAGES = """
     INSERT INTO messages
         (id, conversation, seq, sender_id, recipient_id, client_id, text, ts, data, mention_all)
@@ -699,20 +706,32 @@ class _Writer(threading.Thread):
                     message.client_id,
                     message.text,
                     message.ts,
-                    _message_data(message),
-                    message.mention_all,
                 )
             )
             # Built before the INSERT: once it has succeeded, nothing here may fail.
             placed.append((index, _stored(message, next_id, seq)))
-            mentioning = mentioning or bool(message.mentions)
+            if message.mentions or message.mention_all:
+                mentioning = True
             next_id += 1
         if rows:
             # No savepoint (it would copy every page the run touches to a sub-journal, a
             # quarter of the run's cost): the run's rows are told apart by their ids instead.
             changes = conn.total_changes
             try:
-                conn.executemany(_INSERT_MESSAGES, rows)
+                if mentioning:
+                    # The kind-specific columns only when some message of the run needs them:
+                    # most runs mention nobody, and the narrower statement is cheaper.
+                    wide = [
+                        (*row, _message_data(message), message.mention_all)
+                        for row, message in zip(
+                            rows,
+                            (cast(_Append, batch[index][0]).message for index, _ in placed),
+                            strict=True,
+                        )
+                    ]
+                    conn.executemany(_INSERT_MESSAGES, wide)
+                else:
+                    conn.executemany(_INSERT_PLAIN_MESSAGES, rows)
             except sqlite3.Error as exc:
                 if not isinstance(exc, sqlite3.IntegrityError):
                     raise  # disk full, I/O error …: the whole transaction is in doubt
