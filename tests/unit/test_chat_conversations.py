@@ -348,6 +348,29 @@ async def test_an_archived_channel_stays_readable_but_takes_no_posts_or_joins(
     assert [e.kind for e in await history(world, bob, team)][-1] == "archived"
 
 
+async def test_a_channel_name_that_looks_like_one_that_exists_is_taken(world: World) -> None:
+    (alice,) = await users(world, "alice")
+    marketing = await channel(world, alice, "marketing")
+    await channel(world, alice, "ops")
+    # "rn" looks like "m" (UTS #39 skeletons, of the case-folded name).
+    for name in ("rnarketing", "RNARKETING"):
+        code = await code_of(world, alice, schema.CreateChannel, name=name)
+        assert code == errors.NAME_TAKEN, name
+    ops_id = next(c for c in world.chat.index.conversations.values() if c.name == "ops").id
+    assert await code_of(world, alice, schema.Rename, conversation=ops_id, name="rnarketing") == (
+        errors.NAME_TAKEN
+    )
+    # A channel may take a look-alike of its own name, and frees the old one.
+    await world.call(alice, schema.Rename, conversation=marketing, name="rnarketing")
+    assert await code_of(world, alice, schema.CreateChannel, name="marketing") == (
+        errors.NAME_TAKEN  # still looks like rnarketing
+    )
+    await world.call(alice, schema.Rename, conversation=marketing, name="sales")
+    await channel(world, alice, "marketing")
+    # Digits of another script are refused in a channel name as in a username.
+    assert await code_of(world, alice, schema.CreateChannel, name="ops०") == errors.INVALID_NAME
+
+
 async def test_a_channel_name_is_unique_and_general_is_taken(world: World) -> None:
     (alice,) = await users(world, "alice")
     team = await channel(world, alice, "team")

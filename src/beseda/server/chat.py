@@ -44,6 +44,7 @@ from ..storage import (
     UserRecord,
 )
 from . import accounts
+from .accounts import NameKind
 from .config import Limits
 from .conversations import (
     ADMIN,
@@ -119,6 +120,8 @@ def _now_ms() -> int:
 
 Outcome = msgspec.Struct | asyncio.Future[msgspec.Struct]
 """What :meth:`Chat.begin` returns: the reply data, or a future of it (a message in flight)."""
+
+CHANNEL_NAME = NameKind("channel name", errors.INVALID_NAME)
 
 _PIPELINED = (schema.Send, schema.DirectMessage, schema.Post, schema.Typing)
 """Requests that do not wait for the connection's messages in flight to commit."""
@@ -882,13 +885,21 @@ class Chat:
 
     # -- conversations -------------------------------------------------------------------------
 
-    def _check_channel_name(self, raw: str) -> tuple[str, str]:
-        try:
-            return accounts.check_username(raw)
-        except ProtocolError as exc:
+    def _check_channel_name(self, raw: str, renaming: str | None = None) -> tuple[str, str, str]:
+        """``(name, key, skeleton)`` of a new channel name (or ``renaming`` that channel):
+        the username rules, unique after case folding and among look-alikes."""
+        checked = accounts.check_display_name(raw, CHANNEL_NAME)
+        name, key, skeleton = checked.name, checked.key, checked.skeleton
+        holder = self.index.by_key.get(key)
+        if key == GENERAL or (holder is not None and holder != renaming):
+            raise ProtocolError(errors.NAME_TAKEN, f"A channel is named {name!r} already.")
+        holder = self.index.by_skeleton.get(skeleton)
+        if holder is not None and holder != renaming:
             raise ProtocolError(
-                errors.INVALID_NAME, exc.message.replace("username", "channel name")
-            ) from None
+                errors.NAME_TAKEN,
+                f"The name {name!r} looks too much like a channel's that exists.",
+            )
+        return name, key, skeleton
 
     @staticmethod
     def _check_topic(topic: str) -> str:
@@ -951,10 +962,8 @@ class Chat:
     ) -> schema.ConversationResult:
         user = session.user
         assert user is not None
-        name, key = self._check_channel_name(request.name)
+        name, key, skeleton = self._check_channel_name(request.name)
         topic = self._check_topic(request.topic)
-        if key in self.index.by_key or key == GENERAL:
-            raise ProtocolError(errors.NAME_TAKEN, f"A channel is named {name!r} already.")
         self._require_room_for(user.id)
         people = await self._people(request.members, user.id)
         for person in people:
@@ -965,19 +974,28 @@ class Chat:
             MemberChange(user.id, OWNER, join=True),
             *(MemberChange(p.id, MEMBER, join=True) for p in people),
         )
-        return await self._create(
-            session,
-            NewConversation(
-                kind=CHANNEL,
-                creator=user,
-                ts=self._clock(),
-                name=name,
-                key=key,
-                topic=topic,
-                public=request.public,
-                members=members,
-            ),
-        )
+        # Hold the name while its creation is queued: a look-alike asked for meanwhile (no
+        # database constraint knows skeletons) is refused too.
+        self.index.by_key[key] = self.index.by_skeleton[skeleton] = ""
+        try:
+            return await self._create(
+                session,
+                NewConversation(
+                    kind=CHANNEL,
+                    creator=user,
+                    ts=self._clock(),
+                    name=name,
+                    key=key,
+                    topic=topic,
+                    public=request.public,
+                    members=members,
+                ),
+            )
+        finally:
+            if self.index.by_key.get(key) == "":
+                del self.index.by_key[key]
+            if self.index.by_skeleton.get(skeleton) == "":
+                del self.index.by_skeleton[skeleton]
 
     async def _create_group(
         self, session: Session, request: schema.CreateGroup
@@ -1284,10 +1302,7 @@ class Chat:
         user, conversation = self._managed(session, request.conversation)
         if conversation.everyone:
             raise ProtocolError(errors.NOT_ALLOWED)
-        name, key = self._check_channel_name(request.name)
-        holder = self.index.by_key.get(key)
-        if (holder is not None and holder != conversation.id) or key == GENERAL:
-            raise ProtocolError(errors.NAME_TAKEN, f"A channel is named {name!r} already.")
+        name, key, _ = self._check_channel_name(request.name, renaming=conversation.id)
         old_name, old_key = conversation.name, conversation.key
         self.index.rename(conversation, name, key)
         try:

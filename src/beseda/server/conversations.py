@@ -28,6 +28,7 @@ from ..protocol import errors
 from ..protocol.errors import ProtocolError
 from ..protocol.schema import GENERAL
 from ..storage import ConversationState, MembershipRecord
+from .accounts import name_skeleton
 
 CHANNEL: Final = "channel"
 GROUP: Final = "group"
@@ -132,7 +133,9 @@ class Index:
     def __init__(self) -> None:
         self.conversations: dict[str, Conversation] = {}
         self.by_key: dict[str, str] = {}
-        """Channel key (canonical name) → conversation id."""
+        """Channel key (canonical name) → conversation id ("" while its creation is queued)."""
+        self.by_skeleton: dict[str, str] = {name_skeleton("General"): GENERAL}
+        """Channel name's confusable skeleton → conversation id ("" while queued)."""
         self.memberships: dict[int, dict[str, Membership]] = {}
         """User id → conversation id → membership (past ones kept, for their history)."""
         self.counted: dict[int, int] = {}
@@ -159,6 +162,8 @@ class Index:
             self.conversations[state.id] = conversation
             if state.key is not None and state.id != GENERAL:
                 self.by_key[state.key] = state.id
+            if state.kind == CHANNEL and state.name is not None:
+                self.by_skeleton.setdefault(name_skeleton(state.name), state.id)
         members: dict[str, set[int]] = {}
         for row in rows:
             found = self.conversations.get(row.conversation)
@@ -216,6 +221,8 @@ class Index:
         self.conversations[conversation.id] = conversation
         if conversation.key is not None:
             self.by_key[conversation.key] = conversation.id
+        if conversation.kind == CHANNEL and conversation.name is not None:
+            self.by_skeleton[name_skeleton(conversation.name)] = conversation.id
 
     def join(
         self, conversation: Conversation, user_id: int, role: str, from_seq: int | None
@@ -254,8 +261,13 @@ class Index:
     def rename(self, conversation: Conversation, name: str, key: str) -> None:
         if conversation.key is not None and self.by_key.get(conversation.key) == conversation.id:
             del self.by_key[conversation.key]
+        if conversation.name is not None:
+            old = name_skeleton(conversation.name)
+            if self.by_skeleton.get(old) == conversation.id:
+                del self.by_skeleton[old]
         conversation.name, conversation.key = name, key
         self.by_key[key] = conversation.id
+        self.by_skeleton[name_skeleton(name)] = conversation.id
 
     # -- rules ---------------------------------------------------------------------------------
 
