@@ -10,7 +10,7 @@ import asyncio
 import random
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -463,10 +463,12 @@ class _Page(msgspec.Struct):
     more: bool
 
 
-async def _history_client(port: int, sizes: Sizes, last_seq: int) -> dict[str, Any]:
-    reader, writer = await asyncio.open_connection(LOOPBACK, port, limit=64 * 1024 * 1024)
+def _requester(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> Callable[[dict[str, Any]], Awaitable[msgspec.Raw]]:
+    """``await call(request)``: send a request with the next id, return its reply's data
+    (skipping the events that come before it)."""
     decode = msgspec.json.Decoder(_Reply).decode
-    page = msgspec.json.Decoder(_Page).decode
     counter = 0
 
     async def call(request: dict[str, Any]) -> msgspec.Raw:
@@ -478,9 +480,17 @@ async def _history_client(port: int, sizes: Sizes, last_seq: int) -> dict[str, A
             reply = decode(await asyncio.wait_for(reader.readline(), 30))
             if reply.id == counter and reply.type in ("result", "error"):
                 if reply.type == "error":
-                    raise RuntimeError(f"{request['type']} failed")
+                    raise RuntimeError(f"{request['type']} failed: {bytes(reply.data)!r}")
                 return reply.data
         raise RuntimeError(f"no reply to {request['type']}")
+
+    return call
+
+
+async def _history_client(port: int, sizes: Sizes, last_seq: int) -> dict[str, Any]:
+    reader, writer = await asyncio.open_connection(LOOPBACK, port, limit=64 * 1024 * 1024)
+    page = msgspec.json.Decoder(_Page).decode
+    call = _requester(reader, writer)
 
     await call({"type": "login", "token": dataset.token(0)})
     rng = random.Random(5)
@@ -680,22 +690,8 @@ async def _channel_sync_client(
     service: Service, sizes: Sizes, cursors: dict[str, int]
 ) -> dict[str, Any]:
     reader, writer = await asyncio.open_connection(LOOPBACK, service.port, limit=64 * 1024 * 1024)
-    decode = msgspec.json.Decoder(_Reply).decode
     page = msgspec.json.Decoder(_Entries).decode
-    counter = 0
-
-    async def call(request: dict[str, Any]) -> msgspec.Raw:
-        nonlocal counter
-        counter += 1
-        request["id"] = counter
-        writer.write(msgspec.json.encode(request) + b"\n")
-        for _ in range(100_000):  # events (presence) may come before the reply
-            reply = decode(await asyncio.wait_for(reader.readline(), 30))
-            if reply.id == counter and reply.type in ("result", "error"):
-                if reply.type == "error":
-                    raise RuntimeError(f"{request['type']} failed: {bytes(reply.data)!r}")
-                return reply.data
-        raise RuntimeError(f"no reply to {request['type']}")
+    call = _requester(reader, writer)
 
     await call({"type": "login", "token": dataset.token(0), "protocol": 3})
     settle(service)

@@ -26,6 +26,36 @@ from beseda.server.accounts import PasswordHasher
 from beseda.server.app import Server
 from conftest import FAST_HASHER_ARGS, TIMEOUT_FACTOR, test_settings
 
+from .fakes import Clock, FakeBackend, FakeView
+
+# -- presenter tests on fakes -------------------------------------------------------------------
+
+
+@pytest.fixture
+def english() -> Iterator[None]:
+    """The presenter speaks English (and the catalogue is English again afterwards)."""
+    i18n.install("en")
+    yield
+    i18n.install("en")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def view() -> FakeView:
+    return FakeView()
+
+
+@pytest.fixture
+def backend() -> FakeBackend:
+    return FakeBackend()
+
+
+# -- real windows ---------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def display() -> Iterator[str]:

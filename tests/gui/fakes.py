@@ -261,3 +261,13 @@ def message(
         ts=ts + seq,
         client_id=client_id or f"c{conversation}{seq}",
     )
+
+
+class Clock:
+    """A monotonic clock the test moves by hand (``clock.now += 3``)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

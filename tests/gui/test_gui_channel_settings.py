@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,27 +12,10 @@ from beseda.gui.preferences import Preferences
 from beseda.gui.presenter import GENERAL_KEY, Presenter
 from beseda.protocol import schema
 
-from .fakes import FakeBackend, FakeView
-from .test_gui_conversations import DEV, GROUP, SERVER, Clock, feed, info, infos, sign_in
+from .fakes import Clock, FakeBackend, FakeView
+from .test_gui_conversations import DEV, GROUP, SERVER, feed, info, infos, sign_in
 
-pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(autouse=True)
-def english() -> Iterator[None]:
-    i18n.install("en")
-    yield
-    i18n.install("en")
-
-
-@pytest.fixture
-def view() -> FakeView:
-    return FakeView()
-
-
-@pytest.fixture
-def backend() -> FakeBackend:
-    return FakeBackend()
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("english")]
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from beseda.gui.presenter import Presenter, dm_key
 from beseda.gui.views import SECTION, MainWindow
 from beseda.protocol import schema
 
-from .fakes import FakeBackend, message
+from .fakes import Clock, FakeBackend, message
 from .test_gui_channel_settings import managed
-from .test_gui_conversations import DEV, GROUP, SERVER, Clock, group_members, infos
+from .test_gui_conversations import DEV, GROUP, SERVER, group_members, infos
 
 pytestmark = [pytest.mark.gui, pytest.mark.timeout(60)]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,43 +12,13 @@ from beseda.gui.preferences import Preferences
 from beseda.gui.presenter import GENERAL_KEY, Presenter, dm_key
 from beseda.protocol import schema
 
-from .fakes import FakeBackend, FakeView, message
+from .fakes import Clock, FakeBackend, FakeView, message
 
 SERVER = "127.0.0.1:7993"
 DEV = "c:7"
 GROUP = "c:9"
 
-pytestmark = pytest.mark.timeout(30)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(autouse=True)
-def english() -> Iterator[None]:
-    i18n.install("en")
-    yield
-    i18n.install("en")
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def view() -> FakeView:
-    return FakeView()
-
-
-@pytest.fixture
-def backend() -> FakeBackend:
-    return FakeBackend()
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("english")]
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,44 +15,16 @@ from beseda.gui.timeline import Timeline
 from beseda.protocol import errors, schema
 from beseda.tls import CertificateChangedError
 
-from .fakes import FakeBackend, FakeView, message
+from .fakes import Clock, FakeBackend, FakeView, message
 
 SERVER = "127.0.0.1:7992"
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(autouse=True)
-def english() -> Iterator[None]:
-    i18n.install("en")
-    yield
-    i18n.install("en")
+pytestmark = pytest.mark.usefixtures("english")
 
 
 @pytest.fixture
 def prefs(tmp_path: Path) -> Preferences:
     return Preferences(tmp_path / "config")
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def view() -> FakeView:
-    return FakeView()
-
-
-@pytest.fixture
-def backend() -> FakeBackend:
-    return FakeBackend()
 
 
 @pytest.fixture

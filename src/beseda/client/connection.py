@@ -10,7 +10,7 @@ import logging
 import random
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -23,6 +23,10 @@ from ..protocol.errors import BesedaError, ProtocolError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=msgspec.Struct)
+P = TypeVar("P", bound=msgspec.Struct)
+"""A page of a list."""
+Item = TypeVar("Item")
+"""An item of a list."""
 
 READ_LIMIT = 64 * 1024 * 1024
 """Largest line the client accepts from a server."""
@@ -344,16 +348,11 @@ class Client:
 
     async def conversations(self) -> list[schema.ConversationInfo]:
         """Every conversation of the user, most recently active first (all pages)."""
-        out: list[schema.ConversationInfo] = []
-        after: str | None = None
-        while True:
-            page = await self._call(
-                schema.Conversations(id=0, after=after), schema.ConversationsPage
-            )
-            out.extend(page.conversations)
-            if page.next is None or not page.conversations:
-                return out
-            after = page.next
+        return await self._every_page(
+            lambda after: schema.Conversations(id=0, after=after),
+            schema.ConversationsPage,
+            lambda page: page.conversations,
+        )
 
     async def conversation(self, conversation: str) -> schema.ConversationInfo:
         """One conversation as the user sees it (unread and mention counts included)."""
@@ -445,31 +444,39 @@ class Client:
 
     async def members(self, conversation: str) -> list[schema.MemberEntry]:
         """Every member of a conversation, by name (all pages)."""
-        out: list[schema.MemberEntry] = []
-        after: str | None = None
-        while True:
-            page = await self._call(
-                schema.Members(id=0, conversation=conversation, after=after, limit=schema.MAX_PAGE),
-                schema.MembersResult,
-            )
-            out.extend(page.members)
-            if page.next is None or not page.members:
-                return out
-            after = page.next
+        return await self._every_page(
+            lambda after: schema.Members(
+                id=0, conversation=conversation, after=after, limit=schema.MAX_PAGE
+            ),
+            schema.MembersResult,
+            lambda page: page.members,
+        )
 
     async def channels(self, query: str = "") -> list[schema.ChannelEntry]:
         """The channel directory (public channels and the private ones the user is in)."""
-        out: list[schema.ChannelEntry] = []
+        return await self._every_page(
+            lambda after: schema.Channels(id=0, query=query, after=after, limit=schema.MAX_PAGE),
+            schema.ChannelsResult,
+            lambda page: page.channels,
+        )
+
+    async def _every_page(
+        self,
+        request: Callable[[str | None], schema.Request],
+        result_type: type[P],
+        items: Callable[[P], list[Item]],
+    ) -> list[Item]:
+        """Ask for page after page (``next`` → ``after``) until the last; every item."""
+        out: list[Item] = []
         after: str | None = None
         while True:
-            page = await self._call(
-                schema.Channels(id=0, query=query, after=after, limit=schema.MAX_PAGE),
-                schema.ChannelsResult,
-            )
-            out.extend(page.channels)
-            if page.next is None or not page.channels:
+            page = await self._call(request(after), result_type)
+            found = items(page)
+            out.extend(found)
+            following: str | None = getattr(page, "next", None)
+            if following is None or not found:
                 return out
-            after = page.next
+            after = following
 
     async def read(self, conversation: str, seq: int) -> int:
         """Move the read marker forward to ``seq``; returns the marker now."""

@@ -725,7 +725,13 @@ class Chat:
                 wanted.setdefault(other, []).append(conversation.id)
         if not wanted:
             return {}
-        names = {u.id: u.name for u in await self._storage.users_by_ids(list(wanted))}
+        known = self._users_by_id
+        names = {uid: known[uid].name for uid in wanted if uid in known}
+        missing = [uid for uid in wanted if uid not in names]
+        if missing:
+            for user in await self._storage.users_by_ids(missing):
+                self._remember(user)
+                names[user.id] = user.name
         return {cid: names[uid] for uid, cids in wanted.items() if uid in names for cid in cids}
 
     async def _infos(
@@ -813,12 +819,18 @@ class Chat:
         assert user is not None
         query = accounts.canonical_name(request.query.strip())
         after = accounts.canonical_name(request.after) if request.after else ""
+        # Channels only (by their keys), not every direct conversation of the server.
+        conversations = self.index.conversations
+        channels = [conversations[GENERAL]] + [
+            conversations[cid]
+            for cid in self.index.by_key.values()
+            if cid  # "": queued
+        ]
         found = sorted(
             (
                 c
-                for c in self.index.conversations.values()
-                if c.kind == CHANNEL
-                and c.key is not None
+                for c in channels
+                if c.key is not None
                 and c.key > after
                 and query in c.key
                 and (c.public or c.is_member(user.id))
@@ -1030,16 +1042,7 @@ class Chat:
             ) from None
         assert entry is not None
         assert session.user is not None
-        conversation = Conversation(
-            id=state.id,
-            kind=state.kind,
-            name=state.name,
-            key=state.key,
-            topic=state.topic,
-            public=state.public,
-            last_seq=state.last_seq,
-            last_ts=state.last_ts,
-        )
+        conversation = Conversation.from_state(state)
         self.index.add_conversation(conversation)
         for change in new.members:
             self.index.join(conversation, change.user_id, change.role, 1)
@@ -1057,6 +1060,7 @@ class Chat:
         *,
         joining: tuple[MemberChange, ...] = (),
         leaving: tuple[int, ...] = (),
+        undo: Callable[[], None] | None = None,
     ) -> schema.Entry:
         """Store one change of ``conversation`` as its next entry and deliver it.
 
@@ -1065,9 +1069,9 @@ class Chat:
         after it, so the one who left or was removed gets it, and nothing after it."""
         index = self.index
         before = conversation.members
-        undo: list[tuple[int, Membership | None, str | None]] = []
+        memberships: list[tuple[int, Membership | None, str | None]] = []
         for change in joining:
-            undo.append(
+            memberships.append(
                 (
                     change.user_id,
                     index.membership(change.user_id, conversation.id),
@@ -1076,7 +1080,7 @@ class Chat:
             )
             index.join(conversation, change.user_id, change.role, 1 if change.from_start else None)
         for user_id in leaving:
-            undo.append(
+            memberships.append(
                 (
                     user_id,
                     index.membership(user_id, conversation.id),
@@ -1088,7 +1092,9 @@ class Chat:
         try:
             entry = await self._storage.append_entry(new)
         except BaseException:
-            self._undo(conversation, before, undo)
+            self._undo(conversation, before, memberships)
+            if undo is not None:
+                undo()  # the caller's own change of the conversation, made before the write
             raise
         for change in joining:
             membership = index.membership(change.user_id, conversation.id)
@@ -1280,23 +1286,20 @@ class Chat:
             if owners == [target.id]:
                 raise ProtocolError(errors.NOT_ALLOWED, "A channel keeps at least one owner.")
         self.index.set_role(conversation, target.id, request.role)
-        try:
-            return await self._change(
-                session,
-                conversation,
-                NewEntry(
-                    conversation.id,
-                    "role",
-                    user,
-                    self._clock(),
-                    target=target,
-                    role=request.role,
-                    members=(MemberChange(target.id, request.role),),
-                ),
-            )
-        except BaseException:
-            self.index.set_role(conversation, target.id, theirs or MEMBER)
-            raise
+        return await self._change(
+            session,
+            conversation,
+            NewEntry(
+                conversation.id,
+                "role",
+                user,
+                self._clock(),
+                target=target,
+                role=request.role,
+                members=(MemberChange(target.id, request.role),),
+            ),
+            undo=lambda: self.index.set_role(conversation, target.id, theirs or MEMBER),
+        )
 
     async def _rename(self, session: Session, request: schema.Rename) -> schema.Entry:
         user, conversation = self._managed(session, request.conversation)
@@ -1304,47 +1307,47 @@ class Chat:
             raise ProtocolError(errors.NOT_ALLOWED)
         name, key, _ = self._check_channel_name(request.name, renaming=conversation.id)
         old_name, old_key = conversation.name, conversation.key
+        assert old_name is not None
+        assert old_key is not None  # a channel has a name
         self.index.rename(conversation, name, key)
-        try:
-            return await self._change(
-                session,
-                conversation,
-                NewEntry(conversation.id, "renamed", user, self._clock(), name=name, key=key),
-            )
-        except BaseException:
-            if old_name is not None and old_key is not None:
-                self.index.rename(conversation, old_name, old_key)
-            raise
+        return await self._change(
+            session,
+            conversation,
+            NewEntry(conversation.id, "renamed", user, self._clock(), name=name, key=key),
+            undo=lambda: self.index.rename(conversation, old_name, old_key),
+        )
 
     async def _set_topic(self, session: Session, request: schema.SetTopic) -> schema.Entry:
         user, conversation = self._managed(session, request.conversation)
         topic = self._check_topic(request.topic)
         old = conversation.topic
         conversation.topic = topic
-        try:
-            return await self._change(
-                session,
-                conversation,
-                NewEntry(conversation.id, "topic", user, self._clock(), topic=topic),
-            )
-        except BaseException:
+
+        def undo() -> None:
             conversation.topic = old
-            raise
+
+        return await self._change(
+            session,
+            conversation,
+            NewEntry(conversation.id, "topic", user, self._clock(), topic=topic),
+            undo=undo,
+        )
 
     async def _archive(self, session: Session, request: schema.Archive) -> schema.Entry:
         user, conversation = self._managed(session, request.conversation)
         if conversation.archived:
             raise ProtocolError(errors.ARCHIVED)
         conversation.archived = True
-        try:
-            return await self._change(
-                session,
-                conversation,
-                NewEntry(conversation.id, "archived", user, self._clock(), archived=True),
-            )
-        except BaseException:
+
+        def undo() -> None:
             conversation.archived = False
-            raise
+
+        return await self._change(
+            session,
+            conversation,
+            NewEntry(conversation.id, "archived", user, self._clock(), archived=True),
+            undo=undo,
+        )
 
 
 def _page_marker_key(marker: str) -> tuple[int, str]:

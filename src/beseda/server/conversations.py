@@ -119,6 +119,21 @@ class Conversation:
     at its place in the stream). Unused for General, whose members are everyone."""
     roles: dict[int, str] = field(default_factory=dict)
 
+    @classmethod
+    def from_state(cls, state: ConversationState) -> Conversation:
+        """The conversation as storage has it, with no members yet."""
+        return cls(
+            id=state.id,
+            kind=state.kind,
+            name=state.name,
+            key=state.key,
+            topic=state.topic,
+            public=state.public,
+            archived=state.archived,
+            last_seq=state.last_seq,
+            last_ts=state.last_ts,
+        )
+
     @property
     def everyone(self) -> bool:
         return self.id == GENERAL
@@ -148,17 +163,7 @@ class Index:
 
     def load(self, states: Iterable[ConversationState], rows: Iterable[MembershipRecord]) -> None:
         for state in states:
-            conversation = Conversation(
-                id=state.id,
-                kind=state.kind,
-                name=state.name,
-                key=state.key,
-                topic=state.topic,
-                public=state.public,
-                archived=state.archived,
-                last_seq=state.last_seq,
-                last_ts=state.last_ts,
-            )
+            conversation = Conversation.from_state(state)
             self.conversations[state.id] = conversation
             if state.key is not None and state.id != GENERAL:
                 self.by_key[state.key] = state.id

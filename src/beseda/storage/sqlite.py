@@ -948,7 +948,11 @@ class SQLiteStorage:
         return await self._read(work)
 
     async def users_by_keys(self, keys: list[str]) -> list[UserRecord]:
-        unique = list(dict.fromkeys(keys))
+        return await self._users_where("key", keys)
+
+    async def _users_where(self, column: str, values: list[Any]) -> list[UserRecord]:
+        """The users whose ``column`` (``key`` or ``id``) is one of ``values``, in one read."""
+        unique = list(dict.fromkeys(values))
 
         def work(conn: sqlite3.Connection) -> list[UserRecord]:
             # In chunks, to stay under any build's limit of bound variables (999 in old ones).
@@ -957,7 +961,7 @@ class SQLiteStorage:
                 chunk = unique[start : start + 500]
                 rows = conn.execute(
                     "SELECT id, name, key, password_hash FROM users "
-                    f"WHERE key IN ({', '.join('?' * len(chunk))})",
+                    f"WHERE {column} IN ({', '.join('?' * len(chunk))})",
                     chunk,
                 ).fetchall()
                 found.extend(UserRecord(*row) for row in rows)
@@ -1048,21 +1052,7 @@ class SQLiteStorage:
         return await self._read(work)
 
     async def users_by_ids(self, user_ids: list[int]) -> list[UserRecord]:
-        unique = list(dict.fromkeys(user_ids))
-
-        def work(conn: sqlite3.Connection) -> list[UserRecord]:
-            found: list[UserRecord] = []
-            for start in range(0, len(unique), 500):
-                chunk = unique[start : start + 500]
-                rows = conn.execute(
-                    "SELECT id, name, key, password_hash FROM users "
-                    f"WHERE id IN ({', '.join('?' * len(chunk))})",
-                    chunk,
-                ).fetchall()
-                found.extend(UserRecord(*row) for row in rows)
-            return found
-
-        return await self._read(work) if unique else []
+        return await self._users_where("id", user_ids)
 
     def create_conversation(
         self, conversation: NewConversation
