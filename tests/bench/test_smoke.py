@@ -15,6 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = (
+    "commit",
     "fanout",
     "dm",
     "durable",
@@ -47,10 +48,21 @@ def test_every_scenario_has_figures(smoke: tuple[dict, str]) -> None:
     results, _ = smoke
     scenarios = results["scenarios"]
     assert set(SCENARIOS) <= set(scenarios)
-    for row in scenarios["fanout"] + scenarios["dm"]:
+    served = [row for row in scenarios["dm"] if row["contender"] != "raw_sqlite3"]
+    for row in scenarios["fanout"] + served:
         assert row["deliveries"] > 0, row
         assert row["p99_ms"] is not None, row
+        assert row["app_p99_ms"] is not None, row
+        assert row["kernel_stamps"], row  # latency from the kernel's receive timestamps
         assert row["cpu_us_per_unit"] is not None, row
+        assert row["runs"]["cpu_us_per_unit"], row
+    beseda_dm = next(row for row in served if row["contender"] == "beseda")
+    assert beseda_dm["commits"] > 0
+    assert beseda_dm["messages_per_commit"] > 0
+    raw = next(row for row in scenarios["dm"] if row["contender"] == "raw_sqlite3")
+    assert raw["cpu_us_per_unit"] > 0
+    assert scenarios["commit"]["p99_ms"] > 0
+    assert scenarios["storm"]["capacity"]["hashes_per_s"] > 0
     assert {row["mode"] for row in scenarios["fanout"]} == {"burst", "paced"}
     assert scenarios["durable"]["beseda"]["acks"] > 0
     assert scenarios["durable"]["raw_sqlite3"]["rows"] > 0
@@ -75,11 +87,12 @@ def test_report_has_the_targets_table(smoke: tuple[dict, str]) -> None:
     _, markdown = smoke
     assert "## Targets" in markdown
     for phrase in (
+        "raw commit",
         "fan-out",
         "durable throughput",
         "idle",
         "history",
-        "sign-in storm",
+        "sign-ins at",
         "channels fan-out",
         "sync in",
     ):

@@ -142,11 +142,17 @@ class Server:
         """Stop accepting, finish in-flight requests and commits, tell clients, close."""
         log.info("shutting down")
         await self.tcp.stop(self.settings.shutdown_grace)
+        counts = dict(getattr(self.storage, "stats", {}))  # the writer's, gone once closed
         await self.storage.close()
         await self.bus.close()
         if self._own_hasher:
             self.hasher.close()
-        log.info("stopped")
+        log.info(
+            "stopped: %d writes in %d commits, %d deliveries",
+            counts.get("writes", 0),
+            counts.get("batches", 0),
+            self.hub.delivered,
+        )
 
     async def __aenter__(self) -> Server:
         await self.start()
