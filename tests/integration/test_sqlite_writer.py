@@ -20,7 +20,8 @@ import pytest
 
 from beseda.protocol.schema import GENERAL, Message
 from beseda.storage import NameTakenError, NewMessage, StorageError, UserRecord
-from beseda.storage.sqlite import _CAREFUL_AFTER, SQLiteStorage
+from beseda.storage import sqlite as sqlite_module
+from beseda.storage.sqlite import _CAREFUL_AFTER, MAX_BATCH, MAX_GATHER, SQLiteStorage, gather_wait
 from storage_helpers import TS, direct, general, write_lock
 
 T = TypeVar("T")
@@ -722,3 +723,57 @@ async def test_runs_answer_like_one_message_at_a_time(tmp_path: Path, seed: int)
             await store.close()
     assert outcomes[0] == outcomes[1]
     assert any(isinstance(a, tuple) and a[1] is True for a in outcomes[0])  # some duplicates
+
+
+# -- gathering writes that arrive one at a time ------------------------------------------------
+
+
+def test_the_writer_waits_only_when_the_wait_is_expected_to_double_the_commit() -> None:
+    steady = 1 / MAX_GATHER  # one more write expected within the wait
+    assert gather_wait(0.0, 1) == 0.0  # idle: commit at once
+    assert gather_wait(200.0, 1) == 0.0  # paced, a write every 5 ms: nothing to wait for
+    assert gather_wait(steady, 1) == MAX_GATHER
+    assert gather_wait(4 * steady, 4) == MAX_GATHER
+    assert gather_wait(4 * steady, 5) == 0.0  # would not double what is queued
+    assert gather_wait(1e9, MAX_BATCH) == 0.0  # a full batch never waits
+
+
+async def test_writes_arriving_during_the_wait_share_its_commit(
+    storage: SQLiteStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    bob = await storage.create_user("bob", "bob", "h", TS)
+    monkeypatch.setattr(sqlite_module, "MAX_GATHER", 0.5)
+    writer = storage._writer
+    assert writer is not None
+    writer.rate = 100.0  # as if writes had been arriving: 50 expected within the wait
+    before = dict(storage.stats)
+    first = storage.append_message(direct(alice, bob, "a"))
+    await asyncio.sleep(0.05)  # the writer holds the first write while it waits
+    assert not first.done()  # nothing is acknowledged before its commit
+    second = storage.append_message(direct(bob, alice, "b"))
+    third = storage.append_message(general(alice, "c"))
+    results = [m for m, _ in await asyncio.gather(first, second, third)]
+    assert storage.stats["batches"] - before["batches"] == 1
+    assert storage.stats["gathered"] - before["gathered"] == 1
+    assert [m.seq for m in results] == [1, 2, 1]
+    assert [m.id for m in results] == sorted(m.id for m in results)
+    assert_gap_free(results, storage.path)
+    await assert_stored_as_acknowledged(storage, results)
+
+
+async def test_closing_during_a_wait_commits_what_was_gathered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "beseda.db"
+    storage = SQLiteStorage(path)
+    await storage.open()
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    monkeypatch.setattr(sqlite_module, "MAX_GATHER", 0.2)
+    assert storage._writer is not None
+    storage._writer.rate = 1000.0
+    pending = storage.append_message(general(alice, "last words"))
+    await asyncio.sleep(0.01)
+    await storage.close()
+    message, _ = await pending
+    assert stored_seqs(path, GENERAL) == [message.seq]
