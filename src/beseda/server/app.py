@@ -67,7 +67,9 @@ class Server:
         self.bus: Bus = bus or LocalBus()
         self.hub = DeliveryHub()
         self.hasher = hasher or PasswordHasher(
-            workers=settings.limits.hash_workers or None, queue=settings.limits.hash_queue
+            workers=settings.limits.hash_workers or None,
+            queue=settings.limits.hash_queue,
+            max_wait=settings.limits.hash_max_wait,
         )
         self._own_hasher = hasher is None
         self.chat = Chat(
