@@ -60,6 +60,8 @@ class Outcome:
     ack_latencies_ns: array[int]
     login_latencies_ns: array[int]
     failed_logins: int
+    refusals: dict[str, int]
+    """Failed storm sign-ins by reason (an error code, timeout, connect, closed)."""
     wall: float
     """Seconds from the start until the last delivery (or the end of the run)."""
     generator_cpu: float
@@ -201,12 +203,21 @@ class Session:
             ack_latencies_ns=acks,
             login_latencies_ns=logins,
             failed_logins=sum(r["failed_logins"] for r in reports),
+            refusals=_merge(r["refusals"] for r in reports),
             wall=wall,
             generator_cpu=cpu,
             generator_share=cpu / max(walls, 1e-9) / cores,
             process_shares=[round(r["cpu"] / max(r["wall"], 1e-9), 3) for r in reports],
             stamped=all(r["stamped"] for r in reports),
         )
+
+
+def _merge(counts: Any) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for count in counts:
+        for key, value in count.items():
+            merged[key] = merged.get(key, 0) + value
+    return merged
 
 
 def _receive(pipe: Any, timeout: float) -> dict[str, Any]:

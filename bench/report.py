@@ -375,7 +375,10 @@ def method(results: dict[str, Any]) -> str:
     meta = results["meta"]
     sizes = results["sizes"]
     return (
-        f"Every row is the median of {sizes.get('repeats', 1)} runs (the spread, min–max over "
+        f"Every row is the median of {sizes.get('repeats', 1)} runs "
+        f"({sizes.get('idle_repeats', 1)} for the idle rows, each on a fresh server; the "
+        "others repeat the timed part on one server and one set of connections; the spread, "
+        "min–max over "
         "the runs, is in brackets; every run's figures are in the JSON). Server CPU is the "
         f"server process's CPU time, all its threads, from {meta.get('cpu_source', '/proc')} "
         "over the timed part only, divided by what the row counts (deliveries, messages). "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import resource
 import socket
 import struct
@@ -102,6 +103,7 @@ _ANCILLARY = socket.CMSG_SPACE(16)
 _RECV = 256 * 1024
 _HIGH_WATER = 64 * 1024
 """Unsent bytes of one link above which its sender waits (as a transport's pause_writing)."""
+_CODE = re.compile(rb'"code":"(\w+)"')
 SOURCES = 250
 """Loopback source addresses each worker spreads its connections over (127.0.<w>.1 …)."""
 
@@ -133,6 +135,8 @@ class Link:
         self.window: asyncio.Semaphore | None = None
         self.closed = False
         self.closing = False
+        self.refusal = b""
+        """The line that refused the sign-in, if one did."""
         self.stamped = True
         """False once a read came without a kernel timestamp (then the read time is used)."""
         self.loop.add_reader(sock.fileno(), self._readable)
@@ -223,6 +227,8 @@ class Link:
         lines = chunk.split(b"\n")
         for index, line in enumerate(lines):
             verdict = self.wire.signed_in(line.rstrip(b"\r"))
+            if verdict is False:
+                self.refusal = line
             if verdict is not None:
                 self.signed_in.set_result(verdict)
                 return b"\n".join(lines[index + 1 :])
@@ -291,7 +297,8 @@ async def open_link(
         raise
     if not verdict:
         link.close()
-        raise ConnectionError(f"{credential.name} could not sign in")
+        code = _CODE.search(link.refusal)
+        raise ConnectionError(code.group(1).decode() if code else "closed")
     return link
 
 
@@ -305,6 +312,9 @@ class Worker:
         self.login_latencies = array("q")
         self.failed_logins = 0
         self.storm_count = 0
+        self.runs = 0
+        self.refusals: dict[str, int] = {}
+        """Storm sign-ins that failed, by error code (or timeout, connect, closed)."""
 
     async def connect(self) -> dict[str, Any]:
         started = time.monotonic()
@@ -343,6 +353,18 @@ class Worker:
             "cpu": _cpu(),
         }
 
+    def _reset(self) -> None:
+        """Counts and latencies start from nothing again after each run (a row's repeats
+        share one session). Not at the start of a run: the other workers may have started
+        sending before this one was told to go, and what arrived meanwhile counts."""
+        tally = self.tally
+        tally.deliveries = tally.acks = tally.errors = tally.last_ns = 0
+        tally.latencies, tally.kernel_latencies = array("q"), array("q")
+        tally.ack_latencies = array("q")
+        self.login_latencies = array("q")
+        self.failed_logins = 0
+        self.refusals = {}
+
     async def run(self) -> dict[str, Any]:
         plan = self.plan
         tally = self.tally
@@ -366,7 +388,12 @@ class Worker:
                 await asyncio.wait_for(storm, max(0.1, deadline - time.monotonic()))
         cpu = _cpu() - cpu0
         wall = time.monotonic() - wall0
-        return {
+        self.runs += 1
+        # Storm connections that stayed leave now, so that the next run starts as this one did.
+        for link in self.storm_links:
+            link.close()
+        self.storm_links.clear()
+        report = {
             "deliveries": tally.deliveries,
             "expected_deliveries": plan.expect_deliveries,
             "acks": tally.acks,
@@ -379,23 +406,27 @@ class Worker:
             "ack_latencies": tally.ack_latencies.tobytes(),
             "login_latencies": self.login_latencies.tobytes(),
             "failed_logins": self.failed_logins,
+            "refusals": self.refusals,
             "start_ns": start_ns,
             "last_ns": tally.last_ns,
             "cpu": cpu,
             "wall": wall,
         }
+        self._reset()
+        return report
 
     async def _send(self, plan: SendPlan) -> None:
         link = self.links[plan.client]
-        if plan.window:
+        if plan.window and link.window is None:
             link.window = asyncio.Semaphore(plan.window)
         started = time.monotonic() + plan.phase
         message = self.wire.message
-        for number in range(plan.count):
+        first = self.runs * plan.count  # client ids new in every run (no retries seen)
+        for number in range(first, first + plan.count):
             if link.closed:
                 return
             if plan.rate:
-                delay = started + number / plan.rate - time.monotonic()
+                delay = started + (number - first) / plan.rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
             elif number % 32 == 31:
@@ -431,8 +462,15 @@ class Worker:
                 ),
                 30,
             )
-        except (OSError, ConnectionError, TimeoutError):
+        except ConnectionError as exc:  # refused: by its error code
             self.failed_logins += 1
+            reason = str(exc) or "closed"
+            self.refusals[reason] = self.refusals.get(reason, 0) + 1
+            return
+        except (OSError, TimeoutError) as exc:
+            self.failed_logins += 1
+            reason = "timeout" if isinstance(exc, TimeoutError) else "connect"
+            self.refusals[reason] = self.refusals.get(reason, 0) + 1
             return
         self.login_latencies.append(time.monotonic_ns() - began)
         if self.plan.storm is not None and self.plan.storm.stay:
