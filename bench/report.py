@@ -426,6 +426,9 @@ def markdown(results: dict[str, Any], plot_name: str | None, analysis: str = "")
             ],
         )
     )
+    said = findings(results)
+    if said:
+        out += ["", "## What this run says", "", *said]
     if analysis:
         out += ["", analysis.strip()]
     if plot_name:
@@ -437,6 +440,115 @@ def markdown(results: dict[str, Any], plot_name: str | None, analysis: str = "")
     if results.get("notes"):
         out += ["", "## Notes", ""] + [f"- {note}" for note in results["notes"]]
     return "\n".join(out) + "\n"
+
+
+def _pct(ratio: float | None) -> str:
+    """'12 % over' / '8 % under' for a ratio to a goal of 1."""
+    if ratio is None:
+        return "not measured"
+    if ratio > 1:
+        return f"missed by {(ratio - 1) * 100:.0f} %"
+    return f"met with {(1 - ratio) * 100:.0f} % to spare"
+
+
+def findings(results: dict[str, Any]) -> list[str]:
+    """The sentences the figures feed, written from the results (none is kept by hand)."""
+    scen = results["scenarios"]
+    said: list[str] = []
+    fan = scen.get("fanout", [])
+    n = _n(results)
+    ours = _find(fan, contender="beseda", n=n, mode="paced")
+    irc = _find(fan, contender="ngircd", n=n, mode="paced")
+    floor = _find(fan, contender="asyncio", n=n, mode="paced")
+    if ours and irc:
+        split = ours.get("threads_us_per_unit") or {}
+        ratio = _ratio(ours["cpu_us_per_unit"], irc["cpu_us_per_unit"])
+        said.append(
+            f"- **Paced fan-out, CPU** (N={n}): beseda {_fmt(ours['cpu_us_per_unit'])} µs per "
+            f"delivery, ngIRCd {_fmt(irc['cpu_us_per_unit'])}"
+            + (f", the plain asyncio floor {_fmt(floor['cpu_us_per_unit'])}" if floor else "")
+            + f": {ratio}×, {_pct(ratio)}. Of beseda's, {_fmt(split.get('loop'))} µs are the "
+            f"event loop and {_fmt(split.get('threads'))} µs its other threads (the SQLite "
+            f"writer: {ours.get('commits')} commits per run of {ours['messages']} messages)."
+        )
+        commit = scen.get("commit")
+        if commit and irc.get("p99_ms") is not None and ours.get("p99_ms") is not None:
+            allowed = irc["p99_ms"] + commit["p99_ms"]
+            ratio = _ratio(ours["p99_ms"], allowed)
+            said.append(
+                f"- **Paced fan-out, p99 at the socket**: beseda {_fmt(ours['p99_ms'])} ms "
+                f"(read by the generator at {_fmt(ours.get('app_p99_ms'))} ms), ngIRCd "
+                f"{_fmt(irc['p99_ms'])} ms, one raw commit {_fmt(commit['p99_ms'])} ms: "
+                f"{ratio}× the allowance of {allowed:.2f} ms, {_pct(ratio)}; "
+                f"{ours['losses']} lost."
+            )
+    dm = scen.get("dm", [])
+    ours, irc = _find(dm, contender="beseda"), _find(dm, contender="ngircd")
+    raw = _find(dm, contender="raw_sqlite3")
+    if ours and irc and raw:
+        split = ours.get("threads_us_per_unit") or {}
+        allowed = irc["cpu_us_per_unit"] + raw["cpu_us_per_unit"]
+        ratio = _ratio(ours["cpu_us_per_unit"], allowed)
+        said.append(
+            f"- **Direct messages**: beseda {_fmt(ours['cpu_us_per_unit'])} µs per message "
+            f"(event loop {_fmt(split.get('loop'))}, writer {_fmt(split.get('threads'))}) at "
+            f"{ours.get('messages_per_commit')} messages per commit; the allowance is ngIRCd's "
+            f"{_fmt(irc['cpu_us_per_unit'])} + raw sqlite3's {_fmt(raw['cpu_us_per_unit'])} at "
+            f"batch {raw['batch']} = {allowed:.1f} µs: {ratio}×, {_pct(ratio)}."
+        )
+    durable = scen.get("durable")
+    if durable:
+        rate, raw_rate = durable["beseda"]["acks_per_s"], durable["raw_sqlite3"]["rows_per_s"]
+        share = _ratio(rate, raw_rate)
+        said.append(
+            f"- **Durable throughput**: {_fmt(rate, 0)} acknowledged messages/s with one in "
+            f"flight per sender ({durable['beseda']['mean_batch']} per commit, "
+            f"{_fmt(durable['beseda']['cpu_us_per_unit'])} µs of server CPU each), "
+            f"{share}× raw sqlite3 at the same batch ({_fmt(raw_rate, 0)} rows/s; goal 0.5×) "
+            f"and {rate / 30_000:.2f}× the 30,000 goal"
+            + (
+                f"; with {pl['window']} in flight per sender {_fmt(pl['acks_per_s'], 0)}/s."
+                if (pl := durable.get("beseda_pipelined"))
+                else "."
+            )
+        )
+    idle_rows = scen.get("idle", [])
+    ours, irc = _find(idle_rows, contender="beseda"), _find(idle_rows, contender="ngircd")
+    floor = _find(idle_rows, contender="asyncio")
+    if ours and irc:
+        kib = ours["bytes_per_connection"] / KIB
+        said.append(
+            f"- **Idle connections**: {kib:.2f} KiB per signed-in connection against ngIRCd's "
+            f"{irc['bytes_per_connection'] / KIB:.2f}"
+            + (
+                f" and the asyncio floor's {floor['bytes_per_connection'] / KIB:.2f} (its "
+                f"transport and socket and nothing else: beseda's own objects are the other "
+                f"{kib - floor['bytes_per_connection'] / KIB:.2f} KiB)"
+                if floor
+                else ""
+            )
+            + f": {_ratio(kib, irc['bytes_per_connection'] / KIB)}× ngIRCd."
+        )
+    st = scen.get("storm")
+    if st and st.get("capacity"):
+        capacity = st["capacity"]["hashes_per_s"]
+        busy = st["without"]["server_busy"]
+        spare = max(0.0, 1 - busy) * capacity
+        w = st["with"]
+        refusals = ", ".join(f"{v} {k}" for k, v in (w.get("refusals") or {}).items())
+        said.append(
+            f"- **Sign-ins**: one server core hashes {capacity} passwords/s when idle "
+            f"({st['capacity']['cpu_ms_per_hash']} ms of CPU each). The storm tried "
+            f"{st['login_rate']}/s for {results['sizes'].get('storm_seconds', 5):g} s during "
+            f"the paced fan-out, which kept the core {busy:.0%} busy without it, leaving "
+            f"about {spare:.1f} hashes/s to the hashing thread: {w.get('logins')} of "
+            f"{w.get('attempted_logins')} signed in"
+            + (f" ({refusals})" if refusals else ", none refused")
+            + f", login p50 {_fmt(w.get('login_p50_ms'))} ms and p99 "
+            f"{_fmt(w.get('login_p99_ms'))} ms; the chat's p99 {st.get('p99_ratio')}× the run "
+            "without."
+        )
+    return said
 
 
 def _cpu_cell(row: dict[str, Any]) -> str:
