@@ -110,8 +110,8 @@ class Hub(Protocol):
     def watch(self, session: Session, user_ids: Iterable[int]) -> None:
         """Replace the session's watch set: it gets the presence changes of these users."""
 
-    def sessions_of_token(self, token_hash: bytes) -> list[Session]:
-        """The attached sessions logged in with this token."""
+    def sessions_of_token(self, user_id: int, token_hash: bytes) -> list[Session]:
+        """The attached sessions of ``user_id`` logged in with this token."""
 
 
 def _now_ms() -> int:
@@ -323,7 +323,9 @@ class Chat:
         if token_hash is not None:
             await self._storage.delete_token(token_hash)
             # The token is dead: so is every other connection that logged in with it.
-            for other in self._hub.sessions_of_token(token_hash):
+            user_id = session.user_id
+            others = [] if user_id is None else self._hub.sessions_of_token(user_id, token_hash)
+            for other in others:
                 if other is not session:
                     other.peer.close(errors.SESSION_ENDED)
         await self._sign_out(session)

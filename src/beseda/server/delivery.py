@@ -30,7 +30,6 @@ class DeliveryHub:
     def __init__(self) -> None:
         self._by_user: defaultdict[int, set[Session]] = defaultdict(set)
         self._sessions: set[Session] = set()
-        self._by_token: defaultdict[bytes, set[Session]] = defaultdict(set)
         self._watchers: defaultdict[int, set[Session]] = defaultdict(set)
         """user id → the sessions watching that user's presence."""
         self._watching: dict[Session, frozenset[int]] = {}
@@ -42,23 +41,17 @@ class DeliveryHub:
         assert session.user is not None
         self._by_user[session.user.id].add(session)
         self._sessions.add(session)
-        if session.token_hash is not None:
-            self._by_token[session.token_hash].add(session)
 
-    def sessions_of_token(self, token_hash: bytes) -> list[Session]:
-        """The attached sessions logged in with this token."""
-        return list(self._by_token.get(token_hash, ()))
+    def sessions_of_token(self, user_id: int, token_hash: bytes) -> list[Session]:
+        """The attached sessions of ``user_id`` logged in with this token (a token is one
+        user's, so its sessions are among that user's few: no index by token, which cost
+        every idle connection a set of its own)."""
+        return [s for s in self._by_user.get(user_id, ()) if s.token_hash == token_hash]
 
     def detach(self, session: Session) -> None:
         assert session.user is not None
         self._unwatch(session)
         self._sessions.discard(session)
-        if session.token_hash is not None:
-            same = self._by_token.get(session.token_hash)
-            if same is not None:
-                same.discard(session)
-                if not same:
-                    del self._by_token[session.token_hash]
         sessions = self._by_user.get(session.user.id)
         if sessions is not None:
             sessions.discard(session)
