@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     docs = args.docs or (out.with_suffix(".md") if args.smoke else ROOT / "docs/performance.md")
     if args.report_only:
+        if not out.exists():
+            print(f"no results at {out}: run the benchmark first", file=sys.stderr)
+            return 1
         results = json.loads(out.read_text())
         write_report(results, docs, with_analysis=not args.smoke)
         print(f"report: {docs}")
