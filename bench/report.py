@@ -332,7 +332,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     )
     p99_axis.set(
         xlabel="receivers N",
-        ylabel="p99 latency, ms (log)",
+        ylabel="p99 latency at the socket, ms (log)",
         title=f"Fan-out paced {results['sizes']['paced_rate']:g}/s: p99 latency",
     )
     p99_axis.set_yscale("log")
