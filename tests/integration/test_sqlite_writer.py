@@ -744,6 +744,7 @@ async def test_writes_arriving_during_the_wait_share_its_commit(
     alice = await storage.create_user("alice", "alice", "h", TS)
     bob = await storage.create_user("bob", "bob", "h", TS)
     monkeypatch.setattr(sqlite_module, "MAX_GATHER", 0.5)
+    monkeypatch.setattr(sqlite_module, "_RATE_WINDOW", 3600.0)  # the rate set below holds
     writer = storage._writer
     assert writer is not None
     writer.rate = 100.0  # as if writes had been arriving: 50 expected within the wait
@@ -770,6 +771,7 @@ async def test_closing_during_a_wait_commits_what_was_gathered(
     await storage.open()
     alice = await storage.create_user("alice", "alice", "h", TS)
     monkeypatch.setattr(sqlite_module, "MAX_GATHER", 0.2)
+    monkeypatch.setattr(sqlite_module, "_RATE_WINDOW", 3600.0)
     assert storage._writer is not None
     storage._writer.rate = 1000.0
     pending = storage.append_message(general(alice, "last words"))
@@ -777,3 +779,15 @@ async def test_closing_during_a_wait_commits_what_was_gathered(
     await storage.close()
     message, _ = await pending
     assert stored_seqs(path, GENERAL) == [message.seq]
+
+
+async def test_a_write_after_a_pause_does_not_wait(storage: SQLiteStorage) -> None:
+    """The rate of a burst long past is stale: the next write is committed at once."""
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    assert storage._writer is not None
+    storage._writer.rate = 1e6  # as if a burst had just been written
+    await asyncio.sleep(0.1)  # longer than the rate's window
+    before = dict(storage.stats)
+    await storage.append_message(general(alice, "after the burst"))
+    assert storage.stats["batches"] - before["batches"] == 1
+    assert storage.stats["gathered"] == before["gathered"]

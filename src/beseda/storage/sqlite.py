@@ -64,8 +64,10 @@ MAX_GATHER = 0.002
 """Longest the writer waits, seconds, to gather more writes into a commit (see
 :func:`gather_wait`). Persisting still comes before every acknowledgement; the wait only
 decides how many writes share one fsync."""
-_SMOOTHING = 0.2
-"""Weight of the newest sample in the writer's moving average of the arrival rate."""
+_RATE_WINDOW = 0.02
+"""Seconds over which the writer averages the arrival rate: a batch that began this long
+after the previous one (or longer) sets the rate alone, so a pause forgets a past burst at
+once; batches closer together are averaged in proportion to the time between them."""
 
 
 def gather_wait(rate: float, queued: int) -> float:
@@ -419,7 +421,7 @@ class _Writer(threading.Thread):
         self.gathered = 0
         """Batches for which the writer waited a moment to gather more writes."""
         self.rate = 0.0
-        """Writes per second arriving lately (moving average over batches)."""
+        """Writes per second arriving lately (averaged over :data:`_RATE_WINDOW`)."""
         self.together = 0
         """Messages inserted in a run of appends (one ``executemany``), not one by one."""
         self.reruns = 0
@@ -500,8 +502,12 @@ class _Writer(threading.Thread):
             stopping = item is None
             batch: Batch = [] if item is None else [item]
             stopping = self._drain(batch) or stopping
+            elapsed = max(began - previous, 1e-6)
             if batch and not stopping:
-                wait = gather_wait(self.rate, len(batch))
+                # After a pause longer than the window the average is stale: what came now is
+                # all there is to go by (a write after a quiet second does not wait).
+                rate = self.rate if elapsed < _RATE_WINDOW else len(batch) / elapsed
+                wait = gather_wait(rate, len(batch))
                 if wait:
                     # One sleep, not a wake-up per arriving write; then take what came.
                     time.sleep(wait)
@@ -509,8 +515,8 @@ class _Writer(threading.Thread):
                     stopping = self._drain(batch)
             if batch:
                 # Writes per second since the previous batch began: the arrival rate.
-                elapsed = max(began - previous, 1e-6)
-                self.rate += _SMOOTHING * (len(batch) / elapsed - self.rate)
+                weight = min(1.0, elapsed / _RATE_WINDOW)
+                self.rate += weight * (len(batch) / elapsed - self.rate)
                 previous = began
                 problem = self._file_problem()
                 if problem is not None:
