@@ -176,9 +176,8 @@ async def test_search_finds_russian_and_english_as_people_expect(
     assert await found('"добрый день"') == {seqs["phrase"]}
     assert seqs["other order"] in await found("добрый день")
     assert await found("встреча from:alice") == {seqs["forms"]}
-    assert await found("zoe") and all(
-        hit.sender == "Zoë" for hit in (await zoe.search("from:zoe")).results
-    )
+    assert await found("zoe")
+    assert all(hit.sender == "Zoë" for hit in (await zoe.search("from:zoe")).results)
     assert await found("встреча after:2999-01-01") == set()
     hit = (await zoe.search("встречи")).results[-1]
     assert hit.snippet[hit.highlights[0][0] : hit.highlights[0][1]] == "встречу"
@@ -195,7 +194,8 @@ async def test_search_finds_russian_and_english_as_people_expect(
         cursor = page.next
         if cursor is None:
             break
-    assert seen == sorted(set(seen), reverse=True) and len(seen) == 9
+    assert seen == sorted(set(seen), reverse=True)
+    assert len(seen) == 9
     best = await zoe.search("встреча", order="best", limit=50)
     assert {hit.seq for hit in best.results} == set(seen)
     with pytest.raises(ProtocolError) as bad:
@@ -214,8 +214,11 @@ async def test_history_around_a_message_opens_the_conversation_there(
     middle = posted[15].seq
     page = await alice.history(schema.GENERAL, around=middle, limit=10)
     seqs = [e.seq for e in page.entries]
-    assert middle in seqs and len(seqs) == 10 and seqs == sorted(seqs)
-    assert page.more and page.newer
+    assert middle in seqs
+    assert len(seqs) == 10
+    assert seqs == sorted(seqs)
+    assert page.more
+    assert page.newer
     after = await alice.history(schema.GENERAL, after=seqs[-1], limit=100)
     assert [e.seq for e in after.entries] == [p.seq for p in posted if p.seq > seqs[-1]]
     assert not after.newer
@@ -242,4 +245,5 @@ async def test_reaction_limits(server: Server, connect: Connect) -> None:
         await alice.react(schema.GENERAL, message.seq, family)
     await alice.unreact(schema.GENERAL, message.seq, emoji[0])
     result = await alice.react(schema.GENERAL, message.seq, family)
-    assert result.entry is not None and result.entry.count == 1
+    assert result.entry is not None
+    assert result.entry.count == 1
