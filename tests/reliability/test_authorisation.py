@@ -388,10 +388,12 @@ def test_nobody_reads_what_is_not_theirs(shape: tuple[int, int], tmp_path: Path)
                         stats["search hits"] += 1
                         room = rooms.get(hit.conversation)
                         if hit.conversation.startswith("c:"):
-                            assert room is not None and room.allowed(user, hit.seq), (user, hit)
+                            assert room is not None, (user, hit)
+                            assert room.allowed(user, hit.seq), (user, hit)
                         elif hit.conversation != schema.GENERAL:
                             members = dm_members(hit.conversation)
-                            assert members is not None and ids[user] in members, (user, hit)
+                            assert members is not None, (user, hit)
+                            assert ids[user] in members, (user, hit)
                     cursor = page.next
                     if cursor is None:
                         break
