@@ -28,21 +28,107 @@ from beseda.storage import SearchRequest
 from beseda.storage.migrations import _index_messages
 from beseda.storage.sqlite import SQLiteStorage, connect, migrate
 
-RU = (
-    "встреча встречи встречу встречей завтра сегодня вчера проект проекта проекту сервер "
-    "сервера серверу релиз релиза релизом задача задачи задачу ошибка ошибки ошибку база "
-    "базы базу данных отчёт отчёта отчёту ёлка пятница пятницу понедельник вебсервер "
-    "переговорной договорились посмотрю поправлю выкатили откатили сломалось починил "
-    "спасибо привет коллеги добрый день вечер утро кто придёт когда созвон созвона"
-).split()
-EN = (
-    "meeting meetings meet deploy deployed deploying release releases server servers "
-    "database backup backups report reports tomorrow today yesterday friday monday fixed "
-    "fixing broken issue issues ticket tickets review reviewed thanks hello team standup "
-    "call calls rollback rolled customer customers invoice invoices"
-).split()
-GLUE_RU = "и в на с по что это не я ты мы а но как".split()
-GLUE_EN = "the a to of and in on is it we you for at with".split()
+RU = [
+    "встреча",
+    "встречи",
+    "встречу",
+    "встречей",
+    "завтра",
+    "сегодня",
+    "вчера",
+    "проект",
+    "проекта",
+    "проекту",
+    "сервер",
+    "сервера",
+    "серверу",
+    "релиз",
+    "релиза",
+    "релизом",
+    "задача",
+    "задачи",
+    "задачу",
+    "ошибка",
+    "ошибки",
+    "ошибку",
+    "база",
+    "базы",
+    "базу",
+    "данных",
+    "отчёт",
+    "отчёта",
+    "отчёту",
+    "ёлка",
+    "пятница",
+    "пятницу",
+    "понедельник",
+    "вебсервер",
+    "переговорной",
+    "договорились",
+    "посмотрю",
+    "поправлю",
+    "выкатили",
+    "откатили",
+    "сломалось",
+    "починил",
+    "спасибо",
+    "привет",
+    "коллеги",
+    "добрый",
+    "день",
+    "вечер",
+    "утро",
+    "кто",
+    "придёт",
+    "когда",
+    "созвон",
+    "созвона",
+]
+EN = [
+    "meeting",
+    "meetings",
+    "meet",
+    "deploy",
+    "deployed",
+    "deploying",
+    "release",
+    "releases",
+    "server",
+    "servers",
+    "database",
+    "backup",
+    "backups",
+    "report",
+    "reports",
+    "tomorrow",
+    "today",
+    "yesterday",
+    "friday",
+    "monday",
+    "fixed",
+    "fixing",
+    "broken",
+    "issue",
+    "issues",
+    "ticket",
+    "tickets",
+    "review",
+    "reviewed",
+    "thanks",
+    "hello",
+    "team",
+    "standup",
+    "call",
+    "calls",
+    "rollback",
+    "rolled",
+    "customer",
+    "customers",
+    "invoice",
+    "invoices",
+]
+GLUE_RU = ["и", "в", "на", "с", "по", "что", "это", "не", "я", "ты", "мы", "а", "но", "как"]
+GLUE_EN = ["the", "a", "to", "of", "and", "in", "on", "is", "it", "we", "you", "for", "at", "with"]
 NAMES = ("Zoë", "Renée", "Jürgen", "Åsa", "Алёна", "Пётр", "Bob", "Маша")
 
 QUERIES = {

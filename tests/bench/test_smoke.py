@@ -89,8 +89,17 @@ def test_report_has_the_targets_table(smoke: tuple[dict, str]) -> None:
 def test_the_search_scenario_measures_every_query_kind(tmp_path: Path) -> None:
     out = tmp_path / "search.json"
     subprocess.run(
-        [sys.executable, "-m", "bench.search", "--messages", "2000", "--rounds", "1"]
-        + ["--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "bench.search",
+            "--messages",
+            "2000",
+            "--rounds",
+            "1",
+            "--out",
+            str(out),
+        ],
         cwd=ROOT,
         check=True,
         capture_output=True,
