@@ -18,13 +18,15 @@ import argparse
 import asyncio
 import json
 import random
+import re
+import sqlite3
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from beseda.server.search import parse_query
-from beseda.storage import SearchRequest
+from beseda.server.search import fold, parse_query, search_body, stem
+from beseda.storage import MessageDeletion, SearchRequest
 from beseda.storage.migrations import _index_messages
 from beseda.storage.sqlite import SQLiteStorage, connect, migrate
 
@@ -227,15 +229,106 @@ def build(path: Path, messages: int, seed: int = 11) -> dict[str, float]:
     conn.execute("COMMIT")
     indexed = time.perf_counter() - started
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    (pages,) = conn.execute("SELECT count(*) FROM search_data").fetchone()
+    pages, index_bytes = conn.execute(
+        "SELECT count(*), sum(length(block)) FROM search_data"
+    ).fetchone()
+    (text_bytes,) = conn.execute("SELECT sum(length(CAST(text AS BLOB))) FROM messages").fetchone()
     conn.close()
     return {
         "messages": messages,
         "write_s": round(written, 3),
         "index_on_upgrade_s": round(indexed, 3),
         "index_rows": pages,
+        "index_bytes": index_bytes,
+        "text_bytes": text_bytes,
         "db_bytes": path.stat().st_size,
     }
+
+
+async def erase(path: Path) -> float:
+    """Seconds from a delete's commit until its text is gone from the files (the index
+    merged into one segment, the WAL truncated)."""
+    storage = SQLiteStorage(path, readers=1)
+    await storage.open()
+    try:
+        (user,) = await storage.users_by_ids([1])
+        page, _ = await storage.history("general", None, 50)
+        mine = [e for e in page if e.kind == "message" and e.sender == user.name]
+        target = mine[0] if mine else page[0]
+        author = (await storage.users_by_keys([target.sender]))[0]
+        await storage.delete_message(MessageDeletion("general", target.seq, author, 0))
+        started = time.perf_counter()
+        await storage.finish_erasure()
+        return round(time.perf_counter() - started, 3)
+    finally:
+        await storage.close()
+
+
+# The alternative measured against the trigram index: FTS5's word tokenizer over Snowball
+# stems, with a prefix index (what most FTS5 setups use).
+CASES = [
+    ("word form, Russian", "встреча", "Перенесём встречу на пятницу"),
+    ("word form, English", "meeting", "Weekly meetings are on Friday"),
+    ("ё and case", "ЕЛКА", "Ёлка стоит в офисе"),
+    ("diacritics", "zoe", "Zoë will be late"),
+    ("beginning of a word", "перенес", "Перенесём встречу на пятницу"),
+    ("part of a word", "сервер", "Обновили вебсервер ночью"),
+    ("part of a word, English", "base", "the database is back"),
+    ("phrase", '"добрый день"', "добрый день, коллеги"),
+    ("short word", "ok", "ok, deploying now"),
+    ("stem not a prefix", "happiness", "so happy with it"),
+]
+
+
+def compare(messages: int, seed: int = 11) -> dict[str, object]:
+    """Index size and build time of both designs on the same corpus, and which of issue 11's
+    cases each finds."""
+    rng = random.Random(seed)
+    texts = [chat_line(rng) for _ in range(messages)]
+    out: dict[str, object] = {}
+    for design in ("trigram", "words"):
+        conn = sqlite3.connect(":memory:")
+        if design == "trigram":
+            conn.execute("CREATE VIRTUAL TABLE t USING fts5(body, content='', tokenize='trigram')")
+            prepare = search_body
+        else:
+            conn.execute(
+                "CREATE VIRTUAL TABLE t USING fts5(body, content='', "
+                "tokenize='unicode61 remove_diacritics 2', prefix='3')"
+            )
+
+            def prepare(text: str) -> str:
+                return " ".join(stem(w) for w in re.findall(r"\w+", fold(text)))
+
+        started = time.perf_counter()
+        conn.executemany(
+            "INSERT INTO t (rowid, body) VALUES (?, ?)",
+            [(i, prepare(t)) for i, t in enumerate(texts, 1)],
+        )
+        built = time.perf_counter() - started
+        (size,) = conn.execute("SELECT sum(length(block)) FROM t_data").fetchone()
+        found = {}
+        for name, query, text in CASES:
+            conn.execute("INSERT INTO t (rowid, body) VALUES (?, ?)", (10**9, prepare(text)))
+            if design == "trigram":
+                expression = parse_query(query).fts()
+            else:
+                words = [stem(w) for w in re.findall(r"\w+", fold(query))]
+                expression = (
+                    '"' + " ".join(words) + '"'
+                    if query.startswith('"')
+                    else " AND ".join(f"{w}*" for w in words)
+                )
+            hit = conn.execute(
+                "SELECT 1 FROM t WHERE t MATCH ? AND rowid = ?", (expression, 10**9)
+            ).fetchone()
+            found[name] = hit is not None
+            conn.execute(
+                "INSERT INTO t (t, rowid, body) VALUES ('delete', ?, ?)", (10**9, prepare(text))
+            )
+        conn.close()
+        out[design] = {"index_bytes": size, "build_s": round(built, 3), "finds": found}
+    return out
 
 
 async def measure(path: Path, rounds: int) -> dict[str, dict[str, float]]:
@@ -286,7 +379,8 @@ def run(messages: int, rounds: int, directory: Path | None = None) -> dict[str, 
         path = Path(tmp) / "search.db"
         built = build(path, messages)
         queries = asyncio.run(measure(path, rounds))
-    return {"build": built, "queries": queries}
+        built["erase_after_delete_s"] = asyncio.run(erase(path))
+    return {"build": built, "queries": queries, "designs": compare(min(messages, 100_000))}
 
 
 def main() -> None:

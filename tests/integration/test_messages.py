@@ -15,6 +15,7 @@ from beseda.client import Client, EntryReceived, MessageReceived, apply_change
 from beseda.protocol import errors, schema
 from beseda.protocol.errors import ProtocolError
 from beseda.server.app import Server
+from beseda.storage import NewMessage
 from beseda.storage.sqlite import SQLiteStorage
 from conftest import TIMEOUT_FACTOR, wait_for
 
@@ -247,3 +248,27 @@ async def test_reaction_limits(server: Server, connect: Connect) -> None:
     result = await alice.react(schema.GENERAL, message.seq, family)
     assert result.entry is not None
     assert result.entry.count == 1
+
+
+async def test_the_index_can_be_switched_off_for_a_benchmark_only(tmp_path: Path) -> None:
+    """``search_index=False`` (the benchmark's reference run) writes no index rows; the
+    default indexes every message by itself."""
+    counts = {}
+    for indexed in (True, False):
+        storage = SQLiteStorage(tmp_path / f"{indexed}.db", search_index=indexed)
+        await storage.open()
+        try:
+            alice = await storage.create_user("alice", "alice", "h", 1)
+            await asyncio.gather(
+                *(
+                    storage.append_message(
+                        NewMessage(schema.GENERAL, alice, None, f"c{n}", f"встреча {n}", 1)
+                    )
+                    for n in range(50)
+                )
+            )
+        finally:
+            await storage.close()
+        with sqlite3.connect(tmp_path / f"{indexed}.db") as conn:
+            (counts[indexed],) = conn.execute("SELECT count(*) FROM search_docsize").fetchone()
+    assert counts == {True: 50, False: 0}

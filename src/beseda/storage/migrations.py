@@ -85,7 +85,7 @@ def _index_messages(conn: sqlite3.Connection) -> None:
     """Index every stored message (an existing database, upgraded)."""
     count = conn.execute(
         "INSERT INTO search (rowid, body) SELECT id, beseda_search_body(text) FROM messages "
-        "WHERE kind = 'message'"
+        "WHERE kind = 'message' AND beseda_search_on()"
     ).rowcount
     log.info("indexed %d messages for search", count)
 

@@ -433,9 +433,17 @@ class _Writer(threading.Thread):
     acknowledge messages that vanish at the next restart.
     """
 
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, busy_timeout_ms: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        loop: asyncio.AbstractEventLoop,
+        busy_timeout_ms: int,
+        *,
+        search_index: bool = True,
+    ) -> None:
         super().__init__(name="beseda-sqlite-writer", daemon=True)
         self._path = path
+        self._search_index = search_index
         self._loop = loop
         self._busy_timeout_ms = busy_timeout_ms
         self._queue: queue.SimpleQueue[tuple[Write, asyncio.Future[Any]] | None] = (
@@ -481,7 +489,9 @@ class _Writer(threading.Thread):
                 self._conn.close()
 
     def _open(self) -> None:
-        conn = connect(self._path, busy_timeout_ms=self._busy_timeout_ms)
+        conn = connect(
+            self._path, busy_timeout_ms=self._busy_timeout_ms, search_index=self._search_index
+        )
         try:
             migrate(conn)
             status = os.stat(self._path)
@@ -846,8 +856,19 @@ def _resolve(outcomes: Iterable[tuple[asyncio.Future[Any], Any, BaseException | 
 class SQLiteStorage:
     """The embedded default store (implements :class:`beseda.storage.Storage`)."""
 
-    def __init__(self, path: Path | str, *, readers: int = 2, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        readers: int = 2,
+        busy_timeout: float = 5.0,
+        search_index: bool = True,
+    ) -> None:
+        """``search_index=False`` is for a benchmark's reference run only: messages written
+        are not indexed for search (and an upgrade's backfill does not run either), so the
+        cost of the index can be measured against the same server without it."""
         self.path = Path(path)
+        self._search_index = search_index
         self._readers = readers
         self._busy_timeout_ms = int(busy_timeout * 1000)
         self._writer: _Writer | None = None
@@ -864,7 +885,9 @@ class SQLiteStorage:
         except OSError as exc:
             raise StorageError(f"Cannot create the directory of {self.path}: {exc}") from exc
         loop = asyncio.get_running_loop()
-        self._writer = _Writer(self.path, loop, self._busy_timeout_ms)
+        self._writer = _Writer(
+            self.path, loop, self._busy_timeout_ms, search_index=self._search_index
+        )
         self._writer.start()
         try:
             await self._writer.ready
