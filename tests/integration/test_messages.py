@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from beseda.client import Client, EntryReceived, MessageReceived, apply_change
-from beseda.protocol import errors, schema
+from beseda.protocol import codec, errors, schema
 from beseda.protocol.errors import ProtocolError
 from beseda.server.app import Server
 from beseda.storage import NewMessage
@@ -272,3 +272,27 @@ async def test_the_index_can_be_switched_off_for_a_benchmark_only(tmp_path: Path
         with sqlite3.connect(tmp_path / f"{indexed}.db") as conn:
             (counts[indexed],) = conn.execute("SELECT count(*) FROM search_docsize").fetchone()
     assert counts == {True: 50, False: 0}
+
+
+async def test_quotes_and_reactions_stay_within_a_replys_byte_budget(tmp_path: Path) -> None:
+    storage = SQLiteStorage(tmp_path / "budget.db")
+    await storage.open()
+    try:
+        alice = await storage.create_user("alice", "alice", "h", 1)
+        first, _ = await storage.append_message(
+            NewMessage(schema.GENERAL, alice, None, "q", "quoted " * 100, 1)
+        )
+        for n in range(40):
+            await storage.append_message(
+                NewMessage(schema.GENERAL, alice, None, f"r{n}", "ok", 1, reply_to=first.seq)
+            )
+        budget = 3000
+        for page, _ in (
+            await storage.history(schema.GENERAL, None, 200, max_bytes=budget, reader=alice.id),
+            await storage.entries_after({schema.GENERAL: (0, None)}, 200, max_bytes=budget),
+        ):
+            assert page
+            assert all(e.reply is not None for e in page if e.reply_to is not None)
+            assert sum(len(codec.encode(e)) for e in page) <= budget
+    finally:
+        await storage.close()

@@ -1200,7 +1200,8 @@ class SQLiteStorage:
                     break
                 page.append(entry)
             page.reverse()
-            _decorate(conn, page, reader)
+            if _decorate(conn, page, reader) and _trim(page, max_bytes, newest=True):
+                more = True
             return page, more
 
         return await self._read(work)
@@ -1235,7 +1236,8 @@ class SQLiteStorage:
                     more = True
                     break
                 page.append(entry)
-            _decorate(conn, page, reader)
+            if _decorate(conn, page, reader) and _trim(page, max_bytes, newest=False):
+                more = True
             return page, more
 
         return await self._read(work)
@@ -1280,7 +1282,8 @@ class SQLiteStorage:
             finally:
                 for cursor in streams:
                     cursor.close()
-            _decorate(conn, collected, reader)
+            if _decorate(conn, collected, reader) and _trim(collected, max_bytes, newest=False):
+                more = True
             return collected, more
 
         return await self._read(work) if ranges else ([], False)
@@ -1565,8 +1568,9 @@ _INSERT_CHANGE = """
 """
 
 
-def _decorate(conn: sqlite3.Connection, entries: list[Entry], reader: int | None) -> None:
-    """Fill in the quotes of replies and, for ``reader``, the reactions of messages."""
+def _decorate(conn: sqlite3.Connection, entries: list[Entry], reader: int | None) -> bool:
+    """Fill in the quotes of replies and, for ``reader``, the reactions of messages; True
+    when it added anything."""
     replies: dict[str, set[int]] = {}
     shown: dict[str, list[int]] = {}
     for entry in entries:
@@ -1604,7 +1608,7 @@ def _decorate(conn: sqlite3.Connection, entries: list[Entry], reader: int | None
                     Reaction(emoji=emoji, count=count, me=bool(mine))
                 )
     if not quotes and not reactions:
-        return
+        return False
     for entry in entries:
         if entry.kind != "message":
             continue
@@ -1613,6 +1617,28 @@ def _decorate(conn: sqlite3.Connection, entries: list[Entry], reader: int | None
         found = reactions.get((entry.conversation, entry.seq))
         if found:
             entry.reactions = found
+    return True
+
+
+def _trim(entries: list[Entry], max_bytes: int | None, *, newest: bool) -> bool:
+    """Cut ``entries`` to ``max_bytes`` once quotes and reactions are filled in (the budget
+    counted them without): from the oldest end to keep the newest, else from the newest.
+    Keeps at least one; True when it cut."""
+    if max_bytes is None or not entries:
+        return False
+    sizes = [len(_data_encoder.encode(entry)) + 1 for entry in entries]
+    total = sum(sizes)
+    if total <= max_bytes:
+        return False
+    cut = 0
+    while total > max_bytes and cut < len(entries) - 1:
+        total -= sizes[cut] if newest else sizes[len(sizes) - 1 - cut]
+        cut += 1
+    if newest:
+        del entries[:cut]
+    else:
+        del entries[len(entries) - cut :]
+    return cut > 0
 
 
 def _chunks(values: list[int], size: int = 500) -> Iterable[list[int]]:
