@@ -636,7 +636,7 @@ class Chat:
                         reader=user.id,
                         max_bytes=self._reply_bytes,
                     )
-                    more = request.after > floor and (not entries or entries[0].seq > floor + 1)
+                    more = request.after > floor  # the entries up to ``after`` are older
                 else:
                     assert request.around is not None
                     # The message and the older half up to it, then the newer half.
