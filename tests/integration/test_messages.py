@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from newcomer import Newcomer
 
 from beseda.client import Client, EntryReceived, MessageReceived, apply_change
 from beseda.protocol import codec, errors, schema
@@ -296,3 +297,45 @@ async def test_quotes_and_reactions_stay_within_a_replys_byte_budget(tmp_path: P
             assert sum(len(codec.encode(e)) for e in page) <= budget
     finally:
         await storage.close()
+
+
+async def test_older_clients_see_current_texts_and_no_change_entries(
+    server: Server, connect: Connect
+) -> None:
+    """A version-3 client skips the new kinds and sees messages as they are now; a version-2
+    client's sync and history hold messages only, never a change entry."""
+    alice: Client = await connect("alice")  # type: ignore[assignment]
+    first = await alice.post(schema.GENERAL, "first draft")
+    await alice.edit(schema.GENERAL, first.seq, "final text")
+    await alice.react(schema.GENERAL, first.seq, "👍")
+    gone = await alice.post(schema.GENERAL, "sent by mistake")
+    await alice.delete(schema.GENERAL, gone.seq)
+    last = await alice.post(schema.GENERAL, "still here")
+
+    old = await Newcomer.open(server.port)
+    try:
+        await old.call("login", username="alice", password="password123", protocol=3)
+        page = await old.call("history", conversation=schema.GENERAL)
+        assert [(e["seq"], e["text"]) for e in page["entries"]] == [
+            (first.seq, "final text"),
+            (last.seq, "still here"),
+        ]
+        synced = await old.call("sync", cursors={schema.GENERAL: 0})
+        kinds = {e.get("kind", "message") for e in synced["entries"]}
+        assert kinds == {"message", "edited", "reacted", "deleted"}
+        assert "sent by mistake" not in str(synced)
+    finally:
+        await old.close()
+    oldest = await Newcomer.open(server.port)
+    try:
+        await oldest.call("login", username="alice", password="password123")
+        synced = await oldest.call("sync", cursors={schema.GENERAL: 0})
+        assert [(m["seq"], m["text"]) for m in synced["messages"]] == [
+            (first.seq, "final text"),
+            (last.seq, "still here"),
+        ]
+        assert all("kind" not in m for m in synced["messages"])
+        page = await oldest.call("history", conversation=schema.GENERAL)
+        assert [m["text"] for m in page["messages"]] == ["final text", "still here"]
+    finally:
+        await oldest.close()
