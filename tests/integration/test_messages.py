@@ -17,7 +17,7 @@ from beseda.protocol import codec, errors, schema
 from beseda.protocol.errors import ProtocolError
 from beseda.server.app import Server
 from beseda.storage import NewMessage
-from beseda.storage.sqlite import SQLiteStorage
+from beseda.storage.sqlite import SQLiteStorage, connect
 from conftest import TIMEOUT_FACTOR, wait_for
 
 Connect = Callable[..., object]
@@ -339,3 +339,41 @@ async def test_older_clients_see_current_texts_and_no_change_entries(
         assert [m["text"] for m in page["messages"]] == ["final text", "still here"]
     finally:
         await oldest.close()
+
+
+async def test_an_erasure_cut_short_is_finished_at_the_next_start(tmp_path: Path) -> None:
+    """A delete committed, then the process stopped before the index was merged (here the
+    delete is written by hand, as the crashed process left it): the next start erases."""
+    path = tmp_path / "crash.db"
+    storage = SQLiteStorage(path)
+    await storage.open()
+    alice = await storage.create_user("alice", "alice", "h", 1)
+    for n in range(200):
+        await storage.append_message(
+            NewMessage(schema.GENERAL, alice, None, f"c{n}", f"chat line {n}", 1)
+        )
+    secret, _ = await storage.append_message(
+        NewMessage(schema.GENERAL, alice, None, "s", f"the code is {SECRET}", 1)
+    )
+    await storage.close()
+    conn = connect(path)
+    try:
+        conn.execute("BEGIN")
+        conn.execute(
+            "UPDATE messages SET kind = 'deleted', ref = seq, text = '' WHERE id = ?",
+            (secret.id,),
+        )
+        conn.execute("INSERT INTO erasures (id, deletes) VALUES (1, 1)")
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    assert _files_hold(path, SECRET)  # the index's old segments still hold its words
+
+    storage = SQLiteStorage(path)
+    await storage.open()
+    await asyncio.wait_for(storage.finish_erasure(), 30 * TIMEOUT_FACTOR)
+    await storage.close()
+    assert _files_hold(path, SECRET) == []
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT count(*) FROM erasures").fetchone() == (0,)

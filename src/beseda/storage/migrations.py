@@ -224,5 +224,14 @@ MIGRATIONS: Final[list[list[Step]]] = [
         """,
         _index_messages,
         *SEARCH_TRIGGERS,
+        # Deletes whose text may still be in free pages or old index segments: counted in
+        # the delete's transaction, cleared when the index has been merged since, so that an
+        # erasure cut short by a stop or a crash is finished at the next start.
+        """
+        CREATE TABLE erasures (
+            id      INTEGER PRIMARY KEY CHECK (id = 1),
+            deletes INTEGER NOT NULL
+        )
+        """,
     ],
 ]

@@ -895,8 +895,18 @@ class SQLiteStorage:
             self._writer = None
             raise StorageError(f"Cannot open the database {self.path}: {exc}") from exc
         self._pool = ThreadPoolExecutor(self._readers, thread_name_prefix="beseda-sqlite-reader")
+        # An erasure a stop or a crash cut short is finished now.
+        pending = await self._read(
+            lambda conn: conn.execute("SELECT 1 FROM erasures WHERE id = 1").fetchone()
+        )
+        if pending is not None:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            self._erase_later(done)
 
     async def close(self) -> None:
+        # A deleted text is not left in the files by a stop (the erasure is bounded work).
+        await self.finish_erasure()
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.stop()
@@ -1335,7 +1345,7 @@ class SQLiteStorage:
         future.add_done_callback(self._erase_later)
         return future
 
-    def _erase_later(self, deleted: asyncio.Future[Entry]) -> None:
+    def _erase_later(self, deleted: asyncio.Future[Any]) -> None:
         if deleted.cancelled() or deleted.exception() is not None or self._writer is None:
             return
         self._erase_again = True
@@ -1348,7 +1358,8 @@ class SQLiteStorage:
         while self._erase_again:
             self._erase_again = False
             try:
-                while not await self._submit(_merge_step):
+                step = _MergeRound()
+                while not await self._submit(step):
                     pass
                 await self._read(_truncate_wal)
             except StorageError as exc:
@@ -1772,6 +1783,10 @@ def _delete(tx: _Transaction, deletion: MessageDeletion) -> Entry:
     )
     conn.execute("DELETE FROM mentions WHERE conversation = ? AND seq = ?", (conversation, seq))
     conn.execute("DELETE FROM reactions WHERE conversation = ? AND seq = ?", (conversation, seq))
+    conn.execute(
+        "INSERT INTO erasures (id, deletes) VALUES (1, 1) "
+        "ON CONFLICT (id) DO UPDATE SET deletes = deletes + 1"
+    )
     return _insert_change(tx, conversation, "deleted", deletion.actor, deletion.ts, seq)
 
 
@@ -1837,16 +1852,33 @@ MERGE_PAGES = 256
 for a few milliseconds, and messages are committed between steps."""
 
 
-def _merge_step(tx: _Transaction) -> bool:
-    """Merge a bounded part of the search index towards one segment; True when done.
+class _MergeRound:
+    """One round of erasure: merge the search index into one segment, a bounded part per
+    write; the write that finishes clears the count of deletes it covers.
 
     FTS5 removes a deleted document from its segments only when they are merged (this
     SQLite has no ``secure-delete`` option): merging every segment into one leaves nothing
     of a deleted message's words behind, and ``secure_delete`` zeroes the pages freed."""
-    conn = tx.conn
-    before = conn.total_changes
-    conn.execute("INSERT INTO search (search, rank) VALUES ('merge', ?)", (-MERGE_PAGES,))
-    return conn.total_changes - before < 2
+
+    __slots__ = ("deletes",)
+
+    def __init__(self) -> None:
+        self.deletes: int | None = None
+        """The count of deletes when the round began (those it erases)."""
+
+    def __call__(self, tx: _Transaction) -> bool:
+        """One step; True when the round is done."""
+        conn = tx.conn
+        if self.deletes is None:
+            row = conn.execute("SELECT deletes FROM erasures WHERE id = 1").fetchone()
+            self.deletes = row[0] if row else 0
+        before = conn.total_changes
+        conn.execute("INSERT INTO search (search, rank) VALUES ('merge', ?)", (-MERGE_PAGES,))
+        if conn.total_changes - before >= 2:
+            return False
+        # A delete committed during the round counted one more: it stays pending.
+        conn.execute("DELETE FROM erasures WHERE id = 1 AND deletes = ?", (self.deletes,))
+        return True
 
 
 def _truncate_wal(conn: sqlite3.Connection) -> None:
