@@ -183,8 +183,10 @@ async def test_search_finds_russian_and_english_as_people_expect(
     assert await found("встреча after:2999-01-01") == set()
     hit = (await zoe.search("встречи")).results[-1]
     assert hit.snippet[hit.highlights[0][0] : hit.highlights[0][1]] == "встречу"
-    # Directory: diacritics do not matter.
+    # Directories: diacritics do not matter.
     assert [u.name for u in (await alice.users("zoe")).users] == ["Zoë"]
+    await alice.create_channel("Café")
+    assert [c.name for c in await zoe.channels("cafe")] == ["Café"]
     # Pages: newest first by cursor, without repeats.
     for n in range(7):
         await alice.post(schema.GENERAL, f"встреча номер {n}")

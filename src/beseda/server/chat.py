@@ -892,7 +892,8 @@ class Chat:
     async def _channels(self, session: Session, request: schema.Channels) -> schema.ChannelsResult:
         user = session.user
         assert user is not None
-        query = accounts.canonical_name(request.query.strip())
+        # Without diacritics, as the user directory ("cafe" finds "Café").
+        query = search.fold(accounts.canonical_name(request.query.strip()))
         after = accounts.canonical_name(request.after) if request.after else ""
         # Channels only (by their keys), not every direct conversation of the server.
         conversations = self.index.conversations
@@ -907,7 +908,7 @@ class Chat:
                 for c in channels
                 if c.key is not None
                 and c.key > after
-                and query in c.key
+                and query in search.fold(c.key)
                 and (c.public or c.is_member(user.id))
             ),
             key=lambda c: c.key or "",
