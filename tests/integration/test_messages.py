@@ -379,3 +379,20 @@ async def test_an_erasure_cut_short_is_finished_at_the_next_start(tmp_path: Path
     assert _files_hold(path, SECRET) == []
     with sqlite3.connect(path) as raw:
         assert raw.execute("SELECT count(*) FROM erasures").fetchone() == (0,)
+
+
+async def test_a_quote_is_cut_and_a_search_page_bounded(server: Server, connect: Connect) -> None:
+    alice: Client = await connect("alice")  # type: ignore[assignment]
+    long = await alice.post(schema.GENERAL, "д" * (schema.REPLY_PREVIEW_CHARS + 50))
+    reply = await alice.post(schema.GENERAL, "ответ", reply_to=long.seq)
+    assert reply.reply is not None
+    assert reply.reply.text == "д" * schema.REPLY_PREVIEW_CHARS
+    with pytest.raises(ProtocolError) as unknown:
+        await alice.post(schema.GENERAL, "to nothing", reply_to=long.seq + 100)
+    assert unknown.value.code == errors.UNKNOWN_MESSAGE
+    with pytest.raises(ProtocolError) as big:
+        await alice.search("ответ", limit=schema.MAX_SEARCH_PAGE + 1)
+    assert big.value.code == errors.BAD_REQUEST
+    with pytest.raises(ProtocolError) as cursor:
+        await alice.search("ответ", cursor="b:3")  # a best-first cursor for a newest search
+    assert cursor.value.code == errors.BAD_REQUEST
