@@ -661,7 +661,7 @@ class Chat:
                             max_bytes=self._reply_bytes // 2,
                         )
                         if request.limit > len(entries)
-                        else ([], True)
+                        else ([], start < ceiling)  # a page of one: is anything after it?
                     )
                     entries = entries + later
         if session.protocol < 3:
