@@ -343,6 +343,7 @@ async def measure(path: Path, rounds: int) -> dict[str, dict[str, float]]:
         for kind, queries in QUERIES.items():
             times = []
             hits = 0
+            slowest: dict[str, float] = {}
             for _ in range(rounds):
                 for text in queries:
                     query = parse_query(text)
@@ -362,7 +363,9 @@ async def measure(path: Path, rounds: int) -> dict[str, dict[str, float]]:
                             limit=20,
                         )
                     )
-                    times.append(time.perf_counter() - started)
+                    took = time.perf_counter() - started
+                    times.append(took)
+                    slowest[text] = max(slowest.get(text, 0.0), took)
                     hits += len(found)
             times.sort()
             out[kind] = {
@@ -370,6 +373,7 @@ async def measure(path: Path, rounds: int) -> dict[str, dict[str, float]]:
                 "p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))] * 1000, 2),
                 "queries": len(times),
                 "hits": hits,
+                "slowest_ms": {q: round(t * 1000, 2) for q, t in slowest.items()},
             }
     finally:
         await storage.close()

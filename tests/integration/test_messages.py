@@ -16,7 +16,7 @@ from beseda.client import Client, EntryReceived, MessageReceived, apply_change
 from beseda.protocol import codec, errors, schema
 from beseda.protocol.errors import ProtocolError
 from beseda.server.app import Server
-from beseda.storage import NewMessage
+from beseda.storage import NewMessage, SearchRequest
 from beseda.storage.sqlite import SQLiteStorage, connect
 from conftest import TIMEOUT_FACTOR, wait_for
 
@@ -181,6 +181,7 @@ async def test_search_finds_russian_and_english_as_people_expect(
     assert await found("zoe")
     assert all(hit.sender == "Zoë" for hit in (await zoe.search("from:zoe")).results)
     assert await found("встреча after:2999-01-01") == set()
+    assert seqs["forms"] in await found("встреча before:2999-01-01 after:2000-01-01")
     hit = (await zoe.search("встречи")).results[-1]
     assert hit.snippet[hit.highlights[0][0] : hit.highlights[0][1]] == "встречу"
     # Directories: diacritics do not matter.
@@ -396,3 +397,31 @@ async def test_a_quote_is_cut_and_a_search_page_bounded(server: Server, connect:
     with pytest.raises(ProtocolError) as cursor:
         await alice.search("ответ", cursor="b:3")  # a best-first cursor for a newest search
     assert cursor.value.code == errors.BAD_REQUEST
+
+
+async def test_date_filters_find_exactly_the_messages_of_their_days(tmp_path: Path) -> None:
+    day = 86_400_000
+    storage = SQLiteStorage(tmp_path / "dates.db")
+    await storage.open()
+    try:
+        alice = await storage.create_user("alice", "alice", "h", 1)
+        for n in range(1, 31):  # one message a day, the 5th one twice
+            for copy in range(2 if n == 5 else 1):
+                await storage.append_message(
+                    NewMessage(schema.GENERAL, alice, None, f"d{n}-{copy}", f"day {n}", n * day)
+                )
+        scope = {schema.GENERAL: (0, 2**62)}
+
+        async def days(**filters: int) -> list[int]:
+            found, _ = await storage.search(
+                SearchRequest(match='"day"', readable=scope, reader=alice.id, limit=50, **filters)
+            )
+            return sorted(e.ts // day for e in found)
+
+        assert await days(before=10 * day) == [1, 2, 3, 4, 5, 5, 6, 7, 8, 9]
+        assert await days(after=25 * day) == [25, 26, 27, 28, 29, 30]
+        assert await days(after=5 * day, before=6 * day) == [5, 5]
+        assert await days(after=31 * day) == []
+        assert await days(before=day) == []
+    finally:
+        await storage.close()
