@@ -1908,9 +1908,12 @@ def _first_id_at(conn: sqlite3.Connection, ts: int) -> int:
     """The smallest message id stored at or after ``ts`` (one past the largest when none),
     by bisecting ids: some twenty primary-key reads, instead of an index on ``ts`` that every
     message would pay for."""
-    low, high = conn.execute(
-        "SELECT coalesce(min(id), 1), coalesce(max(id), 0) FROM messages"
-    ).fetchone()
+    # Two reads: SQLite answers a lone min() or max() of the key from the b-tree's edge, and
+    # scans the table for anything more.
+    (low,) = conn.execute("SELECT min(id) FROM messages").fetchone()
+    (high,) = conn.execute("SELECT max(id) FROM messages").fetchone()
+    if low is None:
+        return 1
     high += 1
     while low < high:
         middle = (low + high) // 2
@@ -1949,12 +1952,12 @@ def _search(conn: sqlite3.Connection, request: SearchRequest) -> tuple[list[Entr
         params.append(request.before)
         # Also as a bound on ids, which the index seeks to instead of walking every newer
         # match; see _first_id_at for the clock margin.
-        where.append("m.id < ?")
+        where.append("{id} < ?")
         params.append(_first_id_at(conn, request.before + _CLOCK_MARGIN_MS))
     if request.after is not None:
         where.append("m.ts >= ?")
         params.append(request.after)
-        where.append("m.id >= ?")
+        where.append("{id} >= ?")
         params.append(_first_id_at(conn, request.after - _CLOCK_MARGIN_MS))
     limit = request.limit + 1
     offset = 0
@@ -1966,7 +1969,7 @@ def _search(conn: sqlite3.Connection, request: SearchRequest) -> tuple[list[Entr
             params.append(min(request.cursor, _MAX_ROWID))
         sql = (
             f"SELECT {_MESSAGE_COLUMNS} JOIN temp.search_scope sc "
-            f"ON sc.conversation = m.conversation WHERE {' AND '.join(where)} "
+            f"ON sc.conversation = m.conversation WHERE {' AND '.join(where).format(id='m.id')} "
             "ORDER BY m.id DESC LIMIT ?"
         )
         rows = conn.execute(sql, (*params, limit)).fetchall()
@@ -1989,7 +1992,7 @@ def _search(conn: sqlite3.Connection, request: SearchRequest) -> tuple[list[Entr
         sql = (
             f"SELECT {columns} CROSS JOIN temp.search_scope sc "
             f"ON sc.conversation = m.conversation WHERE f.search MATCH ? "
-            f"AND {' AND '.join(where)} {order}"
+            f"AND {' AND '.join(where).format(id='f.rowid')} {order}"
         )
         arguments: list[Any] = [request.match, *params, limit]
         if best:
