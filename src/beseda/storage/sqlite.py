@@ -1607,6 +1607,12 @@ def _decorate(conn: sqlite3.Connection, entries: list[Entry], reader: int | None
                 )
     reactions: dict[tuple[str, int], list[Reaction]] = {}
     for conversation, seqs in shown.items():
+        # One seek tells whether the page's range has any reaction at all (most have none).
+        if not conn.execute(
+            "SELECT 1 FROM reactions WHERE conversation = ? AND seq BETWEEN ? AND ? LIMIT 1",
+            (conversation, min(seqs), max(seqs)),
+        ).fetchone():
+            continue
         for chunk in _chunks(seqs):
             rows = conn.execute(
                 "SELECT seq, emoji, count(*), max(user_id = ?), min(ts) FROM reactions "
