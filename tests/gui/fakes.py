@@ -29,7 +29,7 @@ class FakeView:
         self.conversations: list[ConversationRow] = []
         self.selected = ""
         self.header: Header | None = None
-        self.rows: list[MessageRow] = []
+        self.all_rows: list[MessageRow] = []
         self.edits: list[tuple[int, int, int, bool]] = []
         self.status: Status | None = None
         self.people: list[PersonRow] = []
@@ -69,9 +69,9 @@ class FakeView:
         reset: bool,
         follow: bool = True,
     ) -> None:
-        assert 0 <= start <= len(self.rows)
-        assert start + removed <= len(self.rows)
-        self.rows[start : start + removed] = rows
+        assert 0 <= start <= len(self.all_rows)
+        assert start + removed <= len(self.all_rows)
+        self.all_rows[start : start + removed] = rows
         self.edits.append((start, removed, len(rows), reset))
 
     def show_status(self, status: Status) -> None:
@@ -118,6 +118,11 @@ class FakeView:
         self.bells += 1
 
     # -- for assertions
+    @property
+    def rows(self) -> list[MessageRow]:
+        """The rows shown, the lines above each day left out."""
+        return [row for row in self.all_rows if not row.day]
+
     def texts(self) -> list[str]:
         """The messages shown (the "new messages" line left out)."""
         return [row.text for row in self.rows if not row.marker]
@@ -139,6 +144,8 @@ class FakeBackend:
     sessions: int = 0
     fingerprints: list[str | None] = field(default_factory=list)
     """The ``fingerprint`` of each sign_in, in order."""
+    history_limits: list[int] = field(default_factory=list)
+    """The ``limit`` of each history call, in order."""
 
     def sign_in(
         self,
@@ -168,9 +175,16 @@ class FakeBackend:
         self.calls.append(("send", (local_id, peer, text)))
 
     def history(
-        self, key: str, *, conversation: str | None, peer: str | None, before: int | None
+        self,
+        key: str,
+        *,
+        conversation: str | None,
+        peer: str | None,
+        before: int | None,
+        limit: int = schema.DEFAULT_PAGE,
     ) -> None:
         self.calls.append(("history", (key, conversation, peer, before)))
+        self.history_limits.append(limit)
 
     def users(self, request: int, query: str, *, after: str | None = None) -> None:
         self.calls.append(("users", (request, query, after)))

@@ -116,9 +116,15 @@ class Network:
         self._submit(self._send(local_id, peer, text))
 
     def history(
-        self, key: str, *, conversation: str | None, peer: str | None, before: int | None
+        self,
+        key: str,
+        *,
+        conversation: str | None,
+        peer: str | None,
+        before: int | None,
+        limit: int = schema.DEFAULT_PAGE,
     ) -> None:
-        self._submit(self._history(key, conversation, peer, before))
+        self._submit(self._history(key, conversation, peer, before, limit))
 
     def users(self, request: int, query: str, *, after: str | None = None) -> None:
         self._submit(self._users(request, query, after))
@@ -325,16 +331,16 @@ class Network:
             self._post(session, events.Sent(local_id, message))
 
     async def _history(
-        self, key: str, conversation: str | None, peer: str | None, before: int | None
+        self, key: str, conversation: str | None, peer: str | None, before: int | None, limit: int
     ) -> None:
         client, session = self._client, self._session
         if client is None:
             return
         try:
             if conversation is not None:
-                result = await client.history(conversation, before=before)
+                result = await client.history(conversation, before=before, limit=limit)
             else:
-                result = await client.history(peer=peer, before=before)
+                result = await client.history(peer=peer, before=before, limit=limit)
         except (BesedaError, OSError) as exc:
             self._post(session, events.HistoryFailed(key, str(exc)))
         else:

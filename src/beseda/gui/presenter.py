@@ -31,7 +31,17 @@ from . import events
 from .i18n import _, ngettext
 from .network import parse_address
 from .preferences import Preferences, SavedSession
-from .text import format_time, sanitize, sanitize_name
+from .text import (
+    clock_time,
+    colour_of,
+    day_label,
+    initials,
+    list_time,
+    local_day,
+    preview,
+    sanitize,
+    sanitize_name,
+)
 from .timeline import Item, Outgoing, Timeline
 
 GENERAL_KEY = "#general"
@@ -96,6 +106,10 @@ class ConversationRow:
     section: str = DIRECT
     mentions: int = 0
     """Unread messages that mention the user (the badge shows ``@n`` in the accent colour)."""
+    preview: str = ""
+    """The last message, on one line ("anna: see you" in a channel, "You: ok" one's own)."""
+    time: str = ""
+    """When the last message came (14:05 today, Yesterday, Mar 12 …)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +129,15 @@ class MessageRow:
     """Not a message: a change in the conversation ("Anna added Boris"), a small grey line."""
     mention: bool = False
     """The message mentions the user: highlighted."""
+    continued: bool = False
+    """The same sender's message right after another of theirs (within
+    :data:`GROUP_SECONDS` of the first): shown under that one's header, without its own."""
+    avatar: str = ""
+    """The initials in the sender's avatar."""
+    colour: int = 0
+    """The sender's colour (of :data:`~.text.AVATAR_COLOURS`), for the avatar and the name."""
+    day: bool = False
+    """Not a message: the line above a day's first message ("Today", "Yesterday", a date)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +286,13 @@ class Backend(Protocol):
     def sign_out(self) -> None: ...
     def send(self, local_id: str, peer: str | None, text: str) -> None: ...
     def history(
-        self, key: str, *, conversation: str | None, peer: str | None, before: int | None
+        self,
+        key: str,
+        *,
+        conversation: str | None,
+        peer: str | None,
+        before: int | None,
+        limit: int = schema.DEFAULT_PAGE,
     ) -> None: ...
     def users(self, request: int, query: str, *, after: str | None = None) -> None: ...
     def watch(self, names: list[str]) -> None: ...
@@ -336,6 +365,11 @@ class Conversation:
 
 SIGN_IN, SIGNING_IN, TRUSTING, CHAT = "sign_in", "signing_in", "trusting", "chat"
 READ_SAVE_INTERVAL = 3.0
+GROUP_SECONDS = 5 * 60
+"""A sender's consecutive messages this close to the first of them share one header."""
+PREVIEWS_AT_SIGN_IN = 30
+"""The most recent conversations whose last message is fetched at sign-in for the list's
+preview (the others show it once opened or once a message comes)."""
 
 
 class Presenter:
@@ -402,7 +436,9 @@ class Presenter:
         # What the view shows now, to send it only changes.
         self._shown_key: str | None = None
         self._shown_rows: list[MessageRow] = []
-        self._row_cache: dict[tuple[str, int], MessageRow] = {}
+        self._row_cache: dict[tuple[str, int, bool], MessageRow] = {}
+        self._previews: dict[str, tuple[Item, str]] = {}
+        """Conversation key → its last item and the list's preview of it."""
         self._shown_list: tuple[list[ConversationRow], str] | None = None
         self._shown_status: Status | None = None
         self._shown_title = ""
@@ -576,6 +612,7 @@ class Presenter:
         self.people, self.switcher_people, self.presence = [], [], {}
         self._watched = frozenset()
         self._shown_key, self._shown_rows, self._row_cache = None, [], {}
+        self._previews = {}
         self._shown_list = self._shown_status = self._shown_header = self._shown_people = None
         self._shown_jump = None
         self._shown_typing = ""
@@ -696,6 +733,23 @@ class Presenter:
         self.view.show_chat(event.user)
         self._open(self.conversations[GENERAL_KEY])
         self.search_people("")
+        self._fetch_previews()
+
+    def _fetch_previews(self) -> None:
+        """The last message of the most recent conversations, for the list's previews."""
+        recent = [c for c in self._ordered() if c.key != self.selected and c.last_seq > 0]
+        for conversation in recent[:PREVIEWS_AT_SIGN_IN]:
+            if conversation.timeline.messages or conversation.loading:
+                continue
+            conversation.loading = True
+            known = conversation.conversation_id
+            self.backend.history(
+                conversation.key,
+                conversation=known,
+                peer=None if known else conversation.peer,
+                before=None,
+                limit=1,
+            )
 
     def _sign_in_failed(self, event: events.SignInFailed) -> None:
         self._awaiting = None
@@ -991,6 +1045,13 @@ class Presenter:
                 conversation.last_seq = conversation.read_seq = newest
         if timeline.at_top:
             timeline.extend_up()
+        if (
+            event.key == self.selected
+            and conversation.has_older
+            and len(timeline.messages) < schema.DEFAULT_PAGE
+        ):
+            # Only the list's preview had been fetched: the reader wants a page.
+            self._load_older(conversation)
 
     def _send_failed(self, event: events.SendFailed) -> None:
         key = self._outgoing.get(event.local_id)
@@ -1046,7 +1107,7 @@ class Presenter:
         self._shown_key = None  # a new list, scrolled to its end
         if self.focused:
             self._mark_read(conversation)
-        if conversation.has_older and conversation.timeline.oldest_seq is None:
+        if conversation.has_older and len(conversation.timeline.messages) < schema.DEFAULT_PAGE:
             self._load_older(conversation)
 
     def _load_older(self, conversation: Conversation) -> None:
@@ -1426,6 +1487,7 @@ class Presenter:
         if self.stage != CHAT:
             return
         self._watch()
+        now = self.wall()
         rows = [
             ConversationRow(
                 c.key,
@@ -1434,6 +1496,7 @@ class Presenter:
                 self._online(c),
                 CHANNELS if c.kind in ("general", "channel") else DIRECT,
                 c.mentions,
+                *self._last_line(c, now),
             )
             for c in self._ordered()
         ]
@@ -1494,15 +1557,7 @@ class Presenter:
 
     def _render_messages(self) -> None:
         conversation = self.conversations[self.selected]
-        visible = conversation.timeline.visible()
-        rows = [self._row(item) for item in visible]
-        if conversation.marker_seq is not None:
-            for index, item in enumerate(visible):
-                if isinstance(item, schema.Message) and item.seq == conversation.marker_seq:
-                    rows.insert(
-                        index, MessageRow("marker", "", "", _("New messages"), False, marker=True)
-                    )
-                    break
+        rows = self._message_rows(conversation)
         old = self._shown_rows
         if self._shown_key != self.selected:
             self._shown_key, self._shown_rows = self.selected, rows
@@ -1529,7 +1584,44 @@ class Presenter:
             follow=conversation.timeline.attached,
         )
 
-    def _row(self, item: Item) -> MessageRow:
+    def _message_rows(self, conversation: Conversation) -> list[MessageRow]:
+        """The window's rows: a line above each day, the "new messages" line, and the
+        messages, a sender's run of them grouped under one header."""
+        rows: list[MessageRow] = []
+        now = self.wall()
+        day: tuple[int, int, int] | None = None
+        group: tuple[str, int] | None = None
+        """The sender (case-folded) and time (ms) of the header the next message may join."""
+        for item in conversation.timeline.visible():
+            if isinstance(item, Outgoing):
+                sender, ts, is_message = self.user, int(item.sent_at * 1000), True
+            else:
+                sender, ts, is_message = item.sender, item.ts, item.kind == "message"
+            item_day = local_day(ts)
+            if item_day != day:
+                day, group = item_day, None
+                label = day_label(item_day, now)
+                year, month, date = item_day
+                row_id = f"day:{year:04d}-{month:02d}-{date:02d}"
+                rows.append(MessageRow(row_id, "", "", label, False, day=True))
+            if isinstance(item, schema.Message) and item.seq == conversation.marker_seq:
+                rows.append(MessageRow("marker", "", "", _("New messages"), False, marker=True))
+                group = None
+            folded = sender.casefold()
+            continued = (
+                is_message
+                and group is not None
+                and group[0] == folded
+                and 0 <= ts - group[1] < GROUP_SECONDS * 1000
+            )
+            rows.append(self._row(item, continued))
+            if not is_message:
+                group = None
+            elif not continued:
+                group = (folded, ts)
+        return rows
+
+    def _row(self, item: Item, continued: bool = False) -> MessageRow:
         if isinstance(item, Outgoing):
             if item.failed is not None:
                 note = _("not sent: {reason}").format(reason=item.failed)
@@ -1540,19 +1632,22 @@ class Presenter:
             return MessageRow(
                 "out:" + item.local_id,
                 sanitize_name(self.user),
-                format_time(int(item.sent_at * 1000), self.wall()),
+                clock_time(int(item.sent_at * 1000)),
                 sanitize(item.text),
                 own=True,
                 note=note,
                 failed=item.failed is not None and not item.final,
+                continued=continued,
+                avatar=initials(self.user),
+                colour=colour_of(self.user),
             )
-        cache_key = (item.conversation, item.seq)
+        cache_key = (item.conversation, item.seq, continued)
         row = self._row_cache.get(cache_key)
         if row is None and item.kind != "message":
             row = MessageRow(
                 f"seq:{item.seq}",
                 sanitize_name(item.sender),
-                format_time(item.ts, self.wall()),
+                clock_time(item.ts),
                 describe_entry(item),
                 own=False,
                 event=True,
@@ -1563,14 +1658,48 @@ class Presenter:
             row = MessageRow(
                 f"seq:{item.seq}",
                 sanitize_name(item.sender),
-                format_time(item.ts, self.wall()),
+                clock_time(item.ts),
                 sanitize(item.text),
                 own=own,
                 note="✓" if own else "",
                 mention=self._mentions_me(item),
+                continued=continued,
+                avatar=initials(item.sender),
+                colour=colour_of(item.sender),
             )
             self._row_cache[cache_key] = row
         return row
+
+    def _last_line(self, conversation: Conversation, now: float) -> tuple[str, str]:
+        """The conversation list's preview of the last message, and when it came."""
+        timeline = conversation.timeline
+        item: Item | None = None
+        if timeline.outgoing:
+            item = timeline.outgoing[-1]
+        elif timeline.messages:
+            item = timeline.messages[-1]
+        if item is None:
+            last = conversation.last_activity if conversation.last_seq else 0
+            return "", list_time(int(last * 1000), now) if last else ""
+        ts = int(item.sent_at * 1000) if isinstance(item, Outgoing) else item.ts
+        cached = self._previews.get(conversation.key)
+        if cached is not None and cached[0] is item:
+            text = cached[1]
+        else:
+            text = self._preview_of(conversation, item)
+            self._previews[conversation.key] = (item, text)
+        return text, list_time(ts, now)
+
+    def _preview_of(self, conversation: Conversation, item: Item) -> str:
+        if isinstance(item, Outgoing):
+            return _("You: {text}").format(text=preview(item.text))
+        if item.kind != "message":
+            return preview(describe_entry(item))
+        if item.sender.casefold() == self.user.casefold():
+            return _("You: {text}").format(text=preview(item.text))
+        if conversation.kind == "direct":
+            return preview(item.text)
+        return f"{sanitize_name(item.sender)}: {preview(item.text)}"
 
     def _watch_list(self) -> list[str]:
         """Whose presence the window shows: the people on the directory page, then the peers

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import tkinter as tk
-from collections.abc import Sequence
+import webbrowser
+from collections.abc import Callable, Sequence
+from tkinter import font as tkfont
 from tkinter import ttk
 from typing import Any, cast
 
-from . import theme
+from . import emoji, theme
 from .i18n import _, ngettext
 from .presenter import (
     CHANNELS,
@@ -30,6 +32,7 @@ from .presenter import (
     Status,
     SwitcherRow,
 )
+from .text import find_links, link_target
 
 MIN_WIDTH, MIN_HEIGHT = 760, 520
 SECTION = "section:"
@@ -208,16 +211,27 @@ class MessageList:
         self.scrollbar.pack(side="right", fill="y")
         self.text.pack(side="left", fill="both", expand=True)
         bold = ("TkDefaultFont", 10, "bold")
-        self.text.tag_configure("sender", foreground=palette.sender, font=bold, spacing1=10)
-        self.text.tag_configure("own_sender", foreground=palette.own_sender, font=bold)
-        self.text.tag_configure("time", foreground=palette.muted, font=("TkDefaultFont", 8))
-        self.text.tag_configure("note", foreground=palette.muted, font=("TkDefaultFont", 8))
-        self.text.tag_configure("failed", foreground=palette.error, font=("TkDefaultFont", 8))
+        small = ("TkDefaultFont", 8)
+        family = tkfont.nametofont("TkDefaultFont", self.text).actual("family")
+        avatar_font = tkfont.Font(self.text, family=family, size=9, weight="bold")
+        self.indent = avatar_font.measure(" WW ") + 10
+        """Where names and message text start: right of the widest avatar."""
+        self.text.tag_configure("own", background=palette.own, lmargincolor=palette.own)
+        self.text.tag_configure("mention", background=palette.mention, lmargincolor=palette.mention)
+        self.text.tag_configure("header", spacing1=10, tabs=(self.indent,))
+        self.text.tag_configure("sender", font=bold)
+        for index, (avatar, name) in enumerate(zip(palette.avatars, palette.names, strict=True)):
+            self.text.tag_configure(
+                f"avatar{index}", background=avatar, foreground="#ffffff", font=avatar_font
+            )
+            self.text.tag_configure(f"name{index}", foreground=name)
+        self.text.tag_configure("time", foreground=palette.muted, font=small)
+        self.text.tag_configure("note", foreground=palette.muted, font=small)
+        self.text.tag_configure("failed", foreground=palette.error, font=small)
+        self.text.tag_configure("retry", foreground=palette.accent, underline=True, font=small)
         self.text.tag_configure(
-            "retry", foreground=palette.accent, underline=True, font=("TkDefaultFont", 8)
+            "body", spacing1=1, spacing3=2, lmargin1=self.indent, lmargin2=self.indent
         )
-        self.text.tag_configure("body", spacing3=2, lmargin1=0, lmargin2=0)
-        self.text.tag_configure("own", background=palette.own, lmargin1=6, lmargin2=6, rmargin=6)
         self.text.tag_configure(
             "marker",
             foreground=palette.accent,
@@ -227,15 +241,29 @@ class MessageList:
             spacing3=2,
         )
         self.text.tag_configure(
-            "event", foreground=palette.muted, font=("TkDefaultFont", 8), spacing1=6, spacing3=2
+            "day",
+            foreground=palette.muted,
+            font=("TkDefaultFont", 9, "bold"),
+            justify="center",
+            spacing1=14,
+            spacing3=2,
         )
         self.text.tag_configure(
-            "mention", background=palette.mention, lmargin1=6, lmargin2=6, rmargin=6
+            "event",
+            foreground=palette.muted,
+            font=small,
+            spacing1=6,
+            spacing3=2,
+            lmargin1=self.indent,
+            lmargin2=self.indent,
         )
+        self.text.tag_configure("link", foreground=palette.link, underline=True)
         self.text.tag_raise("sel")
         self.text.tag_bind("retry", "<Button-1>", self._retry)
-        self.text.tag_bind("retry", "<Enter>", lambda _e: self.text.configure(cursor="hand2"))
-        self.text.tag_bind("retry", "<Leave>", lambda _e: self.text.configure(cursor="arrow"))
+        self.text.tag_bind("link", "<Button-1>", self._open_link)
+        for clickable in ("retry", "link"):
+            self.text.tag_bind(clickable, "<Enter>", lambda _e: self.text.configure(cursor="hand2"))
+            self.text.tag_bind(clickable, "<Leave>", lambda _e: self.text.configure(cursor="arrow"))
         self.marks: list[str] = []
         self.row_ids: list[str] = []
         self._names = 0
@@ -291,7 +319,15 @@ class MessageList:
         self.marks[start:start] = new_marks
         self.row_ids[start:start] = [row.id for row in rows]
         text.configure(state="disabled")
-        if reset or (at_bottom and follow):
+        if reset and "marker" in self.row_ids:
+            text.see("end")
+            self.stuck = True
+            marker = self.marks[self.row_ids.index("marker")]
+            if text.bbox(marker) is None:
+                # More unread than a screenful: the reader starts where they stopped.
+                text.yview(marker)
+                self.stuck = False
+        elif reset or (at_bottom and follow):
             text.see("end")
             self.stuck = True
         elif top_id is not None and top_id in self.row_ids:
@@ -299,33 +335,57 @@ class MessageList:
 
     def _insert(self, row: MessageRow) -> None:
         text = self.text
-        own = ("own",) if row.own else ()
         tag = "row:" + row.id
+        if row.day:
+            text.insert("insert_row", row.text + "\n", ("day", tag))
+            return
         if row.marker:
             text.insert("insert_row", f"———  {row.text}  ———\n", ("marker", tag))
             return
         if row.event:
             text.insert("insert_row", f"{row.text}  {row.time}\n", ("event", tag))
             return
-        if row.mention:
-            own = ("mention",)
-        text.insert(
-            "insert_row", row.sender, ("own_sender" if row.own else "sender", "sender", tag, *own)
-        )
-        text.insert("insert_row", "  " + row.time, ("time", tag, *own))
+        shade: tuple[str, ...] = ("mention",) if row.mention else ("own",) if row.own else ()
+        if not row.continued:
+            header = ("header", tag, *shade)
+            text.insert("insert_row", f" {row.avatar} ", (f"avatar{row.colour}", *header))
+            text.insert("insert_row", "\t", header)
+            text.insert("insert_row", row.sender, ("sender", f"name{row.colour}", *header))
+            text.insert("insert_row", "  " + row.time, ("time", *header))
+            self._note(row, header)
+            text.insert("insert_row", "\n", header)
+        body = ("body", tag, *shade)
+        at = 0
+        for start, end in find_links(row.text):
+            text.insert("insert_row", row.text[at:start], body)
+            text.insert("insert_row", row.text[start:end], ("link", *body))
+            at = end
+        text.insert("insert_row", row.text[at:], body)
+        if row.continued:
+            self._note(row, body)
+        text.insert("insert_row", "\n", body)
+
+    def _note(self, row: MessageRow, tags: tuple[str, ...]) -> None:
+        """One's own message's state (✓, sending…, why it failed) and its Retry link."""
         if row.note:
-            text.insert(
-                "insert_row", "  " + row.note, ("failed" if row.failed else "note", tag, *own)
-            )
+            style = "failed" if row.failed else "note"
+            self.text.insert("insert_row", "  " + row.note, (style, *tags))
         if row.failed:
-            text.insert("insert_row", "  ", (tag, *own))
-            text.insert("insert_row", _("Retry"), ("retry", tag, *own))
-        text.insert("insert_row", "\n" + row.text + "\n", ("body", tag, *own))
+            self.text.insert("insert_row", "  ", tags)
+            self.text.insert("insert_row", _("Retry"), ("retry", *tags))
 
     def _retry(self, event: tk.Event[Any]) -> None:
         for tag in self.text.tag_names(f"@{event.x},{event.y}"):
             if tag.startswith("row:"):
                 self.window.presenter.retry(tag.removeprefix("row:"))
+
+    def _open_link(self, event: tk.Event[Any]) -> None:
+        index = self.text.index(f"@{event.x},{event.y}")
+        span = self.text.tag_prevrange("link", f"{index}+1c")
+        if span:
+            target = link_target(self.text.get(*span))
+            if target is not None:
+                self.window.open_url(target)
 
     def _scrolled(self, first: float, last: float) -> None:
         self.scrollbar.set(first, last)
@@ -441,10 +501,16 @@ class ChatScreen(ttk.Frame):
         self.tabs.add(people, text=_("People"))
 
         self.chat_list = ttk.Treeview(
-            chats, columns=("unread",), show="tree", selectmode="browse", takefocus=True
+            chats,
+            columns=("meta",),
+            show="tree",
+            selectmode="browse",
+            takefocus=True,
+            style="Chats.Treeview",
         )
-        self.chat_list.column("#0", width=190, stretch=True)
-        self.chat_list.column("unread", width=44, stretch=False, anchor="e")
+        self.chat_list.column("#0", width=180, stretch=True)
+        # When the last message came, and under it the unread badge.
+        self.chat_list.column("meta", width=64, stretch=False, anchor="e")
         self.chat_list.tag_configure("unread", font=("TkDefaultFont", 10, "bold"))
         self.chat_list.tag_configure(
             "mention", foreground=self.palette.accent, font=("TkDefaultFont", 10, "bold")
@@ -538,9 +604,12 @@ class ChatScreen(ttk.Frame):
                     badge, tags = str(row.unread), ("unread",)
                 else:
                     badge, tags = "", ()
+                title = "  " + row.title
+                if row.preview:
+                    title += "\n  " + row.preview
                 options: dict[str, Any] = {
-                    "text": "  " + row.title,
-                    "values": (badge,),
+                    "text": title,
+                    "values": (f"{row.time}\n{badge}",),
                     "image": self.dots[row.online],
                     "tags": tags,
                 }
@@ -621,6 +690,11 @@ class ChatScreen(ttk.Frame):
             composer, text=_("Send"), style="Accent.TButton", command=self.send_message
         )
         self.send_button.pack(side="right", padx=(8, 0), anchor="s")
+        self.emoji_button = ttk.Button(
+            composer, text="☺", style="Emoji.TButton", width=2, command=self.open_emoji
+        )
+        self.emoji_button.pack(side="right", padx=(6, 0), anchor="s")
+        self.emoji_picker: EmojiPicker | None = None
         box.pack(side="left", fill="x", expand=True)
         self.composer = tk.Text(
             box,
@@ -650,6 +724,21 @@ class ChatScreen(ttk.Frame):
     def _enter(self, _event: object) -> str:
         self.send_message()
         return "break"
+
+    def open_emoji(self) -> None:
+        """The composer's emoji button: a picker; the chosen emoji goes in at the cursor."""
+        if self.emoji_picker is not None and self.emoji_picker.winfo_exists():
+            self.emoji_picker.destroy()
+            return
+        self.emoji_picker = EmojiPicker(
+            self.window, emoji.COMPOSER, self.insert_emoji, anchor=self.emoji_button
+        )
+
+    def insert_emoji(self, chosen: str) -> None:
+        if str(self.composer.cget("state")) == "disabled":
+            return
+        self.composer.insert("insert", chosen)
+        self.composer.focus_set()
 
     def _newline(self, _event: object) -> str:
         self.composer.insert("insert", "\n")
@@ -806,6 +895,63 @@ class Switcher(tk.Toplevel):
             # Back in the main window, ready to write (the switcher had the focus).
             self.window.chat.composer.focus_force()
         return "break"
+
+
+class EmojiPicker(tk.Toplevel):
+    """A small grid of emoji over the window; a click chooses one and closes it, Escape or a
+    click elsewhere closes it."""
+
+    def __init__(
+        self,
+        window: MainWindow,
+        choices: Sequence[str],
+        chosen: Callable[[str], object],
+        *,
+        anchor: tk.Misc,
+        highlighted: frozenset[str] = frozenset(),
+    ) -> None:
+        super().__init__(window.root)
+        self.window = window
+        self.title(_("Emoji"))
+        self.transient(window.root)
+        self.resizable(False, False)
+        palette = theme.PALETTE
+        self.configure(background=palette.background)
+        self._chosen = chosen
+        self.cells: dict[str, tk.Label] = {}
+        frame = tk.Frame(self, background=palette.background, padx=6, pady=6)
+        frame.pack()
+        for index, choice in enumerate(choices):
+            cell = tk.Label(
+                frame,
+                text=choice,
+                font=("TkDefaultFont", 14),
+                width=2,
+                padx=3,
+                pady=1,
+                cursor="hand2",
+                background=palette.selection if choice in highlighted else palette.background,
+            )
+            cell.grid(row=index // emoji.COLUMNS, column=index % emoji.COLUMNS)
+            self._bind_cell(cell, choice, highlighted)
+            self.cells[choice] = cell
+        self.bind("<Escape>", lambda _e: self.destroy())
+        self.update_idletasks()
+        x = anchor.winfo_rootx() + anchor.winfo_width() - self.winfo_reqwidth()
+        y = anchor.winfo_rooty() - self.winfo_reqheight() - 8
+        self.geometry(f"+{max(0, x)}+{max(0, y)}")
+        self.focus_set()
+
+    def _bind_cell(self, cell: tk.Label, choice: str, highlighted: frozenset[str]) -> None:
+        palette = theme.PALETTE
+        resting = palette.selection if choice in highlighted else palette.background
+        cell.bind("<Button-1>", lambda _e: self.choose(choice))
+        cell.bind("<Enter>", lambda _e: cell.configure(background=palette.border))
+        cell.bind("<Leave>", lambda _e: cell.configure(background=resting))
+
+    def choose(self, choice: str) -> None:
+        self.destroy()
+        self._chosen(choice)
 
 
 class Dialog(tk.Toplevel):
@@ -1122,6 +1268,8 @@ class MainWindow:
         self.chat = ChatScreen(root, self, palette)
         self.switcher: Switcher | None = None
         self._screen: ttk.Frame | None = None
+        self.open_url: Callable[[str], object] = webbrowser.open
+        """Opens a clicked link (in the system's browser)."""
         root.bind("<Control-k>", lambda _e: self.open_switcher())
         root.bind("<Control-K>", lambda _e: self.open_switcher())
         root.bind("<FocusIn>", self._focus_in, add=True)
