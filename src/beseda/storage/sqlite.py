@@ -50,6 +50,7 @@ from . import (
     StorageError,
     UserRecord,
 )
+from ..server.search import search_body
 from .migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -173,13 +174,28 @@ def _user(row: tuple[Any, ...] | None) -> UserRecord | None:
 
 
 def connect(
-    path: Path, *, readonly: bool = False, busy_timeout_ms: int = 5000
+    path: Path,
+    *,
+    readonly: bool = False,
+    busy_timeout_ms: int = 5000,
+    search_index: bool = True,
 ) -> sqlite3.Connection:
-    """Open a connection with the settings every beseda connection uses."""
+    """Open a connection with the settings every beseda connection uses.
+
+    It registers the functions the search index's triggers call (``beseda_search_body``,
+    ``beseda_search_on``). ``search_index=False`` is for a benchmark's reference run only:
+    messages written on that connection are not indexed, so search misses them.
+    """
     uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     conn.execute("PRAGMA foreign_keys = ON")
+    # A deleted message's text must not stay in freed space of a page (docs/architecture.md,
+    # "Deletes").
+    conn.execute("PRAGMA secure_delete = ON")
+    conn.create_function("beseda_search_body", 1, search_body, deterministic=True)
+    on = 1 if search_index else 0
+    conn.create_function("beseda_search_on", 0, lambda: on, deterministic=True)
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
@@ -716,7 +732,6 @@ class _Writer(threading.Thread):
         if rows:
             # No savepoint (it would copy every page the run touches to a sub-journal, a
             # quarter of the run's cost): the run's rows are told apart by their ids instead.
-            changes = conn.total_changes
             try:
                 if mentioning:
                     # The kind-specific columns only when some message of the run needs them:
@@ -729,9 +744,9 @@ class _Writer(threading.Thread):
                             strict=True,
                         )
                     ]
-                    conn.executemany(_INSERT_MESSAGES, wide)
+                    cursor = conn.executemany(_INSERT_MESSAGES, wide)
                 else:
-                    conn.executemany(_INSERT_PLAIN_MESSAGES, rows)
+                    cursor = conn.executemany(_INSERT_PLAIN_MESSAGES, rows)
             except sqlite3.Error as exc:
                 if not isinstance(exc, sqlite3.IntegrityError):
                     raise  # disk full, I/O error …: the whole transaction is in doubt
@@ -739,7 +754,9 @@ class _Writer(threading.Thread):
             except Exception:
                 inserted = -1  # a value SQLite cannot hold, say: one by one, it fails alone
             else:
-                inserted = conn.total_changes - changes
+                # The statement's own rows (``total_changes`` would count the rows that the
+                # search index's triggers write too).
+                inserted = cursor.rowcount
             if inserted != len(rows):
                 # Some message was stored before this run (ON CONFLICT DO NOTHING skipped
                 # it, so the seqs after it are wrong), or the INSERT failed part-way: remove
