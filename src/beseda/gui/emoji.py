@@ -11,3 +11,6 @@ COMPOSER = (
 """The composer's picker: faces, hands and a few things, in rows of ten."""
 
 COLUMNS = 10
+
+REACTIONS = ("👍", "❤️", "😂", "😮", "😢", "🙏", "🎉", "🔥")
+"""The message menu's React row: the reactions people use most."""

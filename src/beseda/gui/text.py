@@ -6,6 +6,7 @@ import datetime
 import re
 import time
 import zlib
+from collections.abc import Iterable
 
 from .i18n import _
 
@@ -190,3 +191,25 @@ def link_target(shown: str) -> str | None:
     if not re.match(r"https?://[^\s/]", shown, re.IGNORECASE):
         return None
     return shown
+
+
+def sanitize_spans(
+    text: str, spans: Iterable[tuple[int, int]]
+) -> tuple[str, tuple[tuple[int, int], ...]]:
+    """:func:`sanitize` ``text``, moving the ``[start, end)`` spans (a search hit's matches)
+    along with the escapes that lengthen it."""
+    pieces: list[str] = []
+    moved: list[tuple[int, int]] = []
+    at = length = 0
+    for start, end in sorted(spans):
+        start, end = max(start, at), min(end, len(text))
+        if start >= end:
+            continue
+        before, inside = sanitize(text[at:start]), sanitize(text[start:end])
+        pieces += [before, inside]
+        length += len(before)
+        moved.append((length, length + len(inside)))
+        length += len(inside)
+        at = end
+    pieces.append(sanitize(text[at:]))
+    return "".join(pieces), tuple(moved)

@@ -38,6 +38,8 @@ class Palette:
     selection: str = "#dfe8fb"
     mention: str = "#fff4d6"
     link: str = "#1a62c9"
+    highlight: str = "#fff1b8"
+    """The message a jump went to, for a moment."""
     avatars: tuple[str, ...] = (
         "#e17076",
         "#eda86c",
@@ -110,6 +112,7 @@ def apply(root: tk.Tk) -> Palette:
     style.configure("Muted.TLabel", foreground=p.muted)
     style.configure("Small.TLabel", foreground=p.muted, font=fonts["Small"])
     style.configure("Error.TLabel", foreground=p.error)
+    style.configure("ContextTitle.TLabel", foreground=p.accent, font=fonts["Bold"])
     style.configure("Status.TLabel", background=p.sidebar, foreground=p.muted, padding=(8, 3))
     for state, colour in (
         ("connected", p.online),

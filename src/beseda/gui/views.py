@@ -22,12 +22,14 @@ from .presenter import (
     GENERAL_KEY,
     ChannelRow,
     ChannelSettings,
+    ComposerContext,
     ConversationRow,
     Header,
     MembersPanel,
     MessageRow,
     PersonRow,
     Presenter,
+    SearchPanel,
     SignInForm,
     Status,
     SwitcherRow,
@@ -39,6 +41,8 @@ SECTION = "section:"
 """The sidebar's section rows (Channels, Direct messages) have ids with this prefix."""
 SECTIONS = (CHANNELS, DIRECT)
 
+SEARCH_KEYS = ("<Control-f>", "<Control-F>", "<Control-Cyrillic_a>", "<Control-Cyrillic_A>")
+"""Ctrl+F, on a Latin or a Russian layout."""
 SELECT_ALL = ("<Control-a>", "<Control-A>", "<Control-Cyrillic_ef>", "<Control-Cyrillic_EF>")
 """Ctrl+A, on a Latin or a Russian layout (there X reports the Cyrillic letter's key)."""
 
@@ -64,6 +68,23 @@ def bind_select_all(root: tk.Misc) -> None:
             for widget_class in ("TEntry", "Entry"):
                 root.bind_class(widget_class, sequence, entry)
             root.bind_class("Text", sequence, text)
+
+
+class Popup(tk.Toplevel):
+    """A window over the main one that gives its Tcl variables back when it closes.
+
+    A closed window's widgets still refer to each other (``master`` and ``children``), so
+    Python frees them in a garbage collection, which may run on the network thread; a
+    ``StringVar`` freed there would call Tcl from the wrong thread ("main thread is not in
+    main loop"). Released here, on the Tk thread, they have nothing left to do then.
+    """
+
+    def destroy(self) -> None:
+        super().destroy()
+        for value in list(vars(self).values()):
+            if isinstance(value, tk.Variable):
+                value.__del__()
+                value._tk = None  # type: ignore[attr-defined]
 
 
 class SignInScreen(ttk.Frame):
@@ -258,10 +279,34 @@ class MessageList:
             lmargin2=self.indent,
         )
         self.text.tag_configure("link", foreground=palette.link, underline=True)
+        self.text.tag_configure(
+            "quote",
+            foreground=palette.muted,
+            font=small,
+            lmargin1=self.indent,
+            lmargin2=self.indent,
+        )
+        self.text.tag_configure("edited", foreground=palette.muted, font=small)
+        self.text.tag_configure(
+            "reactions", spacing1=3, spacing3=4, lmargin1=self.indent, lmargin2=self.indent
+        )
+        self.text.tag_configure("reaction", background=palette.sidebar, font=small)
+        self.text.tag_configure(
+            "reaction_mine", background=palette.selection, foreground=palette.accent
+        )
+        self.text.tag_configure(
+            "highlight", background=palette.highlight, lmargincolor=palette.highlight
+        )
         self.text.tag_raise("sel")
         self.text.tag_bind("retry", "<Button-1>", self._retry)
         self.text.tag_bind("link", "<Button-1>", self._open_link)
-        for clickable in ("retry", "link"):
+        self.text.tag_bind("quote", "<Button-1>", self._quote_clicked)
+        self.text.tag_bind("reaction", "<Button-1>", self._reaction_clicked)
+        self.text.bind("<Button-3>", self._menu_requested)
+        self.menu: tk.Menu | None = None
+        """The menu of the message last right-clicked."""
+        self.picker: EmojiPicker | None = None
+        for clickable in ("retry", "link", "quote", "reaction"):
             self.text.tag_bind(clickable, "<Enter>", lambda _e: self.text.configure(cursor="hand2"))
             self.text.tag_bind(clickable, "<Leave>", lambda _e: self.text.configure(cursor="arrow"))
         self.marks: list[str] = []
@@ -346,14 +391,22 @@ class MessageList:
             text.insert("insert_row", f"{row.text}  {row.time}\n", ("event", tag))
             return
         shade: tuple[str, ...] = ("mention",) if row.mention else ("own",) if row.own else ()
+        if row.highlight:
+            shade = ("highlight",)
         if not row.continued:
             header = ("header", tag, *shade)
             text.insert("insert_row", f" {row.avatar} ", (f"avatar{row.colour}", *header))
             text.insert("insert_row", "\t", header)
             text.insert("insert_row", row.sender, ("sender", f"name{row.colour}", *header))
             text.insert("insert_row", "  " + row.time, ("time", *header))
+            if row.edited:
+                text.insert("insert_row", "  " + _("edited"), ("edited", *header))
             self._note(row, header)
             text.insert("insert_row", "\n", header)
+        if row.quote_seq:
+            text.insert(
+                "insert_row", f"┃ {row.quote}\n", ("quote", f"quote:{row.quote_seq}", tag, *shade)
+            )
         body = ("body", tag, *shade)
         at = 0
         for start, end in find_links(row.text):
@@ -362,8 +415,19 @@ class MessageList:
             at = end
         text.insert("insert_row", row.text[at:], body)
         if row.continued:
+            if row.edited:
+                text.insert("insert_row", "  " + _("edited"), ("edited", *body))
             self._note(row, body)
         text.insert("insert_row", "\n", body)
+        if row.reactions:
+            line = ("reactions", tag, *shade)
+            for chip in row.reactions:
+                chip_tags = ("reaction", f"react:{chip.emoji}", *line)
+                if chip.mine:
+                    chip_tags = ("reaction_mine", *chip_tags)
+                text.insert("insert_row", f" {chip.emoji} {chip.count} ", chip_tags)
+                text.insert("insert_row", "  ", line)
+            text.insert("insert_row", "\n", line)
 
     def _note(self, row: MessageRow, tags: tuple[str, ...]) -> None:
         """One's own message's state (✓, sending…, why it failed) and its Retry link."""
@@ -378,6 +442,98 @@ class MessageList:
         for tag in self.text.tag_names(f"@{event.x},{event.y}"):
             if tag.startswith("row:"):
                 self.window.presenter.retry(tag.removeprefix("row:"))
+
+    def _row_at(self, x: int, y: int) -> tuple[str | None, tuple[str, ...]]:
+        tags = tuple(str(t) for t in self.text.tag_names(f"@{x},{y}"))
+        row = next((t.removeprefix("row:") for t in tags if t.startswith("row:")), None)
+        return row, tags
+
+    def _quote_clicked(self, event: tk.Event[Any]) -> str:
+        _row, tags = self._row_at(event.x, event.y)
+        for tag in tags:
+            if tag.startswith("quote:"):
+                self.window.presenter.jump_to(int(tag.removeprefix("quote:")))
+        return "break"
+
+    def _reaction_clicked(self, event: tk.Event[Any]) -> str:
+        row, tags = self._row_at(event.x, event.y)
+        for tag in tags:
+            if tag.startswith("react:") and row is not None:
+                self.window.presenter.toggle_reaction(row, tag.removeprefix("react:"))
+        return "break"
+
+    def _menu_requested(self, event: tk.Event[Any]) -> str:
+        row, _tags = self._row_at(event.x, event.y)
+        if row is not None:
+            menu = self.menu_for(row)
+            if menu is not None:
+                menu.tk_popup(event.x_root, event.y_root)
+        return "break"
+
+    def menu_for(self, row_id: str) -> tk.Menu | None:
+        """The menu of one message (Reply, Edit, Delete, React, Copy), as the presenter
+        allows; None when the row is not a message."""
+        offer = self.window.presenter.message_menu(row_id)
+        if offer is None:
+            return None
+        if self.menu is not None:
+            self.menu.destroy()
+        presenter = self.window.presenter
+        menu = self.menu = tk.Menu(self.text, tearoff=False)
+        if offer.reply:
+            menu.add_command(label=_("Reply"), command=lambda: self._reply(row_id))
+        if offer.edit:
+            menu.add_command(label=_("Edit"), command=lambda: self._edit(row_id))
+        if offer.delete:
+            menu.add_command(label=_("Delete…"), command=lambda: presenter.ask_delete(row_id))
+        if offer.react:
+            reactions = tk.Menu(menu, tearoff=False)
+            for choice in emoji.REACTIONS:
+                mark = "✓ " if choice in offer.mine else ""
+                reactions.add_command(
+                    label=mark + choice,
+                    command=lambda c=choice: presenter.toggle_reaction(row_id, c),  # type: ignore[misc]
+                )
+            reactions.add_separator()
+            reactions.add_command(
+                label=_("More…"), command=lambda: self.pick_reaction(row_id, offer.mine)
+            )
+            menu.add_cascade(label=_("React"), menu=reactions)
+        menu.add_command(label=_("Copy text"), command=lambda: self._copy(offer.text))
+        return menu
+
+    def _reply(self, row_id: str) -> None:
+        self.window.presenter.reply(row_id)
+        self.window.chat.composer.focus_set()
+
+    def _edit(self, row_id: str) -> None:
+        if self.window.presenter.start_edit(row_id):
+            self.window.chat.composer.focus_set()
+
+    def pick_reaction(self, row_id: str, mine: frozenset[str]) -> None:
+        """The bigger emoji picker, for a reaction."""
+        if self.picker is not None and self.picker.winfo_exists():
+            self.picker.destroy()
+        self.picker = EmojiPicker(
+            self.window,
+            emoji.COMPOSER,
+            lambda chosen: self.window.presenter.toggle_reaction(row_id, chosen),
+            anchor=self.window.chat.emoji_button,
+            highlighted=mine,
+        )
+
+    def _copy(self, text: str) -> None:
+        self.text.clipboard_clear()
+        self.text.clipboard_append(text)
+
+    def scroll_to_row(self, row_id: str) -> None:
+        """Bring a row into view, a little below the top, as a jump does."""
+        if row_id not in self.row_ids:
+            return
+        mark = self.marks[self.row_ids.index(row_id)]
+        self.text.see(mark)
+        self.text.yview(f"{mark} - 3 display lines")
+        self.stuck = self._bottom_visible()
 
     def _open_link(self, event: tk.Event[Any]) -> None:
         index = self.text.index(f"@{event.x},{event.y}")
@@ -679,6 +835,20 @@ class ChatScreen(ttk.Frame):
         composer.pack(side="bottom", fill="x")
         self.composer_error = ttk.Label(composer, style="Error.TLabel")
         self.composer_note = ttk.Label(composer, style="Muted.TLabel")
+        # Replying to or editing a message: what, and a ✕ (or Escape) to stop.
+        self.context_bar = ttk.Frame(composer)
+        self.context_title = ttk.Label(self.context_bar, style="ContextTitle.TLabel")
+        self.context_title.pack(side="left")
+        self.context_text = ttk.Label(self.context_bar, style="Muted.TLabel")
+        self.context_text.pack(side="left", padx=(8, 0), fill="x", expand=True)
+        self.context_cancel = ttk.Button(
+            self.context_bar,
+            text="✕",
+            style="Link.TButton",
+            width=2,
+            command=lambda: self.window.presenter.cancel_composer_context(),
+        )
+        self.context_cancel.pack(side="right")
         box = tk.Frame(
             composer,
             background=self.palette.background,
@@ -714,6 +884,8 @@ class ChatScreen(ttk.Frame):
         self.composer.bind("<KP_Enter>", self._enter)
         self.composer.bind("<Shift-Return>", self._newline)
         self.composer.bind("<Tab>", self._focus_next)
+        self.composer.bind("<Escape>", self._escape)
+        self.composer.bind("<Up>", self._up)
         self.composer.bind("<KeyRelease>", self._composer_changed, add=True)
         ttk.Separator(main).pack(side="bottom", fill="x")
         self.typing_label = ttk.Label(main, style="Muted.TLabel", padding=(18, 0, 18, 2))
@@ -739,6 +911,30 @@ class ChatScreen(ttk.Frame):
             return
         self.composer.insert("insert", chosen)
         self.composer.focus_set()
+
+    def _escape(self, _event: object) -> str | None:
+        return "break" if self.window.presenter.cancel_composer_context() else None
+
+    def _up(self, _event: object) -> str | None:
+        # In an empty composer, Up edits one's last message (as in Slack and Telegram).
+        if self.composer.get("1.0", "end-1c").strip():
+            return None
+        return "break" if self.window.presenter.edit_last() else None
+
+    def show_composer_context(self, context: ComposerContext | None) -> None:
+        if context is None:
+            self.context_bar.pack_forget()
+            return
+        self.context_title.configure(
+            text=("✎ " if context.kind == "edit" else "↩ ") + context.title
+        )
+        self.context_text.configure(text=context.text)
+        self.context_bar.pack(side="top", fill="x", pady=(0, 4), before=self.composer.master)
+
+    def set_composer_text(self, text: str) -> None:
+        self.composer.delete("1.0", "end")
+        self.composer.insert("1.0", text)
+        self.composer.mark_set("insert", "end-1c")
 
     def _newline(self, _event: object) -> str:
         self.composer.insert("insert", "\n")
@@ -830,7 +1026,7 @@ class ChatScreen(ttk.Frame):
             self.composer_error.pack_forget()
 
 
-class Switcher(tk.Toplevel):
+class Switcher(Popup):
     """Ctrl+K: type to find a conversation or a person; Enter opens it."""
 
     def __init__(self, window: MainWindow) -> None:
@@ -897,7 +1093,7 @@ class Switcher(tk.Toplevel):
         return "break"
 
 
-class EmojiPicker(tk.Toplevel):
+class EmojiPicker(Popup):
     """A small grid of emoji over the window; a click chooses one and closes it, Escape or a
     click elsewhere closes it."""
 
@@ -954,7 +1150,146 @@ class EmojiPicker(tk.Toplevel):
         self._chosen(choice)
 
 
-class Dialog(tk.Toplevel):
+class ConfirmDialog(Popup):
+    """A question with Delete and Cancel (deleting a message)."""
+
+    def __init__(self, window: MainWindow) -> None:
+        super().__init__(window.root)
+        self.window = window
+        self.title(_("Delete message"))
+        self.transient(window.root)
+        self.configure(background=theme.PALETTE.background)
+        body = ttk.Frame(self, padding=14)
+        body.pack(fill="both", expand=True)
+        self.label = ttk.Label(body, wraplength=320, justify="left")
+        self.label.pack(fill="x")
+        buttons = ttk.Frame(body)
+        buttons.pack(fill="x", pady=(12, 0))
+        self.confirm_button = ttk.Button(
+            buttons,
+            text=_("Delete"),
+            style="Accent.TButton",
+            command=lambda: window.presenter.confirm_delete(),
+        )
+        self.confirm_button.pack(side="right")
+        self.cancel_button = ttk.Button(
+            buttons, text=_("Cancel"), command=lambda: window.presenter.cancel_delete()
+        )
+        self.cancel_button.pack(side="right", padx=(0, 8))
+        self.protocol("WM_DELETE_WINDOW", lambda: window.presenter.cancel_delete())
+        self.bind("<Escape>", lambda _e: window.presenter.cancel_delete())
+        self.bind("<Return>", lambda _e: window.presenter.confirm_delete())
+        root = window.root
+        self.geometry(f"+{root.winfo_rootx() + 200}+{root.winfo_rooty() + 200}")
+        self.cancel_button.focus_set()
+
+
+class SearchWindow(Popup):
+    """Ctrl+F: search the messages of every conversation; a click on a result opens it at
+    that message."""
+
+    def __init__(self, window: MainWindow) -> None:
+        super().__init__(window.root)
+        self.window = window
+        palette = theme.PALETTE
+        self.title(_("Search messages"))
+        self.transient(window.root)
+        self.configure(background=palette.background)
+        frame = ttk.Frame(self, padding=10)
+        frame.pack(fill="both", expand=True)
+        self.query = tk.StringVar(self)
+        self.entry = ttk.Entry(frame, textvariable=self.query, width=56)
+        self.entry.pack(fill="x")
+        self.hint = ttk.Label(
+            frame,
+            text=_('Words, "a phrase", from:name, in:channel, before:2026-01-31, after:…'),
+            style="Small.TLabel",
+        )
+        self.hint.pack(anchor="w", pady=(4, 0))
+        self.status = ttk.Label(frame, style="Muted.TLabel")
+        self.status.pack(anchor="w", pady=(6, 0))
+        self.results = tk.Text(
+            frame,
+            height=16,
+            width=60,
+            wrap="word",
+            borderwidth=0,
+            highlightthickness=0,
+            cursor="arrow",
+            background=palette.background,
+            font="TkTextFont",
+            padx=4,
+        )
+        self.results.pack(fill="both", expand=True, pady=(6, 0))
+        self.results.tag_configure(
+            "meta", foreground=palette.muted, font=("TkDefaultFont", 8), spacing1=8
+        )
+        self.results.tag_configure(
+            "match", background=palette.mention, font=("TkDefaultFont", 10, "bold")
+        )
+        self.results.tag_configure("snippet", spacing3=2)
+        self.results.tag_bind("hit", "<Button-1>", self._clicked)
+        self.results.tag_bind("hit", "<Enter>", lambda _e: self.results.configure(cursor="hand2"))
+        self.results.tag_bind("hit", "<Leave>", lambda _e: self.results.configure(cursor="arrow"))
+        self.results.configure(state="disabled")
+        self.more_button = ttk.Button(
+            frame, text=_("Show more"), style="Link.TButton", command=self._more
+        )
+        self.count = 0
+        self._job: str | None = None
+        self.query.trace_add("write", lambda *_a: self._changed())
+        self.entry.bind("<Return>", lambda _e: self._search_now())
+        self.bind("<Escape>", lambda _e: self.destroy())
+        root = window.root
+        self.geometry(f"+{root.winfo_rootx() + 160}+{root.winfo_rooty() + 70}")
+        self.entry.focus_set()
+
+    def _changed(self) -> None:
+        if self._job is not None:
+            self.after_cancel(self._job)
+        self._job = self.after(300, self._search_now)
+
+    def _search_now(self) -> None:
+        if self._job is not None:
+            self.after_cancel(self._job)
+            self._job = None
+        self.window.presenter.search_messages(self.query.get())
+
+    def _more(self) -> None:
+        self.window.presenter.more_search()
+
+    def show(self, panel: SearchPanel) -> None:
+        text = self.results
+        text.configure(state="normal")
+        text.delete("1.0", "end")
+        for index, row in enumerate(panel.rows):
+            hit = ("hit", f"hit:{index}")
+            text.insert("end", f"{row.title}  ·  {row.sender}  ·  {row.time}\n", ("meta", *hit))
+            at = 0
+            for start, end in row.highlights:
+                text.insert("end", row.snippet[at:start], ("snippet", *hit))
+                text.insert("end", row.snippet[start:end], ("snippet", "match", *hit))
+                at = end
+            text.insert("end", row.snippet[at:] + "\n", ("snippet", *hit))
+        text.configure(state="disabled")
+        self.count = len(panel.rows)
+        self.status.configure(text=panel.status)
+        if panel.more:
+            self.more_button.pack(anchor="e", pady=(4, 0))
+        else:
+            self.more_button.pack_forget()
+
+    def _clicked(self, event: tk.Event[Any]) -> None:
+        for tag in self.results.tag_names(f"@{event.x},{event.y}"):
+            if str(tag).startswith("hit:"):
+                self.choose(int(str(tag).removeprefix("hit:")))
+
+    def choose(self, index: int) -> None:
+        self.window.presenter.search_choose(index)
+        self.window.root.focus_force()
+
+
+class Dialog(Popup):
     """A small window over the main one; Escape closes it."""
 
     def __init__(self, window: MainWindow, title: str) -> None:
@@ -1270,6 +1605,11 @@ class MainWindow:
         self._screen: ttk.Frame | None = None
         self.open_url: Callable[[str], object] = webbrowser.open
         """Opens a clicked link (in the system's browser)."""
+        self.search_window: SearchWindow | None = None
+        self.confirm_dialog: ConfirmDialog | None = None
+        for sequence in SEARCH_KEYS:
+            with contextlib.suppress(tk.TclError):
+                root.bind(sequence, lambda _e: self.open_search())
         root.bind("<Control-k>", lambda _e: self.open_switcher())
         root.bind("<Control-K>", lambda _e: self.open_switcher())
         root.bind("<FocusIn>", self._focus_in, add=True)
@@ -1319,6 +1659,16 @@ class MainWindow:
             self.switcher.entry.focus_set()
             return
         self.switcher = Switcher(self)
+
+    def open_search(self) -> None:
+        """Ctrl+F: the search window (or back to it, when open)."""
+        if self._screen is not self.chat:
+            return
+        if self.search_window is not None and self.search_window.winfo_exists():
+            self.search_window.lift()
+            self.search_window.entry.focus_set()
+            return
+        self.search_window = SearchWindow(self)
 
     # -- the View protocol ---------------------------------------------------------------------
 
@@ -1400,6 +1750,30 @@ class MainWindow:
 
     def set_title(self, title: str) -> None:
         self.root.title(title)
+
+    def show_composer_context(self, context: ComposerContext | None) -> None:
+        self.chat.show_composer_context(context)
+
+    def set_composer_text(self, text: str) -> None:
+        self.chat.set_composer_text(text)
+
+    def show_confirm(self, text: str) -> None:
+        dialog = self.confirm_dialog
+        if not text:
+            if dialog is not None and dialog.winfo_exists():
+                dialog.destroy()
+            self.confirm_dialog = None
+            return
+        if dialog is None or not dialog.winfo_exists():
+            dialog = self.confirm_dialog = ConfirmDialog(self)
+        dialog.label.configure(text=text)
+
+    def show_search(self, panel: SearchPanel) -> None:
+        if self.search_window is not None and self.search_window.winfo_exists():
+            self.search_window.show(panel)
+
+    def scroll_to_row(self, row_id: str) -> None:
+        self.chat.messages.scroll_to_row(row_id)
 
     def bell(self) -> None:
         self.root.bell()
