@@ -20,7 +20,7 @@ import pytest
 
 from beseda.protocol.schema import GENERAL, Message
 from beseda.storage import NameTakenError, NewMessage, StorageError, UserRecord
-from beseda.storage.sqlite import _CAREFUL_AFTER, SQLiteStorage
+from beseda.storage.sqlite import _CAREFUL_AFTER, SQLiteStorage, connect
 from storage_helpers import TS, direct, general, write_lock
 
 T = TypeVar("T")
@@ -306,13 +306,14 @@ async def test_a_second_store_on_the_same_file(tmp_path: Path) -> None:
 
 async def test_a_raw_connection_inserting_behind_the_writers_back(storage: SQLiteStorage) -> None:
     """Another program inserts messages without touching the counter row: the writer goes on
-    after them rather than colliding or reusing a seq."""
+    after them rather than colliding or reusing a seq. (It opens the file with beseda's
+    ``connect``: the search index's triggers need the functions it registers.)"""
     alice = await storage.create_user("alice", "alice", "h", TS)
     bob = await storage.create_user("bob", "bob", "h", TS)
     first, _ = await storage.append_message(direct(alice, bob, "d1"))
     await storage.append_message(general(alice, "g1"))
 
-    raw = sqlite3.connect(storage.path, isolation_level=None)
+    raw = connect(storage.path)
     try:
         raw.executemany(
             "INSERT INTO messages (conversation, seq, sender_id, recipient_id, client_id, text, ts)"

@@ -149,7 +149,9 @@ class Query:
         return " AND ".join(term.fts() for term in self.terms)
 
 
-_TOKEN = re.compile(r'(?P<key>from|in|before|after):(?P<value>"[^"]*"?|\S+)|"(?P<phrase>[^"]*)"?|(?P<word>\S+)')
+_TOKEN = re.compile(
+    r'(?P<key>from|in|before|after):(?P<value>"[^"]*"?|\S+)|"(?P<phrase>[^"]*)"?|(?P<word>\S+)'
+)
 
 
 def _day(value: str, key: str) -> int:

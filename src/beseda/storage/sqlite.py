@@ -36,21 +36,36 @@ from typing import Any, TypeVar, cast
 
 import msgspec
 
-from ..protocol.schema import GENERAL, Entry, Message
+from ..protocol.schema import (
+    CHANGE_KINDS,
+    GENERAL,
+    REPLY_PREVIEW_CHARS,
+    Entry,
+    Message,
+    Quote,
+    Reaction,
+)
+from ..server.search import fold, search_body
 from . import (
     ConversationRecord,
     ConversationState,
     LookAlikeNameError,
     MemberChange,
     MembershipRecord,
+    MessageDeletion,
+    MessageEdit,
     NameTakenError,
     NewConversation,
     NewEntry,
     NewMessage,
+    NoSuchMessageError,
+    NotAuthorError,
+    ReactionChange,
+    SearchRequest,
     StorageError,
+    TooManyReactionsError,
     UserRecord,
 )
-from ..server.search import search_body
 from .migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -66,7 +81,7 @@ integer SQLite cannot hold (2**63 and up) raises OverflowError instead of matchi
 
 _MESSAGE_COLUMNS = """
     m.id, m.conversation, m.seq, s.name, r.name, m.text, m.ts, m.client_id,
-    m.kind, t.name, m.data, m.mention_all
+    m.kind, t.name, m.data, m.mention_all, m.ref
     FROM messages m
     JOIN users s ON s.id = m.sender_id
     LEFT JOIN users r ON r.id = m.recipient_id
@@ -82,6 +97,10 @@ class _EntryData(msgspec.Struct, omit_defaults=True):
     name: str | None = None
     topic: str | None = None
     role: str | None = None
+    reply_to: int | None = None
+    edited: int | None = None
+    emoji: str | None = None
+    count: int | None = None
 
 
 _data_encoder = msgspec.json.Encoder()
@@ -123,7 +142,8 @@ _INSERT_MENTION = (
 
 def _message(row: tuple[Any, ...]) -> Entry:
     data = _NO_DATA if row[10] is None else _data_decoder.decode(row[10])
-    if row[8] == "message":
+    kind = row[8]
+    if kind == "message":
         return Entry(
             id=row[0],
             conversation=row[1],
@@ -135,6 +155,22 @@ def _message(row: tuple[Any, ...]) -> Entry:
             client_id=row[7],
             mentions=data.mentions,
             mention_all=bool(row[11]),
+            reply_to=data.reply_to,
+            edited=data.edited,
+        )
+    if kind in CHANGE_KINDS:
+        return Entry(
+            id=row[0],
+            conversation=row[1],
+            seq=row[2],
+            kind=kind,
+            sender=row[3],
+            to=row[4],
+            text=row[5],
+            ts=row[6],
+            ref=row[12],
+            emoji=data.emoji,
+            count=data.count,
         )
     return Entry(
         id=row[0],
@@ -151,9 +187,11 @@ def _message(row: tuple[Any, ...]) -> Entry:
 
 
 def _message_data(message: NewMessage) -> bytes | None:
-    if not message.mentions:
+    if not message.mentions and message.reply_to is None:
         return None
-    return _data_encoder.encode(_EntryData(mentions=[user.name for user in message.mentions]))
+    return _data_encoder.encode(
+        _EntryData(mentions=[user.name for user in message.mentions], reply_to=message.reply_to)
+    )
 
 
 def _record_mentions(conn: sqlite3.Connection, message: NewMessage, seq: int) -> None:
@@ -305,6 +343,7 @@ def _stored(message: NewMessage, id_: int, seq: int) -> Message:
     if message.mentions or message.mention_all:  # most messages mention nobody
         stored.mentions = [user.name for user in message.mentions]
         stored.mention_all = message.mention_all
+    stored.reply_to = message.reply_to
     return stored
 
 
@@ -816,6 +855,8 @@ class SQLiteStorage:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._erasing: asyncio.Future[None] | None = None
+        self._erase_again = False
 
     async def open(self) -> None:
         try:
@@ -899,9 +940,9 @@ class SQLiteStorage:
         def work(tx: _Transaction) -> UserRecord:
             try:
                 cursor = tx.conn.execute(
-                    "INSERT INTO users (name, key, password_hash, created_at, skeleton) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (name, key, password_hash, now, skeleton),
+                    "INSERT INTO users (name, key, password_hash, created_at, skeleton, folded) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, key, password_hash, now, skeleton, fold(key)),
                 )
             except sqlite3.IntegrityError:
                 # The same key is "taken"; only another key of the same skeleton is a look-alike
@@ -957,7 +998,7 @@ class SQLiteStorage:
         def work(conn: sqlite3.Connection) -> list[UserRecord]:
             rows = conn.execute(
                 "SELECT id, name, key, password_hash FROM users "
-                "WHERE key > ? AND instr(key, ?) > 0 ORDER BY key LIMIT ?",
+                "WHERE key > ? AND instr(folded, ?) > 0 ORDER BY key LIMIT ?",
                 (after or "", query, limit),
             ).fetchall()
             return [UserRecord(*row) for row in rows]
@@ -989,6 +1030,9 @@ class SQLiteStorage:
     # -- messages ------------------------------------------------------------------------------
 
     def append_message(self, message: NewMessage) -> asyncio.Future[tuple[Message, bool]]:
+        if message.reply_to is not None:
+            # A reply checks and quotes what it answers: one at a time, not in a run.
+            return self._submit(lambda tx: _append_reply(tx, message))
         # An _Append, not a closure: the writer recognises consecutive appends in a batch and
         # inserts them together (see _Writer._appends).
         return self._submit(_Append(message))
@@ -1108,6 +1152,7 @@ class SQLiteStorage:
         floor: int = 0,
         ceiling: int | None = None,
         max_bytes: int | None = None,
+        reader: int | None = None,
     ) -> tuple[list[Message], bool]:
         top = _SEQ_CEILING if before is None else min(before, _SEQ_CEILING)
         if ceiling is not None:
@@ -1116,7 +1161,7 @@ class SQLiteStorage:
         def work(conn: sqlite3.Connection) -> tuple[list[Message], bool]:
             rows = conn.execute(
                 f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = ? AND m.seq < ? "
-                "AND m.seq > ? ORDER BY m.seq DESC LIMIT ?",
+                f"AND m.seq > ? AND {_SHOWN} ORDER BY m.seq DESC LIMIT ?",
                 (conversation, top, min(max(floor, 0), _SEQ_CEILING), limit + 1),
             )
             page: list[Message] = []
@@ -1132,6 +1177,42 @@ class SQLiteStorage:
                     break
                 page.append(entry)
             page.reverse()
+            _decorate(conn, page, reader)
+            return page, more
+
+        return await self._read(work)
+
+    async def history_after(
+        self,
+        conversation: str,
+        after: int,
+        limit: int,
+        *,
+        ceiling: int | None = None,
+        reader: int | None = None,
+        max_bytes: int | None = None,
+    ) -> tuple[list[Message], bool]:
+        top = _SEQ_CEILING if ceiling is None else min(ceiling, _SEQ_CEILING)
+
+        def work(conn: sqlite3.Connection) -> tuple[list[Message], bool]:
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = ? AND m.seq > ? "
+                f"AND m.seq <= ? AND {_SHOWN} ORDER BY m.seq LIMIT ?",
+                (conversation, min(max(after, 0), _SEQ_CEILING), top, limit + 1),
+            )
+            page: list[Message] = []
+            budget = _Budget(max_bytes)
+            more = False
+            for row in rows:
+                if len(page) == limit:
+                    more = True
+                    break
+                entry = _message(row)
+                if not budget.take(entry, first=not page):
+                    more = True
+                    break
+                page.append(entry)
+            _decorate(conn, page, reader)
             return page, more
 
         return await self._read(work)
@@ -1142,7 +1223,11 @@ class SQLiteStorage:
         limit: int,
         *,
         max_bytes: int | None = None,
+        reader: int | None = None,
+        messages_only: bool = False,
     ) -> tuple[list[Message], bool]:
+        only = "AND m.kind = 'message'" if messages_only else ""
+
         def work(conn: sqlite3.Connection) -> tuple[list[Message], bool]:
             streams = []
             for conversation, (after, until) in ranges.items():
@@ -1150,7 +1235,7 @@ class SQLiteStorage:
                 cursor = conn.cursor()
                 cursor.execute(
                     f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = ? AND m.seq > ? "
-                    "AND m.seq <= ? ORDER BY m.seq",
+                    f"AND m.seq <= ? {only} ORDER BY m.seq",
                     (conversation, min(max(after, 0), _SEQ_CEILING), top),
                 )
                 streams.append(cursor)
@@ -1172,6 +1257,7 @@ class SQLiteStorage:
             finally:
                 for cursor in streams:
                     cursor.close()
+            _decorate(conn, collected, reader)
             return collected, more
 
         return await self._read(work) if ranges else ([], False)
@@ -1212,6 +1298,48 @@ class SQLiteStorage:
             return counts
 
         return await self._read(work) if markers else {}
+
+    # -- replies, edits, deletes, reactions, search (version 4) --------------------------------
+
+    def edit_message(self, edit: MessageEdit) -> asyncio.Future[Entry]:
+        return self._submit(lambda tx: _edit(tx, edit))
+
+    def delete_message(self, deletion: MessageDeletion) -> asyncio.Future[Entry]:
+        future = self._submit(lambda tx: _delete(tx, deletion))
+        future.add_done_callback(self._erase_later)
+        return future
+
+    def _erase_later(self, deleted: asyncio.Future[Entry]) -> None:
+        if deleted.cancelled() or deleted.exception() is not None or self._writer is None:
+            return
+        self._erase_again = True
+        if self._erasing is None or self._erasing.done():
+            self._erasing = asyncio.ensure_future(self._erase())
+
+    async def _erase(self) -> None:
+        """Merge the search index into one segment step by step, then checkpoint and
+        truncate the WAL: afterwards no page of either file holds a deleted text."""
+        while self._erase_again:
+            self._erase_again = False
+            try:
+                while not await self._submit(_merge_step):
+                    pass
+                await self._read(_truncate_wal)
+            except StorageError as exc:
+                log.error("erasing deleted messages from the files failed: %s", exc)
+                return
+
+    async def finish_erasure(self) -> None:
+        while self._erasing is not None and not self._erasing.done():
+            await asyncio.shield(self._erasing)
+
+    def set_reaction(
+        self, change: ReactionChange
+    ) -> asyncio.Future[tuple[Entry | None, list[Reaction]]]:
+        return self._submit(lambda tx: _react(tx, change))
+
+    async def search(self, request: SearchRequest) -> tuple[list[Entry], int | None]:
+        return await self._read(lambda conn: _search(conn, request))
 
 
 class _Budget:
@@ -1396,3 +1524,370 @@ def _append_entry(tx: _Transaction, new: NewEntry) -> Entry:
     _apply_members(conn, conversation, seq, new.members)
     tx.took(conversation, seq, new.ts)
     return entry
+
+
+# -- replies, edits, deletes, reactions (version 4) ---------------------------------------------
+
+_SHOWN = "m.kind NOT IN ('edited', 'deleted', 'reacted', 'unreacted')"
+"""What ``history`` shows: messages (in their current state) and membership entries; not the
+change entries, nor a deleted message's place (kind ``deleted`` too)."""
+
+_TARGET = "SELECT id, kind, sender_id, ref FROM messages WHERE conversation = ? AND seq = ?"
+
+_INSERT_CHANGE = """
+    INSERT INTO messages
+        (conversation, seq, sender_id, client_id, text, ts, kind, data, ref)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    RETURNING id
+"""
+
+
+def _decorate(conn: sqlite3.Connection, entries: list[Entry], reader: int | None) -> None:
+    """Fill in the quotes of replies and, for ``reader``, the reactions of messages."""
+    replies: dict[str, set[int]] = {}
+    shown: dict[str, list[int]] = {}
+    for entry in entries:
+        if entry.kind != "message":
+            continue
+        if entry.reply_to is not None:
+            replies.setdefault(entry.conversation, set()).add(entry.reply_to)
+        if reader is not None:
+            shown.setdefault(entry.conversation, []).append(entry.seq)
+    quotes: dict[tuple[str, int], Quote] = {}
+    for conversation, answered in replies.items():
+        for chunk in _chunks(sorted(answered)):
+            rows = conn.execute(
+                "SELECT m.seq, u.name, m.kind, substr(m.text, 1, ?) FROM messages m "
+                "JOIN users u ON u.id = m.sender_id WHERE m.conversation = ? "
+                f"AND m.seq IN ({', '.join('?' * len(chunk))})",
+                (REPLY_PREVIEW_CHARS, conversation, *chunk),
+            ).fetchall()
+            for seq, sender, kind, text in rows:
+                deleted = kind != "message"
+                quotes[conversation, seq] = Quote(
+                    seq=seq, sender=sender, text="" if deleted else text, deleted=deleted
+                )
+    reactions: dict[tuple[str, int], list[Reaction]] = {}
+    for conversation, seqs in shown.items():
+        for chunk in _chunks(seqs):
+            rows = conn.execute(
+                "SELECT seq, emoji, count(*), max(user_id = ?), min(ts) FROM reactions "
+                f"WHERE conversation = ? AND seq IN ({', '.join('?' * len(chunk))}) "
+                "GROUP BY seq, emoji ORDER BY seq, 5, emoji",
+                (reader, conversation, *chunk),
+            ).fetchall()
+            for seq, emoji, count, mine, _ in rows:
+                reactions.setdefault((conversation, seq), []).append(
+                    Reaction(emoji=emoji, count=count, me=bool(mine))
+                )
+    if not quotes and not reactions:
+        return
+    for entry in entries:
+        if entry.kind != "message":
+            continue
+        if entry.reply_to is not None:
+            entry.reply = quotes.get((entry.conversation, entry.reply_to))
+        found = reactions.get((entry.conversation, entry.seq))
+        if found:
+            entry.reactions = found
+
+
+def _chunks(values: list[int], size: int = 500) -> Iterable[list[int]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _reactions_of(
+    conn: sqlite3.Connection, conversation: str, seq: int, reader: int
+) -> list[Reaction]:
+    rows = conn.execute(
+        "SELECT emoji, count(*), max(user_id = ?), min(ts) FROM reactions "
+        "WHERE conversation = ? AND seq = ? GROUP BY emoji ORDER BY 4, emoji",
+        (reader, conversation, seq),
+    ).fetchall()
+    return [Reaction(emoji=e, count=c, me=bool(m)) for e, c, m, _ in rows]
+
+
+def _require_message(tx: _Transaction, conversation: str, seq: int) -> tuple[Any, ...]:
+    row = tx.conn.execute(_TARGET, (conversation, min(seq, _SEQ_CEILING))).fetchone()
+    if row is None or row[1] != "message":
+        raise NoSuchMessageError(f"no message {seq} in {conversation}")
+    return cast(tuple[Any, ...], row)
+
+
+def _insert_change(
+    tx: _Transaction,
+    conversation: str,
+    kind: str,
+    actor: UserRecord,
+    ts: int,
+    ref: int,
+    *,
+    text: str = "",
+    data: _EntryData = _NO_DATA,
+) -> Entry:
+    seq = _next_seq(tx, conversation)
+    client_id = f"~{kind}~{conversation}~{seq}~" + "-" * 64
+    (entry_id,) = tx.conn.execute(
+        _INSERT_CHANGE,
+        (
+            conversation,
+            seq,
+            actor.id,
+            client_id,
+            text,
+            ts,
+            kind,
+            _data_encoder.encode(data) if data != _NO_DATA else None,
+            ref,
+        ),
+    ).fetchone()
+    tx.took(conversation, seq, ts)
+    return Entry(
+        id=entry_id,
+        conversation=conversation,
+        seq=seq,
+        kind=kind,
+        sender=actor.name,
+        text=text,
+        ts=ts,
+        ref=ref,
+        emoji=data.emoji,
+        count=data.count,
+    )
+
+
+def _append_reply(tx: _Transaction, message: NewMessage) -> tuple[Message, bool]:
+    assert message.reply_to is not None
+    conn = tx.conn
+    existing = conn.execute(_BY_CLIENT_ID, (message.sender.id, message.client_id)).fetchone()
+    if existing is None:
+        # Only a new message needs its original to exist (a retry answers as stored).
+        _require_message(tx, message.conversation, message.reply_to)
+    stored, duplicate = _Append(message)(tx)
+    _decorate(conn, [stored], None)
+    return stored, duplicate
+
+
+def _edit(tx: _Transaction, edit: MessageEdit) -> Entry:
+    conn = tx.conn
+    row_id, _, sender_id, _ = _require_message(tx, edit.conversation, edit.seq)
+    if sender_id != edit.editor.id:
+        raise NotAuthorError("only the author edits a message")
+    (raw,) = conn.execute("SELECT data FROM messages WHERE id = ?", (row_id,)).fetchone()
+    data = _NO_DATA if raw is None else _data_decoder.decode(raw)
+    data = msgspec.structs.replace(data, edited=edit.ts)
+    # The message and every earlier edit of it hold the new text: no old version is kept.
+    conn.execute(
+        "UPDATE messages SET text = ?, data = ? WHERE id = ?",
+        (edit.text, _data_encoder.encode(data), row_id),
+    )
+    conn.execute(
+        "UPDATE messages SET text = ? WHERE conversation = ? AND ref = ? AND kind = 'edited'",
+        (edit.text, edit.conversation, edit.seq),
+    )
+    return _insert_change(
+        tx, edit.conversation, "edited", edit.editor, edit.ts, edit.seq, text=edit.text
+    )
+
+
+def _delete(tx: _Transaction, deletion: MessageDeletion) -> Entry:
+    conn = tx.conn
+    conversation, seq = deletion.conversation, deletion.seq
+    row = conn.execute(_TARGET, (conversation, min(seq, _SEQ_CEILING))).fetchone()
+    if row is None or not (row[1] == "message" or (row[1] == "deleted" and row[3] == seq)):
+        raise NoSuchMessageError(f"no message {seq} in {conversation}")
+    row_id, kind, sender_id, _ = row
+    if deletion.author_only and sender_id != deletion.actor.id:
+        raise NotAuthorError("only the author, or a channel's owner or admin, deletes it")
+    if kind == "deleted":
+        # Deleted already (a retry, or two people at once): the first tombstone answers.
+        first = conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = ? AND m.ref = ? "
+            "AND m.kind = 'deleted' AND m.seq <> ? ORDER BY m.seq LIMIT 1",
+            (conversation, seq, seq),
+        ).fetchone()
+        if first is not None:
+            return _message(first)
+    # The row keeps its place (seq, author, client id) and loses everything it said; the
+    # search index's trigger removes it from the index with the text it had.
+    conn.execute(
+        "UPDATE messages SET kind = 'deleted', ref = seq, text = '', data = NULL, "
+        "mention_all = 0 WHERE id = ?",
+        (row_id,),
+    )
+    conn.execute(
+        "UPDATE messages SET kind = 'deleted', text = '', data = NULL "
+        "WHERE conversation = ? AND ref = ? AND kind = 'edited'",
+        (conversation, seq),
+    )
+    conn.execute("DELETE FROM mentions WHERE conversation = ? AND seq = ?", (conversation, seq))
+    conn.execute("DELETE FROM reactions WHERE conversation = ? AND seq = ?", (conversation, seq))
+    return _insert_change(tx, conversation, "deleted", deletion.actor, deletion.ts, seq)
+
+
+def _react(tx: _Transaction, change: ReactionChange) -> tuple[Entry | None, list[Reaction]]:
+    conn = tx.conn
+    conversation, seq, user = change.conversation, change.seq, change.user
+    _require_message(tx, conversation, seq)
+    key = (conversation, seq, change.emoji, user.id)
+    mine = conn.execute(
+        "SELECT 1 FROM reactions WHERE conversation = ? AND seq = ? AND emoji = ? AND user_id = ?",
+        key,
+    ).fetchone()
+    entry = None
+    if change.add and mine is None:
+        (present,) = conn.execute(
+            "SELECT count(*) FROM reactions WHERE conversation = ? AND seq = ? AND emoji = ?",
+            (conversation, seq, change.emoji),
+        ).fetchone()
+        if not present:
+            (distinct,) = conn.execute(
+                "SELECT count(DISTINCT emoji) FROM reactions WHERE conversation = ? AND seq = ?",
+                (conversation, seq),
+            ).fetchone()
+            if distinct >= change.max_distinct:
+                raise TooManyReactionsError(f"message {seq} has {distinct} emoji")
+        conn.execute(
+            "INSERT INTO reactions (conversation, seq, emoji, user_id, ts) VALUES (?, ?, ?, ?, ?)",
+            (*key, change.ts),
+        )
+        entry = _insert_change(
+            tx,
+            conversation,
+            "reacted",
+            user,
+            change.ts,
+            seq,
+            data=_EntryData(emoji=change.emoji, count=present + 1),
+        )
+    elif not change.add and mine is not None:
+        conn.execute(
+            "DELETE FROM reactions WHERE conversation = ? AND seq = ? AND emoji = ? "
+            "AND user_id = ?",
+            key,
+        )
+        (left,) = conn.execute(
+            "SELECT count(*) FROM reactions WHERE conversation = ? AND seq = ? AND emoji = ?",
+            (conversation, seq, change.emoji),
+        ).fetchone()
+        entry = _insert_change(
+            tx,
+            conversation,
+            "unreacted",
+            user,
+            change.ts,
+            seq,
+            data=_EntryData(emoji=change.emoji, count=left),
+        )
+    return entry, _reactions_of(conn, conversation, seq, user.id)
+
+
+MERGE_PAGES = 256
+"""Leaf pages of the search index merged per write while erasing: each step holds the writer
+for a few milliseconds, and messages are committed between steps."""
+
+
+def _merge_step(tx: _Transaction) -> bool:
+    """Merge a bounded part of the search index towards one segment; True when done.
+
+    FTS5 removes a deleted document from its segments only when they are merged (this
+    SQLite has no ``secure-delete`` option): merging every segment into one leaves nothing
+    of a deleted message's words behind, and ``secure_delete`` zeroes the pages freed."""
+    conn = tx.conn
+    before = conn.total_changes
+    conn.execute("INSERT INTO search (search, rank) VALUES ('merge', ?)", (-MERGE_PAGES,))
+    return conn.total_changes - before < 2
+
+
+def _truncate_wal(conn: sqlite3.Connection) -> None:
+    """Copy the WAL into the database and cut it to nothing (waits for readers, as the
+    busy timeout allows)."""
+    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    if busy:
+        raise StorageError("the WAL could not be checkpointed (the database is busy)")
+
+
+# -- search ---------------------------------------------------------------------------------------
+
+_SCOPE = """
+    CREATE TEMP TABLE IF NOT EXISTS search_scope (
+        conversation TEXT PRIMARY KEY, floor INTEGER NOT NULL, ceiling INTEGER NOT NULL
+    ) WITHOUT ROWID
+"""
+
+
+def _search(conn: sqlite3.Connection, request: SearchRequest) -> tuple[list[Entry], int | None]:
+    """One page of a search (see :meth:`Storage.search`)."""
+    if not request.readable:
+        return [], None
+    # The conversations the reader may read, as a table the query joins: a temporary one,
+    # of this reader thread's connection.
+    conn.execute(_SCOPE)
+    conn.execute("DELETE FROM temp.search_scope")
+    conn.executemany(
+        "INSERT INTO temp.search_scope VALUES (?, ?, ?)",
+        [
+            (c, max(after, 0), min(ceiling, _SEQ_CEILING))
+            for c, (after, ceiling) in request.readable.items()
+        ],
+    )
+    where = ["m.kind = 'message'", "m.seq > sc.floor", "m.seq <= sc.ceiling"]
+    params: list[Any] = []
+    if request.senders:
+        where.append(f"m.sender_id IN ({', '.join('?' * len(request.senders))})")
+        params.extend(request.senders)
+    if request.before is not None:
+        where.append("m.ts < ?")
+        params.append(request.before)
+    if request.after is not None:
+        where.append("m.ts >= ?")
+        params.append(request.after)
+    limit = request.limit + 1
+    offset = 0
+    if request.match is None:
+        # Filters only: newest first over the messages table (sender or conversation
+        # indexes), whatever the order asked.
+        if request.cursor is not None:
+            where.append("m.id < ?")
+            params.append(min(request.cursor, _MAX_ROWID))
+        sql = (
+            f"SELECT {_MESSAGE_COLUMNS} JOIN temp.search_scope sc "
+            f"ON sc.conversation = m.conversation WHERE {' AND '.join(where)} "
+            "ORDER BY m.id DESC LIMIT ?"
+        )
+        rows = conn.execute(sql, (*params, limit)).fetchall()
+        best = False
+    else:
+        # The index drives (CROSS JOIN keeps that order): its matches come newest first
+        # (rowid = message id) or best first, and each is checked against the scope.
+        best = request.best
+        if best:
+            offset = max(request.cursor or 0, 0)
+            order = "ORDER BY f.rank, f.rowid DESC LIMIT ? OFFSET ?"
+        else:
+            if request.cursor is not None:
+                where.append("f.rowid < ?")
+                params.append(min(request.cursor, _MAX_ROWID))
+            order = "ORDER BY f.rowid DESC LIMIT ?"
+        columns = _MESSAGE_COLUMNS.replace(
+            "FROM messages m", "FROM search f CROSS JOIN messages m ON m.id = f.rowid", 1
+        )
+        sql = (
+            f"SELECT {columns} CROSS JOIN temp.search_scope sc "
+            f"ON sc.conversation = m.conversation WHERE f.search MATCH ? "
+            f"AND {' AND '.join(where)} {order}"
+        )
+        arguments: list[Any] = [request.match, *params, limit]
+        if best:
+            arguments.append(offset)
+        try:
+            rows = conn.execute(sql, arguments).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise StorageError(f"search failed: {exc}") from exc
+    entries = [_message(row) for row in rows[: request.limit]]
+    _decorate(conn, entries, request.reader)
+    following: int | None = None
+    if len(rows) > request.limit:
+        following = offset + request.limit if best else entries[-1].id
+    return entries, following
