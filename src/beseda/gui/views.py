@@ -305,6 +305,8 @@ class MessageList:
         self.text.bind("<Button-3>", self._menu_requested)
         self.menu: tk.Menu | None = None
         """The menu of the message last right-clicked."""
+        self.chips: dict[str, tuple[str, ...]] = {}
+        """Row id → the emoji of its reactions, in the order shown."""
         self.picker: EmojiPicker | None = None
         for clickable in ("retry", "link", "quote", "reaction"):
             self.text.tag_bind(clickable, "<Enter>", lambda _e: self.text.configure(cursor="hand2"))
@@ -421,8 +423,10 @@ class MessageList:
         text.insert("insert_row", "\n", body)
         if row.reactions:
             line = ("reactions", tag, *shade)
-            for chip in row.reactions:
-                chip_tags = ("reaction", f"react:{chip.emoji}", *line)
+            # Tags name a chip by its place: Tcl would hand an emoji back in UTF-16 halves.
+            self.chips[row.id] = tuple(chip.emoji for chip in row.reactions)
+            for index, chip in enumerate(row.reactions):
+                chip_tags = ("reaction", f"react:{index}", *line)
                 if chip.mine:
                     chip_tags = ("reaction_mine", *chip_tags)
                 text.insert("insert_row", f" {chip.emoji} {chip.count} ", chip_tags)
@@ -459,7 +463,10 @@ class MessageList:
         row, tags = self._row_at(event.x, event.y)
         for tag in tags:
             if tag.startswith("react:") and row is not None:
-                self.window.presenter.toggle_reaction(row, tag.removeprefix("react:"))
+                chips = self.chips.get(row, ())
+                index = int(tag.removeprefix("react:"))
+                if index < len(chips):
+                    self.window.presenter.toggle_reaction(row, chips[index])
         return "break"
 
     def _menu_requested(self, event: tk.Event[Any]) -> str:
@@ -910,7 +917,8 @@ class ChatScreen(ttk.Frame):
         if str(self.composer.cget("state")) == "disabled":
             return
         self.composer.insert("insert", chosen)
-        self.composer.focus_set()
+        # Back from the picker's window to the main one, ready to write on.
+        self.composer.focus_force()
 
     def _escape(self, _event: object) -> str | None:
         return "break" if self.window.presenter.cancel_composer_context() else None
