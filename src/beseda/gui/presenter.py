@@ -39,6 +39,7 @@ from .preferences import Preferences, SavedSession
 from .text import (
     clock_time,
     colour_of,
+    day_bounds,
     day_label,
     format_time,
     initials,
@@ -2140,6 +2141,9 @@ class Presenter:
         rows: list[MessageRow] = []
         now = self.wall()
         day: tuple[int, int, int] | None = None
+        item_day = (0, 0, 0)
+        day_start = day_end = 0
+        """The local day of the item, and its bounds (ms): a local time only when it ends."""
         group: tuple[str, int] | None = None
         """The sender (case-folded) and time (ms) of the header the next message may join."""
         marked = self._highlight
@@ -2150,7 +2154,9 @@ class Presenter:
                 sender, ts, is_message = self.user, int(item.sent_at * 1000), True
             else:
                 sender, ts, is_message = item.sender, item.ts, item.kind == "message"
-            item_day = local_day(ts)
+            if not day_start <= ts < day_end:
+                item_day = local_day(ts)
+                day_start, day_end = day_bounds(item_day)
             if item_day != day:
                 day, group = item_day, None
                 label = day_label(item_day, now)

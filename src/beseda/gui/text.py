@@ -58,6 +58,14 @@ def local_day(ts_ms: int) -> tuple[int, int, int]:
     return moment.tm_year, moment.tm_mon, moment.tm_mday
 
 
+def day_bounds(day: tuple[int, int, int]) -> tuple[int, int]:
+    """The local day's first and last-plus-one moment, in ms (daylight saving included)."""
+    after = _date(day) + datetime.timedelta(days=1)
+    start = time.mktime((*day, 0, 0, 0, 0, 0, -1))
+    end = time.mktime((after.year, after.month, after.day, 0, 0, 0, 0, 0, -1))
+    return int(start * 1000), int(end * 1000)
+
+
 def _days_between(day: tuple[int, int, int], today: tuple[int, int, int]) -> int:
     return (_date(today) - _date(day)).days
 
