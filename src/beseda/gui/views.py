@@ -289,7 +289,7 @@ class MessageList:
         self.text.tag_configure(
             "reactions", spacing1=3, spacing3=4, lmargin1=self.indent, lmargin2=self.indent
         )
-        self.text.tag_configure("reaction", background=palette.sidebar, font=small)
+        self.text.tag_configure("reaction", background=palette.sidebar, font=("TkDefaultFont", 9))
         self.text.tag_configure(
             "reaction_mine", background=palette.selection, foreground=palette.accent
         )
