@@ -11,7 +11,7 @@ import pytest
 
 from beseda.client import Client
 from beseda.gui.app import App
-from beseda.gui.presenter import GENERAL_KEY
+from beseda.gui.presenter import GENERAL_KEY, dm_key
 
 from .conftest import Link, ServerThread, Windows
 from .test_gui_windows import chat_preview, fill_sign_in, shown, sign_up, type_and_send
@@ -276,3 +276,50 @@ def test_search_finds_a_message_and_opens_it_in_context(
     assert anna.window.chat.messages.jump_button.winfo_ismapped()
     anna.window.chat.messages.jump_button.invoke()
     windows.wait(lambda: "filler 119" in shown(anna))
+
+
+def test_a_quote_opens_what_it_answers_and_replies_stay_in_their_direct_chat(
+    windows: Windows, chat_server: ServerThread
+) -> None:
+    async def talk() -> None:
+        async with Client("127.0.0.1", chat_server.port) as other:
+            await other.register("anna", "password123")
+        client = Client("127.0.0.1", chat_server.port)
+        await client.connect()
+        await client.register("boris", "password123")
+        question = await client.send("Where is the release checklist?")
+        for n in range(120):
+            await client.send(f"filler {n}")
+        await client.post("general", "In the wiki, first page", reply_to=question.seq)
+        await client.dm("anna", "psst, a secret")
+        await client.close()
+
+    asyncio.run(talk())
+    anna = windows.open("anna", chat_server.address)
+    windows.pump()
+    fill_sign_in(anna, "anna")
+    anna.window.sign_in_screen.sign_in_button.invoke()
+    windows.wait(lambda: "In the wiki, first page" in shown(anna))
+    assert "┃ boris: Where is the release checklist?" in shown(anna)
+    assert "\nWhere is the release checklist?" not in shown(anna)  # far above: not loaded
+    click_tag(anna, "quote")
+    windows.wait(lambda: "\nWhere is the release checklist?" in shown(anna))
+    messages = anna.window.chat.messages
+    highlighted = messages.text.tag_ranges("highlight")
+    assert "Where is the release checklist?" in messages.text.get(*highlighted[:2]) + (
+        messages.text.get(highlighted[-2], highlighted[-1])
+    )
+
+    # A reply in a direct conversation stays in it.
+    tree = anna.window.chat.chat_list
+    windows.wait(lambda: tree.exists(dm_key("boris")))
+    tree.focus_force()
+    tree.selection_set(dm_key("boris"))
+    windows.wait(lambda: "psst, a secret" in shown(anna))
+    choose(anna, "psst, a secret", "Reply")
+    type_and_send(windows, anna, "my lips are sealed")
+    windows.wait(lambda: "✓" in row_shows(anna, "my lips are sealed"))
+    assert "┃ boris: psst, a secret\nmy lips are sealed\n" in shown(anna)
+    assert not tree.exists(dm_key("anna"))
+    # General's list entry still shows its last message, not the page opened at the quote.
+    assert chat_preview(tree, GENERAL_KEY) == "boris: In the wiki, first page"

@@ -937,6 +937,11 @@ class Presenter:
         if message.conversation.startswith("c:"):
             return message.conversation, None
         own = message.sender.casefold() == self.user.casefold()
+        if own and not message.to:
+            # One's own entry posted by conversation id (a reply): it names no peer.
+            known = self._by_id(message.conversation)
+            if known is not None:
+                return known.key, known.peer
         peer = (message.to or message.sender) if own else message.sender
         return dm_key(peer), peer
 
@@ -2256,7 +2261,7 @@ class Presenter:
 
     def _last_line(self, conversation: Conversation, now: float) -> tuple[str, str]:
         """The conversation list's preview of the last message, and when it came."""
-        timeline = conversation.timeline
+        timeline = conversation.live or conversation.timeline
         item: Item | None = None
         if timeline.outgoing:
             item = timeline.outgoing[-1]
