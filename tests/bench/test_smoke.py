@@ -84,3 +84,36 @@ def test_report_has_the_targets_table(smoke: tuple[dict, str]) -> None:
         "sync in",
     ):
         assert phrase in markdown
+
+
+def test_the_search_scenario_measures_every_query_kind(tmp_path: Path) -> None:
+    out = tmp_path / "search.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.search",
+            "--messages",
+            "2000",
+            "--rounds",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120 * TIMEOUT_FACTOR,
+    )
+    results = json.loads(out.read_text(encoding="utf-8"))
+    built = results["build"]
+    assert isinstance(built, dict)
+    assert built["messages"] == 2000
+    assert built["index_on_upgrade_s"] > 0
+    assert built["index_rows"] > 0
+    queries = results["queries"]
+    assert isinstance(queries, dict)
+    assert set(queries) == {"word", "prefix", "substring", "phrase", "filtered"}
+    for kind, figures in queries.items():
+        assert figures["p99_ms"] >= figures["p50_ms"] > 0, kind
+        assert figures["hits"] > 0, kind  # the corpus has what each kind looks for

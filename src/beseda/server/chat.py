@@ -452,18 +452,7 @@ class Chat:
         if conversation.archived:
             raise ProtocolError(errors.ARCHIVED)
         mentions, mention_all = await self._mentions(sender, conversation, text)
-        # Over the rate, hold the message instead of refusing it while the backlog is short:
-        # a connection's requests are handled in order, so a fast sender is paced at the
-        # rate, keeps its order and needs no retries. Only a longer backlog is refused.
-        now = self._monotonic()
-        wait = self._message_rate.reserve(sender.id, now, self._limits.message_max_delay)
-        if wait is None:
-            retry = self._message_rate.peek(sender.id, now) - self._limits.message_max_delay
-            raise ProtocolError(errors.RATE_LIMITED, retry_after=round(max(retry, 0.001), 3))
-        if wait > 0:
-            await self._sleep(wait)
-            if not conversation.is_member(sender.id):  # removed while the message was held
-                raise unknown(conversation.id)
+        await self._pace(sender, conversation)
         conversation_id = conversation.id
         appended = self._storage.append_message(
             NewMessage(
@@ -513,6 +502,23 @@ class Chat:
         appended.add_done_callback(committed)
         session.last_write = result
         return result
+
+    async def _pace(self, sender: UserRecord, conversation: Conversation) -> None:
+        """The message rate, for messages and the changes of them alike (edits, deletes,
+        reactions: each is an entry every member receives).
+
+        Over the rate, hold the request instead of refusing it while the backlog is short:
+        a connection's requests are handled in order, so a fast sender is paced at the rate,
+        keeps its order and needs no retries. Only a longer backlog is refused."""
+        now = self._monotonic()
+        wait = self._message_rate.reserve(sender.id, now, self._limits.message_max_delay)
+        if wait is None:
+            retry = self._message_rate.peek(sender.id, now) - self._limits.message_max_delay
+            raise ProtocolError(errors.RATE_LIMITED, retry_after=round(max(retry, 0.001), 3))
+        if wait > 0:
+            await self._sleep(wait)
+            if not conversation.is_member(sender.id):  # removed while the request was held
+                raise unknown(conversation.id)
 
     async def _mentions(
         self, sender: UserRecord, conversation: Conversation, text: str
@@ -630,7 +636,7 @@ class Chat:
                         reader=user.id,
                         max_bytes=self._reply_bytes,
                     )
-                    more = request.after > floor and (not entries or entries[0].seq > floor + 1)
+                    more = request.after > floor  # the entries up to ``after`` are older
                 else:
                     assert request.around is not None
                     # The message and the older half up to it, then the newer half.
@@ -655,7 +661,7 @@ class Chat:
                             max_bytes=self._reply_bytes // 2,
                         )
                         if request.limit > len(entries)
-                        else ([], True)
+                        else ([], start < ceiling)  # a page of one: is anything after it?
                     )
                     entries = entries + later
         if session.protocol < 3:
@@ -886,7 +892,8 @@ class Chat:
     async def _channels(self, session: Session, request: schema.Channels) -> schema.ChannelsResult:
         user = session.user
         assert user is not None
-        query = accounts.canonical_name(request.query.strip())
+        # Without diacritics, as the user directory ("cafe" finds "Café").
+        query = search.fold(accounts.canonical_name(request.query.strip()))
         after = accounts.canonical_name(request.after) if request.after else ""
         # Channels only (by their keys), not every direct conversation of the server.
         conversations = self.index.conversations
@@ -901,7 +908,7 @@ class Chat:
                 for c in channels
                 if c.key is not None
                 and c.key > after
-                and query in c.key
+                and query in search.fold(c.key)
                 and (c.public or c.is_member(user.id))
             ),
             key=lambda c: c.key or "",
@@ -1459,6 +1466,7 @@ class Chat:
         _check_text(request.text)
         if conversation.archived:
             raise ProtocolError(errors.ARCHIVED)
+        await self._pace(user, conversation)
         edit = MessageEdit(conversation.id, request.seq, user, request.text, self._clock())
         return await self._deliver_change(session, conversation, self._storage.edit_message(edit))
 
@@ -1469,6 +1477,7 @@ class Chat:
             OWNER,
             ADMIN,
         )
+        await self._pace(user, conversation)
         deletion = MessageDeletion(
             conversation.id, request.seq, user, self._clock(), author_only=not manager
         )
@@ -1483,6 +1492,7 @@ class Chat:
         emoji = check_emoji(request.emoji)
         if conversation.archived:
             raise ProtocolError(errors.ARCHIVED)
+        await self._pace(user, conversation)
         change = ReactionChange(
             conversation.id,
             request.seq,

@@ -110,10 +110,10 @@ class Term:
         if self.phrase or len(self.words[0]) < schema.MIN_SUBSTRING_CHARS:
             return '" ' + " ".join(self.words) + ' "'
         (word,) = self.words
-        stemmed = stem(word)
-        if stemmed == word or len(stemmed) < 2:
+        beginnings = _beginnings(word)
+        if not beginnings:
             return f'"{word}"'
-        return f'("{word}" OR " {stemmed}")'
+        return "(" + " OR ".join([f'"{word}"', *(f'" {b}"' for b in beginnings)]) + ")"
 
     def patterns(self) -> list[re.Pattern[str]]:
         """Regular expressions over folded text that find what this term matches."""
@@ -122,10 +122,22 @@ class Term:
             return [re.compile(rf"(?<!\w){body}(?!\w)")]
         (word,) = self.words
         found = [re.compile(re.escape(word))]
-        stemmed = stem(word)
-        if stemmed != word and len(stemmed) >= 2:
-            found.append(re.compile(rf"(?<!\w){re.escape(stemmed)}\w*"))
+        for beginning in _beginnings(word):
+            found.append(re.compile(rf"(?<!\w){re.escape(beginning)}\w*"))
         return found
+
+
+def _beginnings(word: str) -> list[str]:
+    """How the words that are forms of ``word`` begin, besides containing it: its stem, and
+    for an English stem that Snowball ends in ``i`` (``happiness`` → ``happi``) the ``y``
+    form it came from (``happy``)."""
+    stemmed = stem(word)
+    if stemmed == word or len(stemmed) < 2:
+        return []
+    found = [stemmed]
+    if stemmed.endswith("i") and stemmed.isascii():
+        found.append(stemmed[:-1] + "y")
+    return found
 
 
 @dataclass(slots=True)
@@ -150,7 +162,7 @@ class Query:
 
 
 _TOKEN = re.compile(
-    r'(?P<key>from|in|before|after):(?P<value>"[^"]*"?|\S+)|"(?P<phrase>[^"]*)"?|(?P<word>\S+)'
+    r'(?P<key>from|in|before|after):(?P<value>"[^"]*"?|\S*)|"(?P<phrase>[^"]*)"?|(?P<word>\S+)'
 )
 
 

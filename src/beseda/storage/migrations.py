@@ -57,19 +57,17 @@ SEARCH_TRIGGERS: Final = (
         INSERT INTO search (rowid, body) VALUES (new.id, beseda_search_body(new.text));
     END
     """,
+    # One trigger for both halves of an update, in this order: SQLite runs several triggers
+    # of one event newest first, and the index must lose the old words before it gets the
+    # new ones (words in both would be lost otherwise).
     """
-    CREATE TRIGGER search_update_old AFTER UPDATE OF text, kind ON messages
-    WHEN old.kind = 'message' AND beseda_search_on()
+    CREATE TRIGGER search_update AFTER UPDATE OF text, kind ON messages
+    WHEN beseda_search_on() AND 'message' IN (old.kind, new.kind)
     BEGIN
         INSERT INTO search (search, rowid, body)
-        VALUES ('delete', old.id, beseda_search_body(old.text));
-    END
-    """,
-    """
-    CREATE TRIGGER search_update_new AFTER UPDATE OF text, kind ON messages
-    WHEN new.kind = 'message' AND beseda_search_on()
-    BEGIN
-        INSERT INTO search (rowid, body) VALUES (new.id, beseda_search_body(new.text));
+        SELECT 'delete', old.id, beseda_search_body(old.text) WHERE old.kind = 'message';
+        INSERT INTO search (rowid, body)
+        SELECT new.id, beseda_search_body(new.text) WHERE new.kind = 'message';
     END
     """,
     """
@@ -87,7 +85,7 @@ def _index_messages(conn: sqlite3.Connection) -> None:
     """Index every stored message (an existing database, upgraded)."""
     count = conn.execute(
         "INSERT INTO search (rowid, body) SELECT id, beseda_search_body(text) FROM messages "
-        "WHERE kind = 'message'"
+        "WHERE kind = 'message' AND beseda_search_on()"
     ).rowcount
     log.info("indexed %d messages for search", count)
 
@@ -226,5 +224,14 @@ MIGRATIONS: Final[list[list[Step]]] = [
         """,
         _index_messages,
         *SEARCH_TRIGGERS,
+        # Deletes whose text may still be in free pages or old index segments: counted in
+        # the delete's transaction, cleared when the index has been merged since, so that an
+        # erasure cut short by a stop or a crash is finished at the next start.
+        """
+        CREATE TABLE erasures (
+            id      INTEGER PRIMARY KEY CHECK (id = 1),
+            deletes INTEGER NOT NULL
+        )
+        """,
     ],
 ]

@@ -433,9 +433,17 @@ class _Writer(threading.Thread):
     acknowledge messages that vanish at the next restart.
     """
 
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, busy_timeout_ms: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        loop: asyncio.AbstractEventLoop,
+        busy_timeout_ms: int,
+        *,
+        search_index: bool = True,
+    ) -> None:
         super().__init__(name="beseda-sqlite-writer", daemon=True)
         self._path = path
+        self._search_index = search_index
         self._loop = loop
         self._busy_timeout_ms = busy_timeout_ms
         self._queue: queue.SimpleQueue[tuple[Write, asyncio.Future[Any]] | None] = (
@@ -481,7 +489,9 @@ class _Writer(threading.Thread):
                 self._conn.close()
 
     def _open(self) -> None:
-        conn = connect(self._path, busy_timeout_ms=self._busy_timeout_ms)
+        conn = connect(
+            self._path, busy_timeout_ms=self._busy_timeout_ms, search_index=self._search_index
+        )
         try:
             migrate(conn)
             status = os.stat(self._path)
@@ -846,8 +856,19 @@ def _resolve(outcomes: Iterable[tuple[asyncio.Future[Any], Any, BaseException | 
 class SQLiteStorage:
     """The embedded default store (implements :class:`beseda.storage.Storage`)."""
 
-    def __init__(self, path: Path | str, *, readers: int = 2, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        readers: int = 2,
+        busy_timeout: float = 5.0,
+        search_index: bool = True,
+    ) -> None:
+        """``search_index=False`` is for a benchmark's reference run only: messages written
+        are not indexed for search (and an upgrade's backfill does not run either), so the
+        cost of the index can be measured against the same server without it."""
         self.path = Path(path)
+        self._search_index = search_index
         self._readers = readers
         self._busy_timeout_ms = int(busy_timeout * 1000)
         self._writer: _Writer | None = None
@@ -864,7 +885,9 @@ class SQLiteStorage:
         except OSError as exc:
             raise StorageError(f"Cannot create the directory of {self.path}: {exc}") from exc
         loop = asyncio.get_running_loop()
-        self._writer = _Writer(self.path, loop, self._busy_timeout_ms)
+        self._writer = _Writer(
+            self.path, loop, self._busy_timeout_ms, search_index=self._search_index
+        )
         self._writer.start()
         try:
             await self._writer.ready
@@ -872,8 +895,18 @@ class SQLiteStorage:
             self._writer = None
             raise StorageError(f"Cannot open the database {self.path}: {exc}") from exc
         self._pool = ThreadPoolExecutor(self._readers, thread_name_prefix="beseda-sqlite-reader")
+        # An erasure a stop or a crash cut short is finished now.
+        pending = await self._read(
+            lambda conn: conn.execute("SELECT 1 FROM erasures WHERE id = 1").fetchone()
+        )
+        if pending is not None:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            self._erase_later(done)
 
     async def close(self) -> None:
+        # A deleted text is not left in the files by a stop (the erasure is bounded work).
+        await self.finish_erasure()
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.stop()
@@ -1177,7 +1210,8 @@ class SQLiteStorage:
                     break
                 page.append(entry)
             page.reverse()
-            _decorate(conn, page, reader)
+            if _decorate(conn, page, reader) and _trim(page, max_bytes, newest=True):
+                more = True
             return page, more
 
         return await self._read(work)
@@ -1212,7 +1246,8 @@ class SQLiteStorage:
                     more = True
                     break
                 page.append(entry)
-            _decorate(conn, page, reader)
+            if _decorate(conn, page, reader) and _trim(page, max_bytes, newest=False):
+                more = True
             return page, more
 
         return await self._read(work)
@@ -1257,7 +1292,8 @@ class SQLiteStorage:
             finally:
                 for cursor in streams:
                     cursor.close()
-            _decorate(conn, collected, reader)
+            if _decorate(conn, collected, reader) and _trim(collected, max_bytes, newest=False):
+                more = True
             return collected, more
 
         return await self._read(work) if ranges else ([], False)
@@ -1309,7 +1345,7 @@ class SQLiteStorage:
         future.add_done_callback(self._erase_later)
         return future
 
-    def _erase_later(self, deleted: asyncio.Future[Entry]) -> None:
+    def _erase_later(self, deleted: asyncio.Future[Any]) -> None:
         if deleted.cancelled() or deleted.exception() is not None or self._writer is None:
             return
         self._erase_again = True
@@ -1322,7 +1358,8 @@ class SQLiteStorage:
         while self._erase_again:
             self._erase_again = False
             try:
-                while not await self._submit(_merge_step):
+                step = _MergeRound()
+                while not await self._submit(step):
                     pass
                 await self._read(_truncate_wal)
             except StorageError as exc:
@@ -1542,8 +1579,9 @@ _INSERT_CHANGE = """
 """
 
 
-def _decorate(conn: sqlite3.Connection, entries: list[Entry], reader: int | None) -> None:
-    """Fill in the quotes of replies and, for ``reader``, the reactions of messages."""
+def _decorate(conn: sqlite3.Connection, entries: list[Entry], reader: int | None) -> bool:
+    """Fill in the quotes of replies and, for ``reader``, the reactions of messages; True
+    when it added anything."""
     replies: dict[str, set[int]] = {}
     shown: dict[str, list[int]] = {}
     for entry in entries:
@@ -1581,7 +1619,7 @@ def _decorate(conn: sqlite3.Connection, entries: list[Entry], reader: int | None
                     Reaction(emoji=emoji, count=count, me=bool(mine))
                 )
     if not quotes and not reactions:
-        return
+        return False
     for entry in entries:
         if entry.kind != "message":
             continue
@@ -1590,6 +1628,28 @@ def _decorate(conn: sqlite3.Connection, entries: list[Entry], reader: int | None
         found = reactions.get((entry.conversation, entry.seq))
         if found:
             entry.reactions = found
+    return True
+
+
+def _trim(entries: list[Entry], max_bytes: int | None, *, newest: bool) -> bool:
+    """Cut ``entries`` to ``max_bytes`` once quotes and reactions are filled in (the budget
+    counted them without): from the oldest end to keep the newest, else from the newest.
+    Keeps at least one; True when it cut."""
+    if max_bytes is None or not entries:
+        return False
+    sizes = [len(_data_encoder.encode(entry)) + 1 for entry in entries]
+    total = sum(sizes)
+    if total <= max_bytes:
+        return False
+    cut = 0
+    while total > max_bytes and cut < len(entries) - 1:
+        total -= sizes[cut] if newest else sizes[len(sizes) - 1 - cut]
+        cut += 1
+    if newest:
+        del entries[:cut]
+    else:
+        del entries[len(entries) - cut :]
+    return cut > 0
 
 
 def _chunks(values: list[int], size: int = 500) -> Iterable[list[int]]:
@@ -1723,6 +1783,10 @@ def _delete(tx: _Transaction, deletion: MessageDeletion) -> Entry:
     )
     conn.execute("DELETE FROM mentions WHERE conversation = ? AND seq = ?", (conversation, seq))
     conn.execute("DELETE FROM reactions WHERE conversation = ? AND seq = ?", (conversation, seq))
+    conn.execute(
+        "INSERT INTO erasures (id, deletes) VALUES (1, 1) "
+        "ON CONFLICT (id) DO UPDATE SET deletes = deletes + 1"
+    )
     return _insert_change(tx, conversation, "deleted", deletion.actor, deletion.ts, seq)
 
 
@@ -1788,16 +1852,33 @@ MERGE_PAGES = 256
 for a few milliseconds, and messages are committed between steps."""
 
 
-def _merge_step(tx: _Transaction) -> bool:
-    """Merge a bounded part of the search index towards one segment; True when done.
+class _MergeRound:
+    """One round of erasure: merge the search index into one segment, a bounded part per
+    write; the write that finishes clears the count of deletes it covers.
 
     FTS5 removes a deleted document from its segments only when they are merged (this
     SQLite has no ``secure-delete`` option): merging every segment into one leaves nothing
     of a deleted message's words behind, and ``secure_delete`` zeroes the pages freed."""
-    conn = tx.conn
-    before = conn.total_changes
-    conn.execute("INSERT INTO search (search, rank) VALUES ('merge', ?)", (-MERGE_PAGES,))
-    return conn.total_changes - before < 2
+
+    __slots__ = ("deletes",)
+
+    def __init__(self) -> None:
+        self.deletes: int | None = None
+        """The count of deletes when the round began (those it erases)."""
+
+    def __call__(self, tx: _Transaction) -> bool:
+        """One step; True when the round is done."""
+        conn = tx.conn
+        if self.deletes is None:
+            row = conn.execute("SELECT deletes FROM erasures WHERE id = 1").fetchone()
+            self.deletes = row[0] if row else 0
+        before = conn.total_changes
+        conn.execute("INSERT INTO search (search, rank) VALUES ('merge', ?)", (-MERGE_PAGES,))
+        if conn.total_changes - before >= 2:
+            return False
+        # A delete committed during the round counted one more: it stays pending.
+        conn.execute("DELETE FROM erasures WHERE id = 1 AND deletes = ?", (self.deletes,))
+        return True
 
 
 def _truncate_wal(conn: sqlite3.Connection) -> None:
@@ -1815,6 +1896,35 @@ _SCOPE = """
         conversation TEXT PRIMARY KEY, floor INTEGER NOT NULL, ceiling INTEGER NOT NULL
     ) WITHOUT ROWID
 """
+
+
+_CLOCK_MARGIN_MS = 3_600_000
+"""Ids grow in commit order and ``ts`` is the server's clock at the commit, so the first id
+stored at or after a time can be found by bisecting ids. A clock that stepped back would make
+the two disagree; the bound is widened by an hour, and the exact ``ts`` test applies anyway."""
+
+
+def _first_id_at(conn: sqlite3.Connection, ts: int) -> int:
+    """The smallest message id stored at or after ``ts`` (one past the largest when none),
+    by bisecting ids: some twenty primary-key reads, instead of an index on ``ts`` that every
+    message would pay for."""
+    # Two reads: SQLite answers a lone min() or max() of the key from the b-tree's edge, and
+    # scans the table for anything more.
+    (low,) = conn.execute("SELECT min(id) FROM messages").fetchone()
+    (high,) = conn.execute("SELECT max(id) FROM messages").fetchone()
+    if low is None:
+        return 1
+    high += 1
+    while low < high:
+        middle = (low + high) // 2
+        row = conn.execute(
+            "SELECT id, ts FROM messages WHERE id >= ? ORDER BY id LIMIT 1", (middle,)
+        ).fetchone()
+        if row is None or row[1] >= ts:
+            high = middle
+        else:
+            low = row[0] + 1
+    return int(low)
 
 
 def _search(conn: sqlite3.Connection, request: SearchRequest) -> tuple[list[Entry], int | None]:
@@ -1840,9 +1950,15 @@ def _search(conn: sqlite3.Connection, request: SearchRequest) -> tuple[list[Entr
     if request.before is not None:
         where.append("m.ts < ?")
         params.append(request.before)
+        # Also as a bound on ids, which the index seeks to instead of walking every newer
+        # match; see _first_id_at for the clock margin.
+        where.append("{id} < ?")
+        params.append(_first_id_at(conn, request.before + _CLOCK_MARGIN_MS))
     if request.after is not None:
         where.append("m.ts >= ?")
         params.append(request.after)
+        where.append("{id} >= ?")
+        params.append(_first_id_at(conn, request.after - _CLOCK_MARGIN_MS))
     limit = request.limit + 1
     offset = 0
     if request.match is None:
@@ -1853,7 +1969,7 @@ def _search(conn: sqlite3.Connection, request: SearchRequest) -> tuple[list[Entr
             params.append(min(request.cursor, _MAX_ROWID))
         sql = (
             f"SELECT {_MESSAGE_COLUMNS} JOIN temp.search_scope sc "
-            f"ON sc.conversation = m.conversation WHERE {' AND '.join(where)} "
+            f"ON sc.conversation = m.conversation WHERE {' AND '.join(where).format(id='m.id')} "
             "ORDER BY m.id DESC LIMIT ?"
         )
         rows = conn.execute(sql, (*params, limit)).fetchall()
@@ -1876,7 +1992,7 @@ def _search(conn: sqlite3.Connection, request: SearchRequest) -> tuple[list[Entr
         sql = (
             f"SELECT {columns} CROSS JOIN temp.search_scope sc "
             f"ON sc.conversation = m.conversation WHERE f.search MATCH ? "
-            f"AND {' AND '.join(where)} {order}"
+            f"AND {' AND '.join(where).format(id='f.rowid')} {order}"
         )
         arguments: list[Any] = [request.match, *params, limit]
         if best:
