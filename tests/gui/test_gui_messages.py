@@ -498,3 +498,15 @@ def test_general_is_a_conversation_like_the_others_for_replies(
     presenter.reply("seq:1")
     assert presenter.send("hi bob")
     assert backend.last("reply")[1:] == ("general", "hi bob", 1)
+
+
+def test_a_change_is_no_unread_message_where_the_server_counts_none(
+    presenter: Presenter, view: FakeView
+) -> None:
+    # A conversation listed the protocol-2 way: the client counts unread from seqs.
+    presenter.sign_in(SERVER, "alice", "password123", remember=True, create=False)
+    listed = [schema.ConversationEntry(conversation="general", last_seq=1)]
+    feed(presenter, events.SignedIn("alice", "token-1", listed, {}))
+    presenter.open_dm("bob")
+    feed(presenter, change(2, "reacted", 1, conversation="general", emoji="👍", count=1))
+    assert {r.title: r.unread for r in view.conversations}["General"] == 0

@@ -1262,8 +1262,10 @@ class Presenter:
         if conversation is None or change.ref is None:
             return
         ref = change.ref
+        # A change is nothing new to read: a reader who was up to date stays so.
+        caught_up = conversation.unread == 0 and change.seq <= conversation.read_seq + 1
         conversation.last_seq = max(conversation.last_seq, change.seq)
-        if change.seq <= conversation.read_seq + 1 and conversation.unread == 0:
+        if caught_up:
             conversation.read_seq = max(conversation.read_seq, change.seq)
         if change.kind == "deleted":
             conversation.deleted.add(ref)

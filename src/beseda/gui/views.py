@@ -1704,8 +1704,9 @@ class MainWindow:
     # -- the View protocol ---------------------------------------------------------------------
 
     def show_sign_in(self, form: SignInForm) -> None:
-        if self.switcher is not None and self.switcher.winfo_exists():
-            self.switcher.destroy()
+        for popup in (self.switcher, self.search_window, self.confirm_dialog):
+            if popup is not None and popup.winfo_exists():
+                popup.destroy()
         self._show_screen(self.sign_in_screen)
         self.sign_in_screen.show(form)
 
