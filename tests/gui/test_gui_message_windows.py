@@ -321,5 +321,14 @@ def test_a_quote_opens_what_it_answers_and_replies_stay_in_their_direct_chat(
     windows.wait(lambda: "✓" in row_shows(anna, "my lips are sealed"))
     assert "┃ boris: psst, a secret\nmy lips are sealed\n" in shown(anna)
     assert not tree.exists(dm_key("anna"))
+    # Edited from its menu.
+    choose(anna, "my lips are sealed", "Edit")
+    composer = anna.window.chat.composer
+    assert composer.get("1.0", "end-1c") == "my lips are sealed"
+    composer.insert("end", ", promise")
+    composer.focus_force()
+    windows.pump()
+    composer.event_generate("<Return>")
+    windows.wait(lambda: "edited" in row_shows(anna, "my lips are sealed, promise"))
     # General's list entry still shows its last message, not the page opened at the quote.
     assert chat_preview(tree, GENERAL_KEY) == "boris: In the wiki, first page"
