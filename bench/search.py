@@ -291,7 +291,7 @@ def compare(messages: int, seed: int = 11) -> dict[str, object]:
         conn.execute("BEGIN")
         if design == "trigram":
             conn.execute("CREATE VIRTUAL TABLE t USING fts5(body, content='', tokenize='trigram')")
-            prepare = search_body
+            prepare = search_body  # without marks, as the words design
         else:
             conn.execute(
                 "CREATE VIRTUAL TABLE t USING fts5(body, content='', "

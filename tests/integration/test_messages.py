@@ -425,3 +425,32 @@ async def test_date_filters_find_exactly_the_messages_of_their_days(tmp_path: Pa
         assert await days(before=day) == []
     finally:
         await storage.close()
+
+
+async def test_a_channels_owners_and_admins_delete_anyones_message(
+    server: Server, connect: Connect
+) -> None:
+    alice: Client = await connect("alice")  # type: ignore[assignment]
+    bob: Client = await connect("bob")  # type: ignore[assignment]
+    carol: Client = await connect("carol")  # type: ignore[assignment]
+    channel = await alice.create_channel("ops", public=False, members=["bob"])
+    mine = await alice.post(channel.conversation, "from the owner")
+    spam = await bob.post(channel.conversation, "spam")
+    with pytest.raises(ProtocolError) as member:
+        await bob.delete(channel.conversation, mine.seq)
+    assert member.value.code == errors.NOT_ALLOWED
+    deleted = await alice.delete(channel.conversation, spam.seq)
+    assert (deleted.kind, deleted.sender, deleted.ref) == ("deleted", "alice", spam.seq)
+    with pytest.raises(ProtocolError) as stranger:
+        await carol.react(channel.conversation, mine.seq, "👍")
+    assert stranger.value.code == errors.UNKNOWN_CONVERSATION
+    group = await alice.create_group(["bob", "carol"])
+    theirs = await bob.post(group.conversation, "in the group")
+    with pytest.raises(ProtocolError) as nobody:  # a group has no admins
+        await alice.delete(group.conversation, theirs.seq)
+    assert nobody.value.code == errors.NOT_ALLOWED
+    await alice.archive(channel.conversation)
+    with pytest.raises(ProtocolError) as archived:
+        await alice.edit(channel.conversation, mine.seq, "too late")
+    assert archived.value.code == errors.ARCHIVED
+    await alice.delete(channel.conversation, mine.seq)  # deleting stays possible

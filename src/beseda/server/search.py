@@ -68,11 +68,33 @@ def fold_mapped(text: str) -> tuple[str, list[int]]:
     return "".join(folded), origin
 
 
-def search_body(text: str) -> str:
-    """The form of a message's text that the index holds: its folded words, space
-    separated, with a space at each end."""
+def search_body(text: str, sender: int | None = None, conversation: str | None = None) -> str:
+    """The form of a message that the index holds: its folded words, space separated, with
+    a space at each end; then the marks of its sender and conversation (:func:`sender_mark`,
+    :func:`conversation_mark`), which no query word can match, so that ``from:`` and ``in:``
+    are looked up in the index with the words instead of checked one match at a time."""
     words = _WORD.findall(fold(text))
-    return " " + " ".join(words) + " " if words else ""
+    body = " " + " ".join(words) + " " if words else ""
+    if sender is not None:
+        body += sender_mark(sender)
+    if conversation is not None:
+        body += conversation_mark(conversation)
+    return body
+
+
+def sender_mark(sender: int) -> str:
+    """The index's mark of the messages of one sender (by user id)."""
+    return f"\x01{sender}\x01"
+
+
+def conversation_mark(conversation: str) -> str:
+    """The index's mark of the messages of one conversation (by id)."""
+    return f"\x02{conversation}\x02"
+
+
+def fts_phrase(text: str) -> str:
+    """``text`` as one FTS5 phrase (quotes doubled)."""
+    return '"' + text.replace('"', '""') + '"'
 
 
 _STEMMERS: Final = {

@@ -189,7 +189,8 @@ class SearchRequest:
 
     match: str | None
     """An FTS5 expression over the trigram index of folded words (``server/search.py``), or
-    None to take every message that passes the filters."""
+    None to take every message that passes the filters. (The SQLite engine adds the index's
+    sender and conversation marks for ``senders`` and a single readable conversation.)"""
     readable: dict[str, tuple[int, int]]
     """Conversation → ``(after, ceiling)``: only messages with ``after < seq <= ceiling``
     of these conversations may be returned."""

@@ -54,7 +54,8 @@ SEARCH_TRIGGERS: Final = (
     CREATE TRIGGER search_insert AFTER INSERT ON messages
     WHEN new.kind = 'message' AND beseda_search_on()
     BEGIN
-        INSERT INTO search (rowid, body) VALUES (new.id, beseda_search_body(new.text));
+        INSERT INTO search (rowid, body)
+        VALUES (new.id, beseda_search_body(new.text, new.sender_id, new.conversation));
     END
     """,
     # One trigger for both halves of an update, in this order: SQLite runs several triggers
@@ -65,9 +66,11 @@ SEARCH_TRIGGERS: Final = (
     WHEN beseda_search_on() AND 'message' IN (old.kind, new.kind)
     BEGIN
         INSERT INTO search (search, rowid, body)
-        SELECT 'delete', old.id, beseda_search_body(old.text) WHERE old.kind = 'message';
+        SELECT 'delete', old.id, beseda_search_body(old.text, old.sender_id, old.conversation)
+        WHERE old.kind = 'message';
         INSERT INTO search (rowid, body)
-        SELECT new.id, beseda_search_body(new.text) WHERE new.kind = 'message';
+        SELECT new.id, beseda_search_body(new.text, new.sender_id, new.conversation)
+        WHERE new.kind = 'message';
     END
     """,
     """
@@ -75,7 +78,7 @@ SEARCH_TRIGGERS: Final = (
     WHEN old.kind = 'message' AND beseda_search_on()
     BEGIN
         INSERT INTO search (search, rowid, body)
-        VALUES ('delete', old.id, beseda_search_body(old.text));
+        VALUES ('delete', old.id, beseda_search_body(old.text, old.sender_id, old.conversation));
     END
     """,
 )
@@ -84,7 +87,8 @@ SEARCH_TRIGGERS: Final = (
 def _index_messages(conn: sqlite3.Connection) -> None:
     """Index every stored message (an existing database, upgraded)."""
     count = conn.execute(
-        "INSERT INTO search (rowid, body) SELECT id, beseda_search_body(text) FROM messages "
+        "INSERT INTO search (rowid, body) "
+        "SELECT id, beseda_search_body(text, sender_id, conversation) FROM messages "
         "WHERE kind = 'message' AND beseda_search_on()"
     ).rowcount
     log.info("indexed %d messages for search", count)

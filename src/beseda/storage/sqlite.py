@@ -45,7 +45,7 @@ from ..protocol.schema import (
     Quote,
     Reaction,
 )
-from ..server.search import fold, search_body
+from ..server.search import conversation_mark, fold, fts_phrase, search_body, sender_mark
 from . import (
     ConversationRecord,
     ConversationState,
@@ -231,7 +231,7 @@ def connect(
     # A deleted message's text must not stay in freed space of a page (docs/architecture.md,
     # "Deletes").
     conn.execute("PRAGMA secure_delete = ON")
-    conn.create_function("beseda_search_body", 1, search_body, deterministic=True)
+    conn.create_function("beseda_search_body", 3, search_body, deterministic=True)
     on = 1 if search_index else 0
     conn.create_function("beseda_search_on", 0, lambda: on, deterministic=True)
     if not readonly:
@@ -1607,6 +1607,12 @@ def _decorate(conn: sqlite3.Connection, entries: list[Entry], reader: int | None
                 )
     reactions: dict[tuple[str, int], list[Reaction]] = {}
     for conversation, seqs in shown.items():
+        # One seek tells whether the page's range has any reaction at all (most have none).
+        if not conn.execute(
+            "SELECT 1 FROM reactions WHERE conversation = ? AND seq BETWEEN ? AND ? LIMIT 1",
+            (conversation, min(seqs), max(seqs)),
+        ).fetchone():
+            continue
         for chunk in _chunks(seqs):
             rows = conn.execute(
                 "SELECT seq, emoji, count(*), max(user_id = ?), min(ts) FROM reactions "
@@ -1961,9 +1967,17 @@ def _search(conn: sqlite3.Connection, request: SearchRequest) -> tuple[list[Entr
         params.append(_first_id_at(conn, request.after - _CLOCK_MARGIN_MS))
     limit = request.limit + 1
     offset = 0
-    if request.match is None:
-        # Filters only: newest first over the messages table (sender or conversation
-        # indexes), whatever the order asked.
+    # The sender and a single conversation are marks in the index: looked up with the words
+    # (FTS5 skips along the shorter posting list) instead of checked at every match.
+    parts = [f"({request.match})"] if request.match is not None else []
+    if request.senders:
+        parts.append("(" + " OR ".join(fts_phrase(sender_mark(s)) for s in request.senders) + ")")
+    if len(request.readable) == 1:
+        (only,) = request.readable
+        parts.append(fts_phrase(conversation_mark(only)))
+    match = " AND ".join(parts) if parts else None
+    if match is None:
+        # Filters only: newest first over the messages table, whatever the order asked.
         if request.cursor is not None:
             where.append("m.id < ?")
             params.append(min(request.cursor, _MAX_ROWID))
@@ -1977,7 +1991,7 @@ def _search(conn: sqlite3.Connection, request: SearchRequest) -> tuple[list[Entr
     else:
         # The index drives (CROSS JOIN keeps that order): its matches come newest first
         # (rowid = message id) or best first, and each is checked against the scope.
-        best = request.best
+        best = request.best and request.match is not None
         if best:
             offset = max(request.cursor or 0, 0)
             order = "ORDER BY f.rank, f.rowid DESC LIMIT ? OFFSET ?"
@@ -1994,7 +2008,7 @@ def _search(conn: sqlite3.Connection, request: SearchRequest) -> tuple[list[Entr
             f"ON sc.conversation = m.conversation WHERE f.search MATCH ? "
             f"AND {' AND '.join(where).format(id='f.rowid')} {order}"
         )
-        arguments: list[Any] = [request.match, *params, limit]
+        arguments: list[Any] = [match, *params, limit]
         if best:
             arguments.append(offset)
         try:
