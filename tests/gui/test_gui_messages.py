@@ -510,3 +510,15 @@ def test_a_change_is_no_unread_message_where_the_server_counts_none(
     presenter.open_dm("bob")
     feed(presenter, change(2, "reacted", 1, conversation="general", emoji="👍", count=1))
     assert {r.title: r.unread for r in view.conversations}["General"] == 0
+
+
+def test_an_archived_channel_offers_delete_but_not_reply_edit_or_react(
+    presenter: Presenter, view: FakeView
+) -> None:
+    sign_in(presenter)
+    open_dev(presenter, [entry(1, "mine", "alice")])
+    feed(presenter, EntryReceived(entry(2, "", "carol", kind="archived")))
+    menu = presenter.message_menu("seq:1")
+    assert menu is not None
+    assert (menu.reply, menu.edit, menu.delete, menu.react) == (False, False, True, False)
+    assert not presenter.edit_last()

@@ -1682,7 +1682,8 @@ class Presenter:
         )
 
     def _may_delete(self, conversation: Conversation, message: schema.Message) -> bool:
-        if not self._may_write(conversation):
+        # An archived channel is read-only, but what was posted there may still be deleted.
+        if not conversation.member or conversation.conversation_id is None:
             return False
         if message.sender.casefold() == self.user.casefold():
             return True
