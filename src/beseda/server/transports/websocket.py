@@ -101,6 +101,7 @@ class HttpConnection(asyncio.Protocol):
         "_listener",
         "_loop",
         "_paused",
+        "_refusal",
         "_scheduled",
         "_timer",
         "_transport",
@@ -118,6 +119,8 @@ class HttpConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._address = "?"
         self._admitted = False
+        self._refusal: str | None = None
+        """The cap this connection is over, when it is."""
         self._paused = False
         self._scheduled = False
         self._fragments: list[bytes] | None = None
@@ -140,12 +143,11 @@ class HttpConnection(asyncio.Protocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         self._listener.connections.add(self)
-        refusal = self._listener.capacity.admit(self._address)
-        if refusal is not None:
-            log.warning("http: refused (%s) from %s", refusal, self._address)
-            self._respond(text_response(503, "Service Unavailable", f"{refusal}\n", []))
-            return
-        self._admitted = True
+        # Counted against the connection caps from the start. One over them may still ask for
+        # the WebSocket, which then says why it is refused as TCP does (bye); any other
+        # request of it gets 503.
+        self._refusal = self._listener.capacity.admit(self._address)
+        self._admitted = self._refusal is None
         self._http_deadline = self._loop.time() + self._listener.limits.auth_timeout
         self._arm()
 
@@ -238,7 +240,10 @@ class HttpConnection(asyncio.Protocol):
             self._upgrade(request, host, base)
             return
         head = request.method == "HEAD"
-        if request.method not in ("GET", "HEAD"):
+        if self._refusal is not None:
+            log.warning("http %s: refused (%s)", self._address, self._refusal)
+            response = text_response(503, "Service Unavailable", f"{self._refusal}\n", base)
+        elif request.method not in ("GET", "HEAD"):
             response = text_response(405, "Method Not Allowed", "GET or HEAD only.\n", base)
             response.headers.append(("Allow", "GET, HEAD"))
         elif path == HEALTH_PATH:
@@ -286,9 +291,11 @@ class HttpConnection(asyncio.Protocol):
             return
         self.protocol.send_response(response)
         self._write_protocol_output()
-        # The chat connection counts itself against the caps from here on.
-        listener.capacity.release(self._address)
-        self._admitted = False
+        # The chat connection counts itself against the caps from here on (and says bye if
+        # it is over them).
+        if self._admitted:
+            listener.capacity.release(self._address)
+            self._admitted = False
         self.connection = ServerConnection(
             listener.chat,
             listener.capacity,
