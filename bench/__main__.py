@@ -99,6 +99,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="keep databases and logs here")
     parser.add_argument("--idle", type=int, help="override the number of idle connections")
     parser.add_argument(
+        "--fanout-n",
+        type=int,
+        action="append",
+        help="override the fan-out receiver counts (repeatable; a labelled partial run)",
+    )
+    parser.add_argument("--fanout-messages", type=int, help="override messages per fan-out run")
+    parser.add_argument(
         "--wait-quiet",
         type=float,
         default=0.0,
@@ -123,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes = SMOKE if args.smoke else FULL
     if args.idle:
         sizes = dataclasses.replace(sizes, idle=args.idle)
+    if args.fanout_n:
+        sizes = dataclasses.replace(sizes, fanout_n=tuple(args.fanout_n))
+    if args.fanout_messages:
+        sizes = dataclasses.replace(sizes, fanout_messages=args.fanout_messages)
     chosen = tuple(args.scenario or SCENARIOS)
     contenders = tuple(
         c for c in servers.CONTENDERS if not args.contender or c.name in args.contender

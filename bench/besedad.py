@@ -23,7 +23,7 @@ from .system import LOOPBACK, raise_fd_limit
 UNLIMITED = 1e9
 
 
-def bench_settings(port: int, db: Path) -> Settings:
+def bench_settings(port: int, db: Path, http_port: int | None = None) -> Settings:
     limits = Limits(
         auth_timeout=600.0,
         max_connections=1_000_000,
@@ -34,12 +34,12 @@ def bench_settings(port: int, db: Path) -> Settings:
         registrations_per_address=(UNLIMITED, UNLIMITED),
     )
     return Settings(
-        host=LOOPBACK, port=port, db=db, log_level="WARNING", limits=limits, http_port=None
+        host=LOOPBACK, port=port, db=db, log_level="WARNING", limits=limits, http_port=http_port
     )
 
 
-async def run(port: int, db: Path, stats: Path | None) -> None:
-    server = Server(bench_settings(port, db))
+async def run(port: int, db: Path, stats: Path | None, http_port: int | None = None) -> None:
+    server = Server(bench_settings(port, db, http_port))
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -60,10 +60,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--db", type=Path, required=True)
     parser.add_argument("--stats", type=Path)
+    parser.add_argument("--http-port", type=int, help="also serve WebSocket clients here")
     args = parser.parse_args()
     raise_fd_limit()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(args.port, args.db, args.stats))
+        asyncio.run(run(args.port, args.db, args.stats, args.http_port))
 
 
 if __name__ == "__main__":

@@ -81,6 +81,23 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             met,
             "" if ratio is None else f"{ratio}× ngIRCd",
         )
+    for mode in ("burst", "paced"):
+        tcp = _find(fan, contender="beseda", n=n, mode=mode)
+        ws = _find(fan, contender="beseda-ws", n=n, mode=mode)
+        if tcp is None or ws is None:
+            continue
+        cpu_ratio = _ratio(ws["cpu_us_per_unit"], tcp["cpu_us_per_unit"])
+        p99_ratio = _ratio(ws["p99_ms"], tcp["p99_ms"])
+        add(
+            f"WebSocket fan-out N={n} {mode}: CPU µs per delivery, p99 ms",
+            f"{_fmt(ws['cpu_us_per_unit'])} µs, {_fmt(ws['p99_ms'])} ms, {ws['losses']} lost",
+            f"TCP: {_fmt(tcp['cpu_us_per_unit'])} µs, {_fmt(tcp['p99_ms'])} ms",
+            "≤ 1.3× TCP",
+            None
+            if cpu_ratio is None or p99_ratio is None
+            else (cpu_ratio <= 1.3 and p99_ratio <= 1.3 and ws["losses"] == 0),
+            f"CPU {cpu_ratio}× TCP, p99 {p99_ratio}× TCP",
+        )
     dm = scen.get("dm", [])
     ours, irc = _find(dm, contender="beseda"), _find(dm, contender="ngircd")
     if ours is not None:
@@ -122,6 +139,18 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "all held, ≤ 8 KiB",
             ours["connections"] >= wanted and per <= 8 * KIB,
             f"{per / (8 * KIB):.2f}× the 8 KiB budget; connected in {ours['connect_s']} s",
+        )
+    ws = _find(idle_rows, contender="beseda-ws")
+    tcp = _find(idle_rows, contender="beseda")
+    if ws is not None:
+        per = ws["bytes_per_connection"]
+        add(
+            f"idle: {results['sizes']['idle']:,} WebSocket connections, server bytes each",
+            f"{ws['connections']:,} held, {per / KIB:.1f} KiB",
+            f"TCP: {tcp['bytes_per_connection'] / KIB:.1f} KiB" if tcp else None,
+            "measured (no goal set)",
+            None,
+            f"{_ratio(per, tcp['bytes_per_connection'])}× TCP" if tcp else "",
         )
     hist = scen.get("history")
     if hist:

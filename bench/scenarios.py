@@ -21,7 +21,7 @@ import numpy
 
 from . import dataset, servers
 from .generator import Load, LoadGenerator, Outcome
-from .servers import BESEDA, FLOOR, NGIRCD, Contender
+from .servers import BESEDA, BESEDA_WS, FLOOR, NGIRCD, Contender
 from .system import LOOPBACK, Placement, Service
 from .worker import SendPlan, StormPlan
 
@@ -146,7 +146,7 @@ class Bench:
 
     @contextmanager
     def server(self, contender: Contender, users: int = 0) -> Iterator[Service]:
-        options = {"db": self.users_db(users)} if contender is BESEDA else {}
+        options = {"db": self.users_db(users)} if contender in (BESEDA, BESEDA_WS) else {}
         service = servers.start(contender, self.workdir, self.placement, **options)
         try:
             yield service
@@ -274,7 +274,7 @@ def fanout(bench: Bench) -> list[dict[str, Any]]:
                         messages=size.fanout_messages,
                         unit="delivery",
                     )
-                    if contender is BESEDA:
+                    if contender in (BESEDA, BESEDA_WS):
                         row["commits"] = servers.beseda_stats(service, bench.workdir).get("batches")
                     return row
 
@@ -419,7 +419,7 @@ def _durable_run(
 def idle(bench: Bench) -> list[dict[str, Any]]:
     results = []
     count = bench.sizes.idle
-    for contender in bench.runnable((BESEDA, FLOOR, NGIRCD)):
+    for contender in bench.runnable((BESEDA, BESEDA_WS, FLOOR, NGIRCD)):
         bench.progress(f"idle {count} {contender.name}")
         with bench.server(contender, users=count) as service:
             settle(service)
@@ -828,7 +828,7 @@ def steps(sizes: Sizes, contenders: int, chosen: tuple[str, ...]) -> int:
         "fanout": len(sizes.fanout_n) * contenders * 2,
         "dm": contenders,
         "durable": 2,
-        "idle": min(3, contenders),
+        "idle": min(4, contenders),
         "history": 2,
         "storm": 3,
         "channels": 2 * sizes.channel_repeats,

@@ -26,10 +26,12 @@ class Contender:
 
 
 BESEDA = Contender("beseda", "beseda", "beseda")
+BESEDA_WS = Contender("beseda-ws", "beseda-ws", "beseda over WebSocket")
+"""The same server, its clients on the HTTP port's ``/ws`` instead of TCP."""
 FLOOR = Contender("asyncio", "reference", "asyncio floor (one write per recipient)")
 COALESCED = Contender("asyncio-coalesced", "reference", "asyncio floor, writes coalesced")
 NGIRCD = Contender("ngircd", "irc", "ngIRCd (C)")
-CONTENDERS = (BESEDA, FLOOR, COALESCED, NGIRCD)
+CONTENDERS = (BESEDA, BESEDA_WS, FLOOR, COALESCED, NGIRCD)
 
 
 def ngircd_path() -> str | None:
@@ -75,9 +77,12 @@ def start(contender: Contender, workdir: Path, placement: Placement, **options: 
     """Start ``contender``; for beseda pass ``db`` (a prepared database file)."""
     port = free_port()
     log = workdir / f"{contender.name}-{port}.log"
-    if contender is BESEDA:
+    if contender in (BESEDA, BESEDA_WS):
         stats = workdir / f"beseda-{port}.stats.json"
         command = [sys.executable, "-m", "bench.besedad", "--port", str(port)]
+        if contender is BESEDA_WS:  # the generator's port is the HTTP one
+            command = [sys.executable, "-m", "bench.besedad", "--port", str(free_port())]
+            command += ["--http-port", str(port)]
         command += ["--db", str(options["db"]), "--stats", str(stats)]
     elif contender in (FLOOR, COALESCED):
         command = [sys.executable, "-m", "bench.reference", "--port", str(port)]

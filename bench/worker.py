@@ -183,9 +183,127 @@ class Link(asyncio.Protocol):
             self.transport.close()
 
 
+class WebSocketLink(Link):
+    """A connection to ``/ws``: the handshake, then each line written as one masked text
+    frame, and the server's text frames handed on as lines (so the same patterns count them).
+
+    The mask is all zero (valid, and the server must unmask it all the same): the generator
+    spends its CPU on counting, not on XOR."""
+
+    _HANDSHAKE = (
+        "GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: YmVzZWRhLWJlbmNobWFyaw==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    _MASK = b"\x00\x00\x00\x00"
+
+    def __init__(self, wire: Wire, tally: Tally, port: int) -> None:
+        super().__init__(wire, tally)
+        self.port = port
+        self.open = False
+        self.queued: list[bytes] = []
+        self.incoming = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert self.transport is not None
+        self.transport.write(self._HANDSHAKE.format(host=LOOPBACK, port=self.port).encode())
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic_ns()
+        buffer = self.incoming + data if self.incoming else data
+        if not self.open:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                self.incoming = buffer
+                return
+            if not buffer.startswith(b"HTTP/1.1 101 "):
+                if not self.signed_in.done():
+                    self.signed_in.set_result(False)
+                return
+            self.open = True
+            buffer = buffer[end + 4 :]
+            for queued in self.queued:
+                self.write(queued)
+            self.queued.clear()
+        # Step over whole frames only (no copies); the rest waits for more bytes.
+        at, size, frames = 0, len(buffer), 0
+        while size - at >= 2:
+            length = buffer[at + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if size - at < 4:
+                    break
+                length, head = (buffer[at + 2] << 8) | buffer[at + 3], 4
+            elif length == 127:
+                if size - at < 10:
+                    break
+                length, head = int.from_bytes(buffer[at + 2 : at + 10], "big"), 10
+            if size - at < head + length:
+                break
+            at += head + length
+            frames += 1
+        if not frames:
+            self.incoming = buffer
+            return
+        chunk = buffer if at == size else buffer[:at]
+        self.incoming = b"" if at == size else buffer[at:]
+        if not self.signed_in.done():
+            Link.data_received(self, b"\n".join(self._payloads(chunk)) + b"\n")
+            return
+        tally = self.tally
+        delivered = self.wire.delivery.findall(chunk)
+        if delivered:
+            tally.deliveries += len(delivered)
+            tally.latencies.extend([now - int(ts) for ts in delivered])
+            tally.last_ns = now
+        if len(delivered) < frames:
+            self._other_lines(chunk, now)
+        if delivered or tally.acks >= tally.expect_acks:
+            tally.check()
+
+    @staticmethod
+    def _payloads(chunk: bytes) -> list[bytes]:
+        """The payloads of the whole frames in ``chunk`` (while signing in: a few)."""
+        payloads, at = [], 0
+        while at < len(chunk):
+            length, head = chunk[at + 1] & 0x7F, 2
+            if length == 126:
+                length, head = int.from_bytes(chunk[at + 2 : at + 4], "big"), 4
+            elif length == 127:
+                length, head = int.from_bytes(chunk[at + 2 : at + 10], "big"), 10
+            if chunk[at] & 0x0F == 0x1:
+                payloads.append(chunk[at + head : at + head + length])
+            at += head + length
+        return payloads
+
+    def write(self, data: bytes) -> None:
+        if not self.open:
+            self.queued.append(data)
+            return
+        frames = []
+        for line in data.split(b"\n"):
+            if not line:
+                continue
+            length = len(line)
+            if length < 126:
+                header = bytes((0x81, 0x80 | length))
+            elif length < 65536:
+                header = bytes((0x81, 0x80 | 126)) + length.to_bytes(2, "big")
+            else:
+                header = bytes((0x81, 0x80 | 127)) + length.to_bytes(8, "big")
+            frames.append(header + self._MASK + line)
+        super().write(b"".join(frames))
+
+
 async def open_link(wire: Wire, tally: Tally, port: int, credential: Credential) -> Link:
     loop = asyncio.get_running_loop()
-    _, link = await loop.create_connection(lambda: Link(wire, tally), LOOPBACK, port)
+    if wire.websocket:
+        _, link = await loop.create_connection(
+            lambda: WebSocketLink(wire, tally, port), LOOPBACK, port
+        )
+    else:
+        _, link = await loop.create_connection(lambda: Link(wire, tally), LOOPBACK, port)
     link.write(wire.sign_in(credential))
     if not await link.signed_in:
         link.close()

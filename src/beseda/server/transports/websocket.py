@@ -87,6 +87,28 @@ def text_frame(payload: bytes) -> bytes:
     return _LEN8(_TEXT_FIN, 127, length) + payload
 
 
+class FrameCache:
+    """The frames made in this loop iteration, by line. An event goes to many connections as
+    one ``bytes`` object (encoded once, ``codec.Outgoing``), so its frame is made once too:
+    a look-up (the line's hash is computed once and kept by the object) instead of a header
+    and a copy per recipient. Emptied after every flush of all connections."""
+
+    __slots__ = ("_frames",)
+
+    def __init__(self) -> None:
+        self._frames: dict[bytes, bytes] = {}
+
+    def frame(self, line: bytes) -> bytes:
+        """The text frame of ``line`` without its newline."""
+        frame = self._frames.get(line)
+        if frame is None:
+            frame = self._frames[line] = text_frame(line[:-1])
+        return frame
+
+    def clear(self) -> None:
+        self._frames.clear()
+
+
 class HttpConnection(asyncio.Protocol):
     """One TCP connection of the HTTP port: an HTTP request, or a WebSocket after one."""
 
@@ -359,11 +381,14 @@ class HttpConnection(asyncio.Protocol):
         lines = connection.lines_to_send()
         if transport is None or transport.is_closing():
             return
-        protocol = self.protocol
-        if lines and protocol.state is FrameState.OPEN:
-            pending = protocol.data_to_send()  # a pong first, if one waits
-            frames = [text_frame(line[:-1]) for line in lines]
-            transport.write(b"".join(pending + frames) if pending else b"".join(frames))
+        # websockets' own output (a response, pongs, a close) is written as soon as it is
+        # made, so only ours is left here: each line a frame, all in one write.
+        if lines and self.protocol.state is FrameState.OPEN:
+            frames = self._listener.frames
+            if len(lines) == 1:
+                transport.write(frames.frame(lines[0]))
+            else:
+                transport.write(b"".join([frames.frame(line) for line in lines]))
             connection.note_unsent(transport.get_write_buffer_size())
         if connection.state is State.CLOSED:
             self._close(transport)
@@ -456,6 +481,7 @@ class HttpListener:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._dirty: list[HttpConnection] = []
+        self.frames = FrameCache()
 
     def origin_allowed(self, origin: str, host: str | None) -> bool:
         """The page's origin is the server's own (same scheme, and the host and port the
@@ -486,8 +512,11 @@ class HttpListener:
 
     def _flush_all(self) -> None:
         dirty, self._dirty = self._dirty, []
-        for connection in dirty:
-            connection.flush()
+        try:
+            for connection in dirty:
+                connection.flush()
+        finally:
+            self.frames.clear()
 
     async def start(
         self, host: str, port: int, tls: ssl.SSLContext | None = None, *, hsts: bool = False
