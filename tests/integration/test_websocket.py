@@ -244,6 +244,31 @@ async def test_an_unfinished_frame_is_timed_like_an_unfinished_line(
     await writer.wait_closed()
 
 
+async def test_a_message_trickled_in_fragments_is_timed_from_its_first_byte(
+    make_server: Callable[..., Server],
+) -> None:
+    server = make_server(line_timeout=0.5, auth_timeout=30)
+    await server.start()
+    reader, writer = await raw_websocket(http_port(server))
+    await read_frame(reader)  # hello
+    writer.write(masked_frame(0x1, b'{"id":1,', fin=False))
+
+    async def trickle() -> None:  # a fragment every 0.2 s, each of them whole: still one line
+        while True:
+            await asyncio.sleep(0.2)
+            writer.write(masked_frame(0x0, b" ", fin=False))
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        _, data = await asyncio.wait_for(read_frame(reader), 10 * TIMEOUT_FACTOR)
+    finally:
+        trickling.cancel()
+    assert json.loads(data)["code"] == "line_timeout"
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
 async def test_unfinished_frames_count_in_the_server_wide_input_budget(
     make_server: Callable[..., Server],
 ) -> None:

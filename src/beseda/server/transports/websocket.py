@@ -145,8 +145,8 @@ class HttpConnection(asyncio.Protocol):
         """The cap this connection is over, when it is."""
         self._paused = False
         self._scheduled = False
-        self._fragments: list[bytes] | None = None
-        """The frames so far of a fragmented message."""
+        self._fragments: bytearray | None = None
+        """The payload so far of a fragmented message."""
         self._http_deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
@@ -184,7 +184,7 @@ class HttpConnection(asyncio.Protocol):
                     self._on_request(event)
             self._write_protocol_output()
             return
-        began = False
+        completed = False  # a whole message came: what is unfinished now began after it
         for frame in events:
             if not isinstance(frame, Frame):
                 continue
@@ -192,20 +192,22 @@ class HttpConnection(asyncio.Protocol):
             if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
                 if frame.fin:
                     connection.receive_line(bytes(frame.data))  # bytes already: no copy
+                    completed = True
                 else:
-                    self._fragments = [bytes(frame.data)]
-                began = True
+                    self._fragments = bytearray(frame.data)
             elif opcode is Opcode.CONT and self._fragments is not None:
-                self._fragments.append(bytes(frame.data))
+                self._fragments += frame.data
                 if frame.fin:
-                    message, self._fragments = b"".join(self._fragments), None
+                    message, self._fragments = bytes(self._fragments), None
                     connection.receive_line(message)
-                began = True
+                    completed = True
         if protocol.state is FrameState.OPEN:
             held = len(protocol.reader.buffer)
             if self._fragments is not None:
-                held += sum(map(len, self._fragments))
-            connection.receive_partial(held, began=began)
+                # A message in fragments is unfinished from its first byte to its last, so it
+                # is timed as one line however its fragments trickle in (even empty ones).
+                held += max(1, len(self._fragments))
+            connection.receive_partial(held, began=completed)
         elif isinstance(protocol.parser_exc, PayloadTooBig):
             # Refused from its header: our error goes out before websockets' close frame.
             connection.refuse_line()
@@ -472,7 +474,7 @@ class HttpListener:
         self.capacity = capacity
         self.hello = hello
         self.files = files
-        self.allowed_origins = frozenset(allowed_origins)
+        self.allowed_origins = frozenset(origin.lower() for origin in allowed_origins)
         self.tls = False
         self.hsts = False
         """Strict-Transport-Security: with an operator's certificate only (a self-signed one
@@ -486,7 +488,7 @@ class HttpListener:
     def origin_allowed(self, origin: str, host: str | None) -> bool:
         """The page's origin is the server's own (same scheme, and the host and port the
         browser asked for in ``Host``), or on the operator's list."""
-        if origin in self.allowed_origins:
+        if origin.lower() in self.allowed_origins:
             return True
         if host is None:
             return False
