@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from beseda.server.accounts import PasswordHasher
-from beseda.server.app import Server
+from beseda.server.app import Server, StartupError
 from beseda.server.web import shipped_root
 from conftest import TIMEOUT_FACTOR, test_settings
 
@@ -216,3 +217,16 @@ async def test_http_port_off_serves_tcp_only(tmp_path: Path, hasher: PasswordHas
         assert server.http is None
         assert server.http_port is None
         assert server.port > 0
+
+
+async def test_a_taken_http_port_is_a_clear_startup_error(
+    tmp_path: Path, hasher: PasswordHasher
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = Server(replace(test_settings(tmp_path), http_port=port), hasher=hasher)
+        with pytest.raises(StartupError, match=rf"127\.0\.0\.1:{port} \(--http-port\)"):
+            await server.start()
+        await server.stop()
