@@ -87,11 +87,18 @@ def text_frame(payload: bytes) -> bytes:
     return _LEN8(_TEXT_FIN, 127, length) + payload
 
 
+SHARED_LINE_BYTES: Final = 65536
+"""Lines up to this size are looked up in the :class:`FrameCache`: events (one ``bytes``
+object for all their recipients) are; larger lines are replies, sent to one connection."""
+
+
 class FrameCache:
     """The frames made in this loop iteration, by line. An event goes to many connections as
     one ``bytes`` object (encoded once, ``codec.Outgoing``), so its frame is made once too:
-    a look-up (the line's hash is computed once and kept by the object) instead of a header
-    and a copy per recipient. Emptied after every flush of all connections."""
+    each further recipient costs a dictionary look-up (the line's hash is computed once and
+    kept by the object) instead of a header and a copy. Lines over ``SHARED_LINE_BYTES``
+    (replies: history pages, sync) are framed directly, never hashed. Emptied after every
+    flush of all connections."""
 
     __slots__ = ("_frames",)
 
@@ -100,9 +107,12 @@ class FrameCache:
 
     def frame(self, line: bytes) -> bytes:
         """The text frame of ``line`` without its newline."""
-        frame = self._frames.get(line)
+        if len(line) > SHARED_LINE_BYTES:
+            return text_frame(line[:-1])
+        frames = self._frames
+        frame = frames.get(line)
         if frame is None:
-            frame = self._frames[line] = text_frame(line[:-1])
+            frame = frames[line] = text_frame(line[:-1])
         return frame
 
     def clear(self) -> None:
