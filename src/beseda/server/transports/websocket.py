@@ -98,22 +98,26 @@ class FrameCache:
     each further recipient costs a dictionary look-up (the line's hash is computed once and
     kept by the object) instead of a header and a copy. Lines over ``SHARED_LINE_BYTES``
     (replies: history pages, sync) are framed directly, never hashed. Emptied after every
-    flush of all connections."""
+    flush of all connections.
 
-    __slots__ = ("_frames",)
+    On the hot path use ``cache.get(line) or cache.add(line)``: a hit costs no method call
+    of ours (a frame is never empty, so ``or`` only runs ``add`` on a miss)."""
+
+    __slots__ = ("_frames", "get")
 
     def __init__(self) -> None:
         self._frames: dict[bytes, bytes] = {}
+        self.get = self._frames.get
+
+    def add(self, line: bytes) -> bytes:
+        """The text frame of ``line`` without its newline, kept for the next recipients."""
+        frame = text_frame(line[:-1])
+        if len(line) <= SHARED_LINE_BYTES:
+            self._frames[line] = frame
+        return frame
 
     def frame(self, line: bytes) -> bytes:
-        """The text frame of ``line`` without its newline."""
-        if len(line) > SHARED_LINE_BYTES:
-            return text_frame(line[:-1])
-        frames = self._frames
-        frame = frames.get(line)
-        if frame is None:
-            frame = frames[line] = text_frame(line[:-1])
-        return frame
+        return self.get(line) or self.add(line)
 
     def clear(self) -> None:
         self._frames.clear()
@@ -397,10 +401,11 @@ class HttpConnection(asyncio.Protocol):
         # made, so only ours is left here: each line a frame, all in one write.
         if lines and self.protocol.state is FrameState.OPEN:
             frames = self._listener.frames
+            get, add = frames.get, frames.add
             if len(lines) == 1:
-                transport.write(frames.frame(lines[0]))
+                transport.write(get(lines[0]) or add(lines[0]))
             else:
-                transport.write(b"".join([frames.frame(line) for line in lines]))
+                transport.write(b"".join([get(line) or add(line) for line in lines]))
             connection.note_unsent(transport.get_write_buffer_size())
         if connection.state is State.CLOSED:
             self._close(transport)
