@@ -289,6 +289,26 @@ async def test_unfinished_frames_count_in_the_server_wide_input_budget(
     await wait_for(lambda: server.capacity.input_bytes == 0)
 
 
+async def test_a_request_sent_with_the_handshake_is_answered(server: Server) -> None:
+    port = http_port(server)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    handshake = (
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    writer.write(handshake + masked_frame(0x1, b'{"id":1,"type":"ping"}'))  # without waiting
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    _, hello = await read_frame(reader)
+    assert json.loads(hello)["type"] == "hello"
+    _, reply = await read_frame(reader)
+    assert json.loads(reply) == {"type": "result", "id": 1, "data": {}}
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
 async def test_a_ping_is_answered_and_a_binary_frame_is_read_like_text(server: Server) -> None:
     reader, writer = await raw_websocket(http_port(server))
     await read_frame(reader)  # hello

@@ -191,13 +191,19 @@ class HttpConnection(asyncio.Protocol):
         protocol = self.protocol
         protocol.receive_data(data)
         events = protocol.events_received()
-        connection = self.connection
-        if connection is None:
-            for event in events:
+        if self.connection is None:
+            # Nothing after the request yet (a client waits for the handshake's answer): the
+            # handshake's protocol object may then be replaced by a fresh one.
+            alone = data.endswith(b"\r\n\r\n") and not protocol.reader.buffer
+            for index, event in enumerate(events):
                 if isinstance(event, Request):
-                    self._on_request(event)
-            self._write_protocol_output()
-            return
+                    self._on_request(event, alone=alone)
+                    events = events[index + 1 :]  # frames sent before our answer, if any
+                    break
+            if self.connection is None:
+                self._write_protocol_output()
+                return
+        connection = self.connection
         completed = False  # a whole message came: what is unfinished now began after it
         for frame in events:
             if not isinstance(frame, Frame):
@@ -266,7 +272,7 @@ class HttpConnection(asyncio.Protocol):
 
     # -- HTTP ----------------------------------------------------------------------------------
 
-    def _on_request(self, request: Request) -> None:
+    def _on_request(self, request: Request, *, alone: bool = False) -> None:
         self._http_deadline = None
         listener = self._listener
         path = urlsplit(request.path).path
@@ -275,7 +281,7 @@ class HttpConnection(asyncio.Protocol):
         if listener.hsts:
             base.append(("Strict-Transport-Security", "max-age=31536000"))
         if path == WEBSOCKET_PATH and request.method == "GET":
-            self._upgrade(request, host, base)
+            self._upgrade(request, host, base, alone=alone)
             return
         head = request.method == "HEAD"
         if self._refusal is not None:
@@ -309,7 +315,9 @@ class HttpConnection(asyncio.Protocol):
         )
         self._write_protocol_output()
 
-    def _upgrade(self, request: Request, host: str | None, base: list[tuple[str, str]]) -> None:
+    def _upgrade(
+        self, request: Request, host: str | None, base: list[tuple[str, str]], *, alone: bool
+    ) -> None:
         listener = self._listener
         origin = request.headers.get("Origin")
         if origin is not None and not listener.origin_allowed(origin, host):
@@ -329,6 +337,12 @@ class HttpConnection(asyncio.Protocol):
             return
         self.protocol.send_response(response)
         self._write_protocol_output()
+        if alone:
+            # websockets' handshake parser keeps the request and its headers (about 2.6 KiB)
+            # for the connection's life; a protocol made open has the frame parser alone.
+            self.protocol = ServerProtocol(
+                state=FrameState.OPEN, max_size=listener.limits.max_line_bytes, logger=_frames_log
+            )
         # The chat connection counts itself against the caps from here on (and says bye if
         # it is over them).
         if self._admitted:
