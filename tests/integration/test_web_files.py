@@ -230,3 +230,12 @@ async def test_a_taken_http_port_is_a_clear_startup_error(
         with pytest.raises(StartupError, match=rf"127\.0\.0\.1:{port} \(--http-port\)"):
             await server.start()
         await server.stop()
+
+
+async def test_a_web_root_without_an_index_still_serves_health_and_websocket(
+    tmp_path: Path, hasher: PasswordHasher
+) -> None:
+    settings = replace(test_settings(tmp_path), web_root=tmp_path / "nowhere")
+    async with Server(settings, hasher=hasher) as server:
+        assert (await fetch(port_of(server), "/")).status == 404
+        assert (await fetch(port_of(server), "/health")).status == 200

@@ -144,6 +144,11 @@ class Server:
                     f"Cannot listen on {self.settings.host}:{self.settings.http_port} "
                     f"(--http-port): {reason}"
                 ) from exc
+            if self.http.files.get("/") is None:
+                log.warning(
+                    "no index.html in %s: the web app is not served (only /ws and /health)",
+                    self.settings.web_root or shipped_root(),
+                )
             log.info(
                 "web app on %s://%s:%d/ (WebSocket /ws)",
                 "https" if context else "http",
