@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from websocket_client import WebSocketPeer
 
 from beseda.server.accounts import PasswordHasher
 from beseda.server.app import Server, StartupError
@@ -239,3 +240,5 @@ async def test_a_web_root_without_an_index_still_serves_health_and_websocket(
     async with Server(settings, hasher=hasher) as server:
         assert (await fetch(port_of(server), "/")).status == 404
         assert (await fetch(port_of(server), "/health")).status == 200
+        peer = await WebSocketPeer.open(port_of(server))
+        await peer.close()
