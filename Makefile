@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 7878
+HTTP_PORT ?= 7879
 
 .PHONY: run serve client screenshot gui-speed test lint typecheck pytest bench bench-search bench-smoke soak ngircd clean
 
@@ -22,9 +23,9 @@ $(STAMP): pyproject.toml
 		echo "atheris has no wheel here; its fuzz test will be skipped"
 	@touch $(STAMP)
 
-## run: start the server on the embedded SQLite default
+## run: start the server on the embedded SQLite default (web app on http://HOST:HTTP_PORT/)
 run: $(STAMP)
-	$(BIN)/beseda serve --host $(HOST) --port $(PORT)
+	$(BIN)/beseda serve --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT)
 
 serve: run
 

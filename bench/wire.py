@@ -35,6 +35,8 @@ class Wire:
     has_acks: ClassVar[bool] = False
     backlog: ClassVar[int | None] = None
     """Connection attempts the server can have pending; None: many (backlog ≥ 1024)."""
+    websocket: ClassVar[bool] = False
+    """Spoken over WebSocket (``/ws``, one line per text frame) rather than bare TCP lines."""
 
     def __init__(self, join: bool = True) -> None:
         self.join = join
@@ -111,6 +113,20 @@ class BesedaV3Wire(BesedaWire):
         ).encode()
 
 
+class BesedaWebSocketWire(BesedaWire):
+    """beseda's protocol 2 over WebSocket: the very same lines, one per text frame (the link
+    frames them and turns the server's frames back into lines)."""
+
+    name = "beseda-ws"
+    websocket = True
+    # Matched over whole chunks of frames, as the others over chunks of lines: 0x81 (a final
+    # text frame's first byte) never occurs in the benchmark's ASCII JSON, so it bounds a match
+    # to one frame the way a newline bounds it to one line.
+    delivery = re.compile(rb'\{"type":"message"[^\x81]*?"text":"~(\d+)~')
+    ack = re.compile(rb'\{"type":"result"[^\x81]*?"text":"~(\d+)~')
+    error = re.compile(rb'\{"type":"(?:error|bye)"')
+
+
 class ReferenceWire(Wire):
     name = "reference"
     delivery = re.compile(rb"^M ~(\d+)~", re.M)
@@ -162,5 +178,5 @@ class IrcWire(Wire):
 
 
 WIRES: dict[str, type[Wire]] = {
-    w.name: w for w in (BesedaWire, BesedaV3Wire, ReferenceWire, IrcWire)
+    w.name: w for w in (BesedaWire, BesedaV3Wire, BesedaWebSocketWire, ReferenceWire, IrcWire)
 }

@@ -64,6 +64,11 @@ def test_every_scenario_has_figures(smoke: tuple[dict, str]) -> None:
     assert scenarios["commit"]["p99_ms"] > 0
     assert scenarios["storm"]["capacity"]["hashes_per_s"] > 0
     assert {row["mode"] for row in scenarios["fanout"]} == {"burst", "paced"}
+    # WebSocket rows beside the TCP ones, from the same run.
+    websocket = [row for row in scenarios["fanout"] if row["contender"] == "beseda-ws"]
+    assert {row["mode"] for row in websocket} == {"burst", "paced"}
+    assert all(row["deliveries"] == row["expected_deliveries"] > 0 for row in websocket)
+    assert {row["contender"] for row in scenarios["idle"]} >= {"beseda", "beseda-ws"}
     assert scenarios["durable"]["beseda"]["acks"] > 0
     assert scenarios["durable"]["raw_sqlite3"]["rows"] > 0
     assert all(row["connections"] > 0 for row in scenarios["idle"])
@@ -89,6 +94,8 @@ def test_report_has_the_targets_table(smoke: tuple[dict, str]) -> None:
     for phrase in (
         "raw commit",
         "fan-out",
+        "WebSocket fan-out",
+        "WebSocket connections",
         "durable throughput",
         "idle",
         "history",

@@ -2,7 +2,8 @@
 
 Each ```jsonl block with ``session=NAME`` is one session, run against a fresh in-process server
 (its own SQLite file, default limits, plus any ``key=value`` limits named in the block's info
-string) over real loopback sockets, one line at a time:
+string) over real loopback sockets, one line at a time — over TCP, and again over WebSocket (one
+line per text frame, its newline left off), which must behave the same:
 
 * ``NAME> line`` sends the line verbatim (after filling in placeholders and ``«…»`` expansions);
 * ``NAME< json`` reads the connection's next line and requires it to be JSON-equal to the one
@@ -31,11 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
 from beseda.protocol import errors, schema
 from beseda.server.app import Server
 from beseda.server.config import Limits
 from beseda.server.transports.tcp import TcpConnection
+from beseda.server.transports.websocket import HttpConnection
 from conftest import TIMEOUT_FACTOR, wait_for
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -194,11 +199,48 @@ def client_bytes(text: str, bindings: dict[str, Any]) -> bytes:
 @dataclass
 class Connection:
     name: str
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    server_side: TcpConnection | None
+    reader: asyncio.StreamReader | None
+    writer: asyncio.StreamWriter | None
+    server_side: TcpConnection | HttpConnection | None
     received: int = 0
     closed: bool = False
+    ws: ClientConnection | None = None
+    """Over WebSocket: the client (``reader`` and ``writer`` are None)."""
+
+    async def send(self, line: bytes) -> None:
+        if self.ws is not None:
+            # The server may close first (line_too_long); the next step says so.
+            with contextlib.suppress(ConnectionClosed):
+                await self.ws.send(line[:-1], text=True)  # one frame, no newline
+            return
+        assert self.writer is not None
+        self.writer.write(line)
+        with contextlib.suppress(ConnectionError):
+            await self.writer.drain()
+
+    async def receive(self) -> bytes:
+        """The next line (with its newline), or b"" once the server has closed."""
+        if self.ws is not None:
+            try:
+                frame = await self.ws.recv(decode=False)
+            except ConnectionClosed:
+                return b""
+            assert not frame.endswith(b"\n"), "a server frame is one JSON object, no newline"
+            return bytes(frame) + b"\n"
+        assert self.reader is not None
+        try:
+            return await self.reader.readline()
+        except ConnectionError:
+            return b""
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+            return
+        assert self.writer is not None
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
 
 
 def _is(data: Any, kind: str) -> bool:
@@ -208,9 +250,10 @@ def _is(data: Any, kind: str) -> bool:
 class Runner:
     """Plays one session against a server, step by step."""
 
-    def __init__(self, session: Session, server: Server) -> None:
+    def __init__(self, session: Session, server: Server, transport: str = "tcp") -> None:
         self.session = session
         self.server = server
+        self.transport = transport
         self.connections: dict[str, Connection] = {}
         self.bindings: dict[str, Any] = {}
         self.ignore_presence = session.options.get("ignore") == "presence"
@@ -230,10 +273,7 @@ class Runner:
     async def play(self, step: Step) -> None:
         conn = await self.connection(step.conn)
         if step.action == ">":
-            conn.writer.write(client_bytes(step.text, self.bindings))
-            # The server may close first (line_too_long); the next step says so.
-            with contextlib.suppress(ConnectionError):
-                await conn.writer.drain()
+            await conn.send(client_bytes(step.text, self.bindings))
         elif step.action == "!":
             assert step.text == "close", f"unknown action {step.text!r}"
             await self.finished(conn)
@@ -253,7 +293,17 @@ class Runner:
     async def connection(self, name: str) -> Connection:
         """The open connection of this name, opened now if it is new or was closed."""
         conn = self.connections.get(name)
-        if conn is None or conn.closed:
+        if (conn is None or conn.closed) and self.transport == "websocket":
+            assert self.server.http_port is not None
+            ws = await ws_connect(
+                f"ws://127.0.0.1:{self.server.http_port}/ws",
+                max_size=None,
+                compression=None,
+                ping_interval=None,
+            )
+            conn = Connection(name, None, None, await self._http_side(ws), ws=ws)
+            self.connections[name] = conn
+        elif conn is None or conn.closed:
             reader, writer = await asyncio.open_connection(
                 "127.0.0.1", self.server.port, limit=16 * 1024 * 1024
             )
@@ -280,17 +330,35 @@ class Runner:
         await wait_for(accepted)
         return found[0] if found else None
 
+    async def _http_side(self, ws: ClientConnection) -> HttpConnection | None:
+        """The server's end of a WebSocket, as :meth:`_server_side` finds it for TCP."""
+        local = ws.local_address
+        found: list[HttpConnection] = []
+        assert self.server.http is not None
+        connections = self.server.http.connections
+
+        def accepted() -> bool:
+            found[:] = [
+                c
+                for c in connections
+                if c._transport is not None and c._transport.get_extra_info("peername") == local
+            ]
+            return bool(found)
+
+        await wait_for(accepted)
+        return found[0]
+
     async def finished(self, conn: Connection) -> None:
         """Close our end and wait until the server is done with the connection (presence
         announced), so that the next steps meet a server in a known state."""
         conn.closed = True
-        conn.writer.close()
-        with contextlib.suppress(ConnectionError):
-            await conn.writer.wait_closed()
+        await conn.close()
         server_side = conn.server_side
         if server_side is not None:
             await asyncio.wait_for(server_side.closed, READ_TIMEOUT)
-            await wait_for(lambda: server_side.session.user is None)
+            chat = server_side.connection
+            if chat is not None:
+                await wait_for(lambda: chat.session.user is None)
 
     async def close_all(self) -> None:
         for conn in self.connections.values():
@@ -304,10 +372,7 @@ class Runner:
         not show when the session says ``ignore=presence``. Raises TimeoutError.
         """
         while True:
-            try:
-                line = await asyncio.wait_for(conn.reader.readline(), READ_TIMEOUT)
-            except ConnectionError:
-                line = b""
+            line = await asyncio.wait_for(conn.receive(), READ_TIMEOUT)
             if not line:
                 return None
             assert line.endswith(b"\n"), f"an unterminated line {line!r}"
@@ -345,12 +410,15 @@ def _limits(session: Session) -> dict[str, Any]:
     return limits
 
 
+@pytest.mark.parametrize("transport", ["tcp", "websocket"])
 @pytest.mark.parametrize("session", SESSIONS, ids=[s.name for s in SESSIONS])
-async def test_session(session: Session, make_server: Callable[..., Server]) -> None:
+async def test_session(
+    session: Session, transport: str, make_server: Callable[..., Server]
+) -> None:
     # make_server is what the ``server`` fixture starts; it lets a session set its limits.
     server = make_server(**_limits(session))
     await server.start()
-    await Runner(session, server).run()
+    await Runner(session, server, transport).run()
 
 
 def test_the_doc_has_the_examples_it_promises() -> None:

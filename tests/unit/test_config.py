@@ -75,3 +75,36 @@ def test_hello_advertises_the_declared_limits() -> None:
         "message_burst": 100,
         "max_text_chars": 16_384,
     }
+
+
+def test_the_http_port_is_a_port_zero_or_off(tmp_path: Path) -> None:
+    assert config.from_environment({}, db=tmp_path / "db").http_port == config.DEFAULT_HTTP_PORT
+    for text, port in (("off", None), ("OFF", None), ("0", 0), ("8080", 8080)):
+        assert config.from_environment({"BESEDA_HTTP_PORT": text}, db=tmp_path).http_port == port
+        args = cli._parser().parse_args(["serve", "--http-port", text])
+        assert config.from_environment({}, http_port=args.http_port).http_port == port
+    # A flag wins over the variable.
+    settings = config.from_environment({"BESEDA_HTTP_PORT": "off"}, http_port=9000)
+    assert settings.http_port == 9000
+    for bad in ("70000", "-1", "web"):
+        with pytest.raises(SystemExit):
+            cli._parser().parse_args(["serve", "--http-port", bad])
+
+
+def test_allowed_origins_are_checked_origins() -> None:
+    args = cli._parser().parse_args(
+        ["serve", "--allowed-origins", "https://chat.example.org, http://10.0.0.5:7879/"]
+    )
+    assert args.allowed_origins == ("https://chat.example.org", "http://10.0.0.5:7879")
+    env = {"BESEDA_ALLOWED_ORIGINS": "https://a.example"}
+    assert config.from_environment(env).allowed_origins == ("https://a.example",)
+    for bad in ("chat.example.org", "https://chat.example.org/app", "ftp://x.example"):
+        with pytest.raises(ValueError, match="not an origin"):
+            config.origin_list(bad)
+
+
+def test_the_web_flags_are_documented() -> None:
+    docs = (DOCS / "operations.md").read_text()
+    for name in ("--http-port", "BESEDA_HTTP_PORT", "--allowed-origins", "BESEDA_ALLOWED_ORIGINS"):
+        assert f"`{name}`" in docs, name
+    assert "`--web-root`" in docs

@@ -228,6 +228,48 @@ async def test_a_framed_transport_gets_the_same_replies() -> None:
     assert link.lines() == [{"type": "result", "id": 1, "data": {}}]
 
 
+def test_a_frame_refused_from_its_header_is_line_too_long() -> None:
+    link = Link(max_line_bytes=10)
+    link.conn.refuse_line()
+    assert link.conn.state is State.CLOSED
+    assert [(m["type"], m["code"]) for m in link.lines()] == [("error", errors.LINE_TOO_LONG)]
+
+
+def test_an_unfinished_frame_is_timed_and_budgeted_as_an_unfinished_line() -> None:
+    capacity = Capacity(Limits(input_buffer_bytes=100, auth_timeout=1000, line_timeout=5))
+    link, other = Link(capacity=capacity), Link(capacity=capacity)
+    link.conn.receive_partial(40, began=False)
+    assert capacity.input_bytes == 40
+    assert link.conn.deadline == 105.0
+    link.now = 103.0
+    link.conn.receive_partial(60, began=False)  # the same frame, grown: its clock runs on
+    assert (capacity.input_bytes, link.conn.deadline) == (60, 105.0)
+    link.conn.receive_partial(10, began=True)  # that one ended; a new one began at 103
+    assert (capacity.input_bytes, link.conn.deadline) == (10, 108.0)
+    other.conn.receive_partial(95, began=False)  # over the budget shared with every transport
+    assert [m["code"] for m in other.lines()] == [errors.SERVER_BUSY]
+    assert capacity.input_bytes == 10
+    link.conn.receive_partial(0, began=True)
+    assert (capacity.input_bytes, link.conn.deadline) == (0, 1100.0)
+    link.conn.receive_partial(20, began=False)
+    link.conn.timeout(109.0)
+    assert [m["code"] for m in link.lines()] == [errors.LINE_TIMEOUT]
+    assert capacity.input_bytes == 0  # a closed connection holds nothing
+
+
+async def test_a_framed_transport_takes_what_is_queued_line_by_line() -> None:
+    link = Link()
+    assert link.conn.lines_to_send() == [HELLO]
+    link.conn.receive_line(b'{"id":1,"type":"ping"}')
+    link.conn.receive_line(b'{"id":2,"type":"ping"}\n')  # a newline at the end is fine
+    await settle()
+    lines = link.conn.lines_to_send()
+    assert [json.loads(line)["id"] for line in lines] == [1, 2]
+    assert all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in lines)
+    assert link.conn.lines_to_send() == []
+    assert link.conn.data_to_send() == b""
+
+
 def test_no_login_by_the_deadline_says_bye_auth_timeout() -> None:
     link = Link(auth_timeout=10)
     link.conn.timeout(105.0)
