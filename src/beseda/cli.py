@@ -36,6 +36,16 @@ def _parser() -> argparse.ArgumentParser:
         f"{config.default_db_path()})",
     )
     serve.add_argument(
+        "--bus",
+        help="redis://HOST:PORT/DB: the bus shared by several nodes on one database, for "
+        "delivery, presence and rate limits across them (BESEDA_BUS; default: none, this "
+        "process alone)",
+    )
+    serve.add_argument(
+        "--node-name",
+        help="this node's name among the nodes on one bus (BESEDA_NODE_NAME, default HOSTNAME-PID)",
+    )
+    serve.add_argument(
         "--log-level",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         type=str.upper,
@@ -92,6 +102,8 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         db=args.db,
         log_level=args.log_level,
+        bus=args.bus,
+        node_name=args.node_name,
         **{option.name: getattr(args, option.name) for option in config.limit_options()},
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -14,7 +14,7 @@ import signal
 import ssl
 
 from .. import tls
-from ..bus import Bus
+from ..bus import Bus, BusError
 from ..bus.local import LocalBus
 from ..storage import Storage
 from ..storage.sqlite import SQLiteStorage
@@ -24,6 +24,7 @@ from .config import Settings
 from .connection import Capacity
 from .delivery import DeliveryHub
 from .limits import Limiters
+from .replication import Replica
 from .transports.tcp import TcpListener
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,26 @@ def is_loopback(host: str) -> bool:
 def open_storage(settings: Settings) -> Storage:
     """The store ``settings`` name: the embedded SQLite file (the one engine today)."""
     return SQLiteStorage(settings.db, busy_timeout=settings.db_busy_timeout)
+
+
+def open_bus(settings: Settings) -> Bus:
+    """The bus ``settings`` name: Redis for several nodes, else this process alone."""
+    if settings.bus is None:
+        return LocalBus(settings.node_name)
+    if not settings.bus.startswith(("redis://", "rediss://", "unix://")):
+        raise StartupError(f"--bus must be a redis:// URL, not {settings.bus!r}")
+    from ..bus.redis import RedisBus
+
+    return RedisBus(settings.bus, settings.node_name, node_expiry=settings.limits.node_expiry)
+
+
+def open_limiters(settings: Settings, bus: Bus) -> Limiters:
+    """Rate limiters shared by every node on a Redis bus, else in this process's memory."""
+    from ..bus.redis import RedisBus
+
+    if isinstance(bus, RedisBus):
+        return Limiters.from_buckets(settings.limits, bus.rate_limit)
+    return Limiters.in_memory(settings.limits)
 
 
 class StartupError(Exception):
@@ -64,8 +85,8 @@ class Server:
         changes."""
         self.settings = settings
         self.storage: Storage = storage or open_storage(settings)
-        self.bus: Bus = bus or LocalBus()
-        self.hub = DeliveryHub()
+        self.bus: Bus = bus or open_bus(settings)
+        self.hub = DeliveryHub(self.bus.node)
         self.hasher = hasher or PasswordHasher(
             workers=settings.limits.hash_workers or None, queue=settings.limits.hash_queue
         )
@@ -76,9 +97,22 @@ class Server:
             hub=self.hub,
             hasher=self.hasher,
             limits=settings.limits,
-            limiters=limiters or Limiters.in_memory(settings.limits),
+            limiters=limiters or open_limiters(settings, self.bus),
         )
-        self.bus.subscribe(self.hub.on_event)
+        self.replica: Replica | None = None
+        """Between a shared bus and delivery: entries in order, exactly once, gaps read from
+        the database (``replication.py``); None on a bus of this process alone."""
+        if self.bus.shared:
+            self.replica = Replica(
+                node=self.bus.node,
+                storage=self.storage,
+                index=self.chat.index,
+                deliver=self.hub.on_event,
+            )
+            self.bus.subscribe(self.replica.on_event)
+            self.bus.on_resume(self.replica.resumed)
+        else:
+            self.bus.subscribe(self.hub.on_event)
         # Shared by every transport: the caps on connections and the input budget.
         self.capacity = Capacity(settings.limits)
         self.tcp = TcpListener(self.chat, settings.limits, self.capacity)
@@ -96,24 +130,35 @@ class Server:
         except Exception as exc:
             await self.storage.close()
             raise StartupError(str(exc)) from exc
+        if self.replica is not None:
+            self.replica.start()
+        try:
+            await self.bus.open()
+        except BusError as exc:
+            await self.storage.close()
+            raise StartupError(str(exc)) from exc
         try:
             context = self._tls_context()
         except Exception:
             await self.storage.close()
+            await self.bus.close()
             raise
         try:
             await self.tcp.start(self.settings.host, self.settings.port, context)
         except OSError as exc:
             await self.storage.close()
+            await self.bus.close()
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise StartupError(
                 f"Cannot listen on {self.settings.host}:{self.settings.port}: {reason}"
             ) from exc
         log.info(
-            "beseda listening on %s:%d, database %s",
+            "beseda listening on %s:%d, database %s, node %s%s",
             self.settings.host,
             self.port,
             self.settings.db,
+            self.bus.node,
+            f", bus {self.settings.bus}" if self.settings.bus else "",
         )
 
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -142,6 +187,8 @@ class Server:
         """Stop accepting, finish in-flight requests and commits, tell clients, close."""
         log.info("shutting down")
         await self.tcp.stop(self.settings.shutdown_grace)
+        if self.replica is not None:
+            await self.replica.close()
         await self.storage.close()
         await self.bus.close()
         if self._own_hasher:

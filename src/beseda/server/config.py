@@ -7,6 +7,7 @@ advertises it; its flag, variable and help text are derived from that declaratio
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,6 +19,13 @@ from ..protocol.schema import MAX_LINE_BYTES, MAX_REPLY_BYTES, MAX_TEXT_CHARS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7878
+
+
+def default_node_name() -> str:
+    """``HOSTNAME-PID``: unique among the nodes of a cluster as long as no two share a host
+    name and a process id; name nodes yourself (``--node-name``) to keep a name across
+    restarts."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def default_db_path() -> Path:
@@ -160,6 +168,12 @@ class Limits:
         parse=whole_number,
         shown_default="0: one per core the server may run on",
     )
+    node_expiry: float = limit(
+        10.0,
+        "seconds after which the other nodes show the users of a node that stopped its "
+        "heartbeat (killed, cut off) offline; heartbeats go every third of it (with --bus)",
+        unit=" s",
+    )
     hash_queue: int = limit(
         64,
         "password hashes that may wait for a worker; more logins at once are refused with "
@@ -250,6 +264,10 @@ class Settings:
     """Create a self-signed certificate beside the database on first start, and use it."""
     allow_plaintext: bool = False
     """Listen without TLS on an address other than loopback (an explicit choice)."""
+    bus: str | None = None
+    """``redis://…``: the bus shared by several nodes; None: this process alone."""
+    node_name: str = field(default_factory=default_node_name)
+    """This node's name among the nodes on one bus (see :func:`default_node_name`)."""
 
     @property
     def tls(self) -> bool:
@@ -268,6 +286,8 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
         "BESEDA_ALLOW_PLAINTEXT",
         lambda value: value.strip() in ("1", "yes", "true"),
     ),
+    "bus": ("BESEDA_BUS", str),
+    "node_name": ("BESEDA_NODE_NAME", str),
 }
 
 

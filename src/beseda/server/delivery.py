@@ -17,7 +17,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 
-from ..bus import BusEvent, EntryPosted, PresenceChanged, ReadMoved, TypingStarted
+from ..bus import BusEvent, EntryPosted, Origin, PresenceChanged, ReadMoved, TypingStarted
 from ..protocol import codec, schema
 from .chat import Session
 
@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 class DeliveryHub:
     """Registry of this process's authenticated sessions, by user."""
 
-    def __init__(self) -> None:
+    def __init__(self, node: str = "local") -> None:
+        self.node = node
+        """This node's name: an event whose origin is another node's skips nobody here."""
         self._by_user: defaultdict[int, set[Session]] = defaultdict(set)
         self._sessions: set[Session] = set()
         self._by_token: defaultdict[bytes, set[Session]] = defaultdict(set)
@@ -88,6 +90,16 @@ class DeliveryHub:
         """The user ids the session watches."""
         return self._watching.get(session, frozenset())
 
+    def users(self) -> list[int]:
+        """The users with a session here (whose conversations this node delivers into)."""
+        return list(self._by_user)
+
+    def _local(self, origin: Origin | None) -> int | None:
+        """The connection id of ``origin`` when it is on this node, else None."""
+        if origin is None or origin.node != self.node:
+            return None
+        return origin.connection
+
     @property
     def sessions(self) -> int:
         return len(self._sessions)
@@ -111,8 +123,9 @@ class DeliveryHub:
                 self.presence_delivered += 1
         elif isinstance(event, ReadMoved):
             read = codec.Outgoing(schema.ReadEvent(conversation=event.conversation, seq=event.seq))
+            sender = self._local(event.origin)
             for session in self._by_user.get(event.user_id, ()):
-                if session.protocol >= 3 and session.peer.conn_id != event.origin:
+                if session.protocol >= 3 and session.peer.conn_id != sender:
                     session.peer.send_event(read)
         elif isinstance(event, TypingStarted):
             typing = codec.Outgoing(
@@ -136,7 +149,7 @@ class DeliveryHub:
         # first connection of that format, whatever the number of recipients.
         current: codec.Outgoing | None = None
         legacy: codec.Outgoing | None = None
-        origin = event.origin
+        origin = self._local(event.origin)
         count = 0
         # No copy of the set: deliver() never detaches a session synchronously (a dropped
         # slow consumer is forgotten later, from connection_lost).

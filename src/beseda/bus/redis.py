@@ -1,0 +1,581 @@
+"""The bus between several nodes, on Redis (redis-py's asyncio client).
+
+Events
+    This node's events go to its own subscribers at once, in :meth:`RedisBus.publish`, so
+    local delivery never waits for Redis and goes on while Redis is lost. They are also queued
+    for a sender task, which writes whatever is queued in one pipeline of ``PUBLISH`` commands
+    to the channel ``beseda:events``; a subscriber task on its own connection hands other
+    nodes' events to the subscribers. Pub/sub is at-most-once: what is published while a node
+    is not subscribed is lost. So the bus is only a hint: while Redis cannot be reached, the
+    sender keeps the *latest* entry of each conversation and publishes those when Redis is
+    back (another node that sees one skip ahead reads the gap from the database), and every
+    (re)subscription calls the ``on_resume`` handlers, which read from the database whatever
+    was lost (``server/replication.py``). Typing and presence events of the outage are lost.
+
+Presence
+    Each node keeps the users it has connections of in a hash ``beseda:users:NODE`` (user id →
+    name), and proves it is alive with a key ``beseda:alive:NODE`` that expires after
+    ``node_expiry`` seconds and is renewed every third of that (the heartbeat). Every
+    heartbeat also looks at the other nodes of the set ``beseda:nodes``: the first node to see
+    one's alive key gone removes it from the set (``SREM`` decides who), deletes its users and
+    publishes them offline, unless they are online elsewhere. So the users of a node that died
+    (SIGKILL, power) are shown offline within ``node_expiry`` plus one heartbeat.
+
+Limits
+    :meth:`RedisBus.rate_limit` gives a token bucket kept in Redis (one Lua script, Redis's
+    own clock), shared by every node. While Redis cannot be reached it falls back to a bucket
+    in this process's memory, so a lost Redis weakens the limits to per node, not to none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ..protocol.schema import Entry
+from ..storage import ConversationState, MemberChange
+from . import (
+    BusError,
+    BusEvent,
+    EntryPosted,
+    Origin,
+    PresenceChanged,
+    ReadMoved,
+    TypingStarted,
+)
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "beseda:events"
+NODES = "beseda:nodes"
+MAX_QUEUED = 100_000
+"""Events waiting for the sender; beyond it (Redis too slow or gone) entries are kept only
+as the latest per conversation and other events are dropped."""
+RECONNECT_DELAY = (0.05, 2.0)
+"""First and longest wait between attempts to reach Redis again (doubling)."""
+
+
+# -- the wire format between nodes ---------------------------------------------------------------
+
+
+class _Posted(msgspec.Struct, tag="entry", array_like=True):
+    node: str
+    connection: int | None
+    entry: Entry
+    recipients: list[int] | None
+    legacy: bool
+    state: ConversationState | None
+    changes: list[MemberChange]
+
+
+class _Presence(msgspec.Struct, tag="presence", array_like=True):
+    node: str
+    user_id: int
+    name: str
+    online: bool
+
+
+class _Read(msgspec.Struct, tag="read", array_like=True):
+    node: str
+    connection: int | None
+    user_id: int
+    conversation: str
+    seq: int
+
+
+class _Typing(msgspec.Struct, tag="typing", array_like=True):
+    node: str
+    conversation: str
+    user_id: int
+    name: str
+    recipients: list[int] | None
+
+
+_Wire = _Posted | _Presence | _Read | _Typing
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(_Wire)
+
+
+def encode(node: str, event: BusEvent) -> bytes:
+    """One event as the bytes published for other nodes."""
+    wire: _Wire
+    if isinstance(event, EntryPosted):
+        origin = event.origin
+        wire = _Posted(
+            node,
+            origin.connection if origin is not None and origin.node == node else None,
+            event.entry,
+            None if event.recipients is None else list(event.recipients),
+            event.legacy,
+            event.state,
+            list(event.changes),
+        )
+    elif isinstance(event, PresenceChanged):
+        wire = _Presence(node, event.user_id, event.name, event.online)
+    elif isinstance(event, ReadMoved):
+        origin = event.origin
+        connection = origin.connection if origin is not None and origin.node == node else None
+        wire = _Read(node, connection, event.user_id, event.conversation, event.seq)
+    else:
+        recipients = None if event.recipients is None else list(event.recipients)
+        wire = _Typing(node, event.conversation, event.user_id, event.name, recipients)
+    return _encoder.encode(wire)
+
+
+def decode(data: str | bytes) -> tuple[str, BusEvent]:
+    """The node that published ``data``, and its event."""
+    wire = _decoder.decode(data)
+    if isinstance(wire, _Posted):
+        origin = None if wire.connection is None else Origin(wire.node, wire.connection)
+        recipients = None if wire.recipients is None else frozenset(wire.recipients)
+        return wire.node, EntryPosted(
+            wire.entry, recipients, origin, wire.legacy, wire.state, tuple(wire.changes)
+        )
+    if isinstance(wire, _Presence):
+        return wire.node, PresenceChanged(wire.user_id, wire.name, wire.online)
+    if isinstance(wire, _Read):
+        origin = None if wire.connection is None else Origin(wire.node, wire.connection)
+        return wire.node, ReadMoved(wire.user_id, wire.conversation, wire.seq, origin)
+    recipients = None if wire.recipients is None else frozenset(wire.recipients)
+    return wire.node, TypingStarted(wire.conversation, wire.user_id, wire.name, recipients)
+
+
+def _alive_key(node: str) -> str:
+    return f"beseda:alive:{node}"
+
+
+def _users_key(node: str) -> str:
+    return f"beseda:users:{node}"
+
+
+class RedisBus:
+    """A bus shared by every node on one Redis (implements :class:`beseda.bus.Bus`)."""
+
+    shared = True
+
+    def __init__(self, url: str, node: str, *, node_expiry: float = 10.0) -> None:
+        self.url = url
+        self.node = node
+        self.node_expiry = node_expiry
+        # Typed as Any: redis-py's annotations differ between its releases.
+        self._redis: Any = aioredis.Redis.from_url(
+            url, socket_connect_timeout=2.0, socket_keepalive=True, decode_responses=True
+        )
+        self._handlers: list[Callable[[BusEvent], None]] = []
+        self._resume_handlers: list[Callable[[], None]] = []
+        self._local: Counter[int] = Counter()
+        """This node's connections per user."""
+        self._names: dict[int, str] = {}
+        self._queue: deque[tuple[str | None, bytes]] = deque()
+        """(conversation of an entry, or None; the encoded event) waiting for the sender."""
+        self._missed: dict[str, bytes] = {}
+        """The latest entry of each conversation that could not be published."""
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._up = False
+        """Whether the last command to Redis worked."""
+        self._others: list[str] = []
+        """The other nodes alive at the last heartbeat."""
+        self.published = 0
+        self.received = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            await self._redis.ping()
+            await self._register(fresh=True)
+        except (RedisError, OSError) as exc:
+            await self._redis.aclose()
+            raise BusError(f"Cannot reach Redis at {self._safe_url()}: {exc}") from exc
+        self._up = True
+        subscribed = asyncio.get_running_loop().create_future()
+        self._tasks = [
+            asyncio.create_task(self._send(), name="bus-sender"),
+            asyncio.create_task(self._receive(subscribed), name="bus-receiver"),
+            asyncio.create_task(self._heartbeat(), name="bus-heartbeat"),
+        ]
+        # Start delivering only once other nodes' events flow.
+        await asyncio.wait_for(subscribed, timeout=10.0)
+
+    async def close(self) -> None:
+        # Let what is queued go out (the last entries of a clean shutdown), briefly.
+        deadline = time.monotonic() + 1.0
+        while self._queue and self._up and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._up:
+            with contextlib.suppress(RedisError, OSError):
+                # A clean stop: this node's users go offline now, not after the expiry.
+                for user_id in list(self._local):
+                    self._local.pop(user_id)
+                    if not await self._online_elsewhere(user_id):
+                        name = self._names.get(user_id, "")
+                        await self._redis.publish(
+                            CHANNEL,
+                            encode(self.node, PresenceChanged(user_id, name, online=False)),
+                        )
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.delete(_users_key(self.node), _alive_key(self.node))
+                pipe.srem(NODES, self.node)
+                await pipe.execute()
+        self._handlers.clear()
+        await self._redis.aclose()
+
+    def _safe_url(self) -> str:
+        """The URL without a password."""
+        if "@" in self.url:
+            scheme, _, rest = self.url.partition("://")
+            return f"{scheme}://…@{rest.rpartition('@')[2]}"
+        return self.url
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def subscribe(self, handler: Callable[[BusEvent], None]) -> None:
+        self._handlers.append(handler)
+
+    def on_resume(self, handler: Callable[[], None]) -> None:
+        self._resume_handlers.append(handler)
+
+    def publish(self, event: BusEvent) -> None:
+        self._hand_out(event)
+        data = encode(self.node, event)
+        conversation = event.entry.conversation if isinstance(event, EntryPosted) else None
+        if not self._up or len(self._queue) >= MAX_QUEUED:
+            if conversation is not None:
+                self._missed[conversation] = data
+            return
+        self._queue.append((conversation, data))
+        self._wakeup.set()
+
+    def _hand_out(self, event: BusEvent) -> None:
+        for handler in self._handlers:
+            try:
+                handler(event)
+            except Exception:
+                log.exception("bus subscriber failed on %r", event)
+
+    async def _send(self) -> None:
+        delay = RECONNECT_DELAY[0]
+        while True:
+            if not self._queue and not (self._missed and self._up):
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if not self._up:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_DELAY[1])
+                try:
+                    await self._redis.ping()
+                except (RedisError, OSError):
+                    continue
+                self._up = True
+            delay = RECONNECT_DELAY[0]
+            batch: list[tuple[str | None, bytes]] = list(self._missed.items())
+            self._missed.clear()
+            while self._queue and len(batch) < 1024:
+                batch.append(self._queue.popleft())
+            pipe = self._redis.pipeline(transaction=False)
+            for _, data in batch:
+                pipe.publish(CHANNEL, data)
+            try:
+                await pipe.execute()
+                self.published += len(batch)
+            except (RedisError, OSError) as exc:
+                self._lost(exc)
+                # Some may have gone out; the latest entry per conversation is published
+                # again, and a receiver drops what it has already.
+                for conversation, data in batch + list(self._queue):
+                    if conversation is not None:
+                        self._missed[conversation] = data
+                self._queue.clear()
+
+    async def _receive(self, subscribed: asyncio.Future[None]) -> None:
+        delay = RECONNECT_DELAY[0]
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(CHANNEL)
+                async for message in pubsub.listen():
+                    if message["type"] == "subscribe":
+                        delay = RECONNECT_DELAY[0]
+                        if not subscribed.done():
+                            subscribed.set_result(None)
+                        self._resumed()
+                    elif message["type"] == "message":
+                        self._received(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self._lost(exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_DELAY[1])
+
+    def _received(self, data: str | bytes) -> None:
+        try:
+            node, event = decode(data)
+        except msgspec.ValidationError:
+            log.warning("undecodable bus message (%d bytes) ignored", len(data))
+            return
+        if node == self.node:
+            return  # delivered here already, in publish()
+        self.received += 1
+        self._hand_out(event)
+
+    def _resumed(self) -> None:
+        if not self._up:
+            log.warning("Redis is back; catching up from the database")
+        self._up = True
+        self._wakeup.set()
+        for handler in self._resume_handlers:
+            try:
+                handler()
+            except Exception:
+                log.exception("bus resume handler failed")
+
+    def _lost(self, exc: BaseException) -> None:
+        if self._up:
+            log.warning("lost Redis (%s); delivering on this node only until it is back", exc)
+        self._up = False
+
+    # -- presence -------------------------------------------------------------------------------
+
+    async def _register(self, *, fresh: bool = False) -> None:
+        """Join the set of nodes, alive; with ``fresh`` (at start) forget the users of an
+        earlier life under this name, and say they are offline."""
+        redis = self._redis
+        if fresh:
+            stale = await redis.hgetall(_users_key(self.node))
+            await redis.delete(_users_key(self.node))
+            await self._register(fresh=False)
+            await self._refresh_others()
+            for raw_id, raw_name in stale.items():
+                user_id = int(raw_id)
+                if not await self._online_elsewhere(user_id):
+                    event = PresenceChanged(user_id, raw_name, online=False)
+                    await redis.publish(CHANNEL, encode(self.node, event))
+            return
+        pipe = redis.pipeline(transaction=False)
+        pipe.set(_alive_key(self.node), b"1", px=int(self.node_expiry * 1000))
+        pipe.sadd(NODES, self.node)
+        added = (await pipe.execute())[1]
+        if added and not fresh and self._local:
+            # Redis lost our users (restarted), or another node declared us dead while we
+            # could not reach it: write them again, and say they are online.
+            names = {uid: self._names.get(uid, "") for uid in self._local}
+            await redis.hset(_users_key(self.node), mapping={str(u): n for u, n in names.items()})
+            for uid, name in names.items():
+                event = PresenceChanged(uid, name, online=True)
+                await redis.publish(CHANNEL, encode(self.node, event))
+
+    async def _refresh_others(self) -> None:
+        """The other nodes alive now; the first node to see one dead reaps it."""
+        redis = self._redis
+        nodes = list(await redis.smembers(NODES))
+        others = [n for n in nodes if n != self.node]
+        if not others:
+            self._others = []
+            return
+        pipe = redis.pipeline(transaction=False)
+        for node in others:
+            pipe.exists(_alive_key(node))
+        alive = await pipe.execute()
+        self._others = [n for n, up in zip(others, alive, strict=True) if up]
+        for node, up in zip(others, alive, strict=True):
+            if not up and await redis.srem(NODES, node):
+                await self._reap(node)
+
+    async def _reap(self, node: str) -> None:
+        users = await self._redis.hgetall(_users_key(node))
+        await self._redis.delete(_users_key(node))
+        log.warning("node %s stopped its heartbeat; its %d user(s) go offline", node, len(users))
+        for raw_id, raw_name in users.items():
+            user_id = int(raw_id)
+            if user_id in self._local or await self._online_elsewhere(user_id):
+                continue
+            self.publish(PresenceChanged(user_id, raw_name, online=False))
+
+    async def _heartbeat(self) -> None:
+        interval = self.node_expiry / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._register()
+                await self._refresh_others()
+                if not self._up:
+                    self._up = True
+                    self._wakeup.set()
+            except (RedisError, OSError) as exc:
+                self._lost(exc)
+
+    async def _online_elsewhere(self, user_id: int) -> bool:
+        if not self._others:
+            return False
+        pipe = self._redis.pipeline(transaction=False)
+        for node in self._others:
+            pipe.hexists(_users_key(node), str(user_id))
+        return any(await pipe.execute())
+
+    async def user_connected(self, user_id: int, name: str) -> bool:
+        self._local[user_id] += 1
+        self._names[user_id] = name
+        if self._local[user_id] > 1:
+            return False
+        try:
+            await self._redis.hset(_users_key(self.node), str(user_id), name)
+            return not await self._online_elsewhere(user_id)
+        except (RedisError, OSError) as exc:
+            self._lost(exc)
+            return True
+
+    async def user_disconnected(self, user_id: int, name: str) -> bool:
+        count = self._local[user_id] - 1
+        if count > 0:
+            self._local[user_id] = count
+            return False
+        self._local.pop(user_id, None)
+        self._names.pop(user_id, None)
+        try:
+            await self._redis.hdel(_users_key(self.node), str(user_id))
+            return not await self._online_elsewhere(user_id)
+        except (RedisError, OSError) as exc:
+            self._lost(exc)
+            return True
+
+    async def online(self, user_ids: list[int]) -> set[int]:
+        found = {user_id for user_id in user_ids if user_id in self._local}
+        rest = [str(user_id) for user_id in user_ids if user_id not in found]
+        if not rest or not self._others:
+            return found
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for node in self._others:
+                pipe.hmget(_users_key(node), rest)
+            for values in await pipe.execute():
+                found.update(int(uid) for uid, v in zip(rest, values, strict=True) if v is not None)
+        except (RedisError, OSError) as exc:
+            self._lost(exc)
+        return found
+
+    # -- limits ---------------------------------------------------------------------------------
+
+    def rate_limit(self, name: str, rate: float, burst: float) -> RedisRateLimit:
+        """A token bucket per key shared by every node on this Redis."""
+        return RedisRateLimit(self._redis, name, rate, burst)
+
+
+_BUCKET = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local op = ARGV[3]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local v = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
+local tokens = tonumber(v[1])
+local stamp = tonumber(v[2])
+if tokens == nil then
+  if op == 'peek' or op == 'refund' then return '0' end
+  tokens = burst
+  stamp = now
+end
+tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
+local result = 0
+if op == 'peek' then
+  if tokens >= 1 then return '0' end
+  return tostring((1 - tokens) / rate)
+elseif op == 'take' then
+  if tokens < 1 then return tostring((1 - tokens) / rate) end
+  tokens = tokens - 1
+elseif op == 'reserve' then
+  local wait = math.max(0, (1 - tokens) / rate)
+  if wait > tonumber(ARGV[4]) then return '-1' end
+  tokens = tokens - 1
+  result = wait
+elseif op == 'charge' then
+  tokens = tokens - 1
+elseif op == 'refund' then
+  tokens = math.min(burst, tokens + 1)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'stamp', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+return tostring(result)
+"""
+
+
+class RedisRateLimit:
+    """A token bucket per key in Redis (implements ``server.limits.RateLimit``).
+
+    One script does each operation atomically on Redis's clock, so every node spends from
+    the same bucket. A bucket's key expires once it would be full again."""
+
+    def __init__(self, redis: Any, name: str, rate: float, burst: float) -> None:
+        from ..server.limits import LocalRateLimit
+
+        self.rate, self.burst = rate, burst
+        self._name = name
+        self._script: Any = redis.register_script(_BUCKET)
+        self._fallback = LocalRateLimit(rate, burst)
+        self._warned = 0.0
+
+    async def _call(self, key: str | int, op: str, max_wait: float = 0.0) -> float | None:
+        try:
+            raw = await self._script(
+                keys=[f"beseda:rate:{self._name}:{key}"],
+                args=[repr(self.rate), repr(self.burst), op, repr(max_wait)],
+            )
+        except (RedisError, OSError) as exc:
+            now = time.monotonic()
+            if now - self._warned > 10:
+                self._warned = now
+                log.warning("rate limit %s falls back to this node (%s)", self._name, exc)
+            raise _Unreachable from exc
+        value = float(raw)
+        return None if value < 0 else value
+
+    async def take(self, key: str | int, now: float) -> float:
+        try:
+            return await self._call(key, "take") or 0.0
+        except _Unreachable:
+            return await self._fallback.take(key, now)
+
+    async def reserve(self, key: str | int, now: float, max_wait: float) -> float | None:
+        try:
+            return await self._call(key, "reserve", max_wait)
+        except _Unreachable:
+            return await self._fallback.reserve(key, now, max_wait)
+
+    async def peek(self, key: str | int, now: float) -> float:
+        try:
+            return await self._call(key, "peek") or 0.0
+        except _Unreachable:
+            return await self._fallback.peek(key, now)
+
+    async def charge(self, key: str | int, now: float) -> None:
+        try:
+            await self._call(key, "charge")
+        except _Unreachable:
+            await self._fallback.charge(key, now)
+
+    async def refund(self, key: str | int) -> None:
+        try:
+            await self._call(key, "refund")
+        except _Unreachable:
+            await self._fallback.refund(key)
+
+
+class _Unreachable(Exception):
+    """Redis did not answer a limiter (it falls back to memory)."""
