@@ -27,6 +27,9 @@ from beseda.server.app import Server
 from beseda.server.config import Limits, Settings
 from beseda.storage.sqlite import SQLiteStorage
 
+# Fixtures of the services tests start themselves (Redis; see the module).
+pytest_plugins = ["redis_service"]
+
 TIMEOUT_FACTOR = float(os.environ.get("BESEDA_TEST_TIMEOUT_FACTOR", "1"))
 """Scale every waiting time in the tests on slow machines."""
 
