@@ -31,9 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--db",
-        type=Path,
-        help=f"SQLite database file, created on first start (BESEDA_DB, default "
-        f"{config.default_db_path()})",
+        type=config.parse_db,
+        help=f"SQLite database file, created on first start, or a postgresql:// URL "
+        f"(BESEDA_DB, default {config.default_db_path()})",
     )
     serve.add_argument(
         "--bus",

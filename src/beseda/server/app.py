@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import ssl
+from pathlib import Path
 
 from .. import tls
 from ..bus import Bus, BusError
@@ -20,7 +21,7 @@ from ..storage import Storage
 from ..storage.sqlite import SQLiteStorage
 from .accounts import PasswordHasher
 from .chat import Chat
-from .config import Settings
+from .config import Settings, is_postgres_url
 from .connection import Capacity
 from .delivery import DeliveryHub
 from .limits import Limiters
@@ -40,7 +41,12 @@ def is_loopback(host: str) -> bool:
 
 
 def open_storage(settings: Settings) -> Storage:
-    """The store ``settings`` name: the embedded SQLite file (the one engine today)."""
+    """The store ``settings.db`` names: PostgreSQL for a ``postgresql://`` URL, otherwise the
+    embedded SQLite file. Not yet opened (``Server.start`` opens it)."""
+    if is_postgres_url(settings.db):
+        from ..storage.postgres import PostgresStorage
+
+        return PostgresStorage(str(settings.db), connect_timeout=settings.db_busy_timeout)
     return SQLiteStorage(settings.db, busy_timeout=settings.db_busy_timeout)
 
 
@@ -62,6 +68,15 @@ def open_limiters(settings: Settings, bus: Bus) -> Limiters:
     if isinstance(bus, RedisBus):
         return Limiters.from_buckets(settings.limits, bus.rate_limit)
     return Limiters.in_memory(settings.limits)
+
+
+def describe_db(db: Path | str) -> str:
+    """The database for a log line: a URL without its password, or the file."""
+    if is_postgres_url(db):
+        from ..storage.postgres import redact
+
+        return redact(str(db))
+    return str(db)
 
 
 class StartupError(Exception):
@@ -156,7 +171,7 @@ class Server:
             "beseda listening on %s:%d, database %s, node %s%s",
             self.settings.host,
             self.port,
-            self.settings.db,
+            describe_db(self.settings.db),
             self.bus.node,
             f", bus {self.settings.bus}" if self.settings.bus else "",
         )
@@ -172,7 +187,7 @@ class Server:
             return None
         try:
             if settings.tls_auto and settings.tls_cert is None:
-                cert, key = tls.ensure_self_signed(settings.db.parent, settings.host)
+                cert, key = tls.ensure_self_signed(settings.data_dir, settings.host)
             else:
                 assert settings.tls_cert is not None
                 cert, key = settings.tls_cert, settings.tls_key or settings.tls_cert

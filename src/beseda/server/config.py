@@ -33,6 +33,20 @@ def default_db_path() -> Path:
     return platformdirs.user_data_path("beseda") / "beseda.db"
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(db: Path | str) -> bool:
+    """Whether ``db`` names a PostgreSQL database (a URL) rather than a SQLite file."""
+    return isinstance(db, str) and db.startswith(POSTGRES_SCHEMES)
+
+
+def parse_db(text: str) -> Path | str:
+    """``--db`` / ``BESEDA_DB``: a ``postgresql://`` URL stays text, anything else is the path
+    of a SQLite file."""
+    return text if is_postgres_url(text) else Path(text)
+
+
 T = TypeVar("T")
 
 
@@ -251,7 +265,8 @@ def advertised_limits(limits: Limits) -> dict[str, int | float]:
 class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    db: Path = field(default_factory=default_db_path)
+    db: Path | str = field(default_factory=default_db_path)
+    """A SQLite file, or a ``postgresql://`` URL (see :func:`parse_db`)."""
     log_level: str = "INFO"
     limits: Limits = field(default_factory=Limits)
     db_busy_timeout: float = 5.0
@@ -270,6 +285,14 @@ class Settings:
     """This node's name among the nodes on one bus (see :func:`default_node_name`)."""
 
     @property
+    def data_dir(self) -> Path:
+        """Where files beside the database go (a self-signed certificate): the SQLite file's
+        directory, or the user's data directory with PostgreSQL."""
+        if is_postgres_url(self.db):
+            return default_db_path().parent
+        return Path(self.db).parent
+
+    @property
     def tls(self) -> bool:
         return self.tls_auto or self.tls_cert is not None
 
@@ -277,7 +300,7 @@ class Settings:
 _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "host": ("BESEDA_HOST", str),
     "port": ("BESEDA_PORT", int),
-    "db": ("BESEDA_DB", Path),
+    "db": ("BESEDA_DB", parse_db),
     "log_level": ("BESEDA_LOG_LEVEL", str),
     "tls_cert": ("BESEDA_TLS_CERT", Path),
     "tls_key": ("BESEDA_TLS_KEY", Path),
