@@ -183,8 +183,7 @@ class RedisBus:
         self._tasks: list[asyncio.Task[None]] = []
         self._up = False
         """Whether the last command to Redis worked."""
-        self._others: list[str] = []
-        """The other nodes alive at the last heartbeat."""
+        self._online_script: Any = self._redis.register_script(_ONLINE)
         self.published = 0
         self.received = 0
 
@@ -388,13 +387,11 @@ class RedisBus:
         nodes = list(await redis.smembers(NODES))
         others = [n for n in nodes if n != self.node]
         if not others:
-            self._others = []
             return
         pipe = redis.pipeline(transaction=False)
         for node in others:
             pipe.exists(_alive_key(node))
         alive = await pipe.execute()
-        self._others = [n for n, up in zip(others, alive, strict=True) if up]
         for node, up in zip(others, alive, strict=True):
             if not up and await redis.srem(NODES, node):
                 await self._reap(node)
@@ -423,12 +420,17 @@ class RedisBus:
                 self._lost(exc)
 
     async def _online_elsewhere(self, user_id: int) -> bool:
-        if not self._others:
-            return False
-        pipe = self._redis.pipeline(transaction=False)
-        for node in self._others:
-            pipe.hexists(_users_key(node), str(user_id))
-        return any(await pipe.execute())
+        return bool(await self._elsewhere([user_id]))
+
+    async def _elsewhere(self, user_ids: list[int]) -> set[int]:
+        """Which of these users have a connection on another node that is alive: one script,
+        so a node that joined a moment ago counts at once."""
+        found: set[int] = set()
+        for start in range(0, len(user_ids), 1000):
+            chunk = [str(user_id) for user_id in user_ids[start : start + 1000]]
+            online = await self._online_script(keys=[NODES], args=[self.node, *chunk])
+            found.update(int(user_id) for user_id in online)
+        return found
 
     async def user_connected(self, user_id: int, name: str) -> bool:
         self._local[user_id] += 1
@@ -458,17 +460,12 @@ class RedisBus:
 
     async def online(self, user_ids: list[int]) -> set[int]:
         found = {user_id for user_id in user_ids if user_id in self._local}
-        rest = [str(user_id) for user_id in user_ids if user_id not in found]
-        if not rest or not self._others:
-            return found
-        try:
-            pipe = self._redis.pipeline(transaction=False)
-            for node in self._others:
-                pipe.hmget(_users_key(node), rest)
-            for values in await pipe.execute():
-                found.update(int(uid) for uid, v in zip(rest, values, strict=True) if v is not None)
-        except (RedisError, OSError) as exc:
-            self._lost(exc)
+        rest = [user_id for user_id in user_ids if user_id not in found]
+        if rest:
+            try:
+                found |= await self._elsewhere(rest)
+            except (RedisError, OSError) as exc:
+                self._lost(exc)
         return found
 
     # -- limits ---------------------------------------------------------------------------------
@@ -477,6 +474,20 @@ class RedisBus:
         """A token bucket per key shared by every node on this Redis."""
         return RedisRateLimit(self._redis, name, rate, burst)
 
+
+_ONLINE = """
+local found = {}
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if node ~= ARGV[1] and redis.call('EXISTS', 'beseda:alive:' .. node) == 1 then
+    local values = redis.call('HMGET', 'beseda:users:' .. node, unpack(ARGV, 2))
+    for i, value in ipairs(values) do
+      if value then found[#found + 1] = ARGV[i + 1] end
+    end
+  end
+end
+return found
+"""
+"""The users (ARGV 2…) with a connection on a live node other than ARGV 1."""
 
 _BUCKET = """
 local rate = tonumber(ARGV[1])
