@@ -28,12 +28,12 @@ from typing import Any
 
 import pytest
 from newcomer import PASSWORD, Newcomer
-from pg_server import PostgresServer, available, postgres_server
-from redis_service import RedisServer
 
 from beseda.client import Client
 from beseda.protocol import schema
-from conftest import TIMEOUT_FACTOR, ServerProcess, free_port, wait_for
+from conftest import TIMEOUT_FACTOR, ServerProcess, free_port
+from pg_server import PostgresServer, available, postgres_server
+from redis_service import RedisServer
 
 pytestmark = [
     pytest.mark.timeout(240),
@@ -176,7 +176,9 @@ async def test_three_nodes_deliver_every_entry_to_every_member_in_order_exactly_
                         i,
                         user,
                         user.send(
-                            "post", conversation=conversation, client_id=f"{i}-{k}-{conversation}",
+                            "post",
+                            conversation=conversation,
+                            client_id=f"{i}-{k}-{conversation}",
                             text=f"{names[i]} says {k}",
                         ),
                     )
@@ -225,7 +227,7 @@ async def test_presence_and_typing_cross_nodes(cluster: Cluster, raw: Callable[.
     # Typing goes to the members on the other node.
     await bob.call("typing", conversation="general")
     typing = await ann.event("typing")
-    assert typing["user"] == "bob" and typing["conversation"] == "general"
+    assert (typing["user"], typing["conversation"]) == ("bob", "general")
     # The directory of either node shows who is online anywhere.
     listed = await ann.call("users", query="bob")
     assert listed["users"] == [{"name": "bob", "online": True}]
@@ -240,7 +242,6 @@ async def test_a_channel_made_on_one_node_is_known_to_the_others(
     created = await ann.call("create_channel", name="ops", public=True)
     channel = created["conversation"]["conversation"]
     # Node 2 learnt of it from the bus: bob can find it, join it and post into it there.
-    await wait_for(lambda: True)
     deadline = time.monotonic() + 10 * TIMEOUT_FACTOR
     while True:
         found = await bob.call("channels", query="ops")
@@ -284,9 +285,7 @@ class Balancer:
             except OSError:
                 continue
             self._writers.add(up_writer)
-            await asyncio.gather(
-                self._pipe(reader, up_writer), self._pipe(up_reader, writer)
-            )
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
             return
         writer.close()
 
@@ -362,21 +361,19 @@ async def test_a_killed_node_loses_nothing_and_its_users_go_offline(
             await conn.close()
 
         # Every acknowledged message is stored once, and every member received every one.
-        reader = senders[0]
         for g, conversation in enumerate(channels):
             stored: list[schema.Entry] = []
             before = None
             while True:
-                page, more = await reader.history(conversation, before=before, limit=200)
-                stored = page + stored
-                if not more or not page:
+                page = await senders[g].history(conversation, before=before, limit=200)
+                stored = list(page.entries) + stored
+                if not page.more or not page.entries:
                     break
-                before = page[0].seq
+                before = page.entries[0].seq
             ids = [e.client_id for e in stored if e.kind == "message"]
             assert len(ids) == len(set(ids)), "stored twice"
             assert set(ids) == acknowledged[conversation]
             assert [e.seq for e in stored] == list(range(1, len(stored) + 1))
-            del g
         received: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
         deadline = time.monotonic() + 30 * TIMEOUT_FACTOR
         for i, client in enumerate(senders):
@@ -471,7 +468,8 @@ async def test_a_restarted_postgresql_stores_every_acknowledged_message_once(
     await asyncio.sleep(3.0)
     stop.set()
     await asyncio.gather(*tasks)
-    assert refused and set(refused) == {"storage_unavailable"}, set(refused)
+    assert refused, "no message was refused while PostgreSQL was down"
+    assert set(refused) == {"storage_unavailable"}
     stored: list[dict[str, Any]] = []
     before = None
     while True:
