@@ -23,7 +23,7 @@ from .system import LOOPBACK, raise_fd_limit
 UNLIMITED = 1e9
 
 
-def bench_settings(port: int, db: Path) -> Settings:
+def bench_settings(port: int, db: Path, bus: str | None = None, node: str = "bench") -> Settings:
     limits = Limits(
         auth_timeout=600.0,
         max_connections=1_000_000,
@@ -33,11 +33,19 @@ def bench_settings(port: int, db: Path) -> Settings:
         login_failures_per_address=(UNLIMITED, UNLIMITED),
         registrations_per_address=(UNLIMITED, UNLIMITED),
     )
-    return Settings(host=LOOPBACK, port=port, db=db, log_level="WARNING", limits=limits)
+    return Settings(
+        host=LOOPBACK,
+        port=port,
+        db=db,
+        log_level="WARNING",
+        limits=limits,
+        bus=bus,
+        node_name=node,
+    )
 
 
-async def run(port: int, db: Path, stats: Path | None) -> None:
-    server = Server(bench_settings(port, db))
+async def run(port: int, db: Path, stats: Path | None, bus: str | None, node: str) -> None:
+    server = Server(bench_settings(port, db, bus, node))
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -58,10 +66,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--db", type=Path, required=True)
     parser.add_argument("--stats", type=Path)
+    parser.add_argument("--bus", help="redis://…: one node of several (the cluster rows)")
+    parser.add_argument("--node-name", default="bench")
     args = parser.parse_args()
     raise_fd_limit()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(args.port, args.db, args.stats))
+        asyncio.run(run(args.port, args.db, args.stats, args.bus, args.node_name))
 
 
 if __name__ == "__main__":

@@ -73,8 +73,12 @@ class Outcome:
 
 
 class LoadGenerator:
-    def __init__(self, port: int, placement: Placement, processes: int) -> None:
+    def __init__(
+        self, port: int, placement: Placement, processes: int, ports: list[int] | None = None
+    ) -> None:
         self.port = port
+        self.ports = ports or [port]
+        """Worker k connects to ``ports[k % len(ports)]`` (several nodes of one cluster)."""
         self.placement = placement
         self.processes = processes
         self._context = multiprocessing.get_context("spawn")
@@ -112,7 +116,7 @@ class LoadGenerator:
         plans = [
             WorkerPlan(
                 wire=load.wire,
-                port=self.port,
+                port=self.ports[number % len(self.ports)],
                 cores=self.placement.generator_cores,
                 clients=[],
                 join=load.join,
@@ -120,7 +124,7 @@ class LoadGenerator:
                 run_timeout=load.run_timeout,
                 connect_batch=batch,
             )
-            for _ in range(count)
+            for number in range(count)
         ]
         where: list[tuple[int, int]] = []
         expected = load.deliveries_per_client or [0] * len(load.clients)

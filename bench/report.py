@@ -178,6 +178,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             None if ratio is None else ratio <= 2,
             "" if ratio is None else f"{ratio}×",
         )
+    cl = scen.get("cluster")
+    if cl and cl.get("p99_ratio") is not None:
+        ratio = cl["p99_ratio"]
+        add(
+            f"fan-out into {cl['two_nodes']['n']} over 2 nodes: p99 two / one node",
+            f"{_fmt(cl['two_nodes']['p99_ms'])} / {_fmt(cl['single']['p99_ms'])} ms",
+            None,
+            "≤ 2×",
+            ratio <= 2,
+            f"{ratio}×",
+        )
     return rows
 
 
@@ -597,6 +608,9 @@ def markdown(results: dict[str, Any], plot_name: str | None, analysis: str = "")
     cs = scen.get("channel_sync")
     if cs:
         out += ["", _channel_sync_section(cs)]
+    cl = scen.get("cluster")
+    if cl:
+        out += ["", _cluster_section(cl)]
     if results.get("notes"):
         out += ["", "## Notes", ""] + [f"- {note}" for note in results["notes"]]
     return "\n".join(out) + "\n"
@@ -696,3 +710,47 @@ def _channel_sync_section(cs: dict[str, Any]) -> str:
         ),
     ]
     return "\n".join(text)
+
+
+def _cluster_section(cl: dict[str, Any]) -> str:
+    one, two = cl["single"], cl["two_nodes"]
+    rows = [
+        [
+            f"{row['nodes']} node{'s' if row['nodes'] > 1 else ''}",
+            row["n"],
+            row["p50_ms"],
+            row["p99_ms"],
+            row["losses"],
+            row["cpu_us_per_unit"],
+            row.get("cpu_us_per_unit_with_redis", row["cpu_us_per_unit"]),
+            _busy(row),
+        ]
+        for row in (one, two)
+    ]
+    return "\n".join(
+        [
+            "## Fan-out across nodes",
+            "",
+            "One sender and N receivers in General, paced, once into one node and once with "
+            "the receivers spread over two nodes on one Redis (the sender's node delivers to its "
+            "half at once and publishes each message once; the other node delivers to the other "
+            "half from Redis). Both nodes and Redis run on the server's core: the two-node row "
+            "pays for the hop through Redis, it gains no CPU (bench/cluster.py).",
+            "",
+            _table(
+                [
+                    "run",
+                    "N",
+                    "p50 ms",
+                    "p99 ms",
+                    "lost",
+                    "server CPU µs/delivery",
+                    "with Redis",
+                    "generator busy",
+                ],
+                rows,
+            ),
+            "",
+            f"p99 ratio two nodes / one: {_fmt(cl.get('p99_ratio'))}×.",
+        ]
+    )

@@ -20,6 +20,7 @@ import msgspec
 import numpy
 
 from . import dataset, servers
+from .cluster import cluster_fanout
 from .generator import Load, LoadGenerator, Outcome
 from .servers import BESEDA, FLOOR, NGIRCD, Contender
 from .system import LOOPBACK, Placement, Service
@@ -106,6 +107,7 @@ SCENARIOS = (
     "storm",
     "channels",
     "channel_sync",
+    "cluster",
 )
 
 
@@ -819,6 +821,7 @@ RUNNERS: dict[str, Callable[[Bench], Any]] = {
     "storm": storm,
     "channels": channels,
     "channel_sync": channel_sync,
+    "cluster": cluster_fanout,
 }
 
 
@@ -833,5 +836,6 @@ def steps(sizes: Sizes, contenders: int, chosen: tuple[str, ...]) -> int:
         "storm": 3,
         "channels": 2 * sizes.channel_repeats,
         "channel_sync": 2,
+        "cluster": 2,
     }
     return sum(counts[name] for name in chosen)

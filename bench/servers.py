@@ -79,6 +79,8 @@ def start(contender: Contender, workdir: Path, placement: Placement, **options: 
         stats = workdir / f"beseda-{port}.stats.json"
         command = [sys.executable, "-m", "bench.besedad", "--port", str(port)]
         command += ["--db", str(options["db"]), "--stats", str(stats)]
+        if options.get("bus"):
+            command += ["--bus", options["bus"], "--node-name", options.get("node", "bench")]
     elif contender in (FLOOR, COALESCED):
         command = [sys.executable, "-m", "bench.reference", "--port", str(port)]
         if contender is COALESCED:

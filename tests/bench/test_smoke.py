@@ -23,6 +23,7 @@ SCENARIOS = (
     "storm",
     "channels",
     "channel_sync",
+    "cluster",
 )
 TIMEOUT_FACTOR = float(os.environ.get("BESEDA_TEST_TIMEOUT_FACTOR", "1"))
 
@@ -64,6 +65,13 @@ def test_every_scenario_has_figures(smoke: tuple[dict, str]) -> None:
         assert run["deliveries"] == run["expected_deliveries"] > 0, run
         assert run["cpu_us_per_unit"] is not None, run
     assert channels["cpu_ratio"] is not None
+    cluster = scenarios["cluster"]
+    for run in (cluster["single"], cluster["two_nodes"]):
+        # Every receiver on either node got every message.
+        assert run["deliveries"] == run["expected_deliveries"] > 0, run
+        assert run["p99_ms"] is not None, run
+    assert cluster["two_nodes"]["nodes"] == 2
+    assert cluster["p99_ratio"] is not None
     sync = scenarios["channel_sync"]
     assert sync["entries"] == results["sizes"]["sync_missed"]
     assert sync["round_trips"] >= 1
