@@ -500,13 +500,17 @@ async def test_throttles_hold_across_nodes(cluster: Cluster, raw: Callable[..., 
     # Registrations from one address: 30 at once (3 × 10 per minute, at least 30) for the
     # cluster, whichever node they go to (one was made above).
     results = []
-    for i in range(34):
+    started = time.monotonic()
+    for i in range(40):
         conn = await Newcomer.open(nodes[i % 2].port)
         reply = await conn.request("register", username=f"new{i}", password=PASSWORD)
         results.append(reply["type"] if reply["type"] == "result" else reply["code"])
         await conn.close()
-    assert results.count("result") == 29
-    assert set(results[29:]) == {"rate_limited"}
+    refilled = int((time.monotonic() - started) / 6) + 1  # one per 6 s comes back meanwhile
+    # Per node it would have been 30 on each, and all 40 would have gone through.
+    assert 29 <= results.count("result") <= 29 + refilled
+    assert results[-1] == "rate_limited"
+    assert set(results) == {"result", "rate_limited"}
 
 
 async def test_the_message_rate_is_one_for_the_cluster(

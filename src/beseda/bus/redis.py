@@ -102,7 +102,12 @@ class _Typing(msgspec.Struct, tag="typing", array_like=True):
 
 _Wire = _Posted | _Presence | _Read | _Typing
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(_Wire)
+_decoder = msgspec.json.Decoder(list[_Wire])
+
+MAX_MESSAGE_BYTES = 256 * 1024
+"""Events queued together go out as one pub/sub message (a JSON array) of at most about this
+size: a receiver then parses one message per batch, not one per event, which is most of what
+an event costs it (see docs/scaling.md)."""
 
 
 def encode(node: str, event: BusEvent) -> bytes:
@@ -131,9 +136,29 @@ def encode(node: str, event: BusEvent) -> bytes:
     return _encoder.encode(wire)
 
 
-def decode(data: str | bytes) -> tuple[str, BusEvent]:
-    """The node that published ``data``, and its event."""
-    wire = _decoder.decode(data)
+def decode(data: str | bytes) -> list[tuple[str, BusEvent]]:
+    """The events of one pub/sub message, each with the node that published it."""
+    return [_event(wire) for wire in _decoder.decode(data)]
+
+
+def batches(encoded: list[bytes]) -> list[bytes]:
+    """Encoded events as pub/sub messages: JSON arrays of at most about
+    :data:`MAX_MESSAGE_BYTES` each (an event larger than that goes alone)."""
+    messages: list[bytes] = []
+    run: list[bytes] = []
+    size = 0
+    for data in encoded:
+        if run and size + len(data) > MAX_MESSAGE_BYTES:
+            messages.append(b"[" + b",".join(run) + b"]")
+            run, size = [], 0
+        run.append(data)
+        size += len(data) + 1
+    if run:
+        messages.append(b"[" + b",".join(run) + b"]")
+    return messages
+
+
+def _event(wire: _Wire) -> tuple[str, BusEvent]:
     if isinstance(wire, _Posted):
         origin = None if wire.connection is None else Origin(wire.node, wire.connection)
         recipients = None if wire.recipients is None else frozenset(wire.recipients)
@@ -222,10 +247,8 @@ class RedisBus:
                     self._local.pop(user_id)
                     if not await self._online_elsewhere(user_id):
                         name = self._names.get(user_id, "")
-                        await self._redis.publish(
-                            CHANNEL,
-                            encode(self.node, PresenceChanged(user_id, name, online=False)),
-                        )
+                        event = PresenceChanged(user_id, name, online=False)
+                        await self._redis.publish(CHANNEL, batches([encode(self.node, event)])[0])
                 pipe = self._redis.pipeline(transaction=False)
                 pipe.delete(_users_key(self.node), _alive_key(self.node))
                 pipe.srem(NODES, self.node)
@@ -283,11 +306,11 @@ class RedisBus:
             delay = RECONNECT_DELAY[0]
             batch: list[tuple[str | None, bytes]] = list(self._missed.items())
             self._missed.clear()
-            while self._queue and len(batch) < 1024:
+            while self._queue and len(batch) < 4096:
                 batch.append(self._queue.popleft())
             pipe = self._redis.pipeline(transaction=False)
-            for _, data in batch:
-                pipe.publish(CHANNEL, data)
+            for message in batches([data for _, data in batch]):
+                pipe.publish(CHANNEL, message)
             try:
                 await pipe.execute()
                 self.published += len(batch)
@@ -326,14 +349,15 @@ class RedisBus:
 
     def _received(self, data: str | bytes) -> None:
         try:
-            node, event = decode(data)
+            events = decode(data)
         except msgspec.ValidationError:
             log.warning("undecodable bus message (%d bytes) ignored", len(data))
             return
-        if node == self.node:
-            return  # delivered here already, in publish()
-        self.received += 1
-        self._hand_out(event)
+        for node, event in events:
+            if node == self.node:
+                continue  # delivered here already, in publish()
+            self.received += 1
+            self._hand_out(event)
 
     def _resumed(self) -> None:
         if not self._up:
@@ -366,7 +390,7 @@ class RedisBus:
                 user_id = int(raw_id)
                 if not await self._online_elsewhere(user_id):
                     event = PresenceChanged(user_id, raw_name, online=False)
-                    await redis.publish(CHANNEL, encode(self.node, event))
+                    await redis.publish(CHANNEL, batches([encode(self.node, event)])[0])
             return
         pipe = redis.pipeline(transaction=False)
         pipe.set(_alive_key(self.node), b"1", px=int(self.node_expiry * 1000))
@@ -379,7 +403,7 @@ class RedisBus:
             await redis.hset(_users_key(self.node), mapping={str(u): n for u, n in names.items()})
             for uid, name in names.items():
                 event = PresenceChanged(uid, name, online=True)
-                await redis.publish(CHANNEL, encode(self.node, event))
+                await redis.publish(CHANNEL, batches([encode(self.node, event)])[0])
 
     async def _refresh_others(self) -> None:
         """The other nodes alive now; the first node to see one dead reaps it."""
