@@ -269,3 +269,23 @@ async def test_a_rate_limit_is_one_bucket_for_every_node(make_bus: Callable[...,
     assert await at_b.take("k", now) == 0.0
     # Another key has its own bucket.
     assert await at_b.take("other", now) == 0.0
+
+
+async def test_the_message_rate_leased_in_parts_still_holds_for_every_node(
+    make_bus: Callable[..., object],
+) -> None:
+    a: RedisBus = await make_bus("redis", "node-a")  # type: ignore[misc]
+    b: RedisBus = await make_bus("redis", "node-b")  # type: ignore[misc]
+    # A burst of 40 is leased four tokens at a time, to whichever node asks.
+    limits = [bus.rate_limit("messages", 0.001, 40) for bus in (a, b)]
+    now = time.monotonic()
+    accepted = 0
+    refused = [False, False]
+    while not all(refused):
+        for k, limit in enumerate(limits):
+            wait = await limit.reserve("ann", now, 0.0)
+            if wait is None:
+                refused[k] = True
+            else:
+                accepted += 1
+    assert accepted == 40

@@ -60,6 +60,8 @@ NODES = "beseda:nodes"
 MAX_QUEUED = 100_000
 """Events waiting for the sender; beyond it (Redis too slow or gone) entries are kept only
 as the latest per conversation and other events are dropped."""
+REDIS_CONNECTIONS = 16
+"""Connections a node opens to Redis for commands (the subscriber has one more)."""
 RECONNECT_DELAY = (0.05, 2.0)
 """First and longest wait between attempts to reach Redis again (doubling)."""
 
@@ -192,9 +194,18 @@ class RedisBus:
         self.node = node
         self.node_expiry = node_expiry
         # Typed as Any: redis-py's annotations differ between its releases.
-        self._redis: Any = aioredis.Redis.from_url(
-            url, socket_connect_timeout=2.0, socket_keepalive=True, decode_responses=True
+        # A bounded pool that makes a command wait for a free connection: hundreds of logins
+        # at once must not open hundreds of connections (Redis refuses past its maxclients).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=REDIS_CONNECTIONS,
+            timeout=10,
+            socket_connect_timeout=2.0,
+            socket_keepalive=True,
+            decode_responses=True,
         )
+        self._pool: Any = pool
+        self._redis: Any = aioredis.Redis(connection_pool=pool)
         self._handlers: list[Callable[[BusEvent], None]] = []
         self._resume_handlers: list[Callable[[], None]] = []
         self._local: Counter[int] = Counter()
@@ -220,6 +231,7 @@ class RedisBus:
             await self._register(fresh=True)
         except (RedisError, OSError) as exc:
             await self._redis.aclose()
+            await self._pool.disconnect()
             raise BusError(f"Cannot reach Redis at {self._safe_url()}: {exc}") from exc
         self._up = True
         subscribed = asyncio.get_running_loop().create_future()
@@ -255,6 +267,7 @@ class RedisBus:
                 await pipe.execute()
         self._handlers.clear()
         await self._redis.aclose()
+        await self._pool.disconnect()
 
     def _safe_url(self) -> str:
         """The URL without a password."""
@@ -495,8 +508,10 @@ class RedisBus:
     # -- limits ---------------------------------------------------------------------------------
 
     def rate_limit(self, name: str, rate: float, burst: float) -> RedisRateLimit:
-        """A token bucket per key shared by every node on this Redis."""
-        return RedisRateLimit(self._redis, name, rate, burst)
+        """A token bucket per key shared by every node on this Redis; the message rate is
+        leased a tenth of its burst at a time (see :class:`RedisRateLimit`)."""
+        lease = int(min(max(1.0, burst / 10), 100.0)) if name == "messages" else 1
+        return RedisRateLimit(self._redis, name, rate, burst, lease=lease)
 
 
 _ONLINE = """
@@ -540,6 +555,21 @@ elseif op == 'reserve' then
   if wait > tonumber(ARGV[4]) then return '-1' end
   tokens = tokens - 1
   result = wait
+elseif op == 'lease' then
+  tokens = math.min(burst, tokens + tonumber(ARGV[6]))
+  if tokens >= 1 then
+    local leased = math.min(tonumber(ARGV[5]), math.floor(tokens))
+    tokens = tokens - leased
+    result = 'L' .. leased
+  else
+    local wait = (1 - tokens) / rate
+    if wait > tonumber(ARGV[4]) then
+      result = '-1'
+    else
+      tokens = tokens - 1
+      result = wait
+    end
+  end
 elseif op == 'charge' then
   tokens = tokens - 1
 elseif op == 'refund' then
@@ -551,26 +581,55 @@ return tostring(result)
 """
 
 
+LEASE_SECONDS = 1.0
+"""How long a node may spend tokens it leased before it gives the rest back."""
+
+
 class RedisRateLimit:
     """A token bucket per key in Redis (implements ``server.limits.RateLimit``).
 
     One script does each operation atomically on Redis's clock, so every node spends from
-    the same bucket. A bucket's key expires once it would be full again."""
+    the same bucket. A bucket's key expires once it would be full again.
 
-    def __init__(self, redis: Any, name: str, rate: float, burst: float) -> None:
+    With ``lease`` above 1, :meth:`reserve` takes up to that many tokens at once and spends
+    them here for up to :data:`LEASE_SECONDS`, giving back what is left with its next call:
+    the message rate costs one round trip to Redis per ``lease`` messages instead of one per
+    message (a connection's requests are begun one after another, so each round trip would
+    delay the next message). The bucket still holds for the cluster, because every token
+    spent on any node came out of it; a node's unspent lease is only missing from the others
+    for a second."""
+
+    def __init__(self, redis: Any, name: str, rate: float, burst: float, *, lease: int = 1) -> None:
         from ..server.limits import LocalRateLimit
 
         self.rate, self.burst = rate, burst
+        self._lease = max(1, lease)
+        self._leases: dict[str | int, list[float]] = {}
+        """key → [tokens leased and not spent, monotonic time the lease ends]."""
         self._name = name
         self._script: Any = redis.register_script(_BUCKET)
         self._fallback = LocalRateLimit(rate, burst)
         self._warned = 0.0
 
-    async def _call(self, key: str | int, op: str, max_wait: float = 0.0) -> float | None:
+    async def _call(
+        self, key: str | int, op: str, max_wait: float = 0.0, give_back: float = 0.0
+    ) -> float | None:
+        raw = await self._raw(key, op, max_wait, give_back)
+        value = float(raw)
+        return None if value < 0 else value
+
+    async def _raw(self, key: str | int, op: str, max_wait: float, give_back: float) -> str:
         try:
-            raw = await self._script(
+            raw: str = await self._script(
                 keys=[f"beseda:rate:{self._name}:{key}"],
-                args=[repr(self.rate), repr(self.burst), op, repr(max_wait)],
+                args=[
+                    repr(self.rate),
+                    repr(self.burst),
+                    op,
+                    repr(max_wait),
+                    str(self._lease),
+                    repr(give_back),
+                ],
             )
         except (RedisError, OSError) as exc:
             now = time.monotonic()
@@ -578,8 +637,7 @@ class RedisRateLimit:
                 self._warned = now
                 log.warning("rate limit %s falls back to this node (%s)", self._name, exc)
             raise _Unreachable from exc
-        value = float(raw)
-        return None if value < 0 else value
+        return raw
 
     async def take(self, key: str | int, now: float) -> float:
         try:
@@ -588,12 +646,37 @@ class RedisRateLimit:
             return await self._fallback.take(key, now)
 
     async def reserve(self, key: str | int, now: float, max_wait: float) -> float | None:
+        if self._lease == 1:
+            try:
+                return await self._call(key, "reserve", max_wait)
+            except _Unreachable:
+                return await self._fallback.reserve(key, now, max_wait)
+        lease = self._leases.get(key)
+        give_back = 0.0
+        if lease is not None:
+            if lease[1] > now and lease[0] >= 1:
+                lease[0] -= 1
+                return 0.0
+            if lease[1] <= now:
+                give_back = lease[0]
+            del self._leases[key]
+        if len(self._leases) > 10_000:  # forget ended leases (their rest refills anyway)
+            for old in [k for k, (_, until) in self._leases.items() if until <= now]:
+                del self._leases[old]
         try:
-            return await self._call(key, "reserve", max_wait)
+            raw = await self._raw(key, "lease", max_wait, give_back)
         except _Unreachable:
             return await self._fallback.reserve(key, now, max_wait)
+        if raw.startswith("L"):
+            self._leases[key] = [float(raw[1:]) - 1, now + LEASE_SECONDS]
+            return 0.0
+        value = float(raw)
+        return None if value < 0 else value
 
     async def peek(self, key: str | int, now: float) -> float:
+        lease = self._leases.get(key)
+        if lease is not None and lease[1] > now and lease[0] >= 1:
+            return 0.0
         try:
             return await self._call(key, "peek") or 0.0
         except _Unreachable:
