@@ -42,10 +42,13 @@ async def measure(url: str, redis_pid: int, entries: int, subscribers: int) -> d
     sender = RedisBus(url, "sender")
     receivers = [RedisBus(url, f"node-{k}") for k in range(subscribers)]
     counts = [0] * subscribers
+    done = asyncio.Event()
     for k, bus in enumerate(receivers):
 
         def count(event: BusEvent, k: int = k) -> None:
             counts[k] += 1
+            if min(counts) >= entries:
+                done.set()
 
         bus.subscribe(count)
     for bus in (sender, *receivers):
@@ -62,8 +65,7 @@ async def measure(url: str, redis_pid: int, entries: int, subscribers: int) -> d
             sender.publish(event)
             if number % 500 == 499:
                 await asyncio.sleep(0)  # as the loop turns between commits
-        while min(counts) < entries:
-            await asyncio.sleep(0.001)
+        await done.wait()
         wall = time.perf_counter() - start
         redis_cpu = cpu_seconds(redis_pid) - redis0
         own_cpu = time.process_time() - self0
@@ -85,11 +87,13 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=50_000)
     parser.add_argument("--subscribers", type=int, action="append")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as directory:
-        with redis_server(Path(directory), []) as (url, proc):
-            for subscribers in args.subscribers or [1, 2, 4]:
-                figures = asyncio.run(measure(url, proc.pid, args.entries, subscribers))
-                print(json.dumps(figures))
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        redis_server(Path(directory), []) as (url, proc),
+    ):
+        for subscribers in args.subscribers or [1, 2, 4]:
+            figures = asyncio.run(measure(url, proc.pid, args.entries, subscribers))
+            print(json.dumps(figures))
 
 
 if __name__ == "__main__":
