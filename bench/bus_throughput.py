@@ -65,7 +65,10 @@ async def measure(url: str, redis_pid: int, entries: int, subscribers: int) -> d
             sender.publish(event)
             if number % 500 == 499:
                 await asyncio.sleep(0)  # as the loop turns between commits
-        await done.wait()
+        try:
+            await asyncio.wait_for(done.wait(), 60)
+        except TimeoutError:
+            raise SystemExit(f"lost: {counts} of {entries}") from None
         wall = time.perf_counter() - start
         redis_cpu = cpu_seconds(redis_pid) - redis0
         own_cpu = time.process_time() - self0
@@ -87,13 +90,14 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=50_000)
     parser.add_argument("--subscribers", type=int, action="append")
     args = parser.parse_args()
-    with (
-        tempfile.TemporaryDirectory() as directory,
-        redis_server(Path(directory), []) as (url, proc),
-    ):
-        for subscribers in args.subscribers or [1, 2, 4]:
+    for subscribers in args.subscribers or [1, 2, 4]:
+        # A fresh Redis for each count of subscribers.
+        with (
+            tempfile.TemporaryDirectory() as directory,
+            redis_server(Path(directory), []) as (url, proc),
+        ):
             figures = asyncio.run(measure(url, proc.pid, args.entries, subscribers))
-            print(json.dumps(figures))
+        print(json.dumps(figures), flush=True)
 
 
 if __name__ == "__main__":
