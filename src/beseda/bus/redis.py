@@ -270,10 +270,10 @@ class RedisBus:
         await self._pool.disconnect()
 
     def _safe_url(self) -> str:
-        """The URL without a password."""
-        if "@" in self.url:
-            scheme, _, rest = self.url.partition("://")
-            return f"{scheme}://…@{rest.rpartition('@')[2]}"
+        """The URL without its user and password (for messages)."""
+        scheme, separator, rest = self.url.partition("://")
+        if separator and "@" in rest.split("/", 1)[0]:
+            return f"{scheme}://…@{rest.split('@', 1)[1]}"
         return self.url
 
     # -- events ---------------------------------------------------------------------------------

@@ -50,6 +50,14 @@ def open_storage(settings: Settings) -> Storage:
     return SQLiteStorage(settings.db, busy_timeout=settings.db_busy_timeout)
 
 
+def redact_url(url: str) -> str:
+    """A URL for a log line: without its user and password."""
+    scheme, separator, rest = url.partition("://")
+    if separator and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://…@{rest.split('@', 1)[1]}"
+    return url
+
+
 def open_bus(settings: Settings) -> Bus:
     """The bus ``settings`` name: Redis for several nodes, else this process alone."""
     if settings.bus is None:
@@ -173,7 +181,7 @@ class Server:
             self.port,
             describe_db(self.settings.db),
             self.bus.node,
-            f", bus {self.settings.bus}" if self.settings.bus else "",
+            f", bus {redact_url(self.settings.bus)}" if self.settings.bus else "",
         )
 
     def _tls_context(self) -> ssl.SSLContext | None:
