@@ -258,6 +258,23 @@ async def test_a_channel_made_on_one_node_is_known_to_the_others(
     assert {m["name"] for m in members["members"]} == {"ann", "bob"}
 
 
+async def test_a_logout_on_one_node_ends_the_tokens_sessions_on_the_others(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.start("n1"), cluster.start("n2")
+    here = await Newcomer.open(a.port)
+    there = await Newcomer.open(b.port)
+    try:
+        registered = await here.call("register", username="ann", password=PASSWORD, protocol=3)
+        await there.call("login", token=registered["token"], protocol=3)
+        await here.call("logout")
+        bye = await there.event("bye")
+        assert bye["code"] == "session_ended"
+    finally:
+        await here.close()
+        await there.close()
+
+
 # -- faults ---------------------------------------------------------------------------------------
 
 

@@ -81,7 +81,16 @@ class TypingStarted:
     recipients: frozenset[int] | tuple[int, ...] | None
 
 
-BusEvent = EntryPosted | PresenceChanged | ReadMoved | TypingStarted
+@dataclass(frozen=True, slots=True)
+class TokenRevoked:
+    """A session token was logged out: every connection that logged in with it ends, on
+    every node (the node of the logout has ended its own already)."""
+
+    token_hash: bytes
+    origin: Origin | None = None
+
+
+BusEvent = EntryPosted | PresenceChanged | ReadMoved | TypingStarted | TokenRevoked
 
 
 class Bus(Protocol):

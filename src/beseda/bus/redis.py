@@ -50,6 +50,7 @@ from . import (
     Origin,
     PresenceChanged,
     ReadMoved,
+    TokenRevoked,
     TypingStarted,
 )
 
@@ -102,7 +103,12 @@ class _Typing(msgspec.Struct, tag="typing", array_like=True):
     recipients: list[int] | None
 
 
-_Wire = _Posted | _Presence | _Read | _Typing
+class _Revoked(msgspec.Struct, tag="revoked", array_like=True):
+    node: str
+    token_hash: bytes
+
+
+_Wire = _Posted | _Presence | _Read | _Typing | _Revoked
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(list[_Wire])
 
@@ -132,6 +138,8 @@ def encode(node: str, event: BusEvent) -> bytes:
         origin = event.origin
         connection = origin.connection if origin is not None and origin.node == node else None
         wire = _Read(node, connection, event.user_id, event.conversation, event.seq)
+    elif isinstance(event, TokenRevoked):
+        wire = _Revoked(node, event.token_hash)
     else:
         recipients = None if event.recipients is None else list(event.recipients)
         wire = _Typing(node, event.conversation, event.user_id, event.name, recipients)
@@ -172,6 +180,8 @@ def _event(wire: _Wire) -> tuple[str, BusEvent]:
     if isinstance(wire, _Read):
         origin = None if wire.connection is None else Origin(wire.node, wire.connection)
         return wire.node, ReadMoved(wire.user_id, wire.conversation, wire.seq, origin)
+    if isinstance(wire, _Revoked):
+        return wire.node, TokenRevoked(wire.token_hash, Origin(wire.node, 0))
     recipients = None if wire.recipients is None else frozenset(wire.recipients)
     return wire.node, TypingStarted(wire.conversation, wire.user_id, wire.name, recipients)
 

@@ -210,10 +210,12 @@ class Server:
         """Stop accepting, finish in-flight requests and commits, tell clients, close."""
         log.info("shutting down")
         await self.tcp.stop(self.settings.shutdown_grace)
-        if self.replica is not None:
-            await self.replica.close()
+        # The store first (its last commits publish), then the bus (which sends what is
+        # queued), then the replica that reads from the store on the bus's behalf.
         await self.storage.close()
         await self.bus.close()
+        if self.replica is not None:
+            await self.replica.close()
         if self._own_hasher:
             self.hasher.close()
         log.info("stopped")

@@ -29,7 +29,15 @@ from typing import Protocol
 
 import msgspec
 
-from ..bus import Bus, EntryPosted, Origin, PresenceChanged, ReadMoved, TypingStarted
+from ..bus import (
+    Bus,
+    EntryPosted,
+    Origin,
+    PresenceChanged,
+    ReadMoved,
+    TokenRevoked,
+    TypingStarted,
+)
 from ..protocol import codec, errors, schema
 from ..protocol.errors import ProtocolError
 from ..protocol.schema import GENERAL
@@ -327,6 +335,7 @@ class Chat:
             for other in self._hub.sessions_of_token(token_hash):
                 if other is not session:
                     other.peer.close(errors.SESSION_ENDED)
+            self._bus.publish(TokenRevoked(token_hash, self._origin(session)))
         await self._sign_out(session)
         return schema.Empty()
 

@@ -17,8 +17,16 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 
-from ..bus import BusEvent, EntryPosted, Origin, PresenceChanged, ReadMoved, TypingStarted
-from ..protocol import codec, schema
+from ..bus import (
+    BusEvent,
+    EntryPosted,
+    Origin,
+    PresenceChanged,
+    ReadMoved,
+    TokenRevoked,
+    TypingStarted,
+)
+from ..protocol import codec, errors, schema
 from .chat import Session
 
 log = logging.getLogger(__name__)
@@ -127,6 +135,11 @@ class DeliveryHub:
             for session in self._by_user.get(event.user_id, ()):
                 if session.protocol >= 3 and session.peer.conn_id != sender:
                     session.peer.send_event(read)
+        elif isinstance(event, TokenRevoked):
+            if event.origin is not None and event.origin.node != self.node:
+                # Logged out on another node: end this node's connections of the token.
+                for session in self.sessions_of_token(event.token_hash):
+                    session.peer.close(errors.SESSION_ENDED)
         elif isinstance(event, TypingStarted):
             typing = codec.Outgoing(
                 schema.TypingEvent(conversation=event.conversation, user=event.name)
