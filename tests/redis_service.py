@@ -1,5 +1,7 @@
 """A throwaway Redis for tests: ``redis-server`` in a temporary directory, on a free port,
-with no persistence; or the one ``BESEDA_TEST_REDIS_URL`` names (its database is flushed).
+with no persistence; or the one ``BESEDA_TEST_REDIS_URL`` names (its database is flushed
+before each test that uses ``redis_url``). Tests that stop and start Redis (``own_redis``,
+``RedisServer``) always start their own.
 
 Never the machine's own Redis on 6379: a test starts its own.
 """

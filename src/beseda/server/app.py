@@ -60,8 +60,13 @@ def redact_url(url: str) -> str:
 
 def open_bus(settings: Settings) -> Bus:
     """The bus ``settings`` name: Redis for several nodes, else this process alone."""
+    name = settings.node_name
+    if not name or len(name) > 64 or not name.isprintable() or " " in name:
+        raise StartupError(
+            f"--node-name must be 1 to 64 printable characters without spaces, not {name!r}"
+        )
     if settings.bus is None:
-        return LocalBus(settings.node_name)
+        return LocalBus(name)
     if not settings.bus.startswith(("redis://", "rediss://", "unix://")):
         raise StartupError(f"--bus must be a redis:// URL, not {settings.bus!r}")
     from ..bus.redis import RedisBus
