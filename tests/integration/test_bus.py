@@ -289,3 +289,12 @@ async def test_the_message_rate_leased_in_parts_still_holds_for_every_node(
             else:
                 accepted += 1
     assert accepted == 40
+
+
+@pytest.mark.parametrize("name", ["", "two words", "x" * 65])
+def test_a_node_name_that_cannot_name_a_node_is_refused_at_start(tmp_path: Path, name: str) -> None:
+    from beseda.server.app import Server, StartupError
+    from beseda.server.config import Settings
+
+    with pytest.raises(StartupError, match="--node-name"):
+        Server(Settings(db=tmp_path / "beseda.db", node_name=name))
