@@ -30,7 +30,7 @@ import asyncio
 import collections
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -92,7 +92,6 @@ _MESSAGE_COLUMNS = """
 _CONNECTION_ERRORS = (
     OSError,
     asyncio.TimeoutError,
-    asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # the server shuts down, or is starting
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
@@ -100,9 +99,15 @@ _CONNECTION_ERRORS = (
 _RETRYABLE = (asyncpg.exceptions.TransactionRollbackError,)  # deadlock, serialization failure
 
 
-def _lost(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database is out of reach (not that one write was wrong)."""
-    return isinstance(exc, _CONNECTION_ERRORS)
+def _lost(exc: BaseException, conn: Connection | None = None) -> bool:
+    """Whether ``exc`` says the database is out of reach (not that one write was wrong).
+    asyncpg's InterfaceError means either (a closed connection, or a value it cannot send):
+    the connection tells which."""
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return True
+    if isinstance(exc, asyncpg.InterfaceError):
+        return conn is None or conn.is_closed()
+    return False
 
 
 def redact(url: str) -> str:
@@ -465,8 +470,12 @@ class _Writer:
                 self.reruns += 1
                 continue
             except Exception as exc:
-                if not _lost(exc) and not conn.is_closed():
-                    raise
+                if not _lost(exc, conn):
+                    if not isinstance(exc, asyncpg.PostgresError):
+                        raise
+                    log.error("commit of %d writes failed: %s", len(batch), exc)
+                    error = StorageError(f"The database could not commit: {exc}")
+                    return [(future, None, error) for _, future in batch]
                 log.error("commit of %d writes failed: %s", len(batch), exc)
                 await self._drop()
                 error = _unavailable(exc)
@@ -505,13 +514,13 @@ class _Writer:
                             async with conn.transaction():  # a savepoint
                                 await _appends(conn, [one], results, failed)
                         except Exception as exc:
-                            _reraise_if_lost(exc)
+                            _reraise_if_lost(exc, conn)
                             failed[one[0]] = _map_error(exc)
                 elif run:
                     try:
                         await _appends(conn, run, results, failed)
                     except Exception as exc:
-                        _reraise_if_lost(exc)
+                        _reraise_if_lost(exc, conn)
                         # Another node stored one of these client ids meanwhile (or a bug):
                         # run again; after a few tries each message in its own savepoint.
                         log.warning("a run of %d appends failed (%s); again", len(run), exc)
@@ -529,7 +538,7 @@ class _Writer:
                     else:
                         results[index] = await work(conn)
                 except Exception as exc:
-                    _reraise_if_lost(exc)
+                    _reraise_if_lost(exc, conn)
                     failed[index] = _map_error(exc)
                     if not careful:
                         raise _Rerun from exc
@@ -541,9 +550,9 @@ def _message_of(work: Write | _Append) -> NewMessage:
     return work.message
 
 
-def _reraise_if_lost(exc: BaseException) -> None:
+def _reraise_if_lost(exc: BaseException, conn: Connection) -> None:
     """Errors that fail (or re-run) the whole batch go up; a write's own error does not."""
-    if _lost(exc) or isinstance(exc, _RETRYABLE):
+    if _lost(exc, conn) or isinstance(exc, _RETRYABLE):
         raise exc
 
 
@@ -966,7 +975,8 @@ class PostgresStorage:
             top = min(top, ceiling + 1)
 
         async def work(conn: Connection) -> tuple[list[Entry], bool]:
-            rows = await conn.fetch(
+            rows = _stepped(
+                conn,
                 f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = $1 AND m.seq < $2 "
                 "AND m.seq > $3 ORDER BY m.seq DESC LIMIT $4",
                 conversation,
@@ -974,18 +984,7 @@ class PostgresStorage:
                 clamp(floor),
                 limit + 1,
             )
-            page: list[Entry] = []
-            budget = Budget(max_bytes)
-            more = False
-            for row in rows:
-                if len(page) == limit:
-                    more = True
-                    break
-                entry = _entry(row)
-                if not budget.take(entry, first=not page):
-                    more = True
-                    break
-                page.append(entry)
+            page, more = await _page(rows, limit, max_bytes)
             page.reverse()
             return page, more
 
@@ -1001,7 +1000,8 @@ class PostgresStorage:
         async def work(conn: Connection) -> tuple[list[Entry], bool]:
             # Each conversation contributes at most limit + 1 entries after its cursor (ids grow
             # with seq inside a conversation, so a prefix by id is contiguous per cursor).
-            rows = await conn.fetch(
+            rows = _stepped(
+                conn,
                 f"""
                 SELECT m.* FROM unnest($1::text[], $2::bigint[], $3::bigint[])
                     AS c (id, after, until)
@@ -1016,19 +1016,7 @@ class PostgresStorage:
                 [SEQ_CEILING if until is None else clamp(until) for _, until in ranges.values()],
                 limit + 1,
             )
-            collected: list[Entry] = []
-            budget = Budget(max_bytes)
-            more = False
-            for row in rows:
-                if len(collected) == limit:
-                    more = True
-                    break
-                entry = _entry(row)
-                if not budget.take(entry, first=not collected):
-                    more = True
-                    break
-                collected.append(entry)
-            return collected, more
+            return await _page(rows, limit, max_bytes)
 
         return await self._read(work) if ranges else ([], False)
 
@@ -1064,6 +1052,39 @@ class PostgresStorage:
             return counts
 
         return await self._read(work) if markers else {}
+
+
+_STEP = 16
+"""Rows a stepped read fetches at a time: what is read past a page's budget stays small."""
+
+
+async def _stepped(conn: Connection, query: str, *args: Any) -> AsyncGenerator[Any, None]:
+    """The rows of ``query`` through a cursor, a few at a time (in a read-only transaction,
+    which a cursor needs): the client holds about one reply, whatever the rows behind it."""
+    async with conn.transaction(readonly=True):
+        async for row in conn.cursor(query, *args, prefetch=_STEP):
+            yield row
+
+
+async def _page(
+    rows: AsyncGenerator[Any, None], limit: int, max_bytes: int | None
+) -> tuple[list[Entry], bool]:
+    """Up to ``limit`` entries of ``rows`` within ``max_bytes`` (the first always), and
+    whether more remain."""
+    page: list[Entry] = []
+    budget = Budget(max_bytes)
+    more = False
+    async for row in rows:
+        if len(page) == limit:
+            more = True
+            break
+        entry = _entry(row)
+        if not budget.take(entry, first=not page):
+            more = True
+            break
+        page.append(entry)
+    await rows.aclose()
+    return page, more
 
 
 # -- conversation writes -----------------------------------------------------------------------
