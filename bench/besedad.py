@@ -1,9 +1,10 @@
 """Run the beseda server for a benchmark: ``beseda serve`` with the limits raised.
 
 The server is the production one (``beseda.server.app.Server``, the real argon2 parameters,
-WAL and ``synchronous=FULL``); only the per-user and per-address limits that would refuse a
-load generator on one address are raised. On exit it writes the storage's group-commit
-counts and the hub's delivery count to ``--stats`` as JSON.
+WAL and ``synchronous=FULL``, or PostgreSQL with ``--db postgresql://…``); only the per-user
+and per-address limits that would refuse a load generator on one address are raised. On exit
+it writes the storage's group-commit counts and the hub's delivery count to ``--stats`` as
+JSON.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import signal
 from pathlib import Path
 
 from beseda.server.app import Server
-from beseda.server.config import Limits, Settings
+from beseda.server.config import Limits, Settings, parse_db
 
 from .system import LOOPBACK, raise_fd_limit
 
 UNLIMITED = 1e9
 
 
-def bench_settings(port: int, db: Path) -> Settings:
+def bench_settings(port: int, db: Path | str) -> Settings:
     limits = Limits(
         auth_timeout=600.0,
         max_connections=1_000_000,
@@ -36,7 +37,7 @@ def bench_settings(port: int, db: Path) -> Settings:
     return Settings(host=LOOPBACK, port=port, db=db, log_level="WARNING", limits=limits)
 
 
-async def run(port: int, db: Path, stats: Path | None) -> None:
+async def run(port: int, db: Path | str, stats: Path | None) -> None:
     server = Server(bench_settings(port, db))
     await server.start()
     stop = asyncio.Event()
@@ -56,7 +57,7 @@ async def run(port: int, db: Path, stats: Path | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--db", type=Path, required=True)
+    parser.add_argument("--db", type=parse_db, required=True, help="a file or postgresql://")
     parser.add_argument("--stats", type=Path)
     args = parser.parse_args()
     raise_fd_limit()
