@@ -174,29 +174,38 @@ class _Append:
         self.message = message
 
 
+class _StoredBefore(Exception):
+    """A run of appends held a client id stored in an earlier batch, which the INSERT skipped
+    (its seq already taken): run the batch again, looking such messages up first."""
+
+
 class _Rerun(Exception):
     """The batch's transaction is aborted: roll back and run it again (without the writes
     that failed so far)."""
 
 
 _DUPLICATES = f"""
-    SELECT {_MESSAGE_COLUMNS}
-    WHERE (m.sender_id, m.client_id) IN (SELECT * FROM unnest($1::bigint[], $2::text[]))
+    SELECT m.* FROM unnest($1::bigint[], $2::text[]) AS k (sender_id, client_id)
+    CROSS JOIN LATERAL (
+        SELECT {_MESSAGE_COLUMNS}
+        WHERE m.sender_id = k.sender_id AND m.client_id = k.client_id
+    ) m
 """
+"""The stored messages among these (sender id, client id) pairs: one look-up in the unique
+index per pair, whatever the table's size."""
 
 _BUMP = """
-    WITH wanted AS (
-        SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS v (id, n, ts)
-    ), locked AS (
-        SELECT c.id FROM conversations c WHERE c.id IN (SELECT id FROM wanted)
-        ORDER BY c.id FOR UPDATE
+    WITH locked AS (
+        SELECT id FROM conversations WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
     )
-    UPDATE conversations c SET last_seq = c.last_seq + w.n, last_ts = w.ts
-    FROM locked l, wanted w WHERE c.id = l.id AND w.id = l.id
+    UPDATE conversations c SET last_seq = c.last_seq + v.n, last_ts = v.ts
+    FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS v (id, n, ts)
+    WHERE c.id = ANY($1::text[]) AND c.id = v.id AND (SELECT count(*) FROM locked) >= 0
     RETURNING c.id, c.last_seq
 """
-"""Take ``n`` numbers from each conversation's counter row (locked in id order, so that two
-writers bumping the same rows never deadlock); returns each row's new last seq."""
+"""Take ``n`` numbers from each conversation's counter row; returns each row's new last seq.
+The rows are locked first, in id order (the count is an init plan, run before the UPDATE
+scans), so that two writers bumping the same rows never deadlock."""
 
 _CREATE_DIRECTS = """
     INSERT INTO conversations (id, last_seq, user_a, user_b, kind)
@@ -220,6 +229,7 @@ _INSERT_MESSAGES = """
         WITH ORDINALITY AS v (conversation, seq, sender_id, recipient_id, client_id, text, ts,
                               data, mention_all, position)
     ORDER BY position
+    ON CONFLICT (sender_id, client_id) DO NOTHING
     RETURNING id, conversation, seq
 """
 """The rows of a run of appends, ids drawn in run order (so ids grow with seq)."""
@@ -236,12 +246,19 @@ async def _appends(
     run: list[tuple[int, NewMessage]],
     results: list[Any],
     failed: dict[int, BaseException],
+    *,
+    look_up: bool = False,
 ) -> None:
     """Store the messages of consecutive appends (``run``: batch index, message) together.
 
     A (sender, client id) stored before is answered with the stored message, a later copy in
     the run with the first; a message into a conversation that does not exist fails alone.
     A direct conversation's row is created with its first message.
+
+    Retries of messages stored in an earlier batch are rare (a client that lost an
+    acknowledgement), so they are looked up first only with ``look_up``; without it, the
+    INSERT skipping one raises :class:`_StoredBefore`, and the writer runs the batch again
+    with ``look_up``.
     """
     firsts: dict[tuple[int, str], int] = {}
     copies: list[tuple[int, int]] = []
@@ -253,10 +270,14 @@ async def _appends(
         else:
             firsts[key] = index
             fresh.append((index, message))
-    rows = await conn.fetch(
-        _DUPLICATES,
-        [message.sender.id for _, message in fresh],
-        [message.client_id for _, message in fresh],
+    rows = (
+        await conn.fetch(
+            _DUPLICATES,
+            [message.sender.id for _, message in fresh],
+            [message.client_id for _, message in fresh],
+        )
+        if look_up
+        else []
     )
     if rows:
         stored = {(row[3], row[7]): _entry(row) for row in rows}
@@ -359,6 +380,8 @@ async def _insert_fresh(
         ):
             column.append(value)
     inserted = await conn.fetch(_INSERT_MESSAGES, *columns)
+    if len(inserted) != len(fresh):
+        raise _StoredBefore  # the seqs after the skipped message are taken: start again
     new_ids = {(row[1], row[2]): row[0] for row in inserted}
     mentions: list[list[Any]] = [[], [], []]
     for (index, message), seq in zip(fresh, seqs, strict=True):
@@ -444,6 +467,7 @@ class _Writer:
     async def _commit(self, batch: list[_Item]) -> list[tuple[asyncio.Future[Any], Any, Any]]:
         failed: dict[int, BaseException] = {}
         reruns = 0
+        look_up = False
         while True:
             results: list[Any] = [None] * len(batch)
             try:
@@ -454,7 +478,18 @@ class _Writer:
                 return [(future, None, error) for _, future in batch]
             try:
                 async with conn.transaction():
-                    await self._run(conn, batch, results, failed, careful=reruns >= _CAREFUL_AFTER)
+                    await self._run(
+                        conn,
+                        batch,
+                        results,
+                        failed,
+                        careful=reruns >= _CAREFUL_AFTER,
+                        look_up=look_up,
+                    )
+            except _StoredBefore:
+                look_up = True
+                self.reruns += 1
+                continue
             except _Rerun:
                 if len(failed) == len(batch):
                     break  # every write failed: nothing left to commit
@@ -496,6 +531,7 @@ class _Writer:
         failed: dict[int, BaseException],
         *,
         careful: bool,
+        look_up: bool,
     ) -> None:
         """Run the writes not yet failed; raises :class:`_Rerun` when one failed and so
         aborted the transaction (``careful``: each write in a savepoint, failing alone)."""
@@ -512,13 +548,15 @@ class _Writer:
                     for one in run:
                         try:
                             async with conn.transaction():  # a savepoint
-                                await _appends(conn, [one], results, failed)
+                                await _appends(conn, [one], results, failed, look_up=True)
                         except Exception as exc:
                             _reraise_if_lost(exc, conn)
                             failed[one[0]] = _map_error(exc)
                 elif run:
                     try:
-                        await _appends(conn, run, results, failed)
+                        await _appends(conn, run, results, failed, look_up=look_up)
+                    except _StoredBefore:
+                        raise
                     except Exception as exc:
                         _reraise_if_lost(exc, conn)
                         # Another node stored one of these client ids meanwhile (or a bug):
