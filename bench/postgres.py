@@ -82,6 +82,15 @@ def _writer(url: str, writer: int, hot: bool, count: int, window: int, start_at:
             assert peer is not None
             conversation = "general" if hot else dm_conversation(sender.id, peer.id)
             recipient = None if hot else peer
+            # A first window, not timed: connections, caches and prepared statements warm.
+            await asyncio.gather(
+                *(
+                    store.append_message(
+                        NewMessage(conversation, sender, recipient, f"warm{n}", TEXT, 0)
+                    )
+                    for n in range(window)
+                )
+            )
             await asyncio.sleep(max(0.0, start_at - time.time()))
             started = time.perf_counter()
             for first in range(0, count, window):
@@ -125,7 +134,7 @@ def hot_counter(
                     progress(f"postgresql counter row, {n} writers, {'one' if hot else 'own'}")
                 url = server.create_database()
                 asyncio.run(_users(url, n))
-                start_at = time.time() + 1.5  # after every process has connected
+                start_at = time.time() + 3.0  # after every process has connected and warmed
                 cpu0 = server_cpu(server)
                 with context.Pool(n) as pool:
                     seconds = pool.starmap(
