@@ -70,6 +70,11 @@ T = TypeVar("T")
 MAX_BATCH = 512
 """Most writes committed in one transaction."""
 
+COMMAND_TIMEOUT = 30.0
+"""Seconds one statement may take before the connection is given up (a PostgreSQL that went
+silent, not one that refused): the batch fails with ``storage_unavailable`` and the next one
+connects again, instead of every write waiting for ever."""
+
 _CAREFUL_AFTER = 3
 """Re-runs of one batch after which every remaining write gets its own savepoint."""
 
@@ -702,7 +707,9 @@ class PostgresStorage:
         return f"PostgresStorage({redact(self.url)!r})"
 
     async def _connect(self) -> Connection:
-        conn: Connection = await asyncpg.connect(self.url, timeout=self._timeout)
+        conn: Connection = await asyncpg.connect(
+            self.url, timeout=self._timeout, command_timeout=COMMAND_TIMEOUT
+        )
         return conn
 
     async def open(self) -> None:
@@ -716,7 +723,11 @@ class PostgresStorage:
             await check_database(conn)
             await migrate(conn)
             self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=self._readers, timeout=self._timeout
+                self.url,
+                min_size=1,
+                max_size=self._readers,
+                timeout=self._timeout,
+                command_timeout=COMMAND_TIMEOUT,
             )
         except BaseException as exc:
             await _close(conn)
