@@ -1,9 +1,10 @@
 """Run the beseda server for a benchmark: ``beseda serve`` with the limits raised.
 
 The server is the production one (``beseda.server.app.Server``, the real argon2 parameters,
-WAL and ``synchronous=FULL``); only the per-user and per-address limits that would refuse a
-load generator on one address are raised. On exit it writes the storage's group-commit
-counts and the hub's delivery count to ``--stats`` as JSON.
+WAL and ``synchronous=FULL``, or PostgreSQL with ``--db postgresql://…``); only the per-user
+and per-address limits that would refuse a load generator on one address are raised. On exit
+it writes the storage's group-commit counts and the hub's delivery count to ``--stats`` as
+JSON.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ import signal
 from pathlib import Path
 
 from beseda.server.app import Server
-from beseda.server.config import Limits, Settings
+from beseda.server.config import Limits, Settings, parse_db
 
 from .system import LOOPBACK, raise_fd_limit
 
 UNLIMITED = 1e9
 
 
-def bench_settings(port: int, db: Path, bus: str | None = None, node: str = "bench") -> Settings:
+def bench_settings(
+    port: int, db: Path | str, bus: str | None = None, node: str = "bench"
+) -> Settings:
     limits = Limits(
         auth_timeout=600.0,
         max_connections=1_000_000,
@@ -44,7 +47,7 @@ def bench_settings(port: int, db: Path, bus: str | None = None, node: str = "ben
     )
 
 
-async def run(port: int, db: Path, stats: Path | None, bus: str | None, node: str) -> None:
+async def run(port: int, db: Path | str, stats: Path | None, bus: str | None, node: str) -> None:
     server = Server(bench_settings(port, db, bus, node))
     await server.start()
     stop = asyncio.Event()
@@ -64,7 +67,7 @@ async def run(port: int, db: Path, stats: Path | None, bus: str | None, node: st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--db", type=Path, required=True)
+    parser.add_argument("--db", type=parse_db, required=True, help="a file or postgresql://")
     parser.add_argument("--stats", type=Path)
     parser.add_argument("--bus", help="redis://…: one node of several (the cluster rows)")
     parser.add_argument("--node-name", default="bench")

@@ -107,6 +107,18 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{_fmt(ours_rate / 50_000)}× the 50,000 goal; {share}× raw sqlite3 at batch "
             f"{durable['raw_sqlite3']['batch']}",
         )
+        on_pg = durable.get("beseda_postgresql")
+        if on_pg:
+            versus = on_pg.get("vs_sqlite")
+            add(
+                "durable throughput on PostgreSQL: acknowledged messages/s",
+                on_pg["acks_per_s"],
+                ours_rate,
+                "≥ 0.5× SQLite's (the row above)",
+                None if versus is None else versus >= 0.5,
+                f"{versus}× SQLite; mean batch {on_pg['mean_batch']}; PostgreSQL's own CPU "
+                f"{on_pg['postgres_cpu_us_per_message']} µs/message",
+            )
     idle_rows = scen.get("idle", [])
     ours = _find(idle_rows, contender="beseda")
     if ours is not None:
@@ -463,6 +475,61 @@ def markdown(results: dict[str, Any], plot_name: str | None, analysis: str = "")
                         if (one := durable.get("raw_sqlite3_one_conversation"))
                         else []
                     ),
+                    *(
+                        [
+                            [
+                                "beseda on PostgreSQL (fsync on)",
+                                pg["acks"],
+                                pg["acks_per_s"],
+                                pg["ack_p50_ms"],
+                                pg["ack_p99_ms"],
+                                pg["commits"],
+                                pg["mean_batch"],
+                                f"{pg['cpu_us_per_unit']} + PostgreSQL "
+                                f"{pg['postgres_cpu_us_per_message']}",
+                            ]
+                        ]
+                        if (pg := durable.get("beseda_postgresql"))
+                        else []
+                    ),
+                ],
+            )
+        )
+    counter_rows = scen.get("hot_counter")
+    if counter_rows:
+        out += [
+            "",
+            "## PostgreSQL: a hot conversation's counter row",
+            "",
+            "Writer processes (as nodes would) append messages, each keeping "
+            f"{counter_rows[0]['window']} in flight, into one conversation (every transaction "
+            "locks its counter row until its commit) and then each into a conversation of its "
+            "own. The difference is what the shared row costs; its bound is one commit (one WAL "
+            "flush) at a time per conversation, however many nodes write.",
+            "",
+        ]
+        out.append(
+            _table(
+                [
+                    "writers",
+                    "conversations",
+                    "messages",
+                    "per second",
+                    "µs/message (wall)",
+                    "PostgreSQL CPU µs/message",
+                    "cost vs own",
+                ],
+                [
+                    [
+                        r["writers"],
+                        r["conversations"],
+                        r["messages"],
+                        r["per_s"],
+                        r["us_per_message"],
+                        r["postgres_cpu_us_per_message"],
+                        r.get("cost_vs_own"),
+                    ]
+                    for r in counter_rows
                 ],
             )
         )

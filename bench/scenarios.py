@@ -19,9 +19,12 @@ from typing import Any
 import msgspec
 import numpy
 
-from . import dataset, servers
+from beseda.storage.transfer import copy_database
+
+from . import dataset, postgres, servers
 from .cluster import cluster_fanout
 from .generator import Load, LoadGenerator, Outcome
+from .postgres import pg_server
 from .servers import BESEDA, FLOOR, NGIRCD, Contender
 from .system import LOOPBACK, Placement, Service
 from .worker import SendPlan, StormPlan
@@ -65,6 +68,12 @@ class Sizes:
     sync_conversations: int = 200
     sync_seen: int = 5
     """Messages per conversation the user had read before going offline."""
+    counter_writers: tuple[int, ...] = (1, 2, 4)
+    """Writer processes (nodes) sharing one PostgreSQL conversation's counter row."""
+    counter_messages: int = 2000
+    """Per writer."""
+    counter_window: int = 16
+    """Messages each writer keeps in flight."""
 
 
 FULL = Sizes()
@@ -97,6 +106,9 @@ SMOKE = Sizes(
     channel_repeats=1,
     sync_conversations=10,
     sync_seen=2,
+    counter_writers=(1, 2),
+    counter_messages=40,
+    counter_window=8,
 )
 SCENARIOS = (
     "fanout",
@@ -107,6 +119,7 @@ SCENARIOS = (
     "storm",
     "channels",
     "channel_sync",
+    "hot_counter",
     "cluster",
 )
 
@@ -146,9 +159,21 @@ class Bench:
         dataset.copy_database(self._template, target)
         return target
 
+    def postgres_db(self, server: pg_server.PostgresServer, count: int) -> str:
+        """A fresh PostgreSQL database holding the users of ``users_db(count)`` (copied with
+        ``beseda migrate-db``'s code)."""
+        url = server.create_database()
+        asyncio.run(copy_database(self.users_db(count), url))
+        return url
+
     @contextmanager
-    def server(self, contender: Contender, users: int = 0) -> Iterator[Service]:
-        options = {"db": self.users_db(users)} if contender is BESEDA else {}
+    def server(
+        self, contender: Contender, users: int = 0, db: Path | str | None = None
+    ) -> Iterator[Service]:
+        if contender is BESEDA:
+            options: dict[str, Any] = {"db": db if db is not None else self.users_db(users)}
+        else:
+            options = {}
         service = servers.start(contender, self.workdir, self.placement, **options)
         try:
             yield service
@@ -362,22 +387,44 @@ def durable(bench: Bench) -> dict[str, Any]:
     )
     raw["batch"] = same_batch
     raw["senders"] = senders
+    on_postgres = None
+    if (missing := postgres.available()) is None:
+        bench.progress("durable throughput beseda on PostgreSQL")
+        with pg_server.postgres_server(fsync=True) as server:
+            url = bench.postgres_db(server, 2 * senders)
+            on_postgres, _ = _durable_run(bench, senders, total, 1, db=url, database_server=server)
+        on_postgres["vs_sqlite"] = _share(on_postgres["acks_per_s"], row["acks_per_s"])
+    elif missing not in bench.notes:
+        bench.notes.append(missing)
     # The same rows all in one conversation, for comparison with earlier runs.
     one = dataset.raw_inserts(
         bench.workdir / "raw1.db", total, same_batch, timeout=size.run_timeout, senders=1
     )
     one["batch"] = same_batch
     one["senders"] = 1
-    return {
+    result = {
         "beseda": row,
         "beseda_pipelined": pipelined,
         "raw_sqlite3": raw,
         "raw_sqlite3_one_conversation": one,
     }
+    if on_postgres is not None:
+        result["beseda_postgresql"] = on_postgres
+    return result
+
+
+def _share(value: float, reference: float) -> float | None:
+    return round(value / reference, 2) if reference else None
 
 
 def _durable_run(
-    bench: Bench, senders: int, total: int, window: int
+    bench: Bench,
+    senders: int,
+    total: int,
+    window: int,
+    *,
+    db: str | None = None,
+    database_server: pg_server.PostgresServer | None = None,
 ) -> tuple[dict[str, Any], float]:
     # Senders u0 … u(s-1) write to u(s) … u(2s-1), who never connect.
     sends = [
@@ -386,9 +433,13 @@ def _durable_run(
         )
         for i in range(senders)
     ]
-    with bench.server(BESEDA, users=2 * senders) as service:
+    with bench.server(BESEDA, users=2 * senders, db=db) as service:
         load = bench.load(BESEDA, dataset.credentials(0, senders), sends=sends)
+        pg = database_server
+        database_cpu = postgres.server_cpu(pg) if pg else 0.0
         outcome, cpu, _ = bench.drive(service, load)
+        # The drive's own sign-in traffic is in this too: a little more than the timed part.
+        database_cpu = postgres.server_cpu(pg) - database_cpu if pg else 0.0
         service.stop()
         stats = servers.beseda_stats(service, bench.workdir)
     wall = max(outcome.wall, 1e-9)
@@ -412,6 +463,9 @@ def _durable_run(
         "generator_share": round(outcome.generator_share, 3),
         "generator_saturated": outcome.generator_saturated,
     }
+    if database_server is not None:
+        row["engine"] = "postgresql"
+        row["postgres_cpu_us_per_message"] = round(database_cpu / max(outcome.acks, 1) * 1e6, 3)
     return row, batch
 
 
@@ -812,6 +866,23 @@ def storm(bench: Bench) -> dict[str, Any]:
     return runs
 
 
+# -- 9. a hot conversation's counter row on PostgreSQL -----------------------------------------
+
+
+def hot_counter(bench: Bench) -> list[dict[str, Any]]:
+    """Several writer processes (nodes) append to one conversation, whose counter row each
+    transaction locks to its commit, and then each to a conversation of its own."""
+    missing = postgres.available()
+    if missing is not None:
+        if missing not in bench.notes:
+            bench.notes.append(missing)
+        return []
+    size = bench.sizes
+    return postgres.hot_counter(
+        size.counter_writers, size.counter_messages, size.counter_window, bench.progress
+    )
+
+
 RUNNERS: dict[str, Callable[[Bench], Any]] = {
     "fanout": fanout,
     "dm": direct_messages,
@@ -821,6 +892,7 @@ RUNNERS: dict[str, Callable[[Bench], Any]] = {
     "storm": storm,
     "channels": channels,
     "channel_sync": channel_sync,
+    "hot_counter": hot_counter,
     "cluster": cluster_fanout,
 }
 
@@ -830,12 +902,13 @@ def steps(sizes: Sizes, contenders: int, chosen: tuple[str, ...]) -> int:
     counts = {
         "fanout": len(sizes.fanout_n) * contenders * 2,
         "dm": contenders,
-        "durable": 2,
+        "durable": 3,
         "idle": min(3, contenders),
         "history": 2,
         "storm": 3,
         "channels": 2 * sizes.channel_repeats,
         "channel_sync": 2,
+        "hot_counter": 2 * len(sizes.counter_writers),
         "cluster": 2,
     }
     return sum(counts[name] for name in chosen)

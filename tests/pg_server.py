@@ -296,3 +296,36 @@ def wait_until_accepting(server: PostgresServer, timeout: float = 30.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+# -- one server for the whole test session -----------------------------------------------------
+
+_shared: PostgresServer | None = None
+_databases: dict[str, str] = {}
+
+
+def shared_server() -> PostgresServer:
+    """The session's server, started on first use (here, not in a conftest, so that every
+    conftest module that imports this one shares it); stopped by :func:`stop_shared_server`."""
+    global _shared
+    if _shared is None:
+        _shared = PostgresServer.start_new()
+    return _shared
+
+
+def database_for(key: str) -> str:
+    """A fresh database of the shared server for ``key`` (a test's temporary directory): the
+    same URL each time it is asked for the same key, so a test that builds its settings twice
+    (a restart) finds its data."""
+    url = _databases.get(key)
+    if url is None:
+        url = _databases[key] = shared_server().create_database()
+    return url
+
+
+def stop_shared_server() -> None:
+    global _shared
+    server, _shared = _shared, None
+    _databases.clear()
+    if server is not None:
+        server.destroy()

@@ -30,7 +30,7 @@ import asyncio
 import collections
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -70,6 +70,11 @@ T = TypeVar("T")
 MAX_BATCH = 512
 """Most writes committed in one transaction."""
 
+COMMAND_TIMEOUT = 30.0
+"""Seconds one statement may take before the connection is given up (a PostgreSQL that went
+silent, not one that refused): the batch fails with ``storage_unavailable`` and the next one
+connects again, instead of every write waiting for ever."""
+
 _CAREFUL_AFTER = 3
 """Re-runs of one batch after which every remaining write gets its own savepoint."""
 
@@ -92,7 +97,6 @@ _MESSAGE_COLUMNS = """
 _CONNECTION_ERRORS = (
     OSError,
     asyncio.TimeoutError,
-    asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # the server shuts down, or is starting
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
@@ -100,9 +104,15 @@ _CONNECTION_ERRORS = (
 _RETRYABLE = (asyncpg.exceptions.TransactionRollbackError,)  # deadlock, serialization failure
 
 
-def _lost(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database is out of reach (not that one write was wrong)."""
-    return isinstance(exc, _CONNECTION_ERRORS)
+def _lost(exc: BaseException, conn: Connection | None = None) -> bool:
+    """Whether ``exc`` says the database is out of reach (not that one write was wrong).
+    asyncpg's InterfaceError means either (a closed connection, or a value it cannot send):
+    the connection tells which."""
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return True
+    if isinstance(exc, asyncpg.InterfaceError):
+        return conn is None or conn.is_closed()
+    return False
 
 
 def redact(url: str) -> str:
@@ -169,29 +179,38 @@ class _Append:
         self.message = message
 
 
+class _StoredBefore(Exception):
+    """A run of appends held a client id stored in an earlier batch, which the INSERT skipped
+    (its seq already taken): run the batch again, looking such messages up first."""
+
+
 class _Rerun(Exception):
     """The batch's transaction is aborted: roll back and run it again (without the writes
     that failed so far)."""
 
 
 _DUPLICATES = f"""
-    SELECT {_MESSAGE_COLUMNS}
-    WHERE (m.sender_id, m.client_id) IN (SELECT * FROM unnest($1::bigint[], $2::text[]))
+    SELECT m.* FROM unnest($1::bigint[], $2::text[]) AS k (sender_id, client_id)
+    CROSS JOIN LATERAL (
+        SELECT {_MESSAGE_COLUMNS}
+        WHERE m.sender_id = k.sender_id AND m.client_id = k.client_id
+    ) m
 """
+"""The stored messages among these (sender id, client id) pairs: one look-up in the unique
+index per pair, whatever the table's size."""
 
 _BUMP = """
-    WITH wanted AS (
-        SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS v (id, n, ts)
-    ), locked AS (
-        SELECT c.id FROM conversations c WHERE c.id IN (SELECT id FROM wanted)
-        ORDER BY c.id FOR UPDATE
+    WITH locked AS (
+        SELECT id FROM conversations WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
     )
-    UPDATE conversations c SET last_seq = c.last_seq + w.n, last_ts = w.ts
-    FROM locked l, wanted w WHERE c.id = l.id AND w.id = l.id
+    UPDATE conversations c SET last_seq = c.last_seq + v.n, last_ts = v.ts
+    FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS v (id, n, ts)
+    WHERE c.id = ANY($1::text[]) AND c.id = v.id AND (SELECT count(*) FROM locked) >= 0
     RETURNING c.id, c.last_seq
 """
-"""Take ``n`` numbers from each conversation's counter row (locked in id order, so that two
-writers bumping the same rows never deadlock); returns each row's new last seq."""
+"""Take ``n`` numbers from each conversation's counter row; returns each row's new last seq.
+The rows are locked first, in id order (the count is an init plan, run before the UPDATE
+scans), so that two writers bumping the same rows never deadlock."""
 
 _CREATE_DIRECTS = """
     INSERT INTO conversations (id, last_seq, user_a, user_b, kind)
@@ -215,6 +234,7 @@ _INSERT_MESSAGES = """
         WITH ORDINALITY AS v (conversation, seq, sender_id, recipient_id, client_id, text, ts,
                               data, mention_all, position)
     ORDER BY position
+    ON CONFLICT (sender_id, client_id) DO NOTHING
     RETURNING id, conversation, seq
 """
 """The rows of a run of appends, ids drawn in run order (so ids grow with seq)."""
@@ -231,12 +251,19 @@ async def _appends(
     run: list[tuple[int, NewMessage]],
     results: list[Any],
     failed: dict[int, BaseException],
+    *,
+    look_up: bool = False,
 ) -> None:
     """Store the messages of consecutive appends (``run``: batch index, message) together.
 
     A (sender, client id) stored before is answered with the stored message, a later copy in
     the run with the first; a message into a conversation that does not exist fails alone.
     A direct conversation's row is created with its first message.
+
+    Retries of messages stored in an earlier batch are rare (a client that lost an
+    acknowledgement), so they are looked up first only with ``look_up``; without it, the
+    INSERT skipping one raises :class:`_StoredBefore`, and the writer runs the batch again
+    with ``look_up``.
     """
     firsts: dict[tuple[int, str], int] = {}
     copies: list[tuple[int, int]] = []
@@ -248,10 +275,14 @@ async def _appends(
         else:
             firsts[key] = index
             fresh.append((index, message))
-    rows = await conn.fetch(
-        _DUPLICATES,
-        [message.sender.id for _, message in fresh],
-        [message.client_id for _, message in fresh],
+    rows = (
+        await conn.fetch(
+            _DUPLICATES,
+            [message.sender.id for _, message in fresh],
+            [message.client_id for _, message in fresh],
+        )
+        if look_up
+        else []
     )
     if rows:
         stored = {(row[3], row[7]): _entry(row) for row in rows}
@@ -354,6 +385,8 @@ async def _insert_fresh(
         ):
             column.append(value)
     inserted = await conn.fetch(_INSERT_MESSAGES, *columns)
+    if len(inserted) != len(fresh):
+        raise _StoredBefore  # the seqs after the skipped message are taken: start again
     new_ids = {(row[1], row[2]): row[0] for row in inserted}
     mentions: list[list[Any]] = [[], [], []]
     for (index, message), seq in zip(fresh, seqs, strict=True):
@@ -439,6 +472,7 @@ class _Writer:
     async def _commit(self, batch: list[_Item]) -> list[tuple[asyncio.Future[Any], Any, Any]]:
         failed: dict[int, BaseException] = {}
         reruns = 0
+        look_up = False
         while True:
             results: list[Any] = [None] * len(batch)
             try:
@@ -449,7 +483,18 @@ class _Writer:
                 return [(future, None, error) for _, future in batch]
             try:
                 async with conn.transaction():
-                    await self._run(conn, batch, results, failed, careful=reruns >= _CAREFUL_AFTER)
+                    await self._run(
+                        conn,
+                        batch,
+                        results,
+                        failed,
+                        careful=reruns >= _CAREFUL_AFTER,
+                        look_up=look_up,
+                    )
+            except _StoredBefore:
+                look_up = True
+                self.reruns += 1
+                continue
             except _Rerun:
                 if len(failed) == len(batch):
                     break  # every write failed: nothing left to commit
@@ -465,8 +510,12 @@ class _Writer:
                 self.reruns += 1
                 continue
             except Exception as exc:
-                if not _lost(exc) and not conn.is_closed():
-                    raise
+                if not _lost(exc, conn):
+                    if not isinstance(exc, asyncpg.PostgresError):
+                        raise
+                    log.error("commit of %d writes failed: %s", len(batch), exc)
+                    error = StorageError(f"The database could not commit: {exc}")
+                    return [(future, None, error) for _, future in batch]
                 log.error("commit of %d writes failed: %s", len(batch), exc)
                 await self._drop()
                 error = _unavailable(exc)
@@ -487,6 +536,7 @@ class _Writer:
         failed: dict[int, BaseException],
         *,
         careful: bool,
+        look_up: bool,
     ) -> None:
         """Run the writes not yet failed; raises :class:`_Rerun` when one failed and so
         aborted the transaction (``careful``: each write in a savepoint, failing alone)."""
@@ -503,15 +553,17 @@ class _Writer:
                     for one in run:
                         try:
                             async with conn.transaction():  # a savepoint
-                                await _appends(conn, [one], results, failed)
+                                await _appends(conn, [one], results, failed, look_up=True)
                         except Exception as exc:
-                            _reraise_if_lost(exc)
+                            _reraise_if_lost(exc, conn)
                             failed[one[0]] = _map_error(exc)
                 elif run:
                     try:
-                        await _appends(conn, run, results, failed)
+                        await _appends(conn, run, results, failed, look_up=look_up)
+                    except _StoredBefore:
+                        raise
                     except Exception as exc:
-                        _reraise_if_lost(exc)
+                        _reraise_if_lost(exc, conn)
                         # Another node stored one of these client ids meanwhile (or a bug):
                         # run again; after a few tries each message in its own savepoint.
                         log.warning("a run of %d appends failed (%s); again", len(run), exc)
@@ -529,7 +581,7 @@ class _Writer:
                     else:
                         results[index] = await work(conn)
                 except Exception as exc:
-                    _reraise_if_lost(exc)
+                    _reraise_if_lost(exc, conn)
                     failed[index] = _map_error(exc)
                     if not careful:
                         raise _Rerun from exc
@@ -541,9 +593,9 @@ def _message_of(work: Write | _Append) -> NewMessage:
     return work.message
 
 
-def _reraise_if_lost(exc: BaseException) -> None:
+def _reraise_if_lost(exc: BaseException, conn: Connection) -> None:
     """Errors that fail (or re-run) the whole batch go up; a write's own error does not."""
-    if _lost(exc) or isinstance(exc, _RETRYABLE):
+    if _lost(exc, conn) or isinstance(exc, _RETRYABLE):
         raise exc
 
 
@@ -655,7 +707,9 @@ class PostgresStorage:
         return f"PostgresStorage({redact(self.url)!r})"
 
     async def _connect(self) -> Connection:
-        conn: Connection = await asyncpg.connect(self.url, timeout=self._timeout)
+        conn: Connection = await asyncpg.connect(
+            self.url, timeout=self._timeout, command_timeout=COMMAND_TIMEOUT
+        )
         return conn
 
     async def open(self) -> None:
@@ -669,7 +723,11 @@ class PostgresStorage:
             await check_database(conn)
             await migrate(conn)
             self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=self._readers, timeout=self._timeout
+                self.url,
+                min_size=1,
+                max_size=self._readers,
+                timeout=self._timeout,
+                command_timeout=COMMAND_TIMEOUT,
             )
         except BaseException as exc:
             await _close(conn)
@@ -966,7 +1024,8 @@ class PostgresStorage:
             top = min(top, ceiling + 1)
 
         async def work(conn: Connection) -> tuple[list[Entry], bool]:
-            rows = await conn.fetch(
+            rows = _stepped(
+                conn,
                 f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = $1 AND m.seq < $2 "
                 "AND m.seq > $3 ORDER BY m.seq DESC LIMIT $4",
                 conversation,
@@ -974,18 +1033,7 @@ class PostgresStorage:
                 clamp(floor),
                 limit + 1,
             )
-            page: list[Entry] = []
-            budget = Budget(max_bytes)
-            more = False
-            for row in rows:
-                if len(page) == limit:
-                    more = True
-                    break
-                entry = _entry(row)
-                if not budget.take(entry, first=not page):
-                    more = True
-                    break
-                page.append(entry)
+            page, more = await _page(rows, limit, max_bytes)
             page.reverse()
             return page, more
 
@@ -1001,7 +1049,8 @@ class PostgresStorage:
         async def work(conn: Connection) -> tuple[list[Entry], bool]:
             # Each conversation contributes at most limit + 1 entries after its cursor (ids grow
             # with seq inside a conversation, so a prefix by id is contiguous per cursor).
-            rows = await conn.fetch(
+            rows = _stepped(
+                conn,
                 f"""
                 SELECT m.* FROM unnest($1::text[], $2::bigint[], $3::bigint[])
                     AS c (id, after, until)
@@ -1016,19 +1065,7 @@ class PostgresStorage:
                 [SEQ_CEILING if until is None else clamp(until) for _, until in ranges.values()],
                 limit + 1,
             )
-            collected: list[Entry] = []
-            budget = Budget(max_bytes)
-            more = False
-            for row in rows:
-                if len(collected) == limit:
-                    more = True
-                    break
-                entry = _entry(row)
-                if not budget.take(entry, first=not collected):
-                    more = True
-                    break
-                collected.append(entry)
-            return collected, more
+            return await _page(rows, limit, max_bytes)
 
         return await self._read(work) if ranges else ([], False)
 
@@ -1064,6 +1101,39 @@ class PostgresStorage:
             return counts
 
         return await self._read(work) if markers else {}
+
+
+_STEP = 16
+"""Rows a stepped read fetches at a time: what is read past a page's budget stays small."""
+
+
+async def _stepped(conn: Connection, query: str, *args: Any) -> AsyncGenerator[Any, None]:
+    """The rows of ``query`` through a cursor, a few at a time (in a read-only transaction,
+    which a cursor needs): the client holds about one reply, whatever the rows behind it."""
+    async with conn.transaction(readonly=True):
+        async for row in conn.cursor(query, *args, prefetch=_STEP):
+            yield row
+
+
+async def _page(
+    rows: AsyncGenerator[Any, None], limit: int, max_bytes: int | None
+) -> tuple[list[Entry], bool]:
+    """Up to ``limit`` entries of ``rows`` within ``max_bytes`` (the first always), and
+    whether more remain."""
+    page: list[Entry] = []
+    budget = Budget(max_bytes)
+    more = False
+    async for row in rows:
+        if len(page) == limit:
+            more = True
+            break
+        entry = _entry(row)
+        if not budget.take(entry, first=not page):
+            more = True
+            break
+        page.append(entry)
+    await rows.aclose()
+    return page, more
 
 
 # -- conversation writes -----------------------------------------------------------------------
