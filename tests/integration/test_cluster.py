@@ -258,6 +258,20 @@ async def test_a_channel_made_on_one_node_is_known_to_the_others(
     assert {m["name"] for m in members["members"]} == {"ann", "bob"}
 
 
+async def test_an_account_made_on_one_node_is_in_general_on_the_others(
+    cluster: Cluster, raw: Callable[..., Any]
+) -> None:
+    a, b = cluster.start("n1"), cluster.start("n2")
+    bob = await raw(b.port, "bob")
+    await (await raw(a.port, "ann")).close()  # registered on node 1
+    posted = await bob.call("post", conversation="general", client_id="b1", text="hi")
+    ann = await raw(b.port, "ann")  # and back on node 2
+    read = await ann.call("read", conversation="general", seq=posted["entry"]["seq"])
+    assert read["seq"] == posted["entry"]["seq"]
+    info = await ann.call("conversation", conversation="general")
+    assert info["conversation"]["members"] == 2
+
+
 async def test_a_logout_on_one_node_ends_the_tokens_sessions_on_the_others(
     cluster: Cluster,
 ) -> None:

@@ -90,7 +90,15 @@ class TokenRevoked:
     origin: Origin | None = None
 
 
-BusEvent = EntryPosted | PresenceChanged | ReadMoved | TypingStarted | TokenRevoked
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """A new account, a member of General from now on (on every node's index)."""
+
+    user_id: int
+    origin: Origin | None = None
+
+
+BusEvent = EntryPosted | PresenceChanged | ReadMoved | TypingStarted | TokenRevoked | Registered
 
 
 class Bus(Protocol):

@@ -50,6 +50,7 @@ from . import (
     Origin,
     PresenceChanged,
     ReadMoved,
+    Registered,
     TokenRevoked,
     TypingStarted,
 )
@@ -108,7 +109,12 @@ class _Revoked(msgspec.Struct, tag="revoked", array_like=True):
     token_hash: bytes
 
 
-_Wire = _Posted | _Presence | _Read | _Typing | _Revoked
+class _Registered(msgspec.Struct, tag="registered", array_like=True):
+    node: str
+    user_id: int
+
+
+_Wire = _Posted | _Presence | _Read | _Typing | _Revoked | _Registered
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(list[_Wire])
 
@@ -140,6 +146,8 @@ def encode(node: str, event: BusEvent) -> bytes:
         wire = _Read(node, connection, event.user_id, event.conversation, event.seq)
     elif isinstance(event, TokenRevoked):
         wire = _Revoked(node, event.token_hash)
+    elif isinstance(event, Registered):
+        wire = _Registered(node, event.user_id)
     else:
         recipients = None if event.recipients is None else list(event.recipients)
         wire = _Typing(node, event.conversation, event.user_id, event.name, recipients)
@@ -182,6 +190,8 @@ def _event(wire: _Wire) -> tuple[str, BusEvent]:
         return wire.node, ReadMoved(wire.user_id, wire.conversation, wire.seq, origin)
     if isinstance(wire, _Revoked):
         return wire.node, TokenRevoked(wire.token_hash, Origin(wire.node, 0))
+    if isinstance(wire, _Registered):
+        return wire.node, Registered(wire.user_id, Origin(wire.node, 0))
     recipients = None if wire.recipients is None else frozenset(wire.recipients)
     return wire.node, TypingStarted(wire.conversation, wire.user_id, wire.name, recipients)
 

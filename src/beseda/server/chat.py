@@ -35,6 +35,7 @@ from ..bus import (
     Origin,
     PresenceChanged,
     ReadMoved,
+    Registered,
     TokenRevoked,
     TypingStarted,
 )
@@ -278,6 +279,7 @@ class Chat:
         general = self.index.conversations[GENERAL]
         self.index.join(general, user.id, MEMBER, 1)
         await self._storage.set_members(GENERAL, [MemberChange(user.id)])
+        self._bus.publish(Registered(user.id, self._origin(session)))
         session.protocol = request.protocol
         return await self._start_session(session, user)
 

@@ -28,8 +28,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..bus import BusEvent, EntryPosted, ReadMoved
-from ..protocol.schema import Entry
+from ..bus import BusEvent, EntryPosted, ReadMoved, Registered
+from ..protocol.schema import GENERAL, Entry
 from ..storage import Storage, StorageError
 from .conversations import DIRECT, MEMBER, Conversation, Index, dm_members
 
@@ -106,6 +106,14 @@ class Replica:
         """Bus subscriber: entries are sequenced, everything else is passed on."""
         if isinstance(event, EntryPosted):
             self._entry(event)
+            return
+        if isinstance(event, Registered):
+            if (
+                not self._mine(event.origin)
+                and self._index.membership(event.user_id, GENERAL) is None
+            ):
+                # Everyone is in General: so is an account made on another node.
+                self._index.join(self._index.conversations[GENERAL], event.user_id, MEMBER, 1)
             return
         if isinstance(event, ReadMoved) and not self._mine(event.origin):
             membership = self._index.membership(event.user_id, event.conversation)
