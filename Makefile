@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 7878
 HTTP_PORT ?= 7879
 
-.PHONY: run serve client screenshot gui-speed test lint typecheck pytest bench bench-search bench-smoke soak ngircd clean
+.PHONY: run serve client screenshot gui-speed test test-postgres lint typecheck pytest bench bench-search bench-smoke soak ngircd clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -53,6 +53,15 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q
+
+## test-postgres: integration tests with every test server on a throwaway PostgreSQL
+## (PG_TESTS=tests/integration for the whole suite; BESEDA_TEST_POSTGRES_URL to use a server)
+PG_TESTS ?= tests/integration/test_conversations.py tests/integration/test_history.py \
+	tests/integration/test_direct_messages.py tests/integration/test_client_library.py \
+	tests/integration/test_two_users.py tests/reliability/test_crash.py \
+	tests/reliability/test_authorisation.py
+test-postgres: $(STAMP)
+	BESEDA_TEST_DB=postgresql $(BIN)/pytest -q $(PG_TESTS)
 
 ## bench: the full benchmark; writes bench/results/latest.json and docs/performance.md
 bench: $(STAMP) ngircd

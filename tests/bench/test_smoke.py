@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import pg_server
+
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = (
     "commit",
@@ -24,6 +26,8 @@ SCENARIOS = (
     "storm",
     "channels",
     "channel_sync",
+    "hot_counter",
+    "cluster",
 )
 TIMEOUT_FACTOR = float(os.environ.get("BESEDA_TEST_TIMEOUT_FACTOR", "1"))
 
@@ -81,10 +85,40 @@ def test_every_scenario_has_figures(smoke: tuple[dict, str]) -> None:
         assert run["deliveries"] == run["expected_deliveries"] > 0, run
         assert run["cpu_us_per_unit"] is not None, run
     assert channels["cpu_ratio"] is not None
+    cluster = scenarios["cluster"]
+    for run in (cluster["single"], cluster["two_nodes"]):
+        # Every receiver on either node got every message.
+        assert run["deliveries"] == run["expected_deliveries"] > 0, run
+        assert run["p99_ms"] is not None, run
+    assert cluster["two_nodes"]["nodes"] == 2
+    assert cluster["p99_ratio"] is not None
     sync = scenarios["channel_sync"]
     assert sync["entries"] == results["sizes"]["sync_missed"]
     assert sync["round_trips"] >= 1
     assert sync["sync_ms_median"] is not None
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not pg_server.available(), reason="PostgreSQL is not installed")
+def test_the_postgresql_rows_have_figures(smoke: tuple[dict, str]) -> None:
+    results, markdown = smoke
+    scenarios = results["scenarios"]
+    on_postgres = scenarios["durable"]["beseda_postgresql"]
+    assert on_postgres["engine"] == "postgresql"
+    assert on_postgres["acks"] == on_postgres["messages"] > 0
+    assert on_postgres["vs_sqlite"] is not None
+    assert on_postgres["postgres_cpu_us_per_message"] > 0
+    rows = scenarios["hot_counter"]
+    writers = results["sizes"]["counter_writers"]
+    assert {(row["writers"], row["conversations"]) for row in rows} == {
+        (n, kind) for n in writers for kind in ("one (hot)", "one each")
+    }
+    for row in rows:
+        assert row["messages"] == row["writers"] * results["sizes"]["counter_messages"]
+        assert row["per_s"] > 0
+    assert all(row["cost_vs_own"] > 0 for row in rows if row["conversations"] == "one (hot)")
+    assert "durable throughput on PostgreSQL" in markdown
+    assert "## PostgreSQL: a hot conversation's counter row" in markdown
 
 
 @pytest.mark.timeout(180)

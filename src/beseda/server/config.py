@@ -7,6 +7,7 @@ advertises it; its flag, variable and help text are derived from that declaratio
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -24,9 +25,30 @@ HTTP_OFF = "off"
 """``--http-port off``: no HTTP listener (TCP only)."""
 
 
+def default_node_name() -> str:
+    """``HOSTNAME-PID``: unique among the nodes of a cluster as long as no two share a host
+    name and a process id; name nodes yourself (``--node-name``) to keep a name across
+    restarts."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def default_db_path() -> Path:
     """``beseda.db`` in the user's data directory (e.g. ``~/.local/share/beseda``)."""
     return platformdirs.user_data_path("beseda") / "beseda.db"
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(db: Path | str) -> bool:
+    """Whether ``db`` names a PostgreSQL database (a URL) rather than a SQLite file."""
+    return isinstance(db, str) and db.startswith(POSTGRES_SCHEMES)
+
+
+def parse_db(text: str) -> Path | str:
+    """``--db`` / ``BESEDA_DB``: a ``postgresql://`` URL stays text, anything else is the path
+    of a SQLite file."""
+    return text if is_postgres_url(text) else Path(text)
 
 
 T = TypeVar("T")
@@ -164,6 +186,12 @@ class Limits:
         parse=whole_number,
         shown_default="0: one per core the server may run on",
     )
+    node_expiry: float = limit(
+        10.0,
+        "seconds after which the other nodes show the users of a node that stopped its "
+        "heartbeat (killed, cut off) offline; heartbeats go every third of it (with --bus)",
+        unit=" s",
+    )
     hash_queue: int = limit(
         1024,
         "password hashes that may wait for a worker; more logins at once are refused with "
@@ -252,7 +280,8 @@ def advertised_limits(limits: Limits) -> dict[str, int | float]:
 class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    db: Path = field(default_factory=default_db_path)
+    db: Path | str = field(default_factory=default_db_path)
+    """A SQLite file, or a ``postgresql://`` URL (see :func:`parse_db`)."""
     log_level: str = "INFO"
     limits: Limits = field(default_factory=Limits)
     db_busy_timeout: float = 5.0
@@ -272,6 +301,18 @@ class Settings:
     the server's own (the page's origin matching the ``Host`` it asked)."""
     web_root: Path | None = None
     """The web app's built files; None: the ones shipped in the package."""
+    bus: str | None = None
+    """``redis://…``: the bus shared by several nodes; None: this process alone."""
+    node_name: str = field(default_factory=default_node_name)
+    """This node's name among the nodes on one bus (see :func:`default_node_name`)."""
+
+    @property
+    def data_dir(self) -> Path:
+        """Where files beside the database go (a self-signed certificate): the SQLite file's
+        directory, or the user's data directory with PostgreSQL."""
+        if is_postgres_url(self.db):
+            return default_db_path().parent
+        return Path(self.db).parent
 
     @property
     def tls(self) -> bool:
@@ -281,7 +322,7 @@ class Settings:
 _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "host": ("BESEDA_HOST", str),
     "port": ("BESEDA_PORT", int),
-    "db": ("BESEDA_DB", Path),
+    "db": ("BESEDA_DB", parse_db),
     "log_level": ("BESEDA_LOG_LEVEL", str),
     "tls_cert": ("BESEDA_TLS_CERT", Path),
     "tls_key": ("BESEDA_TLS_KEY", Path),
@@ -293,6 +334,8 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "http_port": ("BESEDA_HTTP_PORT", lambda value: http_port(value)),
     "allowed_origins": ("BESEDA_ALLOWED_ORIGINS", lambda value: origin_list(value)),
     "web_root": ("BESEDA_WEB_ROOT", Path),
+    "bus": ("BESEDA_BUS", str),
+    "node_name": ("BESEDA_NODE_NAME", str),
 }
 
 
