@@ -33,7 +33,9 @@ def bench_settings(port: int, db: Path) -> Settings:
         login_failures_per_address=(UNLIMITED, UNLIMITED),
         registrations_per_address=(UNLIMITED, UNLIMITED),
     )
-    return Settings(host=LOOPBACK, port=port, db=db, log_level="WARNING", limits=limits)
+    return Settings(
+        host=LOOPBACK, port=port, db=db, log_level="WARNING", limits=limits, http_port=None
+    )
 
 
 async def run(port: int, db: Path, stats: Path | None) -> None:

@@ -72,7 +72,9 @@ class ServerThread:
             max_connections_per_address=1000,
             registrations_per_address=(1000.0, 10_000),
         )
-        settings = Settings(host="127.0.0.1", port=0, db=workdir / "beseda.db", limits=limits)
+        settings = Settings(
+            host="127.0.0.1", port=0, db=workdir / "beseda.db", limits=limits, http_port=None
+        )
         self.hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
         self.server = Server(settings, hasher=self.hasher)
         self.loop = asyncio.new_event_loop()

@@ -74,6 +74,8 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
             "127.0.0.1",
             "--port",
             str(port),
+            "--http-port",
+            "off",
             "--db",
             str(workdir / "beseda.db"),
         ],

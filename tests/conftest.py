@@ -50,6 +50,7 @@ def test_settings(tmp_path: Path, **limits: object) -> Settings:
         db=tmp_path / "beseda.db",
         limits=replace(base, **limits),  # type: ignore[arg-type]
         shutdown_grace=2.0,
+        http_port=0,
     )
 
 
@@ -124,6 +125,8 @@ class ServerProcess:
     def __init__(self, db: Path, port: int, extra: list[str]) -> None:
         self.db = db
         self.port = port
+        self.http_port = free_port()
+        """The web app's and WebSocket's port, the same across restarts."""
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = db.with_suffix(".log")
@@ -156,6 +159,8 @@ class ServerProcess:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
+                "--http-port",
+                str(self.http_port),
                 "--db",
                 str(self.db),
                 # Tests register many users from one address; a test of this limit overrides

@@ -41,6 +41,23 @@ def _parser() -> argparse.ArgumentParser:
         type=str.upper,
         help="log verbosity (BESEDA_LOG_LEVEL, default INFO)",
     )
+    serve.add_argument(
+        "--http-port",
+        type=_argument(config.http_port),
+        help="port of the web app and its WebSocket (/ws), on the same --host; 0: any free "
+        f"port; off: none (BESEDA_HTTP_PORT, default {config.DEFAULT_HTTP_PORT})",
+    )
+    serve.add_argument(
+        "--allowed-origins",
+        type=_argument(config.origin_list),
+        help="comma-separated origins (https://chat.example.org) whose pages may open the "
+        "WebSocket, besides the server's own (BESEDA_ALLOWED_ORIGINS)",
+    )
+    serve.add_argument(
+        "--web-root",
+        type=Path,
+        help="serve the web app from this directory instead of the one built in (BESEDA_WEB_ROOT)",
+    )
     for option in config.limit_options():  # each declared once, in config.Limits
         serve.add_argument(option.flag, type=_typed(option), dest=option.name, help=option.help)
     serve.add_argument("--tls-cert", type=Path, help="TLS certificate chain, PEM (BESEDA_TLS_CERT)")
@@ -63,6 +80,18 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--server", help="server address, HOST:PORT")
     client.add_argument("--lang", help="interface language (en, ru)")
     return parser
+
+
+def _argument(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """``parse`` as an argparse type, so a bad value is a clear usage error."""
+
+    def checked(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+    return checked
 
 
 def _typed(option: config.LimitOption) -> Callable[[str], object]:
@@ -97,6 +126,9 @@ def _serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         tls_auto=True if args.tls == "auto" else None,
         allow_plaintext=args.allow_plaintext,
+        http_port=args.http_port,
+        allowed_origins=args.allowed_origins,
+        web_root=args.web_root,
     )
     logging.basicConfig(
         level=settings.log_level,

@@ -30,6 +30,7 @@ class Serve:
         self.err = tmp_path / f"serve-{time.monotonic_ns()}.err"
         out = self.err.with_suffix(".out")
         environ = {k: v for k, v in os.environ.items() if not k.startswith("BESEDA_")}
+        environ["BESEDA_HTTP_PORT"] = "0"  # never the default port, which may be taken
         environ.update(env)
         with self.err.open("wb") as err, out.open("wb") as stdout:
             self.proc = subprocess.Popen(

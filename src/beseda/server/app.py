@@ -25,6 +25,8 @@ from .connection import Capacity
 from .delivery import DeliveryHub
 from .limits import Limiters
 from .transports.tcp import TcpListener
+from .transports.websocket import HttpListener
+from .web import StaticFiles, shipped_root
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +84,28 @@ class Server:
         # Shared by every transport: the caps on connections and the input budget.
         self.capacity = Capacity(settings.limits)
         self.tcp = TcpListener(self.chat, settings.limits, self.capacity)
+        self.http: HttpListener | None = None
+        """The web app and the WebSocket transport (None with ``--http-port off``)."""
+        if settings.http_port is not None:
+            self.http = HttpListener(
+                self.chat,
+                settings.limits,
+                self.capacity,
+                self.tcp.hello,
+                StaticFiles.load(settings.web_root or shipped_root()),
+                allowed_origins=settings.allowed_origins,
+            )
         self.fingerprint: str | None = None
         """SHA-256 fingerprint of the TLS certificate, when TLS is on."""
 
     @property
     def port(self) -> int:
         return self.tcp.port
+
+    @property
+    def http_port(self) -> int | None:
+        """The HTTP port (web app, ``/health``, WebSocket ``/ws``), None when it is off."""
+        return None if self.http is None else self.http.port
 
     async def start(self) -> None:
         try:
@@ -109,6 +127,29 @@ class Server:
             raise StartupError(
                 f"Cannot listen on {self.settings.host}:{self.settings.port}: {reason}"
             ) from exc
+        if self.http is not None:
+            assert self.settings.http_port is not None
+            try:
+                await self.http.start(
+                    self.settings.host,
+                    self.settings.http_port,
+                    context,
+                    hsts=self.settings.tls_cert is not None,
+                )
+            except OSError as exc:
+                await self.tcp.stop(0)
+                await self.storage.close()
+                reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                raise StartupError(
+                    f"Cannot listen on {self.settings.host}:{self.settings.http_port} "
+                    f"(--http-port): {reason}"
+                ) from exc
+            log.info(
+                "web app on %s://%s:%d/ (WebSocket /ws)",
+                "https" if context else "http",
+                self.settings.host,
+                self.http.port,
+            )
         log.info(
             "beseda listening on %s:%d, database %s",
             self.settings.host,
@@ -141,7 +182,10 @@ class Server:
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests and commits, tell clients, close."""
         log.info("shutting down")
-        await self.tcp.stop(self.settings.shutdown_grace)
+        await asyncio.gather(
+            self.tcp.stop(self.settings.shutdown_grace),
+            *([self.http.stop(self.settings.shutdown_grace)] if self.http else []),
+        )
         await self.storage.close()
         await self.bus.close()
         if self._own_hasher:

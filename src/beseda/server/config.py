@@ -18,6 +18,10 @@ from ..protocol.schema import MAX_LINE_BYTES, MAX_REPLY_BYTES, MAX_TEXT_CHARS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7878
+DEFAULT_HTTP_PORT = 7879
+"""The web app and its WebSocket (``/ws``), beside the TCP port."""
+HTTP_OFF = "off"
+"""``--http-port off``: no HTTP listener (TCP only)."""
 
 
 def default_db_path() -> Path:
@@ -250,6 +254,13 @@ class Settings:
     """Create a self-signed certificate beside the database on first start, and use it."""
     allow_plaintext: bool = False
     """Listen without TLS on an address other than loopback (an explicit choice)."""
+    http_port: int | None = DEFAULT_HTTP_PORT
+    """The web app, ``/health`` and the WebSocket ``/ws`` (0: any free port; None: off)."""
+    allowed_origins: tuple[str, ...] = ()
+    """Origins (``https://chat.example.org``) a browser's WebSocket may come from, besides
+    the server's own (the page's origin matching the ``Host`` it asked)."""
+    web_root: Path | None = None
+    """The web app's built files; None: the ones shipped in the package."""
 
     @property
     def tls(self) -> bool:
@@ -268,7 +279,30 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
         "BESEDA_ALLOW_PLAINTEXT",
         lambda value: value.strip() in ("1", "yes", "true"),
     ),
+    "http_port": ("BESEDA_HTTP_PORT", lambda value: http_port(value)),
+    "allowed_origins": ("BESEDA_ALLOWED_ORIGINS", lambda value: origin_list(value)),
+    "web_root": ("BESEDA_WEB_ROOT", Path),
 }
+
+
+def http_port(text: str) -> int | str:
+    """``--http-port``: a port (0: any free one), or ``off``."""
+    if text.strip().lower() == HTTP_OFF:
+        return HTTP_OFF
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"a port is 0 to 65535, not {port}")
+    return port
+
+
+def origin_list(text: str) -> tuple[str, ...]:
+    """``--allowed-origins``: comma-separated origins, each ``scheme://host[:port]``."""
+    origins = tuple(part.strip().rstrip("/") for part in text.split(",") if part.strip())
+    for origin in origins:
+        scheme, _, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not rest or "/" in rest:
+            raise ValueError(f"{origin!r} is not an origin like https://chat.example.org")
+    return origins
 
 
 def from_environment(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -298,4 +332,6 @@ def from_environment(environ: dict[str, str] | None = None, **overrides: object)
             raise TypeError(f"unknown setting {name}")
     if limits:
         values["limits"] = Limits(**limits)  # type: ignore[arg-type]
+    if values.get("http_port") == HTTP_OFF:
+        values["http_port"] = None
     return Settings(**values)  # type: ignore[arg-type]

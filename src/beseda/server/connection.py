@@ -321,14 +321,34 @@ class ServerConnection:
         if self.state not in _OPEN:
             return
         if len(line) > self._limits.max_line_bytes:
-            message = f"A line may be at most {self._limits.max_line_bytes} bytes."
-            self.close(errors.LINE_TOO_LONG, message, as_error=True)
+            self.refuse_line()
             return
         if line.strip():
             if self._requests is None:
                 self._requests = deque()
             self._requests.append(line)
             self._queued()
+
+    def refuse_line(self) -> None:
+        """A framed transport's frame is over ``max_line_bytes`` (its framing library refused
+        it from its header, before it was whole): refused as an over-long line is."""
+        if self.state not in _OPEN:
+            return
+        message = f"A line may be at most {self._limits.max_line_bytes} bytes."
+        self.close(errors.LINE_TOO_LONG, message, as_error=True)
+
+    def receive_partial(self, pending: int, *, began: bool) -> None:
+        """A framed transport holds ``pending`` bytes of an unfinished frame (``began``: the
+        one before it completed meanwhile). Counted in the server-wide input budget and timed
+        by ``line_timeout``, exactly as an unfinished line."""
+        if self.state not in _OPEN:
+            return
+        if pending != self._held and not self._hold(pending):
+            return
+        if not pending:
+            self._partial_since = None
+        elif began or self._partial_since is None:
+            self._partial_since = self._clock()
 
     def receive_eof(self) -> None:
         """The peer sent all it will: answer what it asked, then close."""
@@ -588,6 +608,16 @@ class ServerConnection:
         out.clear()
         self._out_bytes = 0
         return data
+
+    def lines_to_send(self) -> list[bytes]:
+        """What is queued, line by line, each with its newline (for a framed transport, which
+        sends each as one message); empty when nothing is."""
+        out = self._out
+        if not out:
+            return out
+        self._out = []
+        self._out_bytes = 0
+        return out
 
     def note_unsent(self, unsent: int) -> None:
         """The transport holds ``unsent`` bytes the peer has not taken yet."""
