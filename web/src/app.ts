@@ -930,7 +930,7 @@ export class App {
         { class: "sidebar" },
         h(
           "header",
-          { class: "me" },
+          { class: "whoami" },
           h("span", { class: "dot online", id: "me-dot" }),
           h("strong", { id: "me" }, this.user),
           button("sign-out", this.t("Sign out"), () => this.signOut(), "link"),
