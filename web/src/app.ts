@@ -970,8 +970,12 @@ export class App {
             "back",
           ),
           h("div", { class: "titles" }, h("h1", { id: "title" }), h("p", { id: "subtitle" })),
-          button("members", this.t("Members"), () => void this.showMembers()),
-          button("settings", this.t("Channel settings"), () => this.showSettings()),
+          h(
+            "div",
+            { class: "tools" },
+            button("members", this.t("Members"), () => void this.showMembers()),
+            button("settings", this.t("Channel settings"), () => this.showSettings()),
+          ),
         ),
         h("div", { id: "error", class: "error-bar", role: "alert" }),
         timeline,
@@ -1144,7 +1148,7 @@ export class App {
     // The timeline.
     const view = this.timelineView;
     if (view !== null) {
-      view.show(conversation.key, conversation.timeline.rows(conversation.markerSeq));
+      view.show(conversation.key, conversation.timeline.rows(conversation.markerSeq, this.user));
       const jump = byId("jump");
       jump.hidden = view.following;
       jump.textContent =

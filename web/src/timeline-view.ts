@@ -104,10 +104,13 @@ export class TimelineView {
   }
 
   private layout(anchor = this.atBottom ? null : this.anchor()): void {
+    // Hidden (the list's turn at phone width): nothing can be measured; the resize observer
+    // lays it out when it shows.
+    if (this.scroller.clientHeight === 0) return;
     for (let pass = 0; pass < 4; pass += 1) {
       this.spacer.style.height = `${this.heights.total()}px`;
       this.restore(anchor);
-      const viewport = this.scroller.clientHeight || 600;
+      const viewport = this.scroller.clientHeight;
       const { start, end } = this.heights.window(this.scroller.scrollTop, viewport, OVERSCAN_PX);
       const wanted = new Set<string>();
       let changed = false;
@@ -142,6 +145,9 @@ export class TimelineView {
     for (const drawn of this.drawn.values()) {
       drawn.element.style.transform = `translateY(${this.heights.offset(drawn.index)}px)`;
     }
+    // Too little to scroll (a short page, or live entries only): no scroll event will come, so
+    // ask for older ones now. The app ignores this while a page is on its way or none is left.
+    if (this.heights.total() < this.scroller.clientHeight + NEAR_TOP_PX) this.callbacks.nearTop();
   }
 
   private restore(anchor: { key: string; delta: number } | null): void {

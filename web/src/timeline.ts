@@ -111,12 +111,23 @@ export class Timeline {
     this.version += 1;
   }
 
-  /** The rows to show: entries in order, the "new messages" marker, then outgoing ones. */
-  rows(markerSeq: number | null): Row[] {
+  /**
+   * The rows to show: entries in order, then outgoing ones. The "new messages" marker goes
+   * above the first message of someone else (not `me`) at or after `markerSeq`.
+   */
+  rows(markerSeq: number | null, me = ""): Row[] {
     const rows: Row[] = [];
+    let marker = markerSeq;
     for (const entry of this.entries) {
-      if (markerSeq !== null && entry.seq === markerSeq)
+      if (
+        marker !== null &&
+        entry.seq >= marker &&
+        kindOf(entry) === "message" &&
+        entry.sender.toLocaleLowerCase() !== me.toLocaleLowerCase()
+      ) {
         rows.push({ type: "marker", key: "marker" });
+        marker = null;
+      }
       const kind = rowKind(entry);
       if (kind !== null) rows.push({ type: kind, key: `s${entry.seq}`, entry });
     }

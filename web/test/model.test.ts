@@ -60,6 +60,17 @@ test("changes show as event rows, unknown kinds not at all, and the marker befor
   );
 });
 
+test("the new-messages marker skips one's own messages and changes", () => {
+  const timeline = new Timeline();
+  timeline.add(entry(1, { kind: "created", sender: "anna" }));
+  timeline.add(entry(2, { sender: "anna" }));
+  timeline.add(entry(3, { sender: "boris" }));
+  assert.deepEqual(
+    timeline.rows(1, "Anna").map((row) => row.key),
+    ["s1", "s2", "marker", "s3"],
+  );
+});
+
 test("row positions follow measured heights; the window covers the viewport and its margin", () => {
   const heights = new Heights(50);
   heights.setKeys(Array.from({ length: 10_000 }, (_, i) => `s${i}`));
