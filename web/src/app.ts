@@ -106,6 +106,7 @@ export class App {
   private typingSentAt = 0;
   private frame = 0;
   private timelineView: TimelineView | null = null;
+  private shownRows = "";
   private stage: "starting" | "sign-in" | "chat" = "starting";
   private phoneView: "list" | "conversation" = "list";
   private errorText = "";
@@ -996,6 +997,7 @@ export class App {
       ),
     );
     fill(this.root, layout);
+    this.shownRows = "";
     this.timelineView = new TimelineView(timeline, {
       render: (row) => this.renderRow(row),
       signature: (row) => this.signature(row),
@@ -1148,7 +1150,12 @@ export class App {
     // The timeline.
     const view = this.timelineView;
     if (view !== null) {
-      view.show(conversation.key, conversation.timeline.rows(conversation.markerSeq, this.user));
+      // Rebuilt only when something in them changed: a second's tick redraws nothing here.
+      const shown = `${conversation.key}|${conversation.timeline.version}|${conversation.markerSeq ?? ""}|${this.session.state}`;
+      if (shown !== this.shownRows) {
+        this.shownRows = shown;
+        view.show(conversation.key, conversation.timeline.rows(conversation.markerSeq, this.user));
+      }
       const jump = byId("jump");
       jump.hidden = view.following;
       jump.textContent =

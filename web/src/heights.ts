@@ -4,6 +4,7 @@
 
 export class Heights {
   private keys: string[] = [];
+  private positions = new Map<string, number>();
   private readonly measured = new Map<string, number>();
   private offsets = new Float64Array(1);
   private dirty = true;
@@ -13,6 +14,7 @@ export class Heights {
   /** The list's rows changed (added, removed, reordered). */
   setKeys(keys: readonly string[]): void {
     this.keys = [...keys];
+    this.positions = new Map(this.keys.map((key, index) => [key, index]));
     this.dirty = true;
   }
 
@@ -25,7 +27,7 @@ export class Heights {
   }
 
   indexOf(key: string): number {
-    return this.keys.indexOf(key);
+    return this.positions.get(key) ?? -1;
   }
 
   /** Record a drawn row's height; true when it differs from what was assumed. */

@@ -47,7 +47,12 @@ export class TimelineView {
       this.schedule();
       if (this.scroller.scrollTop < NEAR_TOP_PX) this.callbacks.nearTop();
     });
-    new ResizeObserver(() => this.schedule()).observe(scroller);
+    new ResizeObserver(() => {
+      // Another width wraps text differently: measure the drawn rows again.
+      for (const { element } of this.drawn.values()) element.remove();
+      this.drawn.clear();
+      this.schedule();
+    }).observe(scroller);
   }
 
   get following(): boolean {
@@ -113,7 +118,8 @@ export class TimelineView {
       const viewport = this.scroller.clientHeight;
       const { start, end } = this.heights.window(this.scroller.scrollTop, viewport, OVERSCAN_PX);
       const wanted = new Set<string>();
-      let changed = false;
+      const fresh: { key: string; element: HTMLElement }[] = [];
+      // Writes first (new rows, positions), then reads (heights): one reflow, not one a row.
       for (let index = start; index < end; index += 1) {
         const row = this.rows[index];
         if (row === undefined) continue;
@@ -127,16 +133,21 @@ export class TimelineView {
           this.scroller.appendChild(element);
           drawn = { element, signature, index };
           this.drawn.set(row.key, drawn);
+          fresh.push({ key: row.key, element });
         }
         drawn.index = index;
         drawn.element.style.transform = `translateY(${this.heights.offset(index)}px)`;
-        if (this.heights.measure(row.key, drawn.element.offsetHeight)) changed = true;
       }
       for (const [key, drawn] of this.drawn) {
         if (!wanted.has(key)) {
           drawn.element.remove();
           this.drawn.delete(key);
         }
+      }
+      // A drawn row keeps its height (its text does not change; a resize redraws all).
+      let changed = false;
+      for (const { key, element } of fresh) {
+        if (this.heights.measure(key, element.offsetHeight)) changed = true;
       }
       if (!changed) break;
     }
