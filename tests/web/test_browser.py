@@ -256,3 +256,89 @@ async def test_the_dark_theme_follows_the_system_setting(sign_up: SignUp, browse
     assert sum(await background(dark)) < 100
     assert sum(await background(light)) > 600
     assert browser.errors == []
+
+
+async def test_the_keyboard_enter_sends_shift_enter_breaks_the_line_ctrl_k_switches(
+    sign_up: SignUp, browser: Browser
+) -> None:
+    boris = await sign_up("boris")
+    anna = await sign_up("anna")
+    composer = anna.locator("#composer")
+    await composer.click()
+    await anna.keyboard.type("first line")
+    await anna.keyboard.press("Shift+Enter")
+    await anna.keyboard.type("second line")
+    await expect(composer).to_have_value("first line\nsecond line")
+    await anna.keyboard.press("Enter")
+    await expect(composer).to_have_value("")
+    assert await message(boris, "second line").inner_text() == "first line\nsecond line"
+    # Ctrl+K: a person found by the server opens the direct conversation with them.
+    await anna.keyboard.press("Control+k")
+    await expect(anna.locator("#switcher-input")).to_be_focused()
+    await anna.keyboard.type("bor")
+    await expect(anna.locator("#switcher-list li", has_text="boris")).to_be_visible()
+    await anna.keyboard.press("Enter")
+    await expect(anna.locator("#title")).to_have_text("boris")
+    # Escape closes the switcher without going anywhere.
+    await anna.keyboard.press("Control+k")
+    await expect(anna.locator("#switcher-input")).to_be_visible()
+    await anna.keyboard.press("Escape")
+    await expect(anna.locator("#switcher-dialog")).to_have_count(0)
+    await expect(anna.locator("#title")).to_have_text("boris")
+    assert browser.errors == []
+
+
+async def test_the_installed_app_opens_offline_from_its_service_worker(
+    browser: Browser, web_url: str
+) -> None:
+    page = await browser.page(web_url)
+    await expect(page.locator("#sign-in")).to_be_visible()
+    manifest = await page.evaluate(
+        "fetch(document.querySelector('link[rel=manifest]').href).then(r => r.json())"
+    )
+    assert manifest["display"] == "standalone"
+    assert {icon["sizes"] for icon in manifest["icons"]} >= {"192x192", "512x512"}
+    cached = await page.evaluate(
+        """async () => { await navigator.serviceWorker.ready;
+             const keys = await caches.keys();
+             const cache = await caches.open(keys[0]);
+             return (await cache.keys()).map(r => new URL(r.url).pathname); }"""
+    )
+    assert "/" in cached
+    assert any(path.startswith("/app.") and path.endswith(".js") for path in cached)
+    assert not any(path in ("/ws", "/health") for path in cached)
+    # With the network gone the shell still opens (and says it cannot reach the server).
+    await page.context.set_offline(True)
+    await page.reload()
+    await expect(page.locator("#sign-in")).to_be_visible()
+    await page.context.set_offline(False)
+    assert browser.errors == []
+
+
+async def test_a_mention_or_a_direct_message_notifies_while_the_tab_is_hidden(
+    sign_up: SignUp, browser: Browser
+) -> None:
+    boris = await sign_up("boris")
+    anna = await browser.page(boris.url)
+    await anna.context.grant_permissions(["notifications"])
+    # Record notifications instead of showing them, and let the page believe it is hidden.
+    await anna.add_init_script(
+        """window.__shown = [];
+           window.Notification = class { static permission = "granted";
+             constructor(title, options) { window.__shown.push([title, options.body]); } };
+           Object.defineProperty(document, "visibilityState", { get: () => "hidden" });"""
+    )
+    await anna.reload()
+    await create_account(anna, "anna")
+    await send(boris, "nothing for anna here")
+    await send(boris, "@anna look at this")
+    await boris.fill("#people-search", "ann")  # the directory as the server has it now
+    await boris.locator(".person", has_text="anna").click()
+    await send(boris, "and a private word")
+    await expect(anna.locator(".conv", has_text="boris")).to_be_visible()
+    shown = await anna.evaluate("window.__shown")
+    assert shown == [
+        ["boris mentioned you", "@anna look at this"],
+        ["boris wrote to you", "and a private word"],
+    ]
+    assert browser.errors == []
