@@ -1660,12 +1660,15 @@ function splitNames(text: string): string[] {
     .filter((name) => name !== "");
 }
 
+// Formatters are costly to make: one of each, made once (a row is drawn per frame or more).
+const timeFormat = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
+const dayFormat = new Intl.DateTimeFormat([], { day: "numeric", month: "short" });
+
 export function formatTime(ts: number): string {
   const date = new Date(ts);
-  const now = new Date();
-  const time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  if (date.toDateString() === now.toDateString()) return time;
-  return `${date.toLocaleDateString([], { day: "numeric", month: "short" })} ${time}`;
+  const time = timeFormat.format(date);
+  if (date.toDateString() === new Date().toDateString()) return time;
+  return `${dayFormat.format(date)} ${time}`;
 }
 
 /** The grey line of a change in a conversation ("Anna added Boris"). */
