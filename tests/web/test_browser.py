@@ -342,3 +342,35 @@ async def test_a_mention_or_a_direct_message_notifies_while_the_tab_is_hidden(
         ["boris wrote to you", "and a private word"],
     ]
     assert browser.errors == []
+
+
+async def test_an_owner_renames_sets_the_topic_and_removes_a_member(
+    sign_up: SignUp, browser: Browser
+) -> None:
+    anna = await sign_up("anna")
+    boris = await sign_up("boris")
+    await anna.click("#new-channel")
+    await anna.fill("#channel-name", "ops")
+    await anna.click("#create-channel")
+    await expect(anna.locator("#title")).to_have_text("# ops")
+    await anna.click("#members")
+    await anna.fill("#invite-names", "boris")
+    await anna.click("#invite")
+    await expect(anna.locator("#member-list li")).to_have_count(2)
+    await anna.keyboard.press("Escape")
+    await expect(boris.locator(".conv", has_text="# ops")).to_be_visible()
+    await anna.click("#settings")
+    await anna.fill("#settings-name", "operations")
+    await anna.fill("#settings-topic", "Deploys and incidents")
+    await anna.locator("#settings-dialog button[type=submit]").click()
+    await expect(anna.locator("#title")).to_have_text("# operations")
+    await open_conversation(boris, "# operations")
+    await expect(boris.locator("#subtitle")).to_have_text("Deploys and incidents")
+    await expect(boris.locator(".event", has_text="anna added boris")).to_be_visible()
+    # Removed, Boris reads what he could and can post no more.
+    await anna.click("#members")
+    await anna.locator("#member-list li", has_text="boris").locator("button.danger").click()
+    await expect(anna.locator("#member-list li")).to_have_count(1)
+    await expect(boris.locator(".event", has_text="anna removed boris")).to_be_visible()
+    await expect(boris.locator("#composer")).to_be_disabled()
+    assert browser.errors == []
