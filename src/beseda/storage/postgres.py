@@ -233,11 +233,16 @@ _INSERT_MESSAGES = """
                 $7::bigint[], $8::text[], $9::boolean[])
         WITH ORDINALITY AS v (conversation, seq, sender_id, recipient_id, client_id, text, ts,
                               data, mention_all, position)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM messages o WHERE o.sender_id = v.sender_id AND o.client_id = v.client_id
+    )
     ORDER BY position
     ON CONFLICT (sender_id, client_id) DO NOTHING
     RETURNING id, conversation, seq
 """
-"""The rows of a run of appends, ids drawn in run order (so ids grow with seq)."""
+"""The rows of a run of appends, ids drawn in run order (so ids grow with seq). A client id
+stored before is filtered out before its row draws an id (so a retry wastes no id; the
+``ON CONFLICT`` is for another node storing it at the same moment)."""
 
 _INSERT_MENTIONS = """
     INSERT INTO mentions (user_id, conversation, seq)
