@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 7878
 
-.PHONY: run serve client screenshot gui-speed test test-postgres lint typecheck pytest bench bench-smoke soak ngircd clean
+.PHONY: run serve client screenshot gui-speed test test-postgres lint typecheck pytest bench bench-search bench-smoke soak ngircd clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -66,6 +66,10 @@ test-postgres: $(STAMP)
 ## bench: the full benchmark; writes bench/results/latest.json and docs/performance.md
 bench: $(STAMP) ngircd
 	$(BIN)/python -m bench
+
+## bench-search: search over 1,000,000 messages: indexing on upgrade, p50/p99 per query kind
+bench-search: $(STAMP)
+	$(BIN)/python -m bench.search --messages 1000000 --out bench/results/search.json
 
 ## bench-smoke: every scenario at a tiny size (also run by make test, via tests/bench)
 bench-smoke: $(STAMP)

@@ -17,6 +17,7 @@ import shutil
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 from beseda.server.accounts import PasswordHasher
 from beseda.storage.sqlite import connect, migrate
@@ -130,6 +131,7 @@ def raw_inserts(
     )
     now = int(time.time() * 1000)
     written = 0
+    cpu0 = time.thread_time()
     started = time.perf_counter()
     deadline = started + timeout
     while written < total and time.perf_counter() < deadline:
@@ -143,8 +145,43 @@ def raw_inserts(
         conn.execute("COMMIT")
         written += size
     seconds = time.perf_counter() - started
+    cpu = time.thread_time() - cpu0
     conn.close()
-    return {"rows": written, "seconds": seconds, "rows_per_s": written / seconds}
+    return {"rows": written, "seconds": seconds, "rows_per_s": written / seconds, "cpu_s": cpu}
+
+
+def raw_commits(path: Path, samples: int) -> dict[str, Any]:
+    """One row per transaction, ``samples`` times, WAL and ``synchronous=FULL``: each commit's
+    wall time (its fsync) and the CPU (this thread, user + system) per commit."""
+    path.unlink(missing_ok=True)
+    conn = connect(path)
+    migrate(conn)
+    conn.executemany(
+        "INSERT INTO users (id, name, key, password_hash, created_at) VALUES (?, ?, ?, '', 0)",
+        ((n, f"u{n}", f"u{n}") for n in (1, 2)),
+    )
+    now = int(time.time() * 1000)
+    times = []
+    cpu0 = time.thread_time()
+    for n in range(samples):
+        began = time.perf_counter_ns()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "INSERT INTO messages (conversation, seq, sender_id, recipient_id, client_id, text, "
+            "ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ("dm:1:2", n + 1, 1, 2, f"r{n}", TEXT, now),
+        )
+        conn.execute("COMMIT")
+        times.append(time.perf_counter_ns() - began)
+    cpu = time.thread_time() - cpu0
+    conn.close()
+    ordered = sorted(times)
+    return {
+        "commits": samples,
+        "p50_ms": round(ordered[len(ordered) // 2] / 1e6, 3),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / 1e6, 3),
+        "cpu_us_per_commit": round(cpu / samples * 1e6, 1),
+    }
 
 
 def _raw_row(n: int, senders: int, now: int) -> tuple[object, ...]:

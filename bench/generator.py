@@ -54,14 +54,27 @@ class Outcome:
     errors: int
     lost_connections: int
     latencies_ns: array[int]
+    """Deliveries, from the send time to the moment the receiving process read them."""
+    kernel_latencies_ns: array[int]
+    """The same deliveries, to the kernel's receive timestamp at the receiving socket."""
     ack_latencies_ns: array[int]
     login_latencies_ns: array[int]
     failed_logins: int
+    refusals: dict[str, int]
+    """Failed storm sign-ins by reason (an error code, timeout, connect, closed)."""
     wall: float
     """Seconds from the start until the last delivery (or the end of the run)."""
     generator_cpu: float
     generator_share: float
     """Generator CPU seconds per second of wall time per generator core."""
+    process_shares: list[float] = field(default_factory=list)
+    """Each generator process's own CPU share (CPU seconds per second of its run)."""
+    stamped: bool = True
+    """Every read carried a kernel timestamp."""
+    foreign_cores: float = 0.0
+    """Cores other processes kept busy during the run (set by the harness)."""
+    threads: dict[str, float] = field(default_factory=dict)
+    """Server CPU seconds per thread name during the run (set by the harness)."""
 
     @property
     def losses(self) -> int:
@@ -69,7 +82,8 @@ class Outcome:
 
     @property
     def generator_saturated(self) -> bool:
-        return self.generator_share > SATURATED
+        """The generator's cores, or one of its processes, were busy enough to be the limit."""
+        return self.generator_share > SATURATED or max(self.process_shares, default=0) > SATURATED
 
 
 class LoadGenerator:
@@ -119,8 +133,9 @@ class LoadGenerator:
                 connect_timeout=load.connect_timeout,
                 run_timeout=load.run_timeout,
                 connect_batch=batch,
+                number=number,
             )
-            for _ in range(count)
+            for number in range(count)
         ]
         where: list[tuple[int, int]] = []
         expected = load.deliveries_per_client or [0] * len(load.clients)
@@ -151,16 +166,20 @@ class Session:
         self.connected = sum(r["connected"] for r in reports)
         self.failed = sum(r["failed"] for r in reports)
         self.connect_seconds = max(r["seconds"] for r in reports)
+        self.connect_cpu = sum(r["cpu"] for r in reports)
+        """CPU seconds the generator's processes used from their start until all connected."""
 
     def run(self) -> Outcome:
         for pipe in self.pipes:
             pipe.send("go")
         reports = [_receive(p, self.load.run_timeout + 60) for p in self.pipes]
         latencies: array[int] = array("q")
+        kernel: array[int] = array("q")
         acks: array[int] = array("q")
         logins: array[int] = array("q")
         for report in reports:
             latencies.frombytes(report["latencies"])
+            kernel.frombytes(report["kernel_latencies"])
             acks.frombytes(report["ack_latencies"])
             logins.frombytes(report["login_latencies"])
         start = min(r["start_ns"] for r in reports)
@@ -180,13 +199,25 @@ class Session:
             errors=sum(r["errors"] for r in reports),
             lost_connections=sum(r["lost_connections"] for r in reports),
             latencies_ns=latencies,
+            kernel_latencies_ns=kernel,
             ack_latencies_ns=acks,
             login_latencies_ns=logins,
             failed_logins=sum(r["failed_logins"] for r in reports),
+            refusals=_merge(r["refusals"] for r in reports),
             wall=wall,
             generator_cpu=cpu,
             generator_share=cpu / max(walls, 1e-9) / cores,
+            process_shares=[round(r["cpu"] / max(r["wall"], 1e-9), 3) for r in reports],
+            stamped=all(r["stamped"] for r in reports),
         )
+
+
+def _merge(counts: Any) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for count in counts:
+        for key, value in count.items():
+            merged[key] = merged.get(key, 0) + value
+    return merged
 
 
 def _receive(pipe: Any, timeout: float) -> dict[str, Any]:

@@ -71,11 +71,66 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads included."""
+def tick_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads included, in clock ticks."""
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def thread_cpu_ns(pid: int) -> dict[str, int] | None:
+    """CPU time of each live thread of ``pid`` in ns, by thread name (names summed; the
+    process's first thread is ``main``), from
+    ``/proc/<pid>/task/*/schedstat`` (the scheduler's own count, not 10 ms ticks); None where
+    the kernel does not give it."""
+    threads: dict[str, int] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            ran = int((task / "schedstat").read_text().split()[0])
+            name = "main" if task.name == str(pid) else (task / "comm").read_text().strip()
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended meanwhile
+        threads[name] = threads.get(name, 0) + ran
+    return threads or None
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process, all its live threads included: schedstat (ns) where the kernel
+    gives it, else /proc/<pid>/stat in ticks. A thread that ended takes its schedstat time
+    with it, so the larger of the two is returned when ticks run more than a tick ahead."""
+    ticks = tick_seconds(pid)
+    threads = thread_cpu_ns(pid)
+    if threads is None:
+        return ticks
+    precise = sum(threads.values()) / 1e9
+    return ticks if ticks > precise + 2 / CLOCK_TICKS else precise
+
+
+def cpu_source() -> str:
+    """Where :func:`cpu_seconds` reads from on this machine."""
+    return "schedstat (ns)" if thread_cpu_ns(os.getpid()) else f"ticks (1/{CLOCK_TICKS} s)"
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent in user, nice and system mode since boot (/proc/stat).
+
+    Interrupt and softirq time (much of it the loopback traffic of the run, charged to no
+    process) and steal are left out."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0
+    return (int(fields[0]) + int(fields[1]) + int(fields[2])) / CLOCK_TICKS
+
+
+def own_seconds() -> float:
+    """CPU seconds of this process (the harness) itself."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def rss_bytes(pid: int) -> int:
@@ -165,6 +220,10 @@ class Service:
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid)
+
+    def threads(self) -> dict[str, float]:
+        """CPU seconds of each live thread by name (empty where the kernel does not say)."""
+        return {name: ns / 1e9 for name, ns in (thread_cpu_ns(self.pid) or {}).items()}
 
     def rss(self) -> int:
         return rss_bytes(self.pid)

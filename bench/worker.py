@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import resource
+import socket
+import struct
 import time
 from array import array
 from dataclasses import dataclass, field
@@ -62,6 +65,8 @@ class WorkerPlan:
     run_timeout: float = 60.0
     connect_batch: int = 200
     """Connections this process opens at once."""
+    number: int = 0
+    """This worker's place among the generator's processes (its loopback addresses)."""
 
 
 def _cpu() -> float:
@@ -78,7 +83,9 @@ class Tally:
         self.errors = 0
         self.lost_connections = 0
         self.latencies = array("q")
-        """Delivery latencies, ns."""
+        """Delivery latencies, ns, to the moment this process read them."""
+        self.kernel_latencies = array("q")
+        """The same deliveries, to the kernel's receive timestamp (the socket)."""
         self.ack_latencies = array("q")
         self.last_ns = 0
         self.done = asyncio.Event()
@@ -90,41 +97,91 @@ class Tally:
             self.done.set()
 
 
-class Link(asyncio.Protocol):
-    """One connection of the generator."""
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+"""Linux: ask the kernel to stamp each received segment (``SCM_TIMESTAMPNS``, CLOCK_REALTIME)."""
+_ANCILLARY = socket.CMSG_SPACE(16)
+_RECV = 256 * 1024
+_HIGH_WATER = 64 * 1024
+"""Unsent bytes of one link above which its sender waits (as a transport's pause_writing)."""
+_CODE = re.compile(rb'"code":"(\w+)"')
+SOURCES = 250
+"""Loopback source addresses each worker spreads its connections over (127.0.<w>.1 …)."""
 
-    def __init__(self, wire: Wire, tally: Tally) -> None:
+
+def source_address(worker: int, index: int) -> str:
+    """The loopback address connection ``index`` of worker ``worker`` connects from."""
+    return f"127.0.{1 + worker % 250}.{1 + index % SOURCES}"
+
+
+class Link:
+    """One connection of the generator, on a plain non-blocking socket.
+
+    Not an asyncio transport: it reads with ``recvmsg`` so that each read carries the
+    kernel's receive timestamp (``SO_TIMESTAMPNS``): the time the last segment of the read
+    reached the socket, whatever this process was doing then. Latency is taken both ways:
+    at the socket (kernel) and when this process read it (application).
+    """
+
+    def __init__(self, wire: Wire, tally: Tally, sock: socket.socket) -> None:
         self.wire = wire
         self.tally = tally
-        self.transport: asyncio.Transport | None = None
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
         self.rest = b""
-        self.signed_in: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.out = bytearray()
+        self.signed_in: asyncio.Future[bool] = self.loop.create_future()
         self.writable = asyncio.Event()
         self.writable.set()
         self.window: asyncio.Semaphore | None = None
         self.closed = False
         self.closing = False
+        self.refusal = b""
+        """The line that refused the sign-in, if one did."""
+        self.stamped = True
+        """False once a read came without a kernel timestamp (then the read time is used)."""
+        self.loop.add_reader(sock.fileno(), self._readable)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+    def _readable(self) -> None:
+        try:
+            data, ancillary, _, _ = self.sock.recvmsg(_RECV, _ANCILLARY)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._lost()
+            return
+        now = time.monotonic_ns()
+        if not data:
+            self._lost()
+            return
+        kernel = now
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
+                seconds, nanoseconds = struct.unpack_from("qq", payload)
+                # Realtime → monotonic with the offset of this moment (no drift over a run).
+                kernel = seconds * 1_000_000_000 + nanoseconds - (time.time_ns() - now)
+                break
+        else:
+            self.stamped = False
+        self.data_received(data, now, min(kernel, now))
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _lost(self) -> None:
+        if self.closed:
+            return
         self.closed = True
+        self._release()
         self.writable.set()
         if not self.signed_in.done():
             self.signed_in.set_result(False)
         elif not self.closing:
             self.tally.lost_connections += 1
 
-    def pause_writing(self) -> None:
-        self.writable.clear()
+    def _release(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_reader(self.sock.fileno())
+            self.loop.remove_writer(self.sock.fileno())
+        self.sock.close()
 
-    def resume_writing(self) -> None:
-        self.writable.set()
-
-    def data_received(self, data: bytes) -> None:
-        now = time.monotonic_ns()
+    def data_received(self, data: bytes, now: int, kernel: int) -> None:
         buffer = self.rest + data if self.rest else data
         cut = buffer.rfind(b"\n")
         if cut < 0:
@@ -139,8 +196,10 @@ class Link(asyncio.Protocol):
         wire = self.wire
         delivered = wire.delivery.findall(chunk)
         if delivered:
-            tally.deliveries += len(delivered)
-            tally.latencies.extend([now - int(ts) for ts in delivered])
+            sent = [int(ts) for ts in delivered]
+            tally.deliveries += len(sent)
+            tally.latencies.extend([now - ts for ts in sent])
+            tally.kernel_latencies.extend([kernel - ts for ts in sent])
             tally.last_ns = now
         if len(delivered) > chunk.count(b"\n"):
             pass  # every line was a delivery: nothing else to look for (the common case)
@@ -168,28 +227,78 @@ class Link(asyncio.Protocol):
         lines = chunk.split(b"\n")
         for index, line in enumerate(lines):
             verdict = self.wire.signed_in(line.rstrip(b"\r"))
+            if verdict is False:
+                self.refusal = line
             if verdict is not None:
                 self.signed_in.set_result(verdict)
                 return b"\n".join(lines[index + 1 :])
         return b""
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
+        if self.closed:
+            return
+        if not self.out:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._lost()
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self.loop.add_writer(self.sock.fileno(), self._flush)
+        self.out += data
+        if len(self.out) > _HIGH_WATER:
+            self.writable.clear()
+
+    def _flush(self) -> None:
+        try:
+            sent = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._lost()
+            return
+        del self.out[:sent]
+        if not self.out:
+            self.loop.remove_writer(self.sock.fileno())
+        if len(self.out) <= _HIGH_WATER:
+            self.writable.set()
 
     def close(self) -> None:
         self.closing = True
-        if self.transport is not None:
-            self.transport.close()
+        if not self.closed:
+            self.closed = True
+            self._release()
 
 
-async def open_link(wire: Wire, tally: Tally, port: int, credential: Credential) -> Link:
+async def open_link(
+    wire: Wire, tally: Tally, port: int, credential: Credential, source: str = LOOPBACK
+) -> Link:
     loop = asyncio.get_running_loop()
-    _, link = await loop.create_connection(lambda: Link(wire, tally), LOOPBACK, port)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.bind((source, 0))
+        await loop.sock_connect(sock, (LOOPBACK, port))
+    except BaseException:
+        sock.close()
+        raise
+    link = Link(wire, tally, sock)
     link.write(wire.sign_in(credential))
-    if not await link.signed_in:
+    try:
+        verdict = await link.signed_in
+    except BaseException:
         link.close()
-        raise ConnectionError(f"{credential.name} could not sign in")
+        raise
+    if not verdict:
+        link.close()
+        code = _CODE.search(link.refusal)
+        raise ConnectionError(code.group(1).decode() if code else "closed")
     return link
 
 
@@ -202,6 +311,10 @@ class Worker:
         self.storm_links: list[Link] = []
         self.login_latencies = array("q")
         self.failed_logins = 0
+        self.storm_count = 0
+        self.runs = 0
+        self.refusals: dict[str, int] = {}
+        """Storm sign-ins that failed, by error code (or timeout, connect, closed)."""
 
     async def connect(self) -> dict[str, Any]:
         started = time.monotonic()
@@ -212,8 +325,16 @@ class Worker:
             remaining = deadline - time.monotonic()
             batch = clients[first : first + self.plan.connect_batch]
             tasks = [
-                asyncio.ensure_future(open_link(self.wire, self.tally, self.plan.port, c))
-                for c in batch
+                asyncio.ensure_future(
+                    open_link(
+                        self.wire,
+                        self.tally,
+                        self.plan.port,
+                        c,
+                        source_address(self.plan.number, first + k),
+                    )
+                )
+                for k, c in enumerate(batch)
             ]
             done, pending = await asyncio.wait(tasks, timeout=max(0.1, remaining))
             for task in pending:
@@ -229,7 +350,20 @@ class Worker:
             "connected": len(self.links),
             "failed": failed,
             "seconds": time.monotonic() - started,
+            "cpu": _cpu(),
         }
+
+    def _reset(self) -> None:
+        """Counts and latencies start from nothing again after each run (a row's repeats
+        share one session). Not at the start of a run: the other workers may have started
+        sending before this one was told to go, and what arrived meanwhile counts."""
+        tally = self.tally
+        tally.deliveries = tally.acks = tally.errors = tally.last_ns = 0
+        tally.latencies, tally.kernel_latencies = array("q"), array("q")
+        tally.ack_latencies = array("q")
+        self.login_latencies = array("q")
+        self.failed_logins = 0
+        self.refusals = {}
 
     async def run(self) -> dict[str, Any]:
         plan = self.plan
@@ -254,7 +388,12 @@ class Worker:
                 await asyncio.wait_for(storm, max(0.1, deadline - time.monotonic()))
         cpu = _cpu() - cpu0
         wall = time.monotonic() - wall0
-        return {
+        self.runs += 1
+        # Storm connections that stayed leave now, so that the next run starts as this one did.
+        for link in self.storm_links:
+            link.close()
+        self.storm_links.clear()
+        report = {
             "deliveries": tally.deliveries,
             "expected_deliveries": plan.expect_deliveries,
             "acks": tally.acks,
@@ -262,26 +401,32 @@ class Worker:
             "errors": tally.errors,
             "lost_connections": tally.lost_connections,
             "latencies": tally.latencies.tobytes(),
+            "kernel_latencies": tally.kernel_latencies.tobytes(),
+            "stamped": all(link.stamped for link in self.links),
             "ack_latencies": tally.ack_latencies.tobytes(),
             "login_latencies": self.login_latencies.tobytes(),
             "failed_logins": self.failed_logins,
+            "refusals": self.refusals,
             "start_ns": start_ns,
             "last_ns": tally.last_ns,
             "cpu": cpu,
             "wall": wall,
         }
+        self._reset()
+        return report
 
     async def _send(self, plan: SendPlan) -> None:
         link = self.links[plan.client]
-        if plan.window:
+        if plan.window and link.window is None:
             link.window = asyncio.Semaphore(plan.window)
         started = time.monotonic() + plan.phase
         message = self.wire.message
-        for number in range(plan.count):
+        first = self.runs * plan.count  # client ids new in every run (no retries seen)
+        for number in range(first, first + plan.count):
             if link.closed:
                 return
             if plan.rate:
-                delay = started + number / plan.rate - time.monotonic()
+                delay = started + (number - first) / plan.rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
             elif number % 32 == 31:
@@ -305,12 +450,27 @@ class Worker:
 
     async def _sign_in(self, credential: Credential) -> None:
         began = time.monotonic_ns()
+        self.storm_count += 1
         try:
             link = await asyncio.wait_for(
-                open_link(self.wire, Tally(), self.plan.port, credential), 30
+                open_link(
+                    self.wire,
+                    Tally(),
+                    self.plan.port,
+                    credential,
+                    source_address(self.plan.number, len(self.plan.clients) + self.storm_count),
+                ),
+                30,
             )
-        except (OSError, ConnectionError, TimeoutError):
+        except ConnectionError as exc:  # refused: by its error code
             self.failed_logins += 1
+            reason = str(exc) or "closed"
+            self.refusals[reason] = self.refusals.get(reason, 0) + 1
+            return
+        except (OSError, TimeoutError) as exc:
+            self.failed_logins += 1
+            reason = "timeout" if isinstance(exc, TimeoutError) else "connect"
+            self.refusals[reason] = self.refusals.get(reason, 0) + 1
             return
         self.login_latencies.append(time.monotonic_ns() - began)
         if self.plan.storm is not None and self.plan.storm.stay:

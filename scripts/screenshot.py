@@ -38,11 +38,11 @@ GENERAL = [
         "Yes — the reconnect is much smoother now. I restarted the server twice and "
         "nothing got lost or shown twice.",
     ),
-    ("alice", "That was the cursor work. Every message has a seq, the client resumes after it."),
-    ("dmitry", "Отлично, значит можно обновлять сервер днём ☕"),
+    ("alice", "That was the cursor work. Every message has a seq, the client resums after it."),
     ("bob", "Lunch at 12:30?"),
-    ("alice", "Sure, see you there."),
+    ("bob", "The menu: https://example.org/cafe/today"),
 ]
+"""General's messages, in order; then replies, an edit and reactions (see ``populate``)."""
 
 
 def free_port() -> int:
@@ -111,8 +111,20 @@ class Others:
     async def populate(self) -> None:
         for name in ("alice", "bob", "carol", "dmitry", "elena", "frank", "grace"):
             await self.join(name)
-        for sender, text in GENERAL:
-            await self.clients[sender].send(text)
+        sent = [await self.clients[sender].send(text) for sender, text in GENERAL]
+        seq = {text.split()[0]: m.seq for (_s, text), m in zip(GENERAL, sent, strict=True)}
+        dmitry, alice = self.clients["dmitry"], self.clients["alice"]
+        await dmitry.post("general", "Смотрел, всё работает ☕", reply_to=seq["Привет!"])
+        await alice.edit("general", seq["That"], GENERAL[3][1].replace("resums", "resumes"))
+        for name, emoji, on in (
+            ("bob", "👍", "Yes"),
+            ("elena", "👍", "Yes"),
+            ("alice", "👍", "Yes"),
+            ("dmitry", "🎉", "Yes"),
+            ("carol", "❤️", "That"),
+        ):
+            await self.clients[name].react("general", seq[on], emoji)
+        await alice.post("general", "Sure, see you there.", reply_to=seq["Lunch"])
         await self.clients["carol"].dm("alice", "Can you review my patch later?")
         await self.clients["alice"].dm("carol", "Sure, after lunch.")
         await self.clients["dmitry"].dm("alice", "Спасибо за помощь вчера!")
@@ -182,6 +194,11 @@ def main() -> None:
             pump(0.3)
             app.presenter.select("#general")
             pump(0.8)
+            lunch = next(
+                row.id for row in app.presenter._shown_rows if row.text == "Lunch at 12:30?"
+            )
+            app.presenter.reply(lunch)
+            pump(0.3)
             chat = app.window.chat.composer
             chat.insert("1.0", "On my way! ")
             pump(0.3)

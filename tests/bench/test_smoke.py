@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-import pg_server
-
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = (
+    "commit",
     "fanout",
     "dm",
     "durable",
@@ -25,7 +24,6 @@ SCENARIOS = (
     "storm",
     "channels",
     "channel_sync",
-    "hot_counter",
 )
 TIMEOUT_FACTOR = float(os.environ.get("BESEDA_TEST_TIMEOUT_FACTOR", "1"))
 
@@ -50,10 +48,21 @@ def test_every_scenario_has_figures(smoke: tuple[dict, str]) -> None:
     results, _ = smoke
     scenarios = results["scenarios"]
     assert set(SCENARIOS) <= set(scenarios)
-    for row in scenarios["fanout"] + scenarios["dm"]:
+    served = [row for row in scenarios["dm"] if row["contender"] != "raw_sqlite3"]
+    for row in scenarios["fanout"] + served:
         assert row["deliveries"] > 0, row
         assert row["p99_ms"] is not None, row
+        assert row["app_p99_ms"] is not None, row
+        assert row["kernel_stamps"], row  # latency from the kernel's receive timestamps
         assert row["cpu_us_per_unit"] is not None, row
+        assert row["runs"]["cpu_us_per_unit"], row
+    beseda_dm = next(row for row in served if row["contender"] == "beseda")
+    assert beseda_dm["commits"] > 0
+    assert beseda_dm["messages_per_commit"] > 0
+    raw = next(row for row in scenarios["dm"] if row["contender"] == "raw_sqlite3")
+    assert raw["cpu_us_per_unit"] > 0
+    assert scenarios["commit"]["p99_ms"] > 0
+    assert scenarios["storm"]["capacity"]["hashes_per_s"] > 0
     assert {row["mode"] for row in scenarios["fanout"]} == {"burst", "paced"}
     assert scenarios["durable"]["beseda"]["acks"] > 0
     assert scenarios["durable"]["raw_sqlite3"]["rows"] > 0
@@ -74,39 +83,50 @@ def test_every_scenario_has_figures(smoke: tuple[dict, str]) -> None:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.skipif(not pg_server.available(), reason="PostgreSQL is not installed")
-def test_the_postgresql_rows_have_figures(smoke: tuple[dict, str]) -> None:
-    results, markdown = smoke
-    scenarios = results["scenarios"]
-    on_postgres = scenarios["durable"]["beseda_postgresql"]
-    assert on_postgres["engine"] == "postgresql"
-    assert on_postgres["acks"] == on_postgres["messages"] > 0
-    assert on_postgres["vs_sqlite"] is not None
-    assert on_postgres["postgres_cpu_us_per_message"] > 0
-    rows = scenarios["hot_counter"]
-    writers = results["sizes"]["counter_writers"]
-    assert {(row["writers"], row["conversations"]) for row in rows} == {
-        (n, kind) for n in writers for kind in ("one (hot)", "one each")
-    }
-    for row in rows:
-        assert row["messages"] == row["writers"] * results["sizes"]["counter_messages"]
-        assert row["per_s"] > 0
-    assert all(row["cost_vs_own"] > 0 for row in rows if row["conversations"] == "one (hot)")
-    assert "durable throughput on PostgreSQL" in markdown
-    assert "## PostgreSQL: a hot conversation's counter row" in markdown
-
-
-@pytest.mark.timeout(180)
 def test_report_has_the_targets_table(smoke: tuple[dict, str]) -> None:
     _, markdown = smoke
     assert "## Targets" in markdown
     for phrase in (
+        "raw commit",
         "fan-out",
         "durable throughput",
         "idle",
         "history",
-        "sign-in storm",
+        "sign-ins at",
         "channels fan-out",
         "sync in",
     ):
         assert phrase in markdown
+
+
+def test_the_search_scenario_measures_every_query_kind(tmp_path: Path) -> None:
+    out = tmp_path / "search.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.search",
+            "--messages",
+            "2000",
+            "--rounds",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120 * TIMEOUT_FACTOR,
+    )
+    results = json.loads(out.read_text(encoding="utf-8"))
+    built = results["build"]
+    assert isinstance(built, dict)
+    assert built["messages"] == 2000
+    assert built["index_on_upgrade_s"] > 0
+    assert built["index_rows"] > 0
+    queries = results["queries"]
+    assert isinstance(queries, dict)
+    assert set(queries) == {"word", "prefix", "substring", "phrase", "filtered"}
+    for kind, figures in queries.items():
+        assert figures["p99_ms"] >= figures["p50_ms"] > 0, kind
+        assert figures["hits"] > 0, kind  # the corpus has what each kind looks for

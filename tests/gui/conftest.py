@@ -170,3 +170,70 @@ def windows(display: str, tmp_path: Path) -> Iterator[Windows]:
     opened = Windows(tmp_path)
     yield opened
     opened.close()
+
+
+class Link:
+    """A TCP relay from a client to a server that a test cuts (the client's network goes
+    away: its connections drop, new ones are refused) and restores, on the same port."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.port = 0
+        self._listener: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.restore()
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, upstream}
+        await asyncio.gather(self._pipe(reader, upstream), self._pipe(upstream_reader, writer))
+        self._writers -= {writer, upstream}
+
+    def restore(self) -> None:
+        async def listen() -> asyncio.Server:
+            return await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+        self._listener = self._run(listen())
+        self.port = self._listener.sockets[0].getsockname()[1]
+
+    def cut(self) -> None:
+        async def cut() -> None:
+            listener, self._listener = self._listener, None
+            if listener is not None:
+                listener.close()
+            for writer in list(self._writers):
+                writer.close()
+            if listener is not None:
+                await listener.wait_closed()
+
+        self._run(cut())
+
+    def close(self) -> None:
+        self.cut()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

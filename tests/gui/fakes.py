@@ -9,11 +9,13 @@ from typing import Any
 from beseda.gui.presenter import (
     ChannelRow,
     ChannelSettings,
+    ComposerContext,
     ConversationRow,
     Header,
     MembersPanel,
     MessageRow,
     PersonRow,
+    SearchPanel,
     SignInForm,
     Status,
     SwitcherRow,
@@ -29,7 +31,7 @@ class FakeView:
         self.conversations: list[ConversationRow] = []
         self.selected = ""
         self.header: Header | None = None
-        self.rows: list[MessageRow] = []
+        self.all_rows: list[MessageRow] = []
         self.edits: list[tuple[int, int, int, bool]] = []
         self.status: Status | None = None
         self.people: list[PersonRow] = []
@@ -47,6 +49,11 @@ class FakeView:
         self.settings: ChannelSettings | None = None
         self.settings_shown = 0
         self.composer_note = ""
+        self.context: ComposerContext | None = None
+        self.composer_text = ""
+        self.confirm = ""
+        self.search: SearchPanel | None = None
+        self.scrolled_to: list[str] = []
 
     def show_sign_in(self, form: SignInForm) -> None:
         self.screen, self.form = "sign_in", form
@@ -69,9 +76,9 @@ class FakeView:
         reset: bool,
         follow: bool = True,
     ) -> None:
-        assert 0 <= start <= len(self.rows)
-        assert start + removed <= len(self.rows)
-        self.rows[start : start + removed] = rows
+        assert 0 <= start <= len(self.all_rows)
+        assert start + removed <= len(self.all_rows)
+        self.all_rows[start : start + removed] = rows
         self.edits.append((start, removed, len(rows), reset))
 
     def show_status(self, status: Status) -> None:
@@ -114,10 +121,30 @@ class FakeView:
     def set_title(self, title: str) -> None:
         self.title = title
 
+    def show_composer_context(self, context: ComposerContext | None) -> None:
+        self.context = context
+
+    def set_composer_text(self, text: str) -> None:
+        self.composer_text = text
+
+    def show_confirm(self, text: str) -> None:
+        self.confirm = text
+
+    def show_search(self, panel: SearchPanel) -> None:
+        self.search = panel
+
+    def scroll_to_row(self, row_id: str) -> None:
+        self.scrolled_to.append(row_id)
+
     def bell(self) -> None:
         self.bells += 1
 
     # -- for assertions
+    @property
+    def rows(self) -> list[MessageRow]:
+        """The rows shown, the lines above each day left out."""
+        return [row for row in self.all_rows if not row.day]
+
     def texts(self) -> list[str]:
         """The messages shown (the "new messages" line left out)."""
         return [row.text for row in self.rows if not row.marker]
@@ -139,6 +166,8 @@ class FakeBackend:
     sessions: int = 0
     fingerprints: list[str | None] = field(default_factory=list)
     """The ``fingerprint`` of each sign_in, in order."""
+    history_limits: list[int] = field(default_factory=list)
+    """The ``limit`` of each history call, in order."""
 
     def sign_in(
         self,
@@ -168,9 +197,23 @@ class FakeBackend:
         self.calls.append(("send", (local_id, peer, text)))
 
     def history(
-        self, key: str, *, conversation: str | None, peer: str | None, before: int | None
+        self,
+        key: str,
+        *,
+        conversation: str | None,
+        peer: str | None,
+        before: int | None,
+        limit: int = schema.DEFAULT_PAGE,
+        after: int | None = None,
+        around: int | None = None,
     ) -> None:
-        self.calls.append(("history", (key, conversation, peer, before)))
+        if after is not None:
+            self.calls.append(("history_after", (key, conversation, after)))
+        elif around is not None:
+            self.calls.append(("history_around", (key, conversation, around)))
+        else:
+            self.calls.append(("history", (key, conversation, peer, before)))
+        self.history_limits.append(limit)
 
     def users(self, request: int, query: str, *, after: str | None = None) -> None:
         self.calls.append(("users", (request, query, after)))
@@ -178,8 +221,28 @@ class FakeBackend:
     def watch(self, names: list[str]) -> None:
         self.calls.append(("watch", list(names)))
 
-    def post(self, local_id: str, conversation: str, text: str) -> None:
-        self.calls.append(("post", (local_id, conversation, text)))
+    def post(
+        self, local_id: str, conversation: str, text: str, *, reply_to: int | None = None
+    ) -> None:
+        if reply_to is None:
+            self.calls.append(("post", (local_id, conversation, text)))
+        else:
+            self.calls.append(("reply", (local_id, conversation, text, reply_to)))
+
+    def edit(self, conversation: str, seq: int, text: str) -> None:
+        self.calls.append(("edit", (conversation, seq, text)))
+
+    def delete(self, conversation: str, seq: int) -> None:
+        self.calls.append(("delete", (conversation, seq)))
+
+    def react(self, conversation: str, seq: int, emoji: str) -> None:
+        self.calls.append(("react", (conversation, seq, emoji)))
+
+    def unreact(self, conversation: str, seq: int, emoji: str) -> None:
+        self.calls.append(("unreact", (conversation, seq, emoji)))
+
+    def search(self, request: int, query: str, *, cursor: str | None = None) -> None:
+        self.calls.append(("search", (request, query, cursor)))
 
     def create_channel(self, name: str, *, public: bool, topic: str) -> None:
         self.calls.append(("create_channel", (name, public, topic)))

@@ -18,6 +18,7 @@ from beseda.protocol import schema
 from .fakes import Clock, FakeBackend, message
 from .test_gui_channel_settings import managed
 from .test_gui_conversations import DEV, GROUP, SERVER, group_members, infos
+from .test_gui_windows import badge, chat_title
 
 pytestmark = [pytest.mark.gui, pytest.mark.timeout(60)]
 
@@ -68,10 +69,10 @@ def test_the_sidebar_shows_sections_and_a_mention_badge_in_the_accent_colour(
     assert tree.item(SECTION + "direct", "text") == "Direct messages"
     assert tree.get_children(SECTION + "channels") == (DEV, "#general")
     assert tree.get_children(SECTION + "direct") == (GROUP, dm_key("bob"))
-    assert tree.item(GROUP, "text").strip() == "anna, boris"
-    assert tree.set(DEV, "unread") == "@1"
+    assert chat_title(tree, GROUP) == "anna, boris"
+    assert badge(tree, DEV) == "@1"
     assert "mention" in tree.item(DEV, "tags")
-    assert tree.set(dm_key("bob"), "unread") == "1"
+    assert badge(tree, dm_key("bob")) == "1"
     assert str(tree.tag_configure("mention", "foreground")) == theme.PALETTE.accent
 
 
@@ -83,7 +84,7 @@ def test_opening_a_channel_shows_its_topic_clears_its_badge_and_reads_it(window:
     assert chat.title_label.cget("text") == "# dev"
     assert chat.subtitle_label.cget("text") == "Release on Friday"
     assert chat.members_button.winfo_ismapped()
-    assert chat.chat_list.set(DEV, "unread") == ""
+    assert badge(chat.chat_list, DEV) == ""
     assert window.backend.last("read") == (DEV, 8)
 
 

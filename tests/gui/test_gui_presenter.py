@@ -237,7 +237,13 @@ def test_signed_in_shows_channels_then_direct_chats_newest_first_with_presence(
         ("carol", False, "direct"),
     ]
     assert view.selected == GENERAL_KEY
-    assert backend.last("history") == (GENERAL_KEY, "general", None, None)
+    # General's newest page, and the last message of each other chat for its preview.
+    assert backend.of("history") == [
+        (GENERAL_KEY, "general", None, None),
+        (dm_key("bob"), "dm:1:2", None, None),
+        (dm_key("carol"), "dm:1:3", None, None),
+    ]
+    assert backend.history_limits == [schema.DEFAULT_PAGE, 1, 1]
     assert backend.of("users") == [(1, "", None)]
     # First run on this machine: nothing old counts as unread.
     assert view.unread() == {"bob": 0, "carol": 0, "General": 0}
@@ -509,7 +515,9 @@ def test_scrolling_to_the_top_loads_older_pages(
     history(presenter, GENERAL_KEY, [message(s) for s in range(21, 71)], more=False, before=71)
     assert [r.id for r in view.rows[:2]] == ["seq:21", "seq:22"]
     assert len(view.rows) == 100
-    assert view.edits[-1][:2] == (0, 0)  # prepended: the view keeps its place
+    # Prepended after the day's line; the run of Bob's messages now starts with #21, so
+    # #71 loses its header. The view keeps its place.
+    assert view.edits[-1][:2] == (1, 1)
     presenter.scrolled(0.0, 0.4)
     assert len(backend.of("history")) == 2  # no more to load
 
@@ -551,7 +559,8 @@ def test_new_messages_while_reading_older_ones_do_not_jump(
     presenter.scrolled(0.2, 0.5)
     feed(presenter, *received(message(51, "new one")))
     start, removed, added, reset = view.edits[-1]
-    assert (start, removed, added, reset) == (50, 0, 2, False)  # the line and the message
+    # After the day's line and the 50: the "new messages" line and the message.
+    assert (start, removed, added, reset) == (51, 0, 2, False)
     assert view.marker_above() == "new one"
 
 

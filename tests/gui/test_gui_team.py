@@ -10,7 +10,7 @@ from beseda.gui.presenter import CHANNELS, DIRECT, GENERAL_KEY
 from beseda.gui.views import SECTION
 
 from .conftest import ServerThread, Windows
-from .test_gui_windows import shown, sign_up, type_and_send, unread_badge
+from .test_gui_windows import chat_title, shown, sign_up, type_and_send, unread_badge
 
 pytestmark = [pytest.mark.gui, pytest.mark.timeout(60)]
 
@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.gui, pytest.mark.timeout(60)]
 def sidebar(app: App, section: str) -> list[str]:
     """The titles in one section of the sidebar, top to bottom, as shown."""
     tree = app.window.chat.chat_list
-    return [str(tree.item(i, "text")).strip() for i in tree.get_children(SECTION + section)]
+    return [chat_title(tree, i) for i in tree.get_children(SECTION + section)]
 
 
 def key_of(app: App, title: str) -> str:
@@ -26,7 +26,7 @@ def key_of(app: App, title: str) -> str:
     tree = app.window.chat.chat_list
     for section in (CHANNELS, DIRECT):
         for item in tree.get_children(SECTION + section):
-            if str(tree.item(item, "text")).strip() == title:
+            if chat_title(tree, item) == title:
                 return str(item)
     raise LookupError(title)
 
@@ -164,7 +164,7 @@ def test_a_team_of_three_channels_a_group_mentions_and_a_removal(
     assert GENERAL_KEY in vera.window.chat.chat_list.get_children(SECTION + CHANNELS)
     open_chat(windows, vera, "anna, boris")
     windows.wait(lambda: "a later word" in shown(vera))
-    assert shown(vera).startswith("anna created the conversation")
+    assert shown(vera).startswith("Today\nanna created the conversation")
     assert vera.window.chat.subtitle_label.cget("text") == "3 members"
     # Vera cannot find the private channel either.
     vera.window.chat.browse_button.invoke()

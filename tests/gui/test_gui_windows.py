@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from tkinter import ttk
 
 import pytest
 
@@ -45,7 +46,21 @@ def shown(app: App) -> str:
 
 
 def unread_badge(app: App, key: str) -> str:
-    return str(app.window.chat.chat_list.set(key, "unread"))
+    """The badge of a chat in the sidebar (under the time of its last message)."""
+    return badge(app.window.chat.chat_list, key)
+
+
+def badge(tree: ttk.Treeview, key: str) -> str:
+    return str(tree.set(key, "meta")).partition("\n")[2]
+
+
+def chat_title(tree: ttk.Treeview, key: str) -> str:
+    """A sidebar row's first line: the chat's name (its last message is under it)."""
+    return str(tree.item(key, "text")).strip().split("\n")[0]
+
+
+def chat_preview(tree: ttk.Treeview, key: str) -> str:
+    return str(tree.item(key, "text")).partition("\n")[2].strip()
 
 
 def test_sign_up_and_talk_in_general_both_ways(windows: Windows, chat_server: ServerThread) -> None:

@@ -69,7 +69,7 @@ async def test_accounts_through_the_library(server: Server) -> None:
         registered = await first.register("Alice", PASSWORD)
         assert registered.user == first.user == "Alice"
         assert first.hello is not None
-        assert first.hello.protocol == schema.PROTOCOL_VERSION == 3
+        assert first.hello.protocol == schema.PROTOCOL_VERSION == 4
         with pytest.raises(ProtocolError) as refused:
             await first.login("Alice", PASSWORD)
         assert refused.value.code == "already_authenticated"

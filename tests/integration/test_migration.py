@@ -115,3 +115,27 @@ async def test_old_conversations_are_general_and_direct_ones_with_their_members(
         (channel, 2, "message"),
     ]
     await vera.close()
+
+
+async def test_the_upgrade_indexes_every_old_message_for_search(
+    tmp_path: Path, make_server: Callable[..., Server]
+) -> None:
+    shutil.copy(OLD, tmp_path / "beseda.db")
+    server = make_server()
+    await server.start()
+    anna = await login(server.port, "anna", protocol=4)
+    found = await anna.call("search", query="ПРИВЕТ")
+    assert [(h["conversation"], h["snippet"]) for h in found["results"]] == [
+        ("general", "привет всем")
+    ]
+    secrets = await anna.call("search", query="secret")
+    assert sorted(h["seq"] for h in secrets["results"]) == [1, 2]
+    await anna.close()
+    vera = await login(server.port, "vera", protocol=4)
+    # vera is not in anna and boris's conversation: their secrets are not hers to find.
+    assert (await vera.call("search", query="secret"))["results"] == []
+    assert [h["snippet"] for h in (await vera.call("search", query="anna"))["results"]] == [
+        "hi anna"
+    ]
+    await vera.close()
+    await server.stop()

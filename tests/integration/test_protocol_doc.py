@@ -414,6 +414,13 @@ def test_the_doc_names_every_error_code_and_limit() -> None:
         schema.MAX_SYNC_CURSORS,
         schema.MAX_WATCH,
         defaults.send_buffer_bytes,
+        schema.REPLY_PREVIEW_CHARS,
+        schema.MAX_REACTIONS,
+        schema.MAX_EMOJI_CHARS,
+        schema.MAX_SEARCH_QUERY_CHARS,
+        schema.MAX_SEARCH_TERMS,
+        schema.MAX_SEARCH_PAGE,
+        schema.SEARCH_SNIPPET_CHARS,
     ):
         assert f"{value:,}" in text, f"the limit {value:,} is not in the doc"
     for phrase in (

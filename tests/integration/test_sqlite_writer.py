@@ -20,7 +20,15 @@ import pytest
 
 from beseda.protocol.schema import GENERAL, Message
 from beseda.storage import NameTakenError, NewMessage, StorageError, UserRecord
-from beseda.storage.sqlite import _CAREFUL_AFTER, SQLiteStorage
+from beseda.storage import sqlite as sqlite_module
+from beseda.storage.sqlite import (
+    _CAREFUL_AFTER,
+    MAX_BATCH,
+    MAX_GATHER,
+    SQLiteStorage,
+    connect,
+    gather_wait,
+)
 from storage_helpers import TS, direct, general, write_lock
 
 T = TypeVar("T")
@@ -313,13 +321,14 @@ async def test_a_second_store_on_the_same_file(tmp_path: Path) -> None:
 
 async def test_a_raw_connection_inserting_behind_the_writers_back(storage: SQLiteStorage) -> None:
     """Another program inserts messages without touching the counter row: the writer goes on
-    after them rather than colliding or reusing a seq."""
+    after them rather than colliding or reusing a seq. (It opens the file with beseda's
+    ``connect``: the search index's triggers need the functions it registers.)"""
     alice = await storage.create_user("alice", "alice", "h", TS)
     bob = await storage.create_user("bob", "bob", "h", TS)
     first, _ = await storage.append_message(direct(alice, bob, "d1"))
     await storage.append_message(general(alice, "g1"))
 
-    raw = sqlite3.connect(storage.path, isolation_level=None)
+    raw = connect(storage.path)
     try:
         raw.executemany(
             "INSERT INTO messages (conversation, seq, sender_id, recipient_id, client_id, text, ts)"
@@ -729,3 +738,71 @@ async def test_runs_answer_like_one_message_at_a_time(tmp_path: Path, seed: int)
             await store.close()
     assert outcomes[0] == outcomes[1]
     assert any(isinstance(a, tuple) and a[1] is True for a in outcomes[0])  # some duplicates
+
+
+# -- gathering writes that arrive one at a time ------------------------------------------------
+
+
+def test_the_writer_waits_only_when_the_wait_is_expected_to_double_the_commit() -> None:
+    steady = 1 / MAX_GATHER  # one more write expected within the wait
+    assert gather_wait(0.0, 1) == 0.0  # idle: commit at once
+    assert gather_wait(200.0, 1) == 0.0  # paced, a write every 5 ms: nothing to wait for
+    assert gather_wait(steady, 1) == MAX_GATHER
+    assert gather_wait(4 * steady, 4) == MAX_GATHER
+    assert gather_wait(4 * steady, 5) == 0.0  # would not double what is queued
+    assert gather_wait(1e9, MAX_BATCH) == 0.0  # a full batch never waits
+
+
+async def test_writes_arriving_during_the_wait_share_its_commit(
+    storage: SQLiteStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    bob = await storage.create_user("bob", "bob", "h", TS)
+    monkeypatch.setattr(sqlite_module, "MAX_GATHER", 0.5)
+    monkeypatch.setattr(sqlite_module, "_RATE_WINDOW", 3600.0)  # the rate set below holds
+    writer = storage._writer
+    assert writer is not None
+    writer.rate = 100.0  # as if writes had been arriving: 50 expected within the wait
+    before = dict(storage.stats)
+    first = storage.append_message(direct(alice, bob, "a"))
+    await asyncio.sleep(0.05)  # the writer holds the first write while it waits
+    assert not first.done()  # nothing is acknowledged before its commit
+    second = storage.append_message(direct(bob, alice, "b"))
+    third = storage.append_message(general(alice, "c"))
+    results = [m for m, _ in await asyncio.gather(first, second, third)]
+    assert storage.stats["batches"] - before["batches"] == 1
+    assert storage.stats["gathered"] - before["gathered"] == 1
+    assert [m.seq for m in results] == [1, 2, 1]
+    assert [m.id for m in results] == sorted(m.id for m in results)
+    assert_gap_free(results, storage.path)
+    await assert_stored_as_acknowledged(storage, results)
+
+
+async def test_closing_during_a_wait_commits_what_was_gathered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "beseda.db"
+    storage = SQLiteStorage(path)
+    await storage.open()
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    monkeypatch.setattr(sqlite_module, "MAX_GATHER", 0.2)
+    monkeypatch.setattr(sqlite_module, "_RATE_WINDOW", 3600.0)
+    assert storage._writer is not None
+    storage._writer.rate = 1000.0
+    pending = storage.append_message(general(alice, "last words"))
+    await asyncio.sleep(0.01)
+    await storage.close()
+    message, _ = await pending
+    assert stored_seqs(path, GENERAL) == [message.seq]
+
+
+async def test_a_write_after_a_pause_does_not_wait(storage: SQLiteStorage) -> None:
+    """The rate of a burst long past is stale: the next write is committed at once."""
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    assert storage._writer is not None
+    storage._writer.rate = 1e6  # as if a burst had just been written
+    await asyncio.sleep(0.1)  # longer than the rate's window
+    before = dict(storage.stats)
+    await storage.append_message(general(alice, "after the burst"))
+    assert storage.stats["batches"] - before["batches"] == 1
+    assert storage.stats["gathered"] == before["gathered"]

@@ -328,7 +328,11 @@ def test_nobody_reads_what_is_not_theirs(shape: tuple[int, int], tmp_path: Path)
                 room = rooms[conversation]
                 client_id = self._client_id(user)
                 entry, code = runner.run(
-                    outcome(self.clients[user].post(conversation, f"to {conversation}", client_id))
+                    outcome(
+                        self.clients[user].post(
+                            conversation, f"secret to {conversation}", client_id
+                        )
+                    )
                 )
                 if entry is None:
                     stats["post refused"] += 1
@@ -356,6 +360,42 @@ def test_nobody_reads_what_is_not_theirs(shape: tuple[int, int], tmp_path: Path)
                 stats["room read"] += 1
                 page = runner.run(client.history(conversation, limit=200))
                 self._check(user, page.entries)
+
+            @rule(
+                user=st.sampled_from(USERS),
+                other=st.sampled_from(USERS),
+                query=st.sampled_from(["secret", "from:{other}", "secret from:{other}", "for"]),
+                best=st.booleans(),
+            )
+            def search(self, user: str, other: str, query: str, best: bool) -> None:
+                """Search finds only what the searcher may read, on every page."""
+                if not self.online[user]:
+                    return
+                stats["search"] += 1
+                client = self.clients[user]
+                cursor = None
+                for _ in range(5):
+                    page = runner.run(
+                        client.search(
+                            query.format(other=other),
+                            order="best" if best else "newest",
+                            cursor=cursor,
+                            limit=50,
+                        )
+                    )
+                    for hit in page.results:
+                        stats["search hits"] += 1
+                        room = rooms.get(hit.conversation)
+                        if hit.conversation.startswith("c:"):
+                            assert room is not None, (user, hit)
+                            assert room.allowed(user, hit.seq), (user, hit)
+                        elif hit.conversation != schema.GENERAL:
+                            members = dm_members(hit.conversation)
+                            assert members is not None, (user, hit)
+                            assert ids[user] in members, (user, hit)
+                    cursor = page.next
+                    if cursor is None:
+                        break
 
             @rule(user=st.sampled_from(USERS), query=st.sampled_from(["", "a", "b", "zz"]))
             def directory(self, user: str, query: str) -> None:

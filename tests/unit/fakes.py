@@ -406,6 +406,7 @@ class MemoryStorage:
         floor: int = 0,
         ceiling: int | None = None,
         max_bytes: int | None = None,
+        reader: int | None = None,
     ) -> tuple[list[Message], bool]:
         await self._io()
         older = [
@@ -414,6 +415,7 @@ class MemoryStorage:
             if (before is None or m.seq < before)
             and m.seq > floor
             and (ceiling is None or m.seq <= ceiling)
+            and m.kind not in schema.CHANGE_KINDS
         ]
         page: list[Message] = []
         left = max_bytes
@@ -435,6 +437,8 @@ class MemoryStorage:
         limit: int,
         *,
         max_bytes: int | None = None,
+        reader: int | None = None,
+        messages_only: bool = False,
     ) -> tuple[list[Message], bool]:
         await self._io()
         collected = sorted(
@@ -442,7 +446,9 @@ class MemoryStorage:
                 m
                 for conversation, (after, until) in ranges.items()
                 for m in self._messages.get(conversation, [])
-                if m.seq > after and (until is None or m.seq <= until)
+                if m.seq > after
+                and (until is None or m.seq <= until)
+                and (not messages_only or m.kind == "message")
             ),
             key=lambda m: m.id,
         )
@@ -458,6 +464,26 @@ class MemoryStorage:
                 left -= size
             page.append(m)
         return page, len(page) < len(collected)
+
+    # Replies, edits, deletes, reactions and search are tested against SQLite only (they
+    # are mostly storage): the twin lacks them.
+    def edit_message(self, edit: object) -> asyncio.Future[Message]:
+        raise NotImplementedError
+
+    def delete_message(self, deletion: object) -> asyncio.Future[Message]:
+        raise NotImplementedError
+
+    def set_reaction(self, change: object) -> asyncio.Future[tuple[Message | None, list[object]]]:
+        raise NotImplementedError
+
+    async def finish_erasure(self) -> None:
+        pass
+
+    async def history_after(self, *args: object, **kwargs: object) -> tuple[list[Message], bool]:
+        raise NotImplementedError
+
+    async def search(self, request: object) -> tuple[list[Message], int | None]:
+        raise NotImplementedError
 
     async def unread_counts(
         self, user_id: int, markers: list[tuple[str, int]], cap: int

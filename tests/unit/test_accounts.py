@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -555,6 +556,53 @@ async def test_places_are_kept_for_accounts_that_exist() -> None:
         hasher.close()
 
 
+async def test_a_burst_within_the_wait_is_queued_however_large() -> None:
+    """Within ``max_wait`` of hashing, a burst of logins waits its turn: none is refused,
+    however many more there are than the old fixed queue of 64."""
+    hasher = PasswordHasher(**FAST, workers=1, queue=1000, max_wait=60.0)
+    wrapper = gated(hasher)
+    try:
+        encoded = await hasher.hash("correct horse")  # times one hash (about a millisecond)
+        wrapper.gate.clear()
+        burst = [asyncio.ensure_future(hasher.verify(encoded, "correct horse")) for _ in range(300)]
+        await wait_for(lambda: hasher.pending == 300)
+        wrapper.gate.set()
+        assert await asyncio.gather(*burst) == [True] * 300
+    finally:
+        wrapper.gate.set()
+        hasher.close()
+
+
+async def test_a_login_that_would_wait_past_max_wait_is_refused_at_once() -> None:
+    """A hash measured at 0.2 s and a 1.1 s bound: with one worker, five may wait behind the
+    running one (1 s of work ahead of the last); the next is refused with a retry_after of
+    about the work ahead. Unknown names and registrations get three quarters of the bound."""
+    hasher = PasswordHasher(**FAST, workers=1, queue=1000, max_wait=1.1)
+    wrapper = gated(hasher)
+    wrapper.probe = lambda: time.sleep(0.2)
+    try:
+        encoded = await hasher.hash("correct horse")  # measured: about 0.2 s per hash
+        wrapper.probe = None
+        wrapper.gate.clear()
+        admitted = [
+            asyncio.ensure_future(hasher.verify(encoded, "correct horse")) for _ in range(6)
+        ]
+        await wait_for(lambda: hasher.pending == 6)
+        with pytest.raises(ProtocolError) as caught:
+            await hasher.verify(encoded, "correct horse")
+        assert caught.value.code == errors.RATE_LIMITED
+        assert caught.value.retry_after is not None
+        assert caught.value.retry_after >= 1.0
+        for unknown in (hasher.verify(None, "guess"), hasher.hash("new account")):
+            with pytest.raises(ProtocolError):
+                await unknown
+        wrapper.gate.set()
+        assert await asyncio.gather(*admitted) == [True] * 6
+    finally:
+        wrapper.gate.set()
+        hasher.close()
+
+
 def test_a_quarter_of_the_queue_is_reserved_by_default() -> None:
     hasher = PasswordHasher(**FAST, queue=64)
     try:
@@ -570,6 +618,8 @@ def test_bad_hasher_sizes_are_refused() -> None:
         PasswordHasher(**FAST, queue=-1)
     with pytest.raises(ValueError, match="reserved"):
         PasswordHasher(**FAST, queue=2, reserved=3)
+    with pytest.raises(ValueError, match="max_wait"):
+        PasswordHasher(**FAST, max_wait=-1.0)
 
 
 def test_one_worker_per_available_core_by_default() -> None:
@@ -652,7 +702,8 @@ def test_hash_limits_come_from_variables_and_flags(tmp_path: Path) -> None:
     default = Server(config.from_environment({}, db=tmp_path / "beseda.db"))
     try:
         assert default.hasher.workers == accounts.available_cores()
-        assert default.hasher.queue == config.Limits.hash_queue == 64
+        assert default.hasher.queue == config.Limits.hash_queue == 1024
+        assert default.hasher.max_wait == config.Limits.hash_max_wait == 5.0
     finally:
         default.hasher.close()
 

@@ -231,6 +231,26 @@ EVERY_REQUEST = [
         {"type": "typing", "id": 31, "conversation": "c:1"},
         schema.Typing(id=31, conversation="c:1"),
     ),
+    (
+        {"type": "edit", "id": 32, "conversation": "c:1", "seq": 4, "text": "fixed"},
+        schema.Edit(id=32, conversation="c:1", seq=4, text="fixed"),
+    ),
+    (
+        {"type": "delete", "id": 33, "conversation": "c:1", "seq": 4},
+        schema.Delete(id=33, conversation="c:1", seq=4),
+    ),
+    (
+        {"type": "react", "id": 34, "conversation": "c:1", "seq": 4, "emoji": "👍"},
+        schema.React(id=34, conversation="c:1", seq=4, emoji="👍"),
+    ),
+    (
+        {"type": "unreact", "id": 35, "conversation": "c:1", "seq": 4, "emoji": "👍"},
+        schema.Unreact(id=35, conversation="c:1", seq=4, emoji="👍"),
+    ),
+    (
+        {"type": "search", "id": 36, "query": "встреча from:bob", "order": "best"},
+        schema.Search(id=36, query="встреча from:bob", order="best"),
+    ),
 ]
 
 

@@ -7,13 +7,15 @@
 >>> async for event in client.events():
 ...     print(event)
 
-It speaks protocol 3 (channels, groups, entries, read markers, typing). It keeps a cursor
+It speaks protocol 4 (channels, groups, entries, read markers, typing; replies, edits,
+deletes, reactions and search). It keeps a cursor
 per conversation and delivers every entry exactly once, in order within
 its conversation, across dropped connections and server restarts: after reconnecting it logs
 in with the session token, resends unacknowledged messages with their original client ids
 (the server stores each only once) and syncs from its cursors.
 """
 
+from .changes import apply_change, quote_deleted
 from .connection import (
     Client,
     ClientEvent,
@@ -40,4 +42,6 @@ __all__ = [
     "ServerRefusedError",
     "StateChanged",
     "TypingStarted",
+    "apply_change",
+    "quote_deleted",
 ]

@@ -106,7 +106,7 @@ ClientEvent = (
     MessageReceived | EntryReceived | ReadMarker | TypingStarted | PresenceChanged | StateChanged
 )
 
-PROTOCOL: Final = 3
+PROTOCOL: Final = 4
 """The protocol version this library speaks (sent at every login)."""
 
 
@@ -291,14 +291,29 @@ class Client:
         *,
         peer: str | None = None,
         before: int | None = None,
+        after: int | None = None,
+        around: int | None = None,
         limit: int = schema.DEFAULT_PAGE,
     ) -> schema.EntriesResult:
-        """One page of history, oldest first; ``before=result.entries[0].seq`` pages back
-        (``result.messages`` is the same list, by its version-2 name)."""
+        """One page of history, oldest first, each message in its current state (text,
+        ``edited``, ``reactions``, ``reply``); change entries are left out.
+
+        ``before=result.entries[0].seq`` pages back (while ``result.more``);
+        ``after=result.entries[-1].seq`` pages forward (while ``result.newer``); ``around``
+        opens the page centred on one message. ``result.messages`` is the same list, by its
+        version-2 name."""
         if conversation is None and peer is None:
             conversation = schema.GENERAL
         return await self._call(
-            schema.History(id=0, conversation=conversation, peer=peer, before=before, limit=limit),
+            schema.History(
+                id=0,
+                conversation=conversation,
+                peer=peer,
+                before=before,
+                after=after,
+                around=around,
+                limit=limit,
+            ),
             schema.EntriesResult,
         )
 
@@ -365,16 +380,88 @@ class Client:
     # -- conversations (protocol 3) ------------------------------------------------------------
 
     async def post(
-        self, conversation: str, text: str, client_id: str | None = None
+        self,
+        conversation: str,
+        text: str,
+        client_id: str | None = None,
+        *,
+        reply_to: int | None = None,
     ) -> schema.Entry:
         """Post a message into any conversation one is a member of; returns the stored entry
-        once it is committed (resent after a reconnect with the same client id)."""
+        once it is committed (resent after a reconnect with the same client id).
+
+        ``reply_to``: the seq of the message of the same conversation it answers; the
+        entry's ``reply`` then quotes it."""
         request = schema.Post(
-            id=0, conversation=conversation, client_id=client_id or new_client_id(), text=text
+            id=0,
+            conversation=conversation,
+            client_id=client_id or new_client_id(),
+            text=text,
+            reply_to=reply_to,
         )
         result = await self._call(request, schema.PostResult)
         self._accept(result.entry)
         return result.entry
+
+    # -- messages (protocol 4) -----------------------------------------------------------------
+
+    async def edit(self, conversation: str, seq: int, text: str) -> schema.Entry:
+        """Replace the text of one's own message; returns the ``edited`` entry (also
+        delivered as :class:`EntryReceived`, exactly once)."""
+        return await self._change(
+            schema.Edit(id=0, conversation=conversation, seq=seq, text=text), retry=True
+        )
+
+    async def delete(self, conversation: str, seq: int) -> schema.Entry:
+        """Delete a message (one's own; any, as a channel's owner or admin); returns the
+        ``deleted`` entry. Its text is erased from the server."""
+        return await self._change(
+            schema.Delete(id=0, conversation=conversation, seq=seq), retry=True
+        )
+
+    async def react(self, conversation: str, seq: int, emoji: str) -> schema.ReactionResult:
+        """Add an emoji reaction; the result has the message's reactions now and the
+        ``reacted`` entry (None when the reaction was there already)."""
+        return await self._reaction(
+            schema.React(id=0, conversation=conversation, seq=seq, emoji=emoji)
+        )
+
+    async def unreact(self, conversation: str, seq: int, emoji: str) -> schema.ReactionResult:
+        """Remove one's own emoji reaction (the entry is None when there was none)."""
+        return await self._reaction(
+            schema.Unreact(id=0, conversation=conversation, seq=seq, emoji=emoji)
+        )
+
+    async def _reaction(self, request: schema.Request) -> schema.ReactionResult:
+        # Safe to resend after a reconnect: a second react or unreact changes nothing.
+        result = await self._call(request, schema.ReactionResult)
+        if result.entry is not None:
+            self._accept(result.entry)
+        return result
+
+    async def search(
+        self,
+        query: str,
+        *,
+        conversation: str | None = None,
+        order: str = "newest",
+        cursor: str | None = None,
+        limit: int = schema.DEFAULT_SEARCH_PAGE,
+    ) -> schema.SearchResult:
+        """One page of messages matching ``query`` (words, ``"phrases"``, ``from:``,
+        ``in:``, ``before:``, ``after:``) in the conversations the user may read;
+        ``cursor=result.next`` asks for the next page."""
+        return await self._call(
+            schema.Search(
+                id=0,
+                query=query,
+                conversation=conversation,
+                order=order,
+                cursor=cursor,
+                limit=limit,
+            ),
+            schema.SearchResult,
+        )
 
     async def create_channel(
         self,
@@ -437,8 +524,8 @@ class Client:
     async def archive(self, conversation: str) -> schema.Entry:
         return await self._change(schema.Archive(id=0, conversation=conversation))
 
-    async def _change(self, request: schema.Request) -> schema.Entry:
-        entry = await self._call(request, schema.Entry, retry=False)
+    async def _change(self, request: schema.Request, *, retry: bool = False) -> schema.Entry:
+        entry = await self._call(request, schema.Entry, retry=retry)
         self._accept(entry)
         return entry
 

@@ -75,6 +75,10 @@ class HistoryLoaded:
     key: str
     result: schema.HistoryResult | schema.EntriesResult
     before: int | None
+    after: int | None = None
+    """The page after this seq (scrolling down a conversation opened at an older message)."""
+    around: int | None = None
+    """The page around this seq (a jump to a search hit or a quoted message)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +134,21 @@ class MembersLoaded:
 
 
 @dataclass(frozen=True, slots=True)
+class SearchFound:
+    request: int
+    result: schema.SearchResult
+    appended: bool
+    """A further page of the same search."""
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFailed:
+    request: int
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class ActionFailed:
     """A conversation action (create, join, invite, …) was refused."""
 
@@ -152,6 +171,8 @@ Event = (
     | ConversationLeft
     | ChannelsFound
     | MembersLoaded
+    | SearchFound
+    | SearchFailed
     | ActionFailed
     | EntryReceived
     | ReadMarker

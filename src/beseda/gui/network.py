@@ -116,9 +116,19 @@ class Network:
         self._submit(self._send(local_id, peer, text))
 
     def history(
-        self, key: str, *, conversation: str | None, peer: str | None, before: int | None
+        self,
+        key: str,
+        *,
+        conversation: str | None,
+        peer: str | None,
+        before: int | None,
+        limit: int = schema.DEFAULT_PAGE,
+        after: int | None = None,
+        around: int | None = None,
     ) -> None:
-        self._submit(self._history(key, conversation, peer, before))
+        """A page of history: the newest, or the one before ``before``, after ``after`` or
+        around ``around``; a :class:`~.events.HistoryLoaded` comes back."""
+        self._submit(self._history(key, conversation, peer, before, limit, after, around))
 
     def users(self, request: int, query: str, *, after: str | None = None) -> None:
         self._submit(self._users(request, query, after))
@@ -130,9 +140,45 @@ class Network:
 
     # -- protocol 3: conversations ------------------------------------------------------------
 
-    def post(self, local_id: str, conversation: str, text: str) -> None:
-        """Post ``text`` to a channel or group; ``local_id`` is the client id."""
-        self._submit(self._post_entry(local_id, conversation, text))
+    def post(
+        self, local_id: str, conversation: str, text: str, *, reply_to: int | None = None
+    ) -> None:
+        """Post ``text`` to a conversation (answering the message ``reply_to``, if given);
+        ``local_id`` is the client id."""
+        self._submit(self._post_entry(local_id, conversation, text, reply_to))
+
+    # -- protocol 4: messages -------------------------------------------------------------------
+    # The entries these make come back through the client's events, like everyone else's.
+
+    def edit(self, conversation: str, seq: int, text: str) -> None:
+        self._act(_changed(lambda c: c.edit(conversation, seq, text)))
+
+    def delete(self, conversation: str, seq: int) -> None:
+        self._act(_changed(lambda c: c.delete(conversation, seq)))
+
+    def react(self, conversation: str, seq: int, emoji: str) -> None:
+        self._act(_changed(lambda c: c.react(conversation, seq, emoji)))
+
+    def unreact(self, conversation: str, seq: int, emoji: str) -> None:
+        self._act(_changed(lambda c: c.unreact(conversation, seq, emoji)))
+
+    def search(self, request: int, query: str, *, cursor: str | None = None) -> None:
+        """A page of messages matching ``query``; a :class:`~.events.SearchFound` (or
+        :class:`~.events.SearchFailed`) comes back."""
+        self._submit(self._search(request, query, cursor))
+
+    async def _search(self, request: int, query: str, cursor: str | None) -> None:
+        client, session = self._client, self._session
+        if client is None:
+            return
+        try:
+            result = await client.search(query, cursor=cursor)
+        except ProtocolError as exc:
+            self._post(session, events.SearchFailed(request, exc.code, exc.message))
+        except (BesedaError, OSError) as exc:
+            self._post(session, events.SearchFailed(request, events.GONE, str(exc)))
+        else:
+            self._post(session, events.SearchFound(request, result, cursor is not None))
 
     def create_channel(self, name: str, *, public: bool, topic: str) -> None:
         self._act(_opened(lambda c: c.create_channel(name, public=public, topic=topic)))
@@ -325,20 +371,26 @@ class Network:
             self._post(session, events.Sent(local_id, message))
 
     async def _history(
-        self, key: str, conversation: str | None, peer: str | None, before: int | None
+        self,
+        key: str,
+        conversation: str | None,
+        peer: str | None,
+        before: int | None,
+        limit: int,
+        after: int | None,
+        around: int | None,
     ) -> None:
         client, session = self._client, self._session
         if client is None:
             return
         try:
-            if conversation is not None:
-                result = await client.history(conversation, before=before)
-            else:
-                result = await client.history(peer=peer, before=before)
+            result = await client.history(
+                conversation, peer=peer, before=before, after=after, around=around, limit=limit
+            )
         except (BesedaError, OSError) as exc:
             self._post(session, events.HistoryFailed(key, str(exc)))
         else:
-            self._post(session, events.HistoryLoaded(key, result, before))
+            self._post(session, events.HistoryLoaded(key, result, before, after, around))
 
     # -- protocol 3 on the loop: a refusal comes back as ActionFailed ---------------------------
 
@@ -366,13 +418,15 @@ class Network:
             with contextlib.suppress(BesedaError, OSError):
                 await work(client)
 
-    async def _post_entry(self, local_id: str, conversation: str, text: str) -> None:
+    async def _post_entry(
+        self, local_id: str, conversation: str, text: str, reply_to: int | None
+    ) -> None:
         client, session = self._client, self._session
         if client is None:
             self._post(session, events.SendFailed(local_id, events.GONE, "not signed in"))
             return
         try:
-            entry = await client.post(conversation, text, client_id=local_id)
+            entry = await client.post(conversation, text, client_id=local_id, reply_to=reply_to)
         except ProtocolError as exc:
             self._post(session, events.SendFailed(local_id, exc.code, exc.message))
         except (BesedaError, OSError) as exc:
@@ -409,7 +463,7 @@ def _opened(
     return work
 
 
-def _changed(call: Callable[[Client], Coroutine[Any, Any, schema.Entry]]) -> Work:
+def _changed(call: Callable[[Client], Coroutine[Any, Any, object]]) -> Work:
     # The entry the change makes comes back through the client's events (EntryReceived),
     # like everyone else's: nothing more to tell.
     async def work(client: Client) -> list[events.Event]:

@@ -9,11 +9,14 @@ presenter with a fake view and a fake backend.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import msgspec
 
 from ..client import (
     ConnectionState,
@@ -23,6 +26,8 @@ from ..client import (
     ReadMarker,
     StateChanged,
     TypingStarted,
+    apply_change,
+    quote_deleted,
 )
 from ..client.connection import new_client_id
 from ..protocol import errors, schema
@@ -31,7 +36,20 @@ from . import events
 from .i18n import _, ngettext
 from .network import parse_address
 from .preferences import Preferences, SavedSession
-from .text import format_time, sanitize, sanitize_name
+from .text import (
+    clock_time,
+    colour_of,
+    day_bounds,
+    day_label,
+    format_time,
+    initials,
+    list_time,
+    local_day,
+    preview,
+    sanitize,
+    sanitize_name,
+    sanitize_spans,
+)
 from .timeline import Item, Outgoing, Timeline
 
 GENERAL_KEY = "#general"
@@ -96,6 +114,10 @@ class ConversationRow:
     section: str = DIRECT
     mentions: int = 0
     """Unread messages that mention the user (the badge shows ``@n`` in the accent colour)."""
+    preview: str = ""
+    """The last message, on one line ("anna: see you" in a channel, "You: ok" one's own)."""
+    time: str = ""
+    """When the last message came (14:05 today, Yesterday, Mar 12 …)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +137,80 @@ class MessageRow:
     """Not a message: a change in the conversation ("Anna added Boris"), a small grey line."""
     mention: bool = False
     """The message mentions the user: highlighted."""
+    continued: bool = False
+    """The same sender's message right after another of theirs (within
+    :data:`GROUP_SECONDS` of the first): shown under that one's header, without its own."""
+    avatar: str = ""
+    """The initials in the sender's avatar."""
+    colour: int = 0
+    """The sender's colour (of :data:`~.text.AVATAR_COLOURS`), for the avatar and the name."""
+    day: bool = False
+    """Not a message: the line above a day's first message ("Today", "Yesterday", a date)."""
+    quote: str = ""
+    """The message this one answers ("anna: the beginning of it", or that it was deleted)."""
+    quote_seq: int = 0
+    """That message's seq: a click on the quote jumps there (0: not a reply)."""
+    edited: bool = False
+    """The text was edited: an "edited" mark."""
+    reactions: tuple[ReactionChip, ...] = ()
+    """Under the text: each emoji, how many added it, whether the user did."""
+    highlight: bool = False
+    """The message a jump (a search hit, a quote) went to, marked for a moment."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReactionChip:
+    emoji: str
+    count: int
+    mine: bool
+    """The user added it: highlighted; a click removes it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ComposerContext:
+    """The bar above the composer while replying to or editing a message."""
+
+    kind: str
+    """``reply`` or ``edit``."""
+    title: str
+    text: str
+    """The beginning of the message replied to, or edited."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageMenu:
+    """What a message's menu (right click) offers."""
+
+    row_id: str
+    text: str
+    """What Copy puts on the clipboard: the message's text."""
+    reply: bool
+    edit: bool
+    delete: bool
+    react: bool
+    mine: frozenset[str] = frozenset()
+    """The emoji the user has on it."""
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRow:
+    title: str
+    """The conversation it is in."""
+    sender: str
+    time: str
+    snippet: str
+    highlights: tuple[tuple[int, int], ...]
+    """``[start, end)`` of each match in ``snippet``."""
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPanel:
+    """The search window (Ctrl+F): results, newest first, and a line of status."""
+
+    rows: tuple[SearchRow, ...]
+    status: str
+    more: bool
+    """More results exist (Show more)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +336,21 @@ class View(Protocol):
     def show_error(self, text: str) -> None:
         """A refused action (create, join, invite, …), told to the user."""
 
+    def show_composer_context(self, context: ComposerContext | None) -> None:
+        """The reply or edit bar above the composer; None hides it."""
+
+    def set_composer_text(self, text: str) -> None:
+        """Put ``text`` in the composer (the message to edit), replacing what is there."""
+
+    def show_confirm(self, text: str) -> None:
+        """Ask before deleting a message (Delete / Cancel); "" closes the question."""
+
+    def show_search(self, panel: SearchPanel) -> None:
+        """The search window's results, when it is open."""
+
+    def scroll_to_row(self, row_id: str) -> None:
+        """Bring this message row into view (a jump to it)."""
+
     def show_composer_error(self, text: str) -> None: ...
     def set_title(self, title: str) -> None: ...
     def bell(self) -> None: ...
@@ -263,12 +374,22 @@ class Backend(Protocol):
     def sign_out(self) -> None: ...
     def send(self, local_id: str, peer: str | None, text: str) -> None: ...
     def history(
-        self, key: str, *, conversation: str | None, peer: str | None, before: int | None
+        self,
+        key: str,
+        *,
+        conversation: str | None,
+        peer: str | None,
+        before: int | None,
+        limit: int = schema.DEFAULT_PAGE,
+        after: int | None = None,
+        around: int | None = None,
     ) -> None: ...
     def users(self, request: int, query: str, *, after: str | None = None) -> None: ...
     def watch(self, names: list[str]) -> None: ...
     # Protocol 3: conversations.
-    def post(self, local_id: str, conversation: str, text: str) -> None: ...
+    def post(
+        self, local_id: str, conversation: str, text: str, *, reply_to: int | None = None
+    ) -> None: ...
     def create_channel(self, name: str, *, public: bool, topic: str) -> None: ...
     def create_group(self, members: list[str]) -> None: ...
     def join(self, conversation: str) -> None: ...
@@ -286,6 +407,12 @@ class Backend(Protocol):
     def channels(self, request: int, query: str) -> None: ...
     def read(self, conversation: str, seq: int) -> None: ...
     def typing(self, conversation: str) -> None: ...
+    # Protocol 4: messages.
+    def edit(self, conversation: str, seq: int, text: str) -> None: ...
+    def delete(self, conversation: str, seq: int) -> None: ...
+    def react(self, conversation: str, seq: int, emoji: str) -> None: ...
+    def unreact(self, conversation: str, seq: int, emoji: str) -> None: ...
+    def search(self, request: int, query: str, *, cursor: str | None = None) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,6 +453,15 @@ class Conversation:
     mentions: int = 0
     typing: dict[str, float] = field(default_factory=dict)
     """Who is typing: name → until when (the presenter's clock)."""
+    live: Timeline | None = None
+    """While ``timeline`` is a page opened around an older message (a jump), the timeline
+    of the newest messages, kept up to date, to go back to."""
+    live_has_older: bool = True
+    opening_at: int | None = None
+    """The seq a page is being fetched around (a jump)."""
+    deleted: set[int] = field(default_factory=set)
+    """Seqs of messages deleted this session: a page fetched before the delete leaves them
+    out."""
 
     @property
     def unread(self) -> int:
@@ -336,6 +472,13 @@ class Conversation:
 
 SIGN_IN, SIGNING_IN, TRUSTING, CHAT = "sign_in", "signing_in", "trusting", "chat"
 READ_SAVE_INTERVAL = 3.0
+GROUP_SECONDS = 5 * 60
+"""A sender's consecutive messages this close to the first of them share one header."""
+HIGHLIGHT_SECONDS = 3.0
+"""How long the message a jump went to stays marked."""
+PREVIEWS_AT_SIGN_IN = 30
+"""The most recent conversations whose last message is fetched at sign-in for the list's
+preview (the others show it once opened or once a message comes)."""
 
 
 class Presenter:
@@ -399,10 +542,30 @@ class Presenter:
         self._left: set[str] = set()
         """Conversations the user left here: their last entries do not bring them back."""
         self._members: list[schema.MemberEntry] = []
+        self._replying: dict[str, int] = {}
+        """Conversation key → the seq of the message the composer answers there."""
+        self._editing: tuple[str, int] | None = None
+        """The conversation and seq of the message the composer edits."""
+        self._deleting: tuple[str, int] | None = None
+        """The message whose deletion is being confirmed."""
+        self._scroll_to: tuple[str, int] | None = None
+        """A jump's message, to bring into view once it is shown."""
+        self._highlight: tuple[str, int, float] | None = None
+        """A jump's message, marked until then (the presenter's clock)."""
+        self._pending_jump: tuple[str, int] | None = None
+        """A search hit in a conversation not in the list yet: its id and seq."""
+        self.search_query = ""
+        self._search_request = -1
+        self._search_hits: list[schema.SearchHit] = []
+        self._search_next: str | None = None
+        self._search_status = ""
+        self._shown_context: ComposerContext | None = None
         # What the view shows now, to send it only changes.
         self._shown_key: str | None = None
         self._shown_rows: list[MessageRow] = []
-        self._row_cache: dict[tuple[str, int], MessageRow] = {}
+        self._row_cache: dict[tuple[str, int, bool], MessageRow] = {}
+        self._previews: dict[str, tuple[Item, str]] = {}
+        """Conversation key → its last item and the list's preview of it."""
         self._shown_list: tuple[list[ConversationRow], str] | None = None
         self._shown_status: Status | None = None
         self._shown_title = ""
@@ -576,12 +739,17 @@ class Presenter:
         self.people, self.switcher_people, self.presence = [], [], {}
         self._watched = frozenset()
         self._shown_key, self._shown_rows, self._row_cache = None, [], {}
+        self._previews = {}
         self._shown_list = self._shown_status = self._shown_header = self._shown_people = None
         self._shown_jump = None
         self._shown_typing = ""
         self._shown_composer = None  # the next session shows it afresh
         self.members_of = None
         self.settings_of = None
+        self._replying, self._editing, self._deleting = {}, None, None
+        self._scroll_to = self._highlight = self._pending_jump = None
+        self._search_hits, self._search_next, self._search_status = [], None, ""
+        self._shown_context = None
         self.connection = ConnectionState.OFFLINE
         self.form = form
         self.view.show_sign_in(form)
@@ -657,6 +825,14 @@ class Presenter:
                 )
         elif isinstance(event, events.MembersLoaded):
             self._members_loaded(event)
+        elif isinstance(event, events.SearchFound):
+            self._search_found(event)
+        elif isinstance(event, events.SearchFailed):
+            if event.request == self._search_request:
+                self._search_status = _("The search failed: {reason}").format(
+                    reason=sanitize_name(event.detail)
+                )
+                self._show_search()
         elif isinstance(event, events.ActionFailed):
             self.view.show_error(
                 _("The server refused: {reason}").format(reason=sanitize_name(event.detail))
@@ -696,6 +872,23 @@ class Presenter:
         self.view.show_chat(event.user)
         self._open(self.conversations[GENERAL_KEY])
         self.search_people("")
+        self._fetch_previews()
+
+    def _fetch_previews(self) -> None:
+        """The last message of the most recent conversations, for the list's previews."""
+        recent = [c for c in self._ordered() if c.key != self.selected and c.last_seq > 0]
+        for conversation in recent[:PREVIEWS_AT_SIGN_IN]:
+            if conversation.timeline.messages or conversation.loading:
+                continue
+            conversation.loading = True
+            known = conversation.conversation_id
+            self.backend.history(
+                conversation.key,
+                conversation=known,
+                peer=None if known else conversation.peer,
+                before=None,
+                limit=1,
+            )
 
     def _sign_in_failed(self, event: events.SignInFailed) -> None:
         self._awaiting = None
@@ -744,11 +937,19 @@ class Presenter:
         if message.conversation.startswith("c:"):
             return message.conversation, None
         own = message.sender.casefold() == self.user.casefold()
+        if own and not message.to:
+            # One's own entry posted by conversation id (a reply): it names no peer.
+            known = self._by_id(message.conversation)
+            if known is not None:
+                return known.key, known.peer
         peer = (message.to or message.sender) if own else message.sender
         return dm_key(peer), peer
 
     def _received(self, message: schema.Message) -> None:
         if message.conversation in self._left:
+            return
+        if message.kind in schema.CHANGE_KINDS:
+            self._change_received(message)
             return
         key, peer = self._key_of(message)
         conversation = self.conversations.get(key)
@@ -761,7 +962,7 @@ class Presenter:
                 conversation.counted_unread = 0
                 self.backend.lookup(message.conversation)
         conversation.conversation_id = message.conversation
-        if not conversation.timeline.add(message):
+        if not (conversation.live or conversation.timeline).add(message):
             return
         self._outgoing.pop(message.client_id, None)
         if message.seq > conversation.last_seq:
@@ -880,6 +1081,10 @@ class Presenter:
             self.backend.members(info.conversation)
         if select:
             self.select(key)
+        if self._pending_jump is not None and self._pending_jump[0] == info.conversation:
+            seq = self._pending_jump[1]
+            self._pending_jump = None
+            self.jump_to(seq, key)
 
     def _conversation_left(self, conversation_id: str) -> None:
         self._left.add(conversation_id)
@@ -981,16 +1186,135 @@ class Presenter:
         if conversation is None:
             return
         conversation.loading = False
-        conversation.conversation_id = event.result.conversation or conversation.conversation_id
-        conversation.has_older = event.result.more
         timeline = conversation.timeline
-        timeline.add_page(event.result.messages)
-        if event.result.messages:
-            newest = event.result.messages[-1].seq
+        # A page for a timeline no longer shown (the reader jumped, or went back) is dropped.
+        if event.around is not None:
+            if conversation.opening_at != event.around:
+                return
+            conversation.opening_at = None
+        elif event.after is not None:
+            if not timeline.has_newer or timeline.newest_seq != event.after:
+                return
+        elif event.before is not None and timeline.oldest_seq != event.before:
+            return
+        conversation.conversation_id = event.result.conversation or conversation.conversation_id
+        messages = [
+            m
+            for m in event.result.messages
+            if m.kind not in schema.CHANGE_KINDS and m.seq not in conversation.deleted
+        ]
+        if event.after is None:
+            conversation.has_older = event.result.more
+        if event.after is not None or event.around is not None:
+            result = event.result
+            timeline.has_newer = isinstance(result, schema.EntriesResult) and result.newer
+        timeline.add_page(messages)
+        if messages:
+            newest = messages[-1].seq
             if newest > conversation.last_seq:
                 conversation.last_seq = conversation.read_seq = newest
+        if conversation.live is not None and not timeline.has_newer:
+            self._merge_live(conversation)
+        if event.around is not None:
+            timeline.show_around(event.around)
+            self._scroll_to = (conversation.key, event.around)
+            return
         if timeline.at_top:
             timeline.extend_up()
+        if (
+            event.key == self.selected
+            and conversation.has_older
+            and not timeline.has_newer
+            and len(timeline.messages) < schema.DEFAULT_PAGE
+        ):
+            # Only the list's preview had been fetched: the reader wants a page.
+            self._load_older(conversation)
+
+    def _merge_live(self, conversation: Conversation) -> None:
+        """The page opened at an older message now reaches the newest: the newest messages
+        kept meanwhile join it, and it is the conversation's timeline again."""
+        live, timeline = conversation.live, conversation.timeline
+        if live is None:
+            return
+        conversation.live = None
+        timeline.has_newer = False
+        timeline.add_page([m for m in live.messages if m.seq > timeline.newest_seq])
+        for outgoing in live.outgoing:
+            timeline.add_outgoing(outgoing)
+
+    def _attach(self, conversation: Conversation) -> None:
+        """Back to the newest messages from a page opened at an older one."""
+        if conversation.live is None:
+            return
+        conversation.timeline = conversation.live
+        conversation.has_older = conversation.live_has_older
+        conversation.live = None
+        conversation.opening_at = None
+        conversation.loading = False
+        self._shown_key = None  # a new list
+
+    # -- changes to messages (protocol 4) ------------------------------------------------------
+
+    def _change_received(self, change: schema.Entry) -> None:
+        """An edit, a delete or a reaction: the message it names changes where it is shown,
+        and so do the quotes of the replies to it."""
+        conversation = self._by_id(change.conversation)
+        if conversation is None or change.ref is None:
+            return
+        ref = change.ref
+        # A change is nothing new to read: a reader who was up to date stays so.
+        caught_up = conversation.unread == 0 and change.seq <= conversation.read_seq + 1
+        conversation.last_seq = max(conversation.last_seq, change.seq)
+        if caught_up:
+            conversation.read_seq = max(conversation.read_seq, change.seq)
+        if change.kind == "deleted":
+            conversation.deleted.add(ref)
+        for timeline in (conversation.timeline, conversation.live):
+            if timeline is None:
+                continue
+            current = timeline.find(ref)
+            if current is not None:
+                changed = apply_change(current, change, me=self.user)
+                if changed is None:
+                    timeline.remove(ref)
+                else:
+                    timeline.replace(changed)
+            if change.kind in ("edited", "deleted"):
+                self._requote(conversation, timeline, change)
+        self._forget_row(conversation, ref)
+        key = conversation.key
+        if change.kind == "deleted":
+            if self._replying.get(key) == ref:
+                del self._replying[key]
+            if self._editing == (key, ref):
+                self._editing = None
+                self.view.set_composer_text("")
+            if self._deleting == (key, ref):
+                self._deleting = None
+                self.view.show_confirm("")
+
+    def _requote(
+        self, conversation: Conversation, timeline: Timeline, change: schema.Entry
+    ) -> None:
+        """Replies to an edited or deleted message quote it as it is now."""
+        ref = change.ref
+        for index, message in enumerate(timeline.messages):
+            reply = message.reply
+            if reply is None or reply.seq != ref:
+                continue
+            if change.kind == "deleted":
+                timeline.messages[index] = quote_deleted(message, ref)
+            else:
+                quote = schema.Quote(
+                    seq=ref, sender=reply.sender, text=change.text[: schema.REPLY_PREVIEW_CHARS]
+                )
+                timeline.messages[index] = msgspec.structs.replace(message, reply=quote)
+            self._forget_row(conversation, message.seq)
+
+    def _forget_row(self, conversation: Conversation, seq: int) -> None:
+        if conversation.conversation_id is not None:
+            for continued in (False, True):
+                self._row_cache.pop((conversation.conversation_id, seq, continued), None)
 
     def _send_failed(self, event: events.SendFailed) -> None:
         key = self._outgoing.get(event.local_id)
@@ -1033,6 +1357,9 @@ class Presenter:
             return
         if key == self.selected and self._shown_key == key:
             return  # already on screen (a double click): keep its place and its line
+        if self._editing is not None:
+            self._editing = None
+            self.view.set_composer_text("")
         self.selected = key
         self._open(conversation)
         self.render()
@@ -1041,17 +1368,20 @@ class Presenter:
         # The line above the first unread message, placed before reading marks it read.
         conversation.marker_seq = conversation.read_seq + 1 if conversation.unread else None
         conversation.unseen = 0
+        self._attach(conversation)
         conversation.timeline.show_newest()
         conversation.timeline.at_top = True
         self._shown_key = None  # a new list, scrolled to its end
         if self.focused:
             self._mark_read(conversation)
-        if conversation.has_older and conversation.timeline.oldest_seq is None:
+        if conversation.has_older and len(conversation.timeline.messages) < schema.DEFAULT_PAGE:
             self._load_older(conversation)
 
     def _load_older(self, conversation: Conversation) -> None:
         if conversation.loading or not conversation.has_older:
             return
+        if conversation.timeline.has_newer and conversation.timeline.oldest_seq is None:
+            return  # the page around a message is on its way
         conversation.loading = True
         known = conversation.conversation_id
         self.backend.history(
@@ -1059,6 +1389,19 @@ class Presenter:
             conversation=known,
             peer=None if known else conversation.peer,
             before=conversation.timeline.oldest_seq,
+        )
+
+    def _load_newer(self, conversation: Conversation) -> None:
+        timeline = conversation.timeline
+        if conversation.loading or not timeline.has_newer or timeline.oldest_seq is None:
+            return
+        conversation.loading = True
+        self.backend.history(
+            conversation.key,
+            conversation=conversation.conversation_id,
+            peer=None,
+            before=None,
+            after=timeline.newest_seq,
         )
 
     def open_dm(self, name: str) -> None:
@@ -1087,20 +1430,44 @@ class Presenter:
             )
             return False
         self.view.show_composer_error("")
+        if self._editing is not None and self._editing[0] == conversation.key:
+            return self._send_edit(conversation, self._editing[1], text)
+        self._attach(conversation)
         outgoing = Outgoing(new_client_id(), text, self.wall())
+        reply_to = self._replying.pop(conversation.key, None)
+        answered = conversation.timeline.find(reply_to) if reply_to is not None else None
+        if answered is not None and conversation.conversation_id is not None:
+            outgoing.reply_to = answered.seq
+            outgoing.quote = schema.Quote(
+                seq=answered.seq,
+                sender=answered.sender,
+                text=answered.text[: schema.REPLY_PREVIEW_CHARS],
+            )
         conversation.timeline.add_outgoing(outgoing)
         conversation.last_activity = max(conversation.last_activity, outgoing.sent_at)
         self._outgoing[outgoing.local_id] = conversation.key
-        self._deliver(conversation, outgoing.local_id, text)
+        self._deliver(conversation, outgoing.local_id, text, outgoing.reply_to)
         # One's own message is always brought into view, however far up the reader was.
         self._reveal_newest(conversation)
         return True
 
-    def _deliver(self, conversation: Conversation, local_id: str, text: str) -> None:
-        if conversation.kind in ("channel", "group") and conversation.conversation_id:
+    def _deliver(
+        self, conversation: Conversation, local_id: str, text: str, reply_to: int | None = None
+    ) -> None:
+        if reply_to is not None and conversation.conversation_id:
+            self.backend.post(local_id, conversation.conversation_id, text, reply_to=reply_to)
+        elif conversation.kind in ("channel", "group") and conversation.conversation_id:
             self.backend.post(local_id, conversation.conversation_id, text)
         else:
             self.backend.send(local_id, conversation.peer, text)
+
+    def _send_edit(self, conversation: Conversation, seq: int, text: str) -> bool:
+        self._editing = None
+        message = conversation.timeline.find(seq)
+        if message is not None and text != message.text and conversation.conversation_id:
+            self.backend.edit(conversation.conversation_id, seq, text)
+        self.render()
+        return True
 
     def composer_changed(self) -> None:
         """The composer's text changed: tell the others, at most every few seconds."""
@@ -1295,6 +1662,246 @@ class Presenter:
         if conversation.kind in ("channel", "group"):
             self.backend.leave(conversation.conversation_id)
 
+    # -- replies, edits, deletes, reactions (protocol 4) ----------------------------------------
+
+    def _message_of(self, row_id: str) -> tuple[Conversation, schema.Message] | None:
+        """The conversation on screen and its message shown as ``row_id``."""
+        conversation = self.conversations.get(self.selected)
+        if self.stage != CHAT or conversation is None or not row_id.startswith("seq:"):
+            return None
+        message = conversation.timeline.find(int(row_id.removeprefix("seq:")))
+        if message is None or message.kind != "message":
+            return None
+        return conversation, message
+
+    def _may_write(self, conversation: Conversation) -> bool:
+        return (
+            conversation.member
+            and not conversation.archived
+            and conversation.conversation_id is not None
+        )
+
+    def _may_delete(self, conversation: Conversation, message: schema.Message) -> bool:
+        # An archived channel is read-only, but what was posted there may still be deleted.
+        if not conversation.member or conversation.conversation_id is None:
+            return False
+        if message.sender.casefold() == self.user.casefold():
+            return True
+        return conversation.kind == "channel" and conversation.role in ("owner", "admin")
+
+    def message_menu(self, row_id: str) -> MessageMenu | None:
+        """What the menu of the message shown as ``row_id`` offers (None: no menu)."""
+        conversation = self.conversations.get(self.selected)
+        if conversation is not None and row_id.startswith("out:"):
+            outgoing = conversation.timeline.find_outgoing(row_id.removeprefix("out:"))
+            if outgoing is not None:
+                return MessageMenu(row_id, outgoing.text, False, False, False, False)
+        found = self._message_of(row_id)
+        if found is None:
+            return None
+        conversation, message = found
+        writable = self._may_write(conversation)
+        own = message.sender.casefold() == self.user.casefold()
+        return MessageMenu(
+            row_id,
+            message.text,
+            reply=writable,
+            edit=writable and own,
+            delete=self._may_delete(conversation, message),
+            react=writable,
+            mine=frozenset(r.emoji for r in message.reactions if r.me),
+        )
+
+    def reply(self, row_id: str) -> None:
+        """Answer this message: its quote goes above the composer until sent or cancelled."""
+        found = self._message_of(row_id)
+        if found is None or not self._may_write(found[0]):
+            return
+        conversation, message = found
+        if self._editing is not None:
+            self._editing = None
+            self.view.set_composer_text("")
+        self._replying[conversation.key] = message.seq
+        self.render()
+
+    def start_edit(self, row_id: str) -> bool:
+        """Edit one's own message in the composer; True when it is there."""
+        found = self._message_of(row_id)
+        if found is None:
+            return False
+        conversation, message = found
+        own = message.sender.casefold() == self.user.casefold()
+        if not own or not self._may_write(conversation):
+            return False
+        self._replying.pop(conversation.key, None)
+        self._editing = (conversation.key, message.seq)
+        self.view.set_composer_text(message.text)
+        self.render()
+        return True
+
+    def edit_last(self) -> bool:
+        """Up in an empty composer: edit the user's last message here (False: none)."""
+        conversation = self.conversations.get(self.selected)
+        if self.stage != CHAT or conversation is None:
+            return False
+        me = self.user.casefold()
+        for message in reversed(conversation.timeline.messages):
+            if message.kind == "message" and message.sender.casefold() == me:
+                return self.start_edit(f"seq:{message.seq}")
+        return False
+
+    def cancel_composer_context(self) -> bool:
+        """Escape in the composer: stop editing (the composer empties) or replying; False
+        when there was neither."""
+        if self._editing is not None:
+            self._editing = None
+            self.view.set_composer_text("")
+            self.render()
+            return True
+        if self._replying.pop(self.selected, None) is not None:
+            self.render()
+            return True
+        return False
+
+    def ask_delete(self, row_id: str) -> None:
+        """The menu's Delete: ask first."""
+        found = self._message_of(row_id)
+        if found is None or not self._may_delete(*found):
+            return
+        conversation, message = found
+        self._deleting = (conversation.key, message.seq)
+        if message.sender.casefold() == self.user.casefold():
+            text = _("Delete this message? It is deleted for everyone.")
+        else:
+            text = _("Delete this message of {name}? It is deleted for everyone.").format(
+                name=sanitize_name(message.sender)
+            )
+        self.view.show_confirm(text)
+
+    def confirm_delete(self) -> None:
+        deleting, self._deleting = self._deleting, None
+        self.view.show_confirm("")
+        if deleting is None or self.stage != CHAT:
+            return
+        conversation = self.conversations.get(deleting[0])
+        if conversation is not None and conversation.conversation_id is not None:
+            self.backend.delete(conversation.conversation_id, deleting[1])
+
+    def cancel_delete(self) -> None:
+        self._deleting = None
+        self.view.show_confirm("")
+
+    def toggle_reaction(self, row_id: str, emoji: str) -> None:
+        """Add the emoji to the message, or take it away if the user had added it."""
+        found = self._message_of(row_id)
+        if found is None or not self._may_write(found[0]):
+            return
+        conversation, message = found
+        assert conversation.conversation_id is not None
+        if any(r.emoji == emoji and r.me for r in message.reactions):
+            self.backend.unreact(conversation.conversation_id, message.seq, emoji)
+        else:
+            self.backend.react(conversation.conversation_id, message.seq, emoji)
+
+    def jump_to(self, seq: int, key: str | None = None) -> None:
+        """Show the message with this seq in context (a quote's or a search hit's click),
+        fetching the page around it when it is not loaded."""
+        key = key or self.selected
+        conversation = self.conversations.get(key)
+        if self.stage != CHAT or conversation is None:
+            return
+        if key != self.selected:
+            self.select(key)
+        self._highlight = (key, seq, self.clock() + HIGHLIGHT_SECONDS)
+        self._scroll_to = (key, seq)
+        if conversation.live is not None and conversation.live.find(seq) is not None:
+            self._attach(conversation)
+        if conversation.timeline.show_around(seq):
+            conversation.unseen = 0
+            self.render()
+            return
+        if conversation.conversation_id is None:
+            return
+        if conversation.live is None:
+            conversation.live = conversation.timeline
+            conversation.live_has_older = conversation.has_older
+        detached = Timeline()
+        detached.has_newer = True
+        detached.at_bottom = False
+        conversation.timeline = detached
+        conversation.opening_at = seq
+        conversation.loading = True
+        self._shown_key = None
+        self.backend.history(
+            key, conversation=conversation.conversation_id, peer=None, before=None, around=seq
+        )
+        self.render()
+
+    # -- search (protocol 4) -------------------------------------------------------------------
+
+    def search_messages(self, query: str) -> None:
+        """The search window's box: messages of every conversation the user may read."""
+        if self.stage != CHAT:
+            return
+        self.search_query = query
+        self._search_hits, self._search_next = [], None
+        self._requests += 1
+        self._search_request = self._requests
+        if not query.strip():
+            self._search_status = ""
+        else:
+            self._search_status = _("Searching…")
+            self.backend.search(self._search_request, query.strip())
+        self._show_search()
+
+    def more_search(self) -> None:
+        if self._search_next is not None and self.stage == CHAT:
+            self.backend.search(
+                self._search_request, self.search_query.strip(), cursor=self._search_next
+            )
+            self._search_next = None
+
+    def _search_found(self, event: events.SearchFound) -> None:
+        if event.request != self._search_request:
+            return
+        hits = list(event.result.results)
+        self._search_hits = [*self._search_hits, *hits] if event.appended else hits
+        self._search_next = event.result.next
+        self._search_status = "" if self._search_hits else _("No messages found.")
+        self._show_search()
+
+    def _show_search(self) -> None:
+        rows = []
+        for hit in self._search_hits:
+            conversation = self._by_id(hit.conversation)
+            title = self._title(conversation) if conversation else sanitize_name(hit.conversation)
+            snippet, spans = sanitize_spans(hit.snippet, hit.highlights)
+            rows.append(
+                SearchRow(
+                    title,
+                    sanitize_name(hit.sender),
+                    format_time(hit.ts, self.wall()),
+                    snippet,
+                    spans,
+                )
+            )
+        self.view.show_search(
+            SearchPanel(tuple(rows), self._search_status, self._search_next is not None)
+        )
+
+    def search_choose(self, index: int) -> None:
+        """A search result's click: its conversation, opened at the message."""
+        if not 0 <= index < len(self._search_hits) or self.stage != CHAT:
+            return
+        hit = self._search_hits[index]
+        conversation = self._by_id(hit.conversation)
+        if conversation is None:
+            # A channel the user is not in the list of: ask for it, then jump.
+            self._pending_jump = (hit.conversation, hit.seq)
+            self.backend.lookup(hit.conversation)
+            return
+        self.jump_to(hit.seq, conversation.key)
+
     def jump_to_latest(self) -> None:
         """The "jump to latest" button: show the newest messages."""
         conversation = self.conversations.get(self.selected)
@@ -1302,6 +1909,7 @@ class Presenter:
             self._reveal_newest(conversation)
 
     def _reveal_newest(self, conversation: Conversation) -> None:
+        self._attach(conversation)
         timeline = conversation.timeline
         if not timeline.attached:
             timeline.show_newest()
@@ -1321,7 +1929,7 @@ class Presenter:
             return
         outgoing.failed = None
         outgoing.version += 1
-        self._deliver(conversation, local_id, outgoing.text)
+        self._deliver(conversation, local_id, outgoing.text, outgoing.reply_to)
         self.render()
 
     def scrolled(self, first: float, last: float) -> None:
@@ -1335,7 +1943,8 @@ class Presenter:
         if timeline.at_top and not timeline.extend_up():
             self._load_older(conversation)
         if timeline.at_bottom:
-            timeline.extend_down()
+            if not timeline.extend_down() and timeline.has_newer:
+                self._load_newer(conversation)
             if timeline.attached:
                 conversation.unseen = 0
                 if self.focused and conversation.counted_unread is not None:
@@ -1406,6 +2015,8 @@ class Presenter:
             return
         if self._reads_dirty and self.clock() - self._reads_saved_at > READ_SAVE_INTERVAL:
             self._save_reads()
+        if self._highlight is not None and self._highlight[2] <= self.clock():
+            self._highlight = None
         self.render()
 
     def _save_reads(self) -> None:
@@ -1426,6 +2037,7 @@ class Presenter:
         if self.stage != CHAT:
             return
         self._watch()
+        now = self.wall()
         rows = [
             ConversationRow(
                 c.key,
@@ -1434,6 +2046,7 @@ class Presenter:
                 self._online(c),
                 CHANNELS if c.kind in ("general", "channel") else DIRECT,
                 c.mentions,
+                *self._last_line(c, now),
             )
             for c in self._ordered()
         ]
@@ -1453,6 +2066,15 @@ class Presenter:
         if header != self._shown_header:
             self._shown_header = header
             self.view.show_header(header)
+        context = self._composer_context(conversation)
+        if context != self._shown_context:
+            self._shown_context = context
+            self.view.show_composer_context(context)
+        if self._scroll_to is not None and self._scroll_to[0] == self.selected:
+            row_id = f"seq:{self._scroll_to[1]}"
+            if any(row.id == row_id for row in self._shown_rows):
+                self._scroll_to = None
+                self.view.scroll_to_row(row_id)
         composer = _("This channel is archived: it is read-only.") if conversation.archived else ""
         if composer != self._shown_composer:
             self._shown_composer = composer
@@ -1494,15 +2116,7 @@ class Presenter:
 
     def _render_messages(self) -> None:
         conversation = self.conversations[self.selected]
-        visible = conversation.timeline.visible()
-        rows = [self._row(item) for item in visible]
-        if conversation.marker_seq is not None:
-            for index, item in enumerate(visible):
-                if isinstance(item, schema.Message) and item.seq == conversation.marker_seq:
-                    rows.insert(
-                        index, MessageRow("marker", "", "", _("New messages"), False, marker=True)
-                    )
-                    break
+        rows = self._message_rows(conversation)
         old = self._shown_rows
         if self._shown_key != self.selected:
             self._shown_key, self._shown_rows = self.selected, rows
@@ -1529,7 +2143,56 @@ class Presenter:
             follow=conversation.timeline.attached,
         )
 
-    def _row(self, item: Item) -> MessageRow:
+    def _message_rows(self, conversation: Conversation) -> list[MessageRow]:
+        """The window's rows: a line above each day, the "new messages" line, and the
+        messages, a sender's run of them grouped under one header."""
+        rows: list[MessageRow] = []
+        now = self.wall()
+        day: tuple[int, int, int] | None = None
+        item_day = (0, 0, 0)
+        day_start = day_end = 0
+        """The local day of the item, and its bounds (ms): a local time only when it ends."""
+        group: tuple[str, int] | None = None
+        """The sender (case-folded) and time (ms) of the header the next message may join."""
+        marked = self._highlight
+        marker = conversation.marker_seq
+        highlight = marked[1] if marked is not None and marked[0] == conversation.key else None
+        for item in conversation.timeline.visible():
+            if isinstance(item, Outgoing):
+                sender, ts, is_message = self.user, int(item.sent_at * 1000), True
+            else:
+                sender, ts, is_message = item.sender, item.ts, item.kind == "message"
+            if not day_start <= ts < day_end:
+                item_day = local_day(ts)
+                day_start, day_end = day_bounds(item_day)
+            if item_day != day:
+                day, group = item_day, None
+                label = day_label(item_day, now)
+                year, month, date = item_day
+                row_id = f"day:{year:04d}-{month:02d}-{date:02d}"
+                rows.append(MessageRow(row_id, "", "", label, False, day=True))
+            if marker is not None and isinstance(item, schema.Message) and item.seq >= marker:
+                # Above the first unread one (change entries leave gaps in the seqs).
+                rows.append(MessageRow("marker", "", "", _("New messages"), False, marker=True))
+                marker, group = None, None
+            folded = sender.casefold()
+            continued = (
+                is_message
+                and group is not None
+                and group[0] == folded
+                and 0 <= ts - group[1] < GROUP_SECONDS * 1000
+            )
+            row = self._row(item, continued)
+            if highlight is not None and isinstance(item, schema.Message) and item.seq == highlight:
+                row = dataclasses.replace(row, highlight=True)
+            rows.append(row)
+            if not is_message:
+                group = None
+            elif not continued:
+                group = (folded, ts)
+        return rows
+
+    def _row(self, item: Item, continued: bool = False) -> MessageRow:
         if isinstance(item, Outgoing):
             if item.failed is not None:
                 note = _("not sent: {reason}").format(reason=item.failed)
@@ -1540,19 +2203,24 @@ class Presenter:
             return MessageRow(
                 "out:" + item.local_id,
                 sanitize_name(self.user),
-                format_time(int(item.sent_at * 1000), self.wall()),
+                clock_time(int(item.sent_at * 1000)),
                 sanitize(item.text),
                 own=True,
                 note=note,
                 failed=item.failed is not None and not item.final,
+                continued=continued,
+                avatar=initials(self.user),
+                colour=colour_of(self.user),
+                quote=self._quote_text(item.quote),
+                quote_seq=item.quote.seq if item.quote is not None else 0,
             )
-        cache_key = (item.conversation, item.seq)
+        cache_key = (item.conversation, item.seq, continued)
         row = self._row_cache.get(cache_key)
         if row is None and item.kind != "message":
             row = MessageRow(
                 f"seq:{item.seq}",
                 sanitize_name(item.sender),
-                format_time(item.ts, self.wall()),
+                clock_time(item.ts),
                 describe_entry(item),
                 own=False,
                 event=True,
@@ -1563,14 +2231,75 @@ class Presenter:
             row = MessageRow(
                 f"seq:{item.seq}",
                 sanitize_name(item.sender),
-                format_time(item.ts, self.wall()),
+                clock_time(item.ts),
                 sanitize(item.text),
                 own=own,
                 note="✓" if own else "",
                 mention=self._mentions_me(item),
+                continued=continued,
+                avatar=initials(item.sender),
+                colour=colour_of(item.sender),
+                quote=self._quote_text(item.reply) if item.reply_to is not None else "",
+                quote_seq=item.reply_to or 0,
+                edited=item.edited is not None,
+                reactions=tuple(ReactionChip(r.emoji, r.count, r.me) for r in item.reactions),
             )
             self._row_cache[cache_key] = row
         return row
+
+    def _composer_context(self, conversation: Conversation) -> ComposerContext | None:
+        key = conversation.key
+        if self._editing is not None and self._editing[0] == key:
+            message = conversation.timeline.find(self._editing[1])
+            text = preview(message.text) if message is not None else ""
+            return ComposerContext("edit", _("Edit message"), text)
+        seq = self._replying.get(key)
+        if seq is None:
+            return None
+        message = conversation.timeline.find(seq)
+        if message is None:
+            return ComposerContext("reply", _("Reply"), "")
+        title = _("Reply to {name}").format(name=sanitize_name(message.sender))
+        return ComposerContext("reply", title, preview(message.text))
+
+    def _last_line(self, conversation: Conversation, now: float) -> tuple[str, str]:
+        """The conversation list's preview of the last message, and when it came."""
+        timeline = conversation.live or conversation.timeline
+        item: Item | None = None
+        if timeline.outgoing:
+            item = timeline.outgoing[-1]
+        elif timeline.messages:
+            item = timeline.messages[-1]
+        if item is None:
+            last = conversation.last_activity if conversation.last_seq else 0
+            return "", list_time(int(last * 1000), now) if last else ""
+        ts = int(item.sent_at * 1000) if isinstance(item, Outgoing) else item.ts
+        cached = self._previews.get(conversation.key)
+        if cached is not None and cached[0] is item:
+            text = cached[1]
+        else:
+            text = self._preview_of(conversation, item)
+            self._previews[conversation.key] = (item, text)
+        return text, list_time(ts, now)
+
+    def _preview_of(self, conversation: Conversation, item: Item) -> str:
+        if isinstance(item, Outgoing):
+            return _("You: {text}").format(text=preview(item.text))
+        if item.kind != "message":
+            return preview(describe_entry(item))
+        if item.sender.casefold() == self.user.casefold():
+            return _("You: {text}").format(text=preview(item.text))
+        if conversation.kind == "direct":
+            return preview(item.text)
+        return f"{sanitize_name(item.sender)}: {preview(item.text)}"
+
+    @staticmethod
+    def _quote_text(quote: schema.Quote | None) -> str:
+        if quote is None:
+            return _("A message not loaded")
+        if quote.deleted:
+            return _("A deleted message")
+        return f"{sanitize_name(quote.sender)}: {preview(quote.text)}"
 
     def _watch_list(self) -> list[str]:
         """Whose presence the window shows: the people on the directory page, then the peers

@@ -37,6 +37,31 @@ class Palette:
     warning: str = "#d98200"
     selection: str = "#dfe8fb"
     mention: str = "#fff4d6"
+    link: str = "#1a62c9"
+    highlight: str = "#fff1b8"
+    """The message a jump went to, for a moment."""
+    avatars: tuple[str, ...] = (
+        "#e17076",
+        "#eda86c",
+        "#a695e7",
+        "#7bc862",
+        "#6ec9cb",
+        "#65aadd",
+        "#ee7aae",
+        "#c49a6c",
+    )
+    """Avatar backgrounds, one per person (by :func:`~.text.colour_of`), under white initials."""
+    names: tuple[str, ...] = (
+        "#c03d33",
+        "#b8661d",
+        "#7a55d1",
+        "#3c9a28",
+        "#1f8f9f",
+        "#2f77c0",
+        "#c2407e",
+        "#8d6339",
+    )
+    """The same people's names: darker shades of their avatar colours, readable on white."""
 
 
 PALETTE = Palette()
@@ -87,6 +112,7 @@ def apply(root: tk.Tk) -> Palette:
     style.configure("Muted.TLabel", foreground=p.muted)
     style.configure("Small.TLabel", foreground=p.muted, font=fonts["Small"])
     style.configure("Error.TLabel", foreground=p.error)
+    style.configure("ContextTitle.TLabel", foreground=p.accent, font=fonts["Bold"])
     style.configure("Status.TLabel", background=p.sidebar, foreground=p.muted, padding=(8, 3))
     for state, colour in (
         ("connected", p.online),
@@ -114,6 +140,7 @@ def apply(root: tk.Tk) -> Palette:
     )
     style.configure("Link.TButton", background=p.sidebar, foreground=p.accent, padding=(6, 2))
     style.map("Link.TButton", background=[("active", p.border)])
+    style.configure("Emoji.TButton", padding=(4, 3), font=(family, 13))
     style.configure("TCheckbutton", background=p.background)
     style.configure(
         "Treeview",
@@ -126,6 +153,9 @@ def apply(root: tk.Tk) -> Palette:
         borderwidth=0,
     )
     style.layout("Treeview", [("Treeview.treearea", {"sticky": "nswe"})])
+    # The conversation list: a name and, under it, the last message.
+    style.configure("Chats.Treeview", rowheight=44)
+    style.layout("Chats.Treeview", [("Treeview.treearea", {"sticky": "nswe"})])
     style.map(
         "Treeview",
         background=[("selected", p.selection)],

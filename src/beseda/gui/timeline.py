@@ -32,6 +32,10 @@ class Outgoing:
     again cannot succeed, so no Retry is offered."""
     version: int = 0
     """Bumped on every change, so the row shown for it is rebuilt."""
+    reply_to: int | None = None
+    """The seq of the message it answers."""
+    quote: schema.Quote | None = None
+    """That message, quoted above it while it is on its way."""
 
 
 Item = schema.Message | Outgoing
@@ -55,6 +59,9 @@ class Timeline:
         self.hi = 0
         self.at_bottom = True
         self.at_top = True
+        self.has_newer = False
+        """Newer messages than these exist on the server (a page opened around an older
+        message, by a search hit or a quote): scrolling down loads them."""
 
     def __len__(self) -> int:
         return len(self.messages) + len(self.outgoing)
@@ -78,7 +85,15 @@ class Timeline:
     @property
     def attached(self) -> bool:
         """The window reaches the newest item."""
-        return self.hi == len(self)
+        return self.hi == len(self) and not self.has_newer
+
+    def index_of(self, seq: int) -> int | None:
+        index = bisect.bisect_left(self._seqs, seq)
+        return index if index < len(self._seqs) and self._seqs[index] == seq else None
+
+    def find(self, seq: int) -> schema.Message | None:
+        index = self.index_of(seq)
+        return None if index is None else self.messages[index]
 
     # -- changes -------------------------------------------------------------------------------
 
@@ -112,6 +127,24 @@ class Timeline:
     def has(self, seq: int) -> bool:
         index = bisect.bisect_left(self._seqs, seq)
         return index < len(self._seqs) and self._seqs[index] == seq
+
+    def replace(self, message: schema.Message) -> bool:
+        """Put ``message`` in place of the stored one with its seq (an edit, a reaction)."""
+        index = self.index_of(message.seq)
+        if index is None:
+            return False
+        self.messages[index] = message
+        return True
+
+    def remove(self, seq: int) -> bool:
+        """Take out the message with this seq (it was deleted); False if not stored."""
+        index = self.index_of(seq)
+        if index is None:
+            return False
+        del self.messages[index]
+        del self._seqs[index]
+        self._removed(index)
+        return True
 
     def add_outgoing(self, outgoing: Outgoing) -> None:
         self.outgoing.append(outgoing)
@@ -154,6 +187,20 @@ class Timeline:
         self.hi = len(self)
         self.lo = max(0, self.hi - self.INITIAL)
         self.at_bottom = True
+
+    def show_around(self, seq: int) -> bool:
+        """Put the window around the message with this seq (a jump to it); False if it is
+        not stored."""
+        index = self.index_of(seq)
+        if index is None:
+            return False
+        if self.lo <= index < self.hi:
+            return True
+        self.lo = max(0, index - self.INITIAL // 2)
+        self.hi = min(len(self), self.lo + self.INITIAL)
+        self.lo = max(0, self.hi - self.INITIAL)
+        self.at_bottom = False
+        return True
 
     def extend_up(self) -> bool:
         """Show older rows already in memory; False when the window starts at the first."""

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import tkinter as tk
-from collections.abc import Sequence
+import webbrowser
+from collections.abc import Callable, Sequence
+from tkinter import font as tkfont
 from tkinter import ttk
 from typing import Any, cast
 
-from . import theme
+from . import emoji, theme
 from .i18n import _, ngettext
 from .presenter import (
     CHANNELS,
@@ -20,22 +22,27 @@ from .presenter import (
     GENERAL_KEY,
     ChannelRow,
     ChannelSettings,
+    ComposerContext,
     ConversationRow,
     Header,
     MembersPanel,
     MessageRow,
     PersonRow,
     Presenter,
+    SearchPanel,
     SignInForm,
     Status,
     SwitcherRow,
 )
+from .text import find_links, link_target
 
 MIN_WIDTH, MIN_HEIGHT = 760, 520
 SECTION = "section:"
 """The sidebar's section rows (Channels, Direct messages) have ids with this prefix."""
 SECTIONS = (CHANNELS, DIRECT)
 
+SEARCH_KEYS = ("<Control-f>", "<Control-F>", "<Control-Cyrillic_a>", "<Control-Cyrillic_A>")
+"""Ctrl+F, on a Latin or a Russian layout."""
 SELECT_ALL = ("<Control-a>", "<Control-A>", "<Control-Cyrillic_ef>", "<Control-Cyrillic_EF>")
 """Ctrl+A, on a Latin or a Russian layout (there X reports the Cyrillic letter's key)."""
 
@@ -61,6 +68,23 @@ def bind_select_all(root: tk.Misc) -> None:
             for widget_class in ("TEntry", "Entry"):
                 root.bind_class(widget_class, sequence, entry)
             root.bind_class("Text", sequence, text)
+
+
+class Popup(tk.Toplevel):
+    """A window over the main one that gives its Tcl variables back when it closes.
+
+    A closed window's widgets still refer to each other (``master`` and ``children``), so
+    Python frees them in a garbage collection, which may run on the network thread; a
+    ``StringVar`` freed there would call Tcl from the wrong thread ("main thread is not in
+    main loop"). Released here, on the Tk thread, they have nothing left to do then.
+    """
+
+    def destroy(self) -> None:
+        super().destroy()
+        for value in list(vars(self).values()):
+            if isinstance(value, tk.Variable):
+                value.__del__()
+                value._tk = None  # type: ignore[attr-defined]
 
 
 class SignInScreen(ttk.Frame):
@@ -208,16 +232,26 @@ class MessageList:
         self.scrollbar.pack(side="right", fill="y")
         self.text.pack(side="left", fill="both", expand=True)
         bold = ("TkDefaultFont", 10, "bold")
-        self.text.tag_configure("sender", foreground=palette.sender, font=bold, spacing1=10)
-        self.text.tag_configure("own_sender", foreground=palette.own_sender, font=bold)
-        self.text.tag_configure("time", foreground=palette.muted, font=("TkDefaultFont", 8))
-        self.text.tag_configure("note", foreground=palette.muted, font=("TkDefaultFont", 8))
-        self.text.tag_configure("failed", foreground=palette.error, font=("TkDefaultFont", 8))
+        small = ("TkDefaultFont", 8)
+        family = tkfont.nametofont("TkDefaultFont", self.text).actual("family")
+        avatar_font = tkfont.Font(self.text, family=family, size=9, weight="bold")
+        self.indent = avatar_font.measure(" WW ") + 10
+        """Where names and message text start: right of the widest avatar."""
+        self.text.tag_configure("own", background=palette.own, lmargincolor=palette.own)
+        self.text.tag_configure("mention", background=palette.mention, lmargincolor=palette.mention)
+        self.text.tag_configure("header", spacing1=10, tabs=(self.indent,))
+        for index, (avatar, name) in enumerate(zip(palette.avatars, palette.names, strict=True)):
+            self.text.tag_configure(
+                f"avatar{index}", background=avatar, foreground="#ffffff", font=avatar_font
+            )
+            self.text.tag_configure(f"name{index}", foreground=name, font=bold)
+        self.text.tag_configure("time", foreground=palette.muted, font=small)
+        self.text.tag_configure("note", foreground=palette.muted, font=small)
+        self.text.tag_configure("failed", foreground=palette.error, font=small)
+        self.text.tag_configure("retry", foreground=palette.accent, underline=True, font=small)
         self.text.tag_configure(
-            "retry", foreground=palette.accent, underline=True, font=("TkDefaultFont", 8)
+            "body", spacing1=1, spacing3=2, lmargin1=self.indent, lmargin2=self.indent
         )
-        self.text.tag_configure("body", spacing3=2, lmargin1=0, lmargin2=0)
-        self.text.tag_configure("own", background=palette.own, lmargin1=6, lmargin2=6, rmargin=6)
         self.text.tag_configure(
             "marker",
             foreground=palette.accent,
@@ -227,15 +261,55 @@ class MessageList:
             spacing3=2,
         )
         self.text.tag_configure(
-            "event", foreground=palette.muted, font=("TkDefaultFont", 8), spacing1=6, spacing3=2
+            "day",
+            foreground=palette.muted,
+            font=("TkDefaultFont", 9, "bold"),
+            justify="center",
+            spacing1=14,
+            spacing3=2,
         )
         self.text.tag_configure(
-            "mention", background=palette.mention, lmargin1=6, lmargin2=6, rmargin=6
+            "event",
+            foreground=palette.muted,
+            font=small,
+            spacing1=6,
+            spacing3=2,
+            lmargin1=self.indent,
+            lmargin2=self.indent,
+        )
+        self.text.tag_configure("link", foreground=palette.link, underline=True)
+        self.text.tag_configure(
+            "quote",
+            foreground=palette.muted,
+            font=small,
+            lmargin1=self.indent,
+            lmargin2=self.indent,
+        )
+        self.text.tag_configure("edited", foreground=palette.muted, font=small)
+        self.text.tag_configure(
+            "reactions", spacing1=3, spacing3=4, lmargin1=self.indent, lmargin2=self.indent
+        )
+        self.text.tag_configure("reaction", background=palette.sidebar, font=("TkDefaultFont", 9))
+        self.text.tag_configure(
+            "reaction_mine", background=palette.selection, foreground=palette.accent
+        )
+        self.text.tag_configure(
+            "highlight", background=palette.highlight, lmargincolor=palette.highlight
         )
         self.text.tag_raise("sel")
         self.text.tag_bind("retry", "<Button-1>", self._retry)
-        self.text.tag_bind("retry", "<Enter>", lambda _e: self.text.configure(cursor="hand2"))
-        self.text.tag_bind("retry", "<Leave>", lambda _e: self.text.configure(cursor="arrow"))
+        self.text.tag_bind("link", "<Button-1>", self._open_link)
+        self.text.tag_bind("quote", "<Button-1>", self._quote_clicked)
+        self.text.tag_bind("reaction", "<Button-1>", self._reaction_clicked)
+        self.text.bind("<Button-3>", self._menu_requested)
+        self.menu: tk.Menu | None = None
+        """The menu of the message last right-clicked."""
+        self.chips: dict[str, tuple[str, ...]] = {}
+        """Row id → the emoji of its reactions, in the order shown."""
+        self.picker: EmojiPicker | None = None
+        for clickable in ("retry", "link", "quote", "reaction"):
+            self.text.tag_bind(clickable, "<Enter>", lambda _e: self.text.configure(cursor="hand2"))
+            self.text.tag_bind(clickable, "<Leave>", lambda _e: self.text.configure(cursor="arrow"))
         self.marks: list[str] = []
         self.row_ids: list[str] = []
         self._names = 0
@@ -264,12 +338,7 @@ class MessageList:
     ) -> None:
         text = self.text
         at_bottom = self.stuck or self._bottom_visible()
-        # The row at the top of the view, to keep it there: the edit may replace every row
-        # (the window moved), so a text mark could not follow it.
-        top_id = next(
-            (t.removeprefix("row:") for t in text.tag_names("@0,0") if t.startswith("row:")),
-            None,
-        )
+        anchor = self._anchor()
         text.configure(state="normal")
         if removed:
             text.delete(self._position(start), self._position(start + removed))
@@ -285,47 +354,217 @@ class MessageList:
             self._insert(row)
             self._names += 1
             mark = f"row{self._names}"
-            text.mark_set(mark, begin)
-            text.mark_gravity(mark, "right")
+            text.mark_set(mark, begin)  # marks keep right gravity: text goes in before them
             new_marks.append(mark)
         self.marks[start:start] = new_marks
         self.row_ids[start:start] = [row.id for row in rows]
         text.configure(state="disabled")
-        if reset or (at_bottom and follow):
+        if reset and "marker" in self.row_ids:
             text.see("end")
             self.stuck = True
-        elif top_id is not None and top_id in self.row_ids:
-            text.yview(self.marks[self.row_ids.index(top_id)])
+            marker = self.marks[self.row_ids.index("marker")]
+            if text.bbox(marker) is None:
+                # More unread than a screenful: the reader starts where they stopped.
+                text.yview(marker)
+                self.stuck = False
+        elif reset or (at_bottom and follow):
+            text.see("end")
+            self.stuck = True
+        elif anchor is not None and anchor[0] in self.row_ids:
+            text.yview(self.marks[self.row_ids.index(anchor[0])])
+            if anchor[1]:
+                text.yview_scroll(-anchor[1], "pixels")
+
+    def _anchor(self) -> tuple[str, int] | None:
+        """The message at the top of the view and how far down it starts (pixels), to keep
+        it there: the edit may replace every row (the window moved), so a text mark could
+        not follow it. A day's line or the unread line is no anchor: older rows put before
+        it keep the same line at the very top, and the reader would stay at the top, paging
+        on by themselves."""
+        text = self.text
+        top = next(
+            (t.removeprefix("row:") for t in text.tag_names("@0,0") if t.startswith("row:")),
+            None,
+        )
+        if top is None or top not in self.row_ids:
+            return None
+        if not top.startswith(("day:", "marker")):
+            return top, 0
+        position = self.row_ids.index(top)
+        for row_id, mark in zip(self.row_ids[position:], self.marks[position:], strict=True):
+            if not row_id.startswith(("day:", "marker")):
+                line = text.dlineinfo(mark)
+                return (row_id, line[1]) if line is not None else None
+        return None
 
     def _insert(self, row: MessageRow) -> None:
-        text = self.text
-        own = ("own",) if row.own else ()
+        # One Tcl call per row (text, tags, text, tags …): a window of 400 rows is redrawn
+        # in a fraction of the time separate inserts take.
+        self.text.tk.call(str(self.text), "insert", "insert_row", *self._parts(row))
+
+    def _parts(self, row: MessageRow) -> list[str | tuple[str, ...]]:
+        """The row's pieces of text, each followed by its tags."""
         tag = "row:" + row.id
+        if row.day:
+            return [row.text + "\n", ("day", tag)]
         if row.marker:
-            text.insert("insert_row", f"———  {row.text}  ———\n", ("marker", tag))
-            return
+            return [f"———  {row.text}  ———\n", ("marker", tag)]
         if row.event:
-            text.insert("insert_row", f"{row.text}  {row.time}\n", ("event", tag))
-            return
-        if row.mention:
-            own = ("mention",)
-        text.insert(
-            "insert_row", row.sender, ("own_sender" if row.own else "sender", "sender", tag, *own)
-        )
-        text.insert("insert_row", "  " + row.time, ("time", tag, *own))
+            return [f"{row.text}  {row.time}\n", ("event", tag)]
+        parts: list[str | tuple[str, ...]] = []
+        shade: tuple[str, ...] = ("mention",) if row.mention else ("own",) if row.own else ()
+        if row.highlight:
+            shade = ("highlight",)
+        # As few pieces as the looks allow (each costs Tk its tags' toggles); a line's
+        # spacing and tab stop come from the tags of its first character.
+        own = (tag, *shade)
+        if not row.continued:
+            parts += [f" {row.avatar} ", (f"avatar{row.colour}", "header", *own)]
+            parts += ["\t" + row.sender, (f"name{row.colour}", *own)]
+            parts += ["  " + row.time, ("time", *own)]
+            self._marks(parts, row, own)
+            _end_line(parts)
+        if row.quote_seq:
+            parts += [f"┃ {row.quote}\n", ("quote", f"quote:{row.quote_seq}", tag, *shade)]
+        body = ("body", *own)
+        at = 0
+        for start, end in find_links(row.text):
+            parts += [row.text[at:start], body, row.text[start:end], ("link", *body)]
+            at = end
+        parts += [row.text[at:], body]
+        if row.continued:
+            self._marks(parts, row, body)
+        _end_line(parts)
+        if row.reactions:
+            line = ("reactions", tag, *shade)
+            # Tags name a chip by its place: Tcl would hand an emoji back in UTF-16 halves.
+            self.chips[row.id] = tuple(chip.emoji for chip in row.reactions)
+            for index, chip in enumerate(row.reactions):
+                chip_tags = ("reaction", f"react:{index}", *line)
+                if chip.mine:
+                    chip_tags = ("reaction_mine", *chip_tags)
+                parts += [f" {chip.emoji} {chip.count} ", chip_tags, "  ", line]
+            parts += ["\n", line]
+        return parts
+
+    @staticmethod
+    def _marks(parts: list[str | tuple[str, ...]], row: MessageRow, tags: tuple[str, ...]) -> None:
+        """The edited mark; one's own message's state (✓, sending…, why it failed) and its
+        Retry link."""
+        if row.edited:
+            parts += ["  " + _("edited"), ("edited", *tags)]
         if row.note:
-            text.insert(
-                "insert_row", "  " + row.note, ("failed" if row.failed else "note", tag, *own)
-            )
+            parts += ["  " + row.note, ("failed" if row.failed else "note", *tags)]
         if row.failed:
-            text.insert("insert_row", "  ", (tag, *own))
-            text.insert("insert_row", _("Retry"), ("retry", tag, *own))
-        text.insert("insert_row", "\n" + row.text + "\n", ("body", tag, *own))
+            parts += ["  ", tags, _("Retry"), ("retry", *tags)]
 
     def _retry(self, event: tk.Event[Any]) -> None:
         for tag in self.text.tag_names(f"@{event.x},{event.y}"):
             if tag.startswith("row:"):
                 self.window.presenter.retry(tag.removeprefix("row:"))
+
+    def _row_at(self, x: int, y: int) -> tuple[str | None, tuple[str, ...]]:
+        tags = tuple(str(t) for t in self.text.tag_names(f"@{x},{y}"))
+        row = next((t.removeprefix("row:") for t in tags if t.startswith("row:")), None)
+        return row, tags
+
+    def _quote_clicked(self, event: tk.Event[Any]) -> str:
+        _row, tags = self._row_at(event.x, event.y)
+        for tag in tags:
+            if tag.startswith("quote:"):
+                self.window.presenter.jump_to(int(tag.removeprefix("quote:")))
+        return "break"
+
+    def _reaction_clicked(self, event: tk.Event[Any]) -> str:
+        row, tags = self._row_at(event.x, event.y)
+        for tag in tags:
+            if tag.startswith("react:") and row is not None:
+                chips = self.chips.get(row, ())
+                index = int(tag.removeprefix("react:"))
+                if index < len(chips):
+                    self.window.presenter.toggle_reaction(row, chips[index])
+        return "break"
+
+    def _menu_requested(self, event: tk.Event[Any]) -> str:
+        row, _tags = self._row_at(event.x, event.y)
+        if row is not None:
+            menu = self.menu_for(row)
+            if menu is not None:
+                menu.tk_popup(event.x_root, event.y_root)
+        return "break"
+
+    def menu_for(self, row_id: str) -> tk.Menu | None:
+        """The menu of one message (Reply, Edit, Delete, React, Copy), as the presenter
+        allows; None when the row is not a message."""
+        offer = self.window.presenter.message_menu(row_id)
+        if offer is None:
+            return None
+        if self.menu is not None:
+            self.menu.destroy()
+        presenter = self.window.presenter
+        menu = self.menu = tk.Menu(self.text, tearoff=False)
+        if offer.reply:
+            menu.add_command(label=_("Reply"), command=lambda: self._reply(row_id))
+        if offer.edit:
+            menu.add_command(label=_("Edit"), command=lambda: self._edit(row_id))
+        if offer.delete:
+            menu.add_command(label=_("Delete…"), command=lambda: presenter.ask_delete(row_id))
+        if offer.react:
+            reactions = tk.Menu(menu, tearoff=False)
+            for choice in emoji.REACTIONS:
+                mark = "✓ " if choice in offer.mine else ""
+                reactions.add_command(
+                    label=mark + choice,
+                    command=lambda c=choice: presenter.toggle_reaction(row_id, c),  # type: ignore[misc]
+                )
+            reactions.add_separator()
+            reactions.add_command(
+                label=_("More…"), command=lambda: self.pick_reaction(row_id, offer.mine)
+            )
+            menu.add_cascade(label=_("React"), menu=reactions)
+        menu.add_command(label=_("Copy text"), command=lambda: self._copy(offer.text))
+        return menu
+
+    def _reply(self, row_id: str) -> None:
+        self.window.presenter.reply(row_id)
+        self.window.chat.composer.focus_set()
+
+    def _edit(self, row_id: str) -> None:
+        if self.window.presenter.start_edit(row_id):
+            self.window.chat.composer.focus_set()
+
+    def pick_reaction(self, row_id: str, mine: frozenset[str]) -> None:
+        """The bigger emoji picker, for a reaction."""
+        if self.picker is not None and self.picker.winfo_exists():
+            self.picker.destroy()
+        self.picker = EmojiPicker(
+            self.window,
+            emoji.COMPOSER,
+            lambda chosen: self.window.presenter.toggle_reaction(row_id, chosen),
+            anchor=self.window.chat.emoji_button,
+            highlighted=mine,
+        )
+
+    def _copy(self, text: str) -> None:
+        self.text.clipboard_clear()
+        self.text.clipboard_append(text)
+
+    def scroll_to_row(self, row_id: str) -> None:
+        """Bring a row into view, a little below the top, as a jump does."""
+        if row_id not in self.row_ids:
+            return
+        mark = self.marks[self.row_ids.index(row_id)]
+        self.text.see(mark)
+        self.text.yview(f"{mark} - 3 display lines")
+        self.stuck = self._bottom_visible()
+
+    def _open_link(self, event: tk.Event[Any]) -> None:
+        index = self.text.index(f"@{event.x},{event.y}")
+        span = self.text.tag_prevrange("link", f"{index}+1c")
+        if span:
+            target = link_target(self.text.get(*span))
+            if target is not None:
+                self.window.open_url(target)
 
     def _scrolled(self, first: float, last: float) -> None:
         self.scrollbar.set(first, last)
@@ -372,6 +611,13 @@ class MessageList:
     def row_text(self, index: int) -> str:
         """The text of row ``index`` as shown (for tests)."""
         return self.text.get(self._position(index), self._position(index + 1))
+
+
+def _end_line(parts: list[str | tuple[str, ...]]) -> None:
+    """End the line with its last piece of text (one piece fewer than a newline of its own)."""
+    last = parts[-2]
+    assert isinstance(last, str)
+    parts[-2] = last + "\n"
 
 
 class ChatScreen(ttk.Frame):
@@ -441,10 +687,16 @@ class ChatScreen(ttk.Frame):
         self.tabs.add(people, text=_("People"))
 
         self.chat_list = ttk.Treeview(
-            chats, columns=("unread",), show="tree", selectmode="browse", takefocus=True
+            chats,
+            columns=("meta",),
+            show="tree",
+            selectmode="browse",
+            takefocus=True,
+            style="Chats.Treeview",
         )
-        self.chat_list.column("#0", width=190, stretch=True)
-        self.chat_list.column("unread", width=44, stretch=False, anchor="e")
+        self.chat_list.column("#0", width=180, stretch=True)
+        # When the last message came, and under it the unread badge.
+        self.chat_list.column("meta", width=64, stretch=False, anchor="e")
         self.chat_list.tag_configure("unread", font=("TkDefaultFont", 10, "bold"))
         self.chat_list.tag_configure(
             "mention", foreground=self.palette.accent, font=("TkDefaultFont", 10, "bold")
@@ -538,9 +790,12 @@ class ChatScreen(ttk.Frame):
                     badge, tags = str(row.unread), ("unread",)
                 else:
                     badge, tags = "", ()
+                title = "  " + row.title
+                if row.preview:
+                    title += "\n  " + row.preview
                 options: dict[str, Any] = {
-                    "text": "  " + row.title,
-                    "values": (badge,),
+                    "text": title,
+                    "values": (f"{row.time}\n{badge}",),
                     "image": self.dots[row.online],
                     "tags": tags,
                 }
@@ -610,6 +865,20 @@ class ChatScreen(ttk.Frame):
         composer.pack(side="bottom", fill="x")
         self.composer_error = ttk.Label(composer, style="Error.TLabel")
         self.composer_note = ttk.Label(composer, style="Muted.TLabel")
+        # Replying to or editing a message: what, and a ✕ (or Escape) to stop.
+        self.context_bar = ttk.Frame(composer)
+        self.context_title = ttk.Label(self.context_bar, style="ContextTitle.TLabel")
+        self.context_title.pack(side="left")
+        self.context_text = ttk.Label(self.context_bar, style="Muted.TLabel")
+        self.context_text.pack(side="left", padx=(8, 0), fill="x", expand=True)
+        self.context_cancel = ttk.Button(
+            self.context_bar,
+            text="✕",
+            style="Link.TButton",
+            width=2,
+            command=lambda: self.window.presenter.cancel_composer_context(),
+        )
+        self.context_cancel.pack(side="right")
         box = tk.Frame(
             composer,
             background=self.palette.background,
@@ -621,6 +890,11 @@ class ChatScreen(ttk.Frame):
             composer, text=_("Send"), style="Accent.TButton", command=self.send_message
         )
         self.send_button.pack(side="right", padx=(8, 0), anchor="s")
+        self.emoji_button = ttk.Button(
+            composer, text="☺", style="Emoji.TButton", width=2, command=self.open_emoji
+        )
+        self.emoji_button.pack(side="right", padx=(6, 0), anchor="s")
+        self.emoji_picker: EmojiPicker | None = None
         box.pack(side="left", fill="x", expand=True)
         self.composer = tk.Text(
             box,
@@ -640,6 +914,8 @@ class ChatScreen(ttk.Frame):
         self.composer.bind("<KP_Enter>", self._enter)
         self.composer.bind("<Shift-Return>", self._newline)
         self.composer.bind("<Tab>", self._focus_next)
+        self.composer.bind("<Escape>", self._escape)
+        self.composer.bind("<Up>", self._up)
         self.composer.bind("<KeyRelease>", self._composer_changed, add=True)
         ttk.Separator(main).pack(side="bottom", fill="x")
         self.typing_label = ttk.Label(main, style="Muted.TLabel", padding=(18, 0, 18, 2))
@@ -650,6 +926,46 @@ class ChatScreen(ttk.Frame):
     def _enter(self, _event: object) -> str:
         self.send_message()
         return "break"
+
+    def open_emoji(self) -> None:
+        """The composer's emoji button: a picker; the chosen emoji goes in at the cursor."""
+        if self.emoji_picker is not None and self.emoji_picker.winfo_exists():
+            self.emoji_picker.destroy()
+            return
+        self.emoji_picker = EmojiPicker(
+            self.window, emoji.COMPOSER, self.insert_emoji, anchor=self.emoji_button
+        )
+
+    def insert_emoji(self, chosen: str) -> None:
+        if str(self.composer.cget("state")) == "disabled":
+            return
+        self.composer.insert("insert", chosen)
+        # Back from the picker's window to the main one, ready to write on.
+        self.composer.focus_force()
+
+    def _escape(self, _event: object) -> str | None:
+        return "break" if self.window.presenter.cancel_composer_context() else None
+
+    def _up(self, _event: object) -> str | None:
+        # In an empty composer, Up edits one's last message (as in Slack and Telegram).
+        if self.composer.get("1.0", "end-1c").strip():
+            return None
+        return "break" if self.window.presenter.edit_last() else None
+
+    def show_composer_context(self, context: ComposerContext | None) -> None:
+        if context is None:
+            self.context_bar.pack_forget()
+            return
+        self.context_title.configure(
+            text=("✎ " if context.kind == "edit" else "↩ ") + context.title
+        )
+        self.context_text.configure(text=context.text)
+        self.context_bar.pack(side="top", fill="x", pady=(0, 4), before=self.composer.master)
+
+    def set_composer_text(self, text: str) -> None:
+        self.composer.delete("1.0", "end")
+        self.composer.insert("1.0", text)
+        self.composer.mark_set("insert", "end-1c")
 
     def _newline(self, _event: object) -> str:
         self.composer.insert("insert", "\n")
@@ -741,7 +1057,7 @@ class ChatScreen(ttk.Frame):
             self.composer_error.pack_forget()
 
 
-class Switcher(tk.Toplevel):
+class Switcher(Popup):
     """Ctrl+K: type to find a conversation or a person; Enter opens it."""
 
     def __init__(self, window: MainWindow) -> None:
@@ -808,7 +1124,203 @@ class Switcher(tk.Toplevel):
         return "break"
 
 
-class Dialog(tk.Toplevel):
+class EmojiPicker(Popup):
+    """A small grid of emoji over the window; a click chooses one and closes it, Escape or a
+    click elsewhere closes it."""
+
+    def __init__(
+        self,
+        window: MainWindow,
+        choices: Sequence[str],
+        chosen: Callable[[str], object],
+        *,
+        anchor: tk.Misc,
+        highlighted: frozenset[str] = frozenset(),
+    ) -> None:
+        super().__init__(window.root)
+        self.window = window
+        self.title(_("Emoji"))
+        self.transient(window.root)
+        self.resizable(False, False)
+        palette = theme.PALETTE
+        self.configure(background=palette.background)
+        self._chosen = chosen
+        self.cells: dict[str, tk.Label] = {}
+        frame = tk.Frame(self, background=palette.background, padx=6, pady=6)
+        frame.pack()
+        for index, choice in enumerate(choices):
+            cell = tk.Label(
+                frame,
+                text=choice,
+                font=("TkDefaultFont", 14),
+                width=2,
+                padx=3,
+                pady=1,
+                cursor="hand2",
+                background=palette.selection if choice in highlighted else palette.background,
+            )
+            cell.grid(row=index // emoji.COLUMNS, column=index % emoji.COLUMNS)
+            self._bind_cell(cell, choice, highlighted)
+            self.cells[choice] = cell
+        self.bind("<Escape>", lambda _e: self.destroy())
+        self.update_idletasks()
+        x = anchor.winfo_rootx() + anchor.winfo_width() - self.winfo_reqwidth()
+        y = anchor.winfo_rooty() - self.winfo_reqheight() - 8
+        self.geometry(f"+{max(0, x)}+{max(0, y)}")
+        self.focus_set()
+
+    def _bind_cell(self, cell: tk.Label, choice: str, highlighted: frozenset[str]) -> None:
+        palette = theme.PALETTE
+        resting = palette.selection if choice in highlighted else palette.background
+        cell.bind("<Button-1>", lambda _e: self.choose(choice))
+        cell.bind("<Enter>", lambda _e: cell.configure(background=palette.border))
+        cell.bind("<Leave>", lambda _e: cell.configure(background=resting))
+
+    def choose(self, choice: str) -> None:
+        self.destroy()
+        self._chosen(choice)
+
+
+class ConfirmDialog(Popup):
+    """A question with Delete and Cancel (deleting a message)."""
+
+    def __init__(self, window: MainWindow) -> None:
+        super().__init__(window.root)
+        self.window = window
+        self.title(_("Delete message"))
+        self.transient(window.root)
+        self.configure(background=theme.PALETTE.background)
+        body = ttk.Frame(self, padding=14)
+        body.pack(fill="both", expand=True)
+        self.label = ttk.Label(body, wraplength=320, justify="left")
+        self.label.pack(fill="x")
+        buttons = ttk.Frame(body)
+        buttons.pack(fill="x", pady=(12, 0))
+        self.confirm_button = ttk.Button(
+            buttons,
+            text=_("Delete"),
+            style="Accent.TButton",
+            command=lambda: window.presenter.confirm_delete(),
+        )
+        self.confirm_button.pack(side="right")
+        self.cancel_button = ttk.Button(
+            buttons, text=_("Cancel"), command=lambda: window.presenter.cancel_delete()
+        )
+        self.cancel_button.pack(side="right", padx=(0, 8))
+        self.protocol("WM_DELETE_WINDOW", lambda: window.presenter.cancel_delete())
+        self.bind("<Escape>", lambda _e: window.presenter.cancel_delete())
+        self.bind("<Return>", lambda _e: window.presenter.confirm_delete())
+        root = window.root
+        self.geometry(f"+{root.winfo_rootx() + 200}+{root.winfo_rooty() + 200}")
+        self.cancel_button.focus_set()
+
+
+class SearchWindow(Popup):
+    """Ctrl+F: search the messages of every conversation; a click on a result opens it at
+    that message."""
+
+    def __init__(self, window: MainWindow) -> None:
+        super().__init__(window.root)
+        self.window = window
+        palette = theme.PALETTE
+        self.title(_("Search messages"))
+        self.transient(window.root)
+        self.configure(background=palette.background)
+        frame = ttk.Frame(self, padding=10)
+        frame.pack(fill="both", expand=True)
+        self.query = tk.StringVar(self)
+        self.entry = ttk.Entry(frame, textvariable=self.query, width=56)
+        self.entry.pack(fill="x")
+        self.hint = ttk.Label(
+            frame,
+            text=_('Words, "a phrase", from:name, in:channel, before:2026-01-31, after:…'),
+            style="Small.TLabel",
+        )
+        self.hint.pack(anchor="w", pady=(4, 0))
+        self.status = ttk.Label(frame, style="Muted.TLabel")
+        self.status.pack(anchor="w", pady=(6, 0))
+        self.results = tk.Text(
+            frame,
+            height=16,
+            width=60,
+            wrap="word",
+            borderwidth=0,
+            highlightthickness=0,
+            cursor="arrow",
+            background=palette.background,
+            font="TkTextFont",
+            padx=4,
+        )
+        self.results.pack(fill="both", expand=True, pady=(6, 0))
+        self.results.tag_configure(
+            "meta", foreground=palette.muted, font=("TkDefaultFont", 8), spacing1=8
+        )
+        self.results.tag_configure(
+            "match", background=palette.mention, font=("TkDefaultFont", 10, "bold")
+        )
+        self.results.tag_configure("snippet", spacing3=2)
+        self.results.tag_bind("hit", "<Button-1>", self._clicked)
+        self.results.tag_bind("hit", "<Enter>", lambda _e: self.results.configure(cursor="hand2"))
+        self.results.tag_bind("hit", "<Leave>", lambda _e: self.results.configure(cursor="arrow"))
+        self.results.configure(state="disabled")
+        self.more_button = ttk.Button(
+            frame, text=_("Show more"), style="Link.TButton", command=self._more
+        )
+        self.count = 0
+        self._job: str | None = None
+        self.query.trace_add("write", lambda *_a: self._changed())
+        self.entry.bind("<Return>", lambda _e: self._search_now())
+        self.bind("<Escape>", lambda _e: self.destroy())
+        root = window.root
+        self.geometry(f"+{root.winfo_rootx() + 160}+{root.winfo_rooty() + 70}")
+        self.entry.focus_set()
+
+    def _changed(self) -> None:
+        if self._job is not None:
+            self.after_cancel(self._job)
+        self._job = self.after(300, self._search_now)
+
+    def _search_now(self) -> None:
+        if self._job is not None:
+            self.after_cancel(self._job)
+            self._job = None
+        self.window.presenter.search_messages(self.query.get())
+
+    def _more(self) -> None:
+        self.window.presenter.more_search()
+
+    def show(self, panel: SearchPanel) -> None:
+        text = self.results
+        text.configure(state="normal")
+        text.delete("1.0", "end")
+        for index, row in enumerate(panel.rows):
+            hit = ("hit", f"hit:{index}")
+            text.insert("end", f"{row.title}  ·  {row.sender}  ·  {row.time}\n", ("meta", *hit))
+            at = 0
+            for start, end in row.highlights:
+                text.insert("end", row.snippet[at:start], ("snippet", *hit))
+                text.insert("end", row.snippet[start:end], ("snippet", "match", *hit))
+                at = end
+            text.insert("end", row.snippet[at:] + "\n", ("snippet", *hit))
+        text.configure(state="disabled")
+        self.count = len(panel.rows)
+        self.status.configure(text=panel.status)
+        if panel.more:
+            self.more_button.pack(anchor="e", pady=(4, 0))
+        else:
+            self.more_button.pack_forget()
+
+    def _clicked(self, event: tk.Event[Any]) -> None:
+        for tag in self.results.tag_names(f"@{event.x},{event.y}"):
+            if str(tag).startswith("hit:"):
+                self.choose(int(str(tag).removeprefix("hit:")))
+
+    def choose(self, index: int) -> None:
+        self.window.presenter.search_choose(index)
+        self.window.root.focus_force()
+
+
+class Dialog(Popup):
     """A small window over the main one; Escape closes it."""
 
     def __init__(self, window: MainWindow, title: str) -> None:
@@ -1122,6 +1634,13 @@ class MainWindow:
         self.chat = ChatScreen(root, self, palette)
         self.switcher: Switcher | None = None
         self._screen: ttk.Frame | None = None
+        self.open_url: Callable[[str], object] = webbrowser.open
+        """Opens a clicked link (in the system's browser)."""
+        self.search_window: SearchWindow | None = None
+        self.confirm_dialog: ConfirmDialog | None = None
+        for sequence in SEARCH_KEYS:
+            with contextlib.suppress(tk.TclError):
+                root.bind(sequence, lambda _e: self.open_search())
         root.bind("<Control-k>", lambda _e: self.open_switcher())
         root.bind("<Control-K>", lambda _e: self.open_switcher())
         root.bind("<FocusIn>", self._focus_in, add=True)
@@ -1172,11 +1691,22 @@ class MainWindow:
             return
         self.switcher = Switcher(self)
 
+    def open_search(self) -> None:
+        """Ctrl+F: the search window (or back to it, when open)."""
+        if self._screen is not self.chat:
+            return
+        if self.search_window is not None and self.search_window.winfo_exists():
+            self.search_window.lift()
+            self.search_window.entry.focus_set()
+            return
+        self.search_window = SearchWindow(self)
+
     # -- the View protocol ---------------------------------------------------------------------
 
     def show_sign_in(self, form: SignInForm) -> None:
-        if self.switcher is not None and self.switcher.winfo_exists():
-            self.switcher.destroy()
+        for popup in (self.switcher, self.search_window, self.confirm_dialog):
+            if popup is not None and popup.winfo_exists():
+                popup.destroy()
         self._show_screen(self.sign_in_screen)
         self.sign_in_screen.show(form)
 
@@ -1252,6 +1782,30 @@ class MainWindow:
 
     def set_title(self, title: str) -> None:
         self.root.title(title)
+
+    def show_composer_context(self, context: ComposerContext | None) -> None:
+        self.chat.show_composer_context(context)
+
+    def set_composer_text(self, text: str) -> None:
+        self.chat.set_composer_text(text)
+
+    def show_confirm(self, text: str) -> None:
+        dialog = self.confirm_dialog
+        if not text:
+            if dialog is not None and dialog.winfo_exists():
+                dialog.destroy()
+            self.confirm_dialog = None
+            return
+        if dialog is None or not dialog.winfo_exists():
+            dialog = self.confirm_dialog = ConfirmDialog(self)
+        dialog.label.configure(text=text)
+
+    def show_search(self, panel: SearchPanel) -> None:
+        if self.search_window is not None and self.search_window.winfo_exists():
+            self.search_window.show(panel)
+
+    def scroll_to_row(self, row_id: str) -> None:
+        self.chat.messages.scroll_to_row(row_id)
 
     def bell(self) -> None:
         self.root.bell()

@@ -68,6 +68,11 @@ TOPIC_TOO_LONG: Final = "topic_too_long"
 GROUP_SIZE: Final = "group_size"
 TOO_MANY_CONVERSATIONS: Final = "too_many_conversations"
 ARCHIVED: Final = "archived"
+# Messages (version 4).
+UNKNOWN_MESSAGE: Final = "unknown_message"
+INVALID_EMOJI: Final = "invalid_emoji"
+TOO_MANY_REACTIONS: Final = "too_many_reactions"
+BAD_QUERY: Final = "bad_query"
 # The server's side.
 STORAGE_UNAVAILABLE: Final = "storage_unavailable"
 INTERNAL_ERROR: Final = "internal_error"
@@ -106,6 +111,10 @@ MESSAGES: Final[dict[str, str]] = {
     GROUP_SIZE: "A group has 3 to 32 members.",
     TOO_MANY_CONVERSATIONS: "You are in too many channels and groups.",
     ARCHIVED: "The channel is archived.",
+    UNKNOWN_MESSAGE: "No such message (it may have been deleted).",
+    INVALID_EMOJI: "A reaction is one emoji.",
+    TOO_MANY_REACTIONS: "The message has the most different reactions allowed.",
+    BAD_QUERY: "The search query cannot be understood.",
     STORAGE_UNAVAILABLE: "The server cannot store data right now; try again later.",
     INTERNAL_ERROR: "The server failed to handle the request.",
     AUTH_TIMEOUT: "No login within the time allowed.",

@@ -58,6 +58,25 @@ TYPING_INTERVAL: Final = 3.0
 TYPING_EXPIRY: Final = 6.0
 """Seconds after which a client stops showing a ``typing`` event it has not seen renewed."""
 
+REPLY_PREVIEW_CHARS: Final = 100
+"""A reply's quote carries at most this many code points of the answered message's text."""
+MAX_REACTIONS: Final = 20
+"""Most distinct emoji on one message (each user may add each of them once)."""
+MAX_EMOJI_CHARS: Final = 16
+"""Longest reaction, in code points (a family or flag sequence is one emoji of several)."""
+MAX_SEARCH_QUERY_CHARS: Final = 256
+"""Longest ``search`` query, in code points."""
+MAX_SEARCH_TERMS: Final = 16
+"""Most words, phrases and filters one ``search`` query may hold."""
+MAX_SEARCH_PAGE: Final = 50
+"""Largest ``limit`` of a ``search`` page."""
+DEFAULT_SEARCH_PAGE: Final = 20
+SEARCH_SNIPPET_CHARS: Final = 160
+"""A search hit's snippet has at most this many code points of the message's text."""
+MIN_SUBSTRING_CHARS: Final = 3
+"""A search word this long or longer also finds words that contain it; a shorter one finds
+whole words only."""
+
 RequestId = int | Annotated[str, msgspec.Meta(max_length=MAX_REQUEST_ID_CHARS)]
 ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CLIENT_ID_CHARS)]
 Seq = Annotated[int, msgspec.Meta(ge=0)]
@@ -75,6 +94,25 @@ class Base(msgspec.Struct, forbid_unknown_fields=False, omit_defaults=True):
 # ---------------------------------------------------------------------------------------------
 # Data carried inside replies and events
 # ---------------------------------------------------------------------------------------------
+
+
+class Quote(Base, kw_only=True):
+    """The message a reply answers, as it is now (version 4)."""
+
+    seq: int
+    sender: str
+    text: str = ""
+    """The beginning of its text (:data:`REPLY_PREVIEW_CHARS`); empty once deleted."""
+    deleted: bool = False
+    """The answered message was deleted."""
+
+
+class Reaction(Base, kw_only=True):
+    """One emoji on a message: how many people added it, and whether the reader did."""
+
+    emoji: str
+    count: int
+    me: bool = False
 
 
 class Entry(Base, kw_only=True):
@@ -117,6 +155,22 @@ class Entry(Base, kw_only=True):
     """The channel's topic (``created``, ``topic``)."""
     role: str | None = None
     """The member's new role (``role``)."""
+    reply_to: int | None = None
+    """The seq of the message (same conversation) this message answers (version 4)."""
+    reply: Quote | None = None
+    """The answered message as it is now, so a client draws the quote without a request."""
+    edited: int | None = None
+    """When the message's text was last edited (ms since the epoch); absent if never."""
+    reactions: list[Reaction] = []
+    """The message's reactions, aggregated per emoji (``history``, ``sync``, ``search``)."""
+    ref: int | None = None
+    """The seq of the message a change is about (``edited``, ``deleted``, ``reacted``,
+    ``unreacted``)."""
+    emoji: str | None = None
+    """The emoji added or removed (``reacted``, ``unreacted``)."""
+    count: int | None = None
+    """How many people have ``emoji`` on the message after the change (``reacted``,
+    ``unreacted``): a client sets the count, so applying an entry twice changes nothing."""
 
 
 Message = Entry
@@ -133,7 +187,15 @@ ENTRY_KINDS: Final = (
     "topic",
     "archived",
     "role",
+    "edited",
+    "deleted",
+    "reacted",
+    "unreacted",
 )
+CHANGE_KINDS: Final = ("edited", "deleted", "reacted", "unreacted")
+"""Entries that change an earlier message (its seq in ``ref``). ``history`` leaves them out,
+showing each message in its current state; ``sync`` and live events carry them."""
+SEARCH_ORDERS: Final = ("newest", "best")
 
 CONVERSATION_KINDS: Final = ("channel", "group", "direct")
 ROLES: Final = ("owner", "admin", "member")
@@ -249,12 +311,20 @@ class DirectMessage(Request, tag="dm"):
 
 
 class History(Request, tag="history"):
-    """One page of a conversation, newest first; name it by ``conversation`` or ``peer``."""
+    """One page of a conversation; name it by ``conversation`` or ``peer``.
+
+    The newest page, or the page before ``before``, after ``after`` or around ``around``
+    (at most one of the three; ``after`` and ``around`` are version 4)."""
 
     conversation: ShortText | None = None
     peer: ShortText | None = None
     before: Seq | None = None
     limit: PageLimit = DEFAULT_PAGE
+    after: Seq | None = None
+    """The page of entries right after this seq, oldest first."""
+    around: Seq | None = None
+    """The page centred on this seq: about half of ``limit`` before it, it, and the rest
+    after it (to open a conversation at a search hit or a quoted message)."""
 
 
 class Sync(Request, tag="sync"):
@@ -290,6 +360,60 @@ class Post(Request, tag="post"):
     conversation: ConversationId
     client_id: ClientId
     text: str
+    reply_to: Seq | None = None
+    """Answer the message with this seq in the same conversation (version 4)."""
+
+
+class Edit(Request, tag="edit"):
+    """Replace the text of one's own message (version 4)."""
+
+    conversation: ConversationId
+    seq: Seq
+    text: str
+
+
+class Delete(Request, tag="delete"):
+    """Delete a message: one's own, or any as an owner or admin of a channel (version 4)."""
+
+    conversation: ConversationId
+    seq: Seq
+
+
+Emoji = Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class React(Request, tag="react"):
+    """Add an emoji reaction to a message (version 4); adding it twice changes nothing."""
+
+    conversation: ConversationId
+    seq: Seq
+    emoji: Emoji
+
+
+class Unreact(Request, tag="unreact"):
+    """Remove one's own emoji reaction from a message (version 4)."""
+
+    conversation: ConversationId
+    seq: Seq
+    emoji: Emoji
+
+
+class Search(Request, tag="search"):
+    """Find messages in every conversation the user may read (version 4).
+
+    ``query`` holds words, ``"quoted phrases"`` and filters ``from:name``,
+    ``in:channel`` (or ``in:@name`` for a direct conversation, or a conversation id),
+    ``before:YYYY-MM-DD`` and ``after:YYYY-MM-DD`` (UTC days).
+    """
+
+    query: Annotated[str, msgspec.Meta(max_length=4 * MAX_SEARCH_QUERY_CHARS)]
+    conversation: ConversationId | None = None
+    """Search only this conversation (as ``in:`` does)."""
+    order: ShortText = "newest"
+    """``newest`` first, or ``best`` (most relevant) first."""
+    cursor: ShortText | None = None
+    """The ``next`` of the previous page."""
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_SEARCH_PAGE)] = DEFAULT_SEARCH_PAGE
 
 
 class CreateChannel(Request, tag="create_channel"):
@@ -427,6 +551,11 @@ AnyRequest = (
     | Channels
     | Read
     | Typing
+    | Edit
+    | Delete
+    | React
+    | Unreact
+    | Search
 )
 REQUEST_TYPES: Final = frozenset(
     t.__struct_config__.tag
@@ -458,6 +587,11 @@ REQUEST_TYPES: Final = frozenset(
         Channels,
         Read,
         Typing,
+        Edit,
+        Delete,
+        React,
+        Unreact,
+        Search,
     )
 )
 
@@ -517,11 +651,49 @@ class EntriesResult(Base, kw_only=True):
     more: bool
     """``history``: older entries exist (ask with ``before`` = ``entries[0].seq``); ``sync``:
     the page was full (ask again with the advanced cursors)."""
+    newer: bool = False
+    """``history`` with ``after`` or ``around`` (version 4): newer entries exist (ask with
+    ``after`` = ``entries[-1].seq``)."""
 
     @property
     def messages(self) -> list[Entry]:
         """The entries, by their version-2 name (kept for callers of ``HistoryResult``)."""
         return self.entries
+
+
+class ReactionResult(Base, kw_only=True):
+    """Reply to ``react`` and ``unreact`` (version 4)."""
+
+    conversation: str
+    seq: int
+    reactions: list[Reaction]
+    """The message's reactions now."""
+    entry: Entry | None = None
+    """The ``reacted`` or ``unreacted`` entry; absent when nothing changed (the reaction was
+    there already, or was not there to remove)."""
+
+
+class SearchHit(Base, kw_only=True):
+    """One message found by ``search`` (version 4)."""
+
+    conversation: str
+    seq: int
+    id: int
+    sender: str
+    ts: int
+    snippet: str
+    """Part of the message's text around the first match (:data:`SEARCH_SNIPPET_CHARS`),
+    with "…" where it was cut."""
+    highlights: list[tuple[int, int]] = []
+    """``[start, end)`` offsets in code points of ``snippet`` of each match."""
+    edited: int | None = None
+    reply_to: int | None = None
+
+
+class SearchResult(Base, kw_only=True):
+    results: list[SearchHit]
+    next: str | None = None
+    """Pass as ``cursor`` for the next page; absent on the last page."""
 
 
 class ConversationResult(Base, kw_only=True):
@@ -649,6 +821,7 @@ AnyServerMessage = (
     | Hello
     | Bye
 )
-PROTOCOL_VERSION: Final = 3
-"""3: conversations (channels, groups), entries, read markers, mentions, typing.
+PROTOCOL_VERSION: Final = 4
+"""4: replies, edits, deletes, reactions, ``search``, ``history`` after and around a seq.
+3: conversations (channels, groups), entries, read markers, mentions, typing.
 2: ``presence`` events go only to connections that ``watch`` the user (1: to everyone)."""

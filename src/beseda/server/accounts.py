@@ -229,14 +229,19 @@ class PasswordHasher:
 
     * at most ``workers`` hashes run at once (default: one per core the process may run on),
       on threads of their own; the others wait in order (FIFO);
-    * at most ``queue`` wait: beyond that, ``hash`` and ``verify`` refuse at once with
-      ``rate_limited`` and a ``retry_after`` (the time the work ahead is expected to take),
-      rather than let the wait grow without end;
+    * a hash waits its turn when the work ahead of it is expected to take at most
+      ``max_wait`` seconds (the hashes running and waiting, at the measured mean time per
+      hash, shared by the workers), and at most ``queue`` wait: beyond either, ``hash`` and
+      ``verify`` refuse at once with ``rate_limited`` and a ``retry_after`` (the time the
+      work ahead is expected to take), rather than let the wait grow without end. So a
+      burst of sign-ins within the server's hashing capacity over ``max_wait`` is never
+      refused, whatever its size, and one beyond it is refused at once;
     * ``reserved`` of those places are kept for checking the passwords of accounts that
-      exist (default: a quarter of the queue): a login for an unknown name (checked against
-      a dummy hash) and a registration's hash are refused once only the reserved places are
-      left, so a flood of guesses at made-up names cannot keep real users out. Both kinds
-      take the same time to check; only a full queue answers them differently
+      exist (default: a quarter of the queue, and likewise a quarter of ``max_wait``): a
+      login for an unknown name (checked against a dummy hash) and a registration's hash are
+      refused once only the reserved places (or time) are left, so a flood of guesses at
+      made-up names cannot keep real users out. Both kinds take the same time to check;
+      only a full queue answers them differently
       (docs/reliability.md, "Known limits");
     * on Linux the hashing threads run at the lowest CPU priority (nice 19), so the event
       loop takes the core whenever it has work and the hashes use what the chat leaves idle.
@@ -252,6 +257,7 @@ class PasswordHasher:
         parallelism: int = 1,
         workers: int | None = None,
         queue: int = Limits.hash_queue,
+        max_wait: float = Limits.hash_max_wait,
         reserved: int | None = None,
         low_priority: bool = True,
     ) -> None:
@@ -263,6 +269,8 @@ class PasswordHasher:
             raise ValueError(f"queue must be at least 0, not {queue}")
         if reserved is None:
             reserved = queue // 4
+        if max_wait < 0:
+            raise ValueError(f"max_wait must be at least 0, not {max_wait}")
         if not 0 <= reserved <= queue:
             raise ValueError(f"reserved must be from 0 to the queue ({queue}), not {reserved}")
         self._hasher = argon2.PasswordHasher(
@@ -273,6 +281,7 @@ class PasswordHasher:
         )
         self.workers = workers
         self.queue = queue
+        self.max_wait = max_wait
         self.reserved = reserved
         self.lowered = False
         """True once a hashing thread has lowered its priority (Linux only)."""
@@ -311,8 +320,14 @@ class PasswordHasher:
 
     async def _run(self, kept: int, function: Callable[..., _T], *args: object) -> _T:
         with self._lock:
-            if self._pending >= self.workers + self.queue - kept:
-                ahead = self._pending
+            ahead = self._pending
+            # The wait this hash can expect: the work ahead shared by the workers. Before the
+            # first hash is timed nothing is known, and only the count bounds the queue.
+            expected = ahead * self._seconds / self.workers
+            allowed = self.max_wait * (1 - kept / self.queue if self.queue else 1)
+            if ahead >= self.workers + self.queue - kept or (
+                ahead >= self.workers and expected > allowed
+            ):
                 raise ProtocolError(
                     errors.RATE_LIMITED,
                     "The server is busy checking passwords; try again shortly.",

@@ -82,7 +82,9 @@ class Server:
         self.bus: Bus = bus or LocalBus()
         self.hub = DeliveryHub()
         self.hasher = hasher or PasswordHasher(
-            workers=settings.limits.hash_workers or None, queue=settings.limits.hash_queue
+            workers=settings.limits.hash_workers or None,
+            queue=settings.limits.hash_queue,
+            max_wait=settings.limits.hash_max_wait,
         )
         self._own_hasher = hasher is None
         self.chat = Chat(
@@ -157,11 +159,17 @@ class Server:
         """Stop accepting, finish in-flight requests and commits, tell clients, close."""
         log.info("shutting down")
         await self.tcp.stop(self.settings.shutdown_grace)
+        counts = dict(getattr(self.storage, "stats", {}))  # the writer's, gone once closed
         await self.storage.close()
         await self.bus.close()
         if self._own_hasher:
             self.hasher.close()
-        log.info("stopped")
+        log.info(
+            "stopped: %d writes in %d commits, %d deliveries",
+            counts.get("writes", 0),
+            counts.get("batches", 0),
+            self.hub.delivered,
+        )
 
     async def __aenter__(self) -> Server:
         await self.start()

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+import emoji as emoji_data
 import msgspec
 
 from ..bus import Bus, EntryPosted, PresenceChanged, ReadMoved, TypingStarted
@@ -36,14 +37,22 @@ from ..protocol.schema import GENERAL
 from ..storage import (
     LookAlikeNameError,
     MemberChange,
+    MessageDeletion,
+    MessageEdit,
     NameTakenError,
     NewConversation,
     NewEntry,
     NewMessage,
+    NoSuchMessageError,
+    NotAuthorError,
+    ReactionChange,
+    SearchRequest,
     Storage,
+    StorageError,
+    TooManyReactionsError,
     UserRecord,
 )
-from . import accounts
+from . import accounts, search
 from .accounts import NameKind
 from .config import Limits
 from .conversations import (
@@ -110,8 +119,8 @@ class Hub(Protocol):
     def watch(self, session: Session, user_ids: Iterable[int]) -> None:
         """Replace the session's watch set: it gets the presence changes of these users."""
 
-    def sessions_of_token(self, token_hash: bytes) -> list[Session]:
-        """The attached sessions logged in with this token."""
+    def sessions_of_token(self, user_id: int, token_hash: bytes) -> list[Session]:
+        """The attached sessions of ``user_id`` logged in with this token."""
 
 
 def _now_ms() -> int:
@@ -200,6 +209,11 @@ class Chat:
             schema.Channels: self._channels,
             schema.Read: self._read,
             schema.Typing: self._typing_request,
+            schema.Edit: self._edit,
+            schema.Delete: self._delete,
+            schema.React: self._react,
+            schema.Unreact: self._react,
+            schema.Search: self._search,
         }
 
     async def open(self) -> None:
@@ -323,7 +337,9 @@ class Chat:
         if token_hash is not None:
             await self._storage.delete_token(token_hash)
             # The token is dead: so is every other connection that logged in with it.
-            for other in self._hub.sessions_of_token(token_hash):
+            user_id = session.user_id
+            others = [] if user_id is None else self._hub.sessions_of_token(user_id, token_hash)
+            for other in others:
                 if other is not session:
                     other.peer.close(errors.SESSION_ENDED)
         await self._sign_out(session)
@@ -396,8 +412,16 @@ class Chat:
             if pair is not None:
                 other = pair[1] if pair[0] == user.id else pair[0]
                 recipient = await self._user_by_id(other)
+        if request.reply_to is not None:
+            self._require_readable_seq(user.id, conversation, request.reply_to)
         return await self._post(
-            session, conversation, recipient, request.client_id, request.text, v3=True
+            session,
+            conversation,
+            recipient,
+            request.client_id,
+            request.text,
+            v3=True,
+            reply_to=request.reply_to,
         )
 
     def _direct_with(self, user: UserRecord, other: UserRecord) -> Conversation:
@@ -422,32 +446,15 @@ class Chat:
         text: str,
         *,
         v3: bool = False,
+        reply_to: int | None = None,
     ) -> Outcome:
         sender = session.user
         assert sender is not None
-        if not text.strip():
-            raise ProtocolError(errors.EMPTY_MESSAGE)
-        if len(text) > schema.MAX_TEXT_CHARS:
-            raise ProtocolError(
-                errors.MESSAGE_TOO_LONG,
-                f"A message may have at most {schema.MAX_TEXT_CHARS} characters; "
-                f"this one has {len(text)}.",
-            )
+        _check_text(text)
         if conversation.archived:
             raise ProtocolError(errors.ARCHIVED)
         mentions, mention_all = await self._mentions(sender, conversation, text)
-        # Over the rate, hold the message instead of refusing it while the backlog is short:
-        # a connection's requests are handled in order, so a fast sender is paced at the
-        # rate, keeps its order and needs no retries. Only a longer backlog is refused.
-        now = self._monotonic()
-        wait = self._message_rate.reserve(sender.id, now, self._limits.message_max_delay)
-        if wait is None:
-            retry = self._message_rate.peek(sender.id, now) - self._limits.message_max_delay
-            raise ProtocolError(errors.RATE_LIMITED, retry_after=round(max(retry, 0.001), 3))
-        if wait > 0:
-            await self._sleep(wait)
-            if not conversation.is_member(sender.id):  # removed while the message was held
-                raise unknown(conversation.id)
+        await self._pace(sender, conversation)
         conversation_id = conversation.id
         appended = self._storage.append_message(
             NewMessage(
@@ -459,6 +466,7 @@ class Chat:
                 self._clock(),
                 mentions=mentions,
                 mention_all=mention_all,
+                reply_to=reply_to,
             )
         )
         result: asyncio.Future[msgspec.Struct] = asyncio.get_running_loop().create_future()
@@ -477,7 +485,7 @@ class Chat:
                 return
             error = appended.exception()
             if error is not None:
-                result.set_exception(error)
+                result.set_exception(_message_error(error))
                 return
             stored, duplicate = appended.result()
             if duplicate:
@@ -496,6 +504,23 @@ class Chat:
         appended.add_done_callback(committed)
         session.last_write = result
         return result
+
+    async def _pace(self, sender: UserRecord, conversation: Conversation) -> None:
+        """The message rate, for messages and the changes of them alike (edits, deletes,
+        reactions: each is an entry every member receives).
+
+        Over the rate, hold the request instead of refusing it while the backlog is short:
+        a connection's requests are handled in order, so a fast sender is paced at the rate,
+        keeps its order and needs no retries. Only a longer backlog is refused."""
+        now = self._monotonic()
+        wait = self._message_rate.reserve(sender.id, now, self._limits.message_max_delay)
+        if wait is None:
+            retry = self._message_rate.peek(sender.id, now) - self._limits.message_max_delay
+            raise ProtocolError(errors.RATE_LIMITED, retry_after=round(max(retry, 0.001), 3))
+        if wait > 0:
+            await self._sleep(wait)
+            if not conversation.is_member(sender.id):  # removed while the request was held
+                raise unknown(conversation.id)
 
     async def _mentions(
         self, sender: UserRecord, conversation: Conversation, text: str
@@ -581,24 +606,71 @@ class Chat:
                 conversation = self.index.get(conversation_id)  # empty until its first message
             else:
                 conversation = self.index.require_readable(user.id, conversation_id)
+        if sum(x is not None for x in (request.before, request.after, request.around)) > 1:
+            raise ProtocolError(
+                errors.BAD_REQUEST, "history takes at most one of before, after and around."
+            )
         readable = None if conversation is None else self.index.readable(user.id, conversation)
+        newer = False
         if readable is None:
             entries: list[schema.Entry] = []
             more = False
         else:
             floor, ceiling = readable
+            storage = self._storage
             async with self._reads.slot(user.id):
-                entries, more = await self._storage.history(
-                    conversation_id,
-                    request.before,
-                    request.limit,
-                    floor=floor,
-                    ceiling=ceiling,
-                    max_bytes=self._reply_bytes,
-                )
+                if request.after is None and request.around is None:
+                    entries, more = await storage.history(
+                        conversation_id,
+                        request.before,
+                        request.limit,
+                        floor=floor,
+                        ceiling=ceiling,
+                        max_bytes=self._reply_bytes,
+                        reader=user.id,
+                    )
+                elif request.after is not None:
+                    entries, newer = await storage.history_after(
+                        conversation_id,
+                        max(request.after, floor),
+                        request.limit,
+                        ceiling=ceiling,
+                        reader=user.id,
+                        max_bytes=self._reply_bytes,
+                    )
+                    more = request.after > floor  # the entries up to ``after`` are older
+                else:
+                    assert request.around is not None
+                    # The message and the older half up to it, then the newer half.
+                    older = max(1, (request.limit + 1) // 2)
+                    entries, more = await storage.history(
+                        conversation_id,
+                        request.around + 1,
+                        older,
+                        floor=floor,
+                        ceiling=ceiling,
+                        max_bytes=self._reply_bytes // 2,
+                        reader=user.id,
+                    )
+                    start = entries[-1].seq if entries else max(floor, request.around)
+                    later, newer = (
+                        await storage.history_after(
+                            conversation_id,
+                            start,
+                            request.limit - len(entries),
+                            ceiling=ceiling,
+                            reader=user.id,
+                            max_bytes=self._reply_bytes // 2,
+                        )
+                        if request.limit > len(entries)
+                        else ([], start < ceiling)  # a page of one: is anything after it?
+                    )
+                    entries = entries + later
         if session.protocol < 3:
             return schema.HistoryResult(conversation=conversation_id, messages=entries, more=more)
-        return schema.EntriesResult(conversation=conversation_id, entries=entries, more=more)
+        return schema.EntriesResult(
+            conversation=conversation_id, entries=entries, more=more, newer=newer
+        )
 
     async def _sync(self, session: Session, request: schema.Sync) -> msgspec.Struct:
         user = session.user
@@ -620,7 +692,11 @@ class Chat:
         if ranges:
             async with self._reads.slot(user.id):
                 entries, more = await self._storage.entries_after(
-                    ranges, request.limit, max_bytes=self._reply_bytes
+                    ranges,
+                    request.limit,
+                    max_bytes=self._reply_bytes,
+                    reader=user.id,
+                    messages_only=legacy,
                 )
         else:
             entries, more = [], False
@@ -644,7 +720,8 @@ class Chat:
             ranges[conversation.id] = (after, ceiling)
 
     async def _users(self, session: Session, request: schema.Users) -> schema.UsersResult:
-        query = accounts.canonical_name(request.query.strip())
+        # Without diacritics, as the directory's folded keys: "zoe" finds Zoë.
+        query = search.fold(accounts.canonical_name(request.query.strip()))
         after = accounts.canonical_name(request.after) if request.after else None
         assert session.user is not None
         async with self._reads.slot(session.user.id):
@@ -817,7 +894,8 @@ class Chat:
     async def _channels(self, session: Session, request: schema.Channels) -> schema.ChannelsResult:
         user = session.user
         assert user is not None
-        query = accounts.canonical_name(request.query.strip())
+        # Without diacritics, as the user directory ("cafe" finds "Café").
+        query = search.fold(accounts.canonical_name(request.query.strip()))
         after = accounts.canonical_name(request.after) if request.after else ""
         # Channels only (by their keys), not every direct conversation of the server.
         conversations = self.index.conversations
@@ -832,7 +910,7 @@ class Chat:
                 for c in channels
                 if c.key is not None
                 and c.key > after
-                and query in c.key
+                and query in search.fold(c.key)
                 and (c.public or c.is_member(user.id))
             ),
             key=lambda c: c.key or "",
@@ -1348,6 +1426,234 @@ class Chat:
             NewEntry(conversation.id, "archived", user, self._clock(), archived=True),
             undo=undo,
         )
+
+    # -- replies, edits, deletes, reactions (version 4) ----------------------------------------
+
+    def _require_readable_seq(self, user_id: int, conversation: Conversation, seq: int) -> None:
+        """``unknown_message`` unless the user may read the entry at ``seq``."""
+        readable = self.index.readable(user_id, conversation)
+        if readable is None or not readable[0] < seq <= readable[1]:
+            raise ProtocolError(errors.UNKNOWN_MESSAGE, f"No message {seq} here.")
+
+    def _message_target(
+        self, session: Session, raw: str, seq: int
+    ) -> tuple[UserRecord, Conversation]:
+        user = session.user
+        assert user is not None
+        conversation = self.index.require_member(user.id, self._conversation_id(session, raw))
+        self._require_readable_seq(user.id, conversation, seq)
+        return user, conversation
+
+    async def _deliver_change(
+        self, session: Session, conversation: Conversation, write: asyncio.Future[schema.Entry]
+    ) -> schema.Entry:
+        """Await a change's commit, then publish its entry to the members."""
+        try:
+            entry = await write
+        except StorageError as exc:
+            raise _message_error(exc) from None
+        self._publish_change(session, conversation, entry)
+        return entry
+
+    def _publish_change(
+        self, session: Session, conversation: Conversation, entry: schema.Entry
+    ) -> None:
+        if entry.seq > conversation.last_seq:
+            conversation.last_seq, conversation.last_ts = entry.seq, entry.ts
+        recipients = None if conversation.everyone else conversation.members
+        self._bus.publish(EntryPosted(entry, recipients, session.peer.conn_id))
+
+    async def _edit(self, session: Session, request: schema.Edit) -> schema.Entry:
+        user, conversation = self._message_target(session, request.conversation, request.seq)
+        _check_text(request.text)
+        if conversation.archived:
+            raise ProtocolError(errors.ARCHIVED)
+        await self._pace(user, conversation)
+        edit = MessageEdit(conversation.id, request.seq, user, request.text, self._clock())
+        return await self._deliver_change(session, conversation, self._storage.edit_message(edit))
+
+    async def _delete(self, session: Session, request: schema.Delete) -> schema.Entry:
+        user, conversation = self._message_target(session, request.conversation, request.seq)
+        # A channel's owners and admins delete anyone's messages; everyone else their own.
+        manager = conversation.kind == CHANNEL and conversation.roles.get(user.id) in (
+            OWNER,
+            ADMIN,
+        )
+        await self._pace(user, conversation)
+        deletion = MessageDeletion(
+            conversation.id, request.seq, user, self._clock(), author_only=not manager
+        )
+        return await self._deliver_change(
+            session, conversation, self._storage.delete_message(deletion)
+        )
+
+    async def _react(
+        self, session: Session, request: schema.React | schema.Unreact
+    ) -> schema.ReactionResult:
+        user, conversation = self._message_target(session, request.conversation, request.seq)
+        emoji = check_emoji(request.emoji)
+        if conversation.archived:
+            raise ProtocolError(errors.ARCHIVED)
+        await self._pace(user, conversation)
+        change = ReactionChange(
+            conversation.id,
+            request.seq,
+            user,
+            emoji,
+            add=isinstance(request, schema.React),
+            ts=self._clock(),
+            max_distinct=schema.MAX_REACTIONS,
+        )
+        try:
+            entry, reactions = await self._storage.set_reaction(change)
+        except StorageError as exc:
+            raise _message_error(exc) from None
+        if entry is not None:
+            self._publish_change(session, conversation, entry)
+        return schema.ReactionResult(
+            conversation=conversation.id, seq=request.seq, reactions=reactions, entry=entry
+        )
+
+    # -- search --------------------------------------------------------------------------------
+
+    async def _search(self, session: Session, request: schema.Search) -> schema.SearchResult:
+        user = session.user
+        assert user is not None
+        if request.order not in schema.SEARCH_ORDERS:
+            raise ProtocolError(errors.BAD_REQUEST, "order is newest or best.")
+        query = search.parse_query(request.query)
+        best = request.order == "best" and query.terms != []
+        cursor = _search_cursor(request.cursor, best)
+        readable = self._readable_everywhere(user.id)
+        wanted = list(query.conversations)
+        if request.conversation is not None:
+            wanted.append(request.conversation)
+        for raw in wanted:
+            # Each in: narrows the search to that conversation (two different ones: nothing).
+            named = await self._named_conversation(user, raw)
+            window = readable.get(named) if named is not None else None
+            readable = {named: window} if named is not None and window is not None else {}
+        senders: tuple[int, ...] = ()
+        if query.senders:
+            keys = [accounts.canonical_name(name) for name in query.senders]
+            found = await self._storage.users_by_keys(keys)
+            if len({r.key for r in found}) < len(set(keys)):
+                readable = {}  # from: someone nobody is: nothing matches
+            senders = tuple(r.id for r in found)
+        if len(senders) > 1:
+            readable = {}  # one sender at a time: from:a from:b matches no message
+        async with self._reads.slot(user.id):
+            entries, following = await self._storage.search(
+                SearchRequest(
+                    match=query.fts(),
+                    readable=readable,
+                    reader=user.id,
+                    senders=senders,
+                    before=query.before,
+                    after=query.after,
+                    best=best,
+                    cursor=cursor,
+                    limit=request.limit,
+                )
+            )
+        hits = []
+        for entry in entries:
+            text, spans = search.snippet(entry.text, query.terms)
+            hits.append(
+                schema.SearchHit(
+                    conversation=entry.conversation,
+                    seq=entry.seq,
+                    id=entry.id,
+                    sender=entry.sender,
+                    ts=entry.ts,
+                    snippet=text,
+                    highlights=spans,
+                    edited=entry.edited,
+                    reply_to=entry.reply_to,
+                )
+            )
+        next_cursor = None
+        if following is not None:
+            next_cursor = f"{'b' if best else 'n'}:{following}"
+        return schema.SearchResult(results=hits, next=next_cursor)
+
+    def _readable_everywhere(self, user_id: int) -> dict[str, tuple[int, int]]:
+        """Every conversation the user may read, with the seqs they may read of it."""
+        windows: dict[str, tuple[int, int]] = {}
+        for conversation, _ in self.index.of_user(user_id):
+            window = self.index.readable(user_id, conversation)
+            if window is not None and window[1] > window[0]:
+                windows[conversation.id] = window
+        general = self.index.conversations[GENERAL]
+        if GENERAL not in windows:
+            window = self.index.readable(user_id, general)
+            if window is not None:
+                windows[GENERAL] = window
+        return windows
+
+    async def _named_conversation(self, user: UserRecord, raw: str) -> str | None:
+        """The conversation an ``in:`` names: an id, ``@name`` (the direct conversation with
+        them) or a channel's name; None when it names none."""
+        if raw.startswith("@"):
+            key = accounts.canonical_name(raw[1:])
+            found = await self._storage.users_by_keys([key])
+            return dm_conversation(user.id, found[0].id) if found else None
+        if is_canonical_id(raw) and self.index.get(raw) is not None:
+            return raw
+        channel = self.index.by_key.get(accounts.canonical_name(raw.removeprefix("#")))
+        if channel is None and accounts.canonical_name(raw.removeprefix("#")) == GENERAL:
+            return GENERAL
+        return channel or None
+
+
+def _check_text(text: str) -> None:
+    """The rules of a message's text (posted or edited)."""
+    if not text.strip():
+        raise ProtocolError(errors.EMPTY_MESSAGE)
+    if len(text) > schema.MAX_TEXT_CHARS:
+        raise ProtocolError(
+            errors.MESSAGE_TOO_LONG,
+            f"A message may have at most {schema.MAX_TEXT_CHARS} characters; "
+            f"this one has {len(text)}.",
+        )
+
+
+def check_emoji(raw: str) -> str:
+    """A reaction: exactly one emoji as the Unicode emoji data (the ``emoji`` package) knows
+    them, a ZWJ, flag, keycap or skin-tone sequence included; at most
+    :data:`~beseda.protocol.schema.MAX_EMOJI_CHARS` code points. ``invalid_emoji`` else."""
+    if not (0 < len(raw) <= schema.MAX_EMOJI_CHARS) or not emoji_data.is_emoji(raw):
+        raise ProtocolError(errors.INVALID_EMOJI, "A reaction is one emoji, such as 👍.")
+    return raw
+
+
+def _message_error(error: BaseException) -> BaseException:
+    """The wire error of a storage refusal about a message (others unchanged)."""
+    if isinstance(error, NoSuchMessageError):
+        return ProtocolError(errors.UNKNOWN_MESSAGE)
+    if isinstance(error, NotAuthorError):
+        return ProtocolError(
+            errors.NOT_ALLOWED, "Only its author (or a channel's owner or admin) may do that."
+        )
+    if isinstance(error, TooManyReactionsError):
+        return ProtocolError(
+            errors.TOO_MANY_REACTIONS,
+            f"A message has at most {schema.MAX_REACTIONS} different reactions.",
+        )
+    return error
+
+
+def _search_cursor(raw: str | None, best: bool) -> int | None:
+    """The position a ``search`` cursor (``n:ID`` newest first, ``b:OFFSET`` best first)
+    stands for; ``bad_request`` for anything else."""
+    if raw is None:
+        return None
+    kind, _, number = raw.partition(":")
+    if kind != ("b" if best else "n") or not (number.isascii() and number.isdigit()):
+        raise ProtocolError(errors.BAD_REQUEST, "cursor is not the next of this search.")
+    if len(number) > 19:
+        raise ProtocolError(errors.BAD_REQUEST, "cursor is not the next of this search.")
+    return int(number)
 
 
 def _page_marker_key(marker: str) -> tuple[int, str]:

@@ -175,11 +175,22 @@ class Limits:
         shown_default="0: one per core the server may run on",
     )
     hash_queue: int = limit(
-        64,
+        1024,
         "password hashes that may wait for a worker; more logins at once are refused with "
         "rate_limited",
         parse=whole_number,
     )
+    hash_max_wait: float = limit(
+        5.0,
+        "seconds a password login or registration may expect to wait for the hashes ahead "
+        "of it (at the measured time per hash); one that would wait longer is refused with "
+        "rate_limited",
+        unit=" s",
+    )
+    """What bounds a burst of sign-ins: within it (the server's hashing capacity over that
+    many seconds) every login waits its turn; beyond it the server refuses at once with a
+    ``retry_after`` rather than let logins wait past the client's patience. Keep it well
+    under ``auth_timeout``."""
 
 
 @dataclass(frozen=True, slots=True)

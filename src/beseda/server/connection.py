@@ -69,6 +69,10 @@ class State(enum.Enum):
     """Its last lines are queued; nothing more is read or sent, and the transport closes."""
 
 
+_CLOSED = State.CLOSED
+"""For the per-delivery check (an enum member looked up on its class costs more)."""
+
+
 class Event(enum.Enum):
     """What moves a connection from one state to another."""
 
@@ -181,6 +185,7 @@ class ServerConnection:
         "_paused",
         "_replies",
         "_requests",
+        "_send_limit",
         "_shutting_down",
         "_user_id",
         "_worker",
@@ -209,6 +214,7 @@ class ServerConnection:
         self._chat = chat
         self._capacity = capacity
         self._limits = capacity.limits
+        self._send_limit = self._limits.send_buffer_bytes
         self._hello = hello
         self._clock = clock
         self._on_output = on_output
@@ -568,16 +574,20 @@ class ServerConnection:
         self.deliver(event.line())
 
     def deliver(self, data: bytes) -> None:
-        """Queue a line for the transport's next write. Never blocks."""
-        if self.state is State.CLOSED:
+        """Queue a line for the transport's next write. Never blocks.
+
+        Once per recipient of every message, so it is kept to the fewest lookups (the
+        closed state as a module constant, the limit copied into a slot)."""
+        if self.state is _CLOSED:
             return
         out = self._out
         if not out:
             self._on_output()
         out.append(data)
-        self._out_bytes += len(data)
-        if self._out_bytes > self._limits.send_buffer_bytes:
-            self._drop_slow_consumer(self._out_bytes)
+        queued = self._out_bytes + len(data)
+        self._out_bytes = queued
+        if queued > self._send_limit:
+            self._drop_slow_consumer(queued)
 
     def data_to_send(self) -> bytes:
         """What is queued, in one piece (empty when nothing is)."""

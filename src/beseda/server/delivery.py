@@ -28,9 +28,10 @@ class DeliveryHub:
     """Registry of this process's authenticated sessions, by user."""
 
     def __init__(self) -> None:
-        self._by_user: defaultdict[int, set[Session]] = defaultdict(set)
+        self._by_user: dict[int, tuple[Session, ...]] = {}
+        """user id → that user's sessions: a tuple, not a set (a user has a few sessions,
+        usually one, and an empty set alone is 216 bytes for every idle connection)."""
         self._sessions: set[Session] = set()
-        self._by_token: defaultdict[bytes, set[Session]] = defaultdict(set)
         self._watchers: defaultdict[int, set[Session]] = defaultdict(set)
         """user id → the sessions watching that user's presence."""
         self._watching: dict[Session, frozenset[int]] = {}
@@ -40,30 +41,30 @@ class DeliveryHub:
 
     def attach(self, session: Session) -> None:
         assert session.user is not None
-        self._by_user[session.user.id].add(session)
+        user_id = session.user.id
+        sessions = self._by_user.get(user_id, ())
+        if session not in sessions:
+            self._by_user[user_id] = (*sessions, session)
         self._sessions.add(session)
-        if session.token_hash is not None:
-            self._by_token[session.token_hash].add(session)
 
-    def sessions_of_token(self, token_hash: bytes) -> list[Session]:
-        """The attached sessions logged in with this token."""
-        return list(self._by_token.get(token_hash, ()))
+    def sessions_of_token(self, user_id: int, token_hash: bytes) -> list[Session]:
+        """The attached sessions of ``user_id`` logged in with this token (a token is one
+        user's, so its sessions are among that user's few: no index by token, which cost
+        every idle connection a set of its own)."""
+        return [s for s in self._by_user.get(user_id, ()) if s.token_hash == token_hash]
 
     def detach(self, session: Session) -> None:
         assert session.user is not None
         self._unwatch(session)
         self._sessions.discard(session)
-        if session.token_hash is not None:
-            same = self._by_token.get(session.token_hash)
-            if same is not None:
-                same.discard(session)
-                if not same:
-                    del self._by_token[session.token_hash]
-        sessions = self._by_user.get(session.user.id)
+        user_id = session.user.id
+        sessions = self._by_user.get(user_id)
         if sessions is not None:
-            sessions.discard(session)
-            if not sessions:
-                del self._by_user[session.user.id]
+            remaining = tuple(s for s in sessions if s is not session)
+            if remaining:
+                self._by_user[user_id] = remaining
+            else:
+                del self._by_user[user_id]
 
     def watch(self, session: Session, user_ids: Iterable[int]) -> None:
         """Replace the session's watch set (an empty one stops all its presence events)."""

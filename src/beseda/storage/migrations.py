@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Final
 
 from ..server.accounts import name_skeleton
+from ..server.search import fold
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,61 @@ def _backfill_skeletons(conn: sqlite3.Connection) -> None:
             continue
         taken.add(skeleton)
         conn.execute("UPDATE users SET skeleton = ? WHERE id = ?", (skeleton, user_id))
+
+
+def _backfill_folded_names(conn: sqlite3.Connection) -> None:
+    """Give every user the diacritic-free form of their key (directory search)."""
+    rows = conn.execute("SELECT id, key FROM users").fetchall()
+    conn.executemany("UPDATE users SET folded = ? WHERE id = ?", [(fold(k), i) for i, k in rows])
+
+
+SEARCH_TRIGGERS: Final = (
+    # The index follows the messages table by itself, whatever writes it: no write path can
+    # forget it. ``beseda_search_body`` (registered on every connection by
+    # ``sqlite.connect``) is the indexed form of a text; ``beseda_search_on()`` is 0 only
+    # for a benchmark's reference run without the index.
+    """
+    CREATE TRIGGER search_insert AFTER INSERT ON messages
+    WHEN new.kind = 'message' AND beseda_search_on()
+    BEGIN
+        INSERT INTO search (rowid, body)
+        VALUES (new.id, beseda_search_body(new.text, new.sender_id, new.conversation));
+    END
+    """,
+    # One trigger for both halves of an update, in this order: SQLite runs several triggers
+    # of one event newest first, and the index must lose the old words before it gets the
+    # new ones (words in both would be lost otherwise).
+    """
+    CREATE TRIGGER search_update AFTER UPDATE OF text, kind ON messages
+    WHEN beseda_search_on() AND 'message' IN (old.kind, new.kind)
+    BEGIN
+        INSERT INTO search (search, rowid, body)
+        SELECT 'delete', old.id, beseda_search_body(old.text, old.sender_id, old.conversation)
+        WHERE old.kind = 'message';
+        INSERT INTO search (rowid, body)
+        SELECT new.id, beseda_search_body(new.text, new.sender_id, new.conversation)
+        WHERE new.kind = 'message';
+    END
+    """,
+    """
+    CREATE TRIGGER search_delete AFTER DELETE ON messages
+    WHEN old.kind = 'message' AND beseda_search_on()
+    BEGIN
+        INSERT INTO search (search, rowid, body)
+        VALUES ('delete', old.id, beseda_search_body(old.text, old.sender_id, old.conversation));
+    END
+    """,
+)
+
+
+def _index_messages(conn: sqlite3.Connection) -> None:
+    """Index every stored message (an existing database, upgraded)."""
+    count = conn.execute(
+        "INSERT INTO search (rowid, body) "
+        "SELECT id, beseda_search_body(text, sender_id, conversation) FROM messages "
+        "WHERE kind = 'message' AND beseda_search_on()"
+    ).rowcount
+    log.info("indexed %d messages for search", count)
 
 
 MIGRATIONS: Final[list[list[Step]]] = [
@@ -144,6 +200,42 @@ MIGRATIONS: Final[list[list[Step]]] = [
             seq          INTEGER NOT NULL,
             PRIMARY KEY (user_id, conversation, seq)
         ) WITHOUT ROWID
+        """,
+    ],
+    # 4: replies, edits, deletes, reactions and search. Change entries name the message they
+    # change by its seq in ``ref``; reactions are rows of their own (counted per emoji); the
+    # search index is a contentless FTS5 table of each message's folded words (see
+    # server/search.py), kept by triggers, filled here for the messages already stored.
+    [
+        "ALTER TABLE messages ADD COLUMN ref INTEGER",
+        "CREATE INDEX messages_by_ref ON messages (conversation, ref) WHERE ref IS NOT NULL",
+        """
+        CREATE TABLE reactions (
+            conversation TEXT    NOT NULL,
+            seq          INTEGER NOT NULL,
+            emoji        TEXT    NOT NULL,
+            user_id      INTEGER NOT NULL REFERENCES users (id),
+            ts           INTEGER NOT NULL,
+            PRIMARY KEY (conversation, seq, emoji, user_id)
+        ) WITHOUT ROWID
+        """,
+        "ALTER TABLE users ADD COLUMN folded TEXT",
+        _backfill_folded_names,
+        """
+        CREATE VIRTUAL TABLE search USING fts5 (
+            body, content = '', tokenize = 'trigram'
+        )
+        """,
+        _index_messages,
+        *SEARCH_TRIGGERS,
+        # Deletes whose text may still be in free pages or old index segments: counted in
+        # the delete's transaction, cleared when the index has been merged since, so that an
+        # erasure cut short by a stop or a crash is finished at the next start.
+        """
+        CREATE TABLE erasures (
+            id      INTEGER PRIMARY KEY CHECK (id = 1),
+            deletes INTEGER NOT NULL
+        )
         """,
     ],
 ]

@@ -29,6 +29,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,18 +37,34 @@ from typing import Any, TypeVar, cast
 
 import msgspec
 
-from ..protocol.schema import GENERAL, Entry, Message
+from ..protocol.schema import (
+    CHANGE_KINDS,
+    GENERAL,
+    REPLY_PREVIEW_CHARS,
+    Entry,
+    Message,
+    Quote,
+    Reaction,
+)
+from ..server.search import conversation_mark, fold, fts_phrase, search_body, sender_mark
 from . import (
     ConversationRecord,
     ConversationState,
     LookAlikeNameError,
     MemberChange,
     MembershipRecord,
+    MessageDeletion,
+    MessageEdit,
     NameTakenError,
     NewConversation,
     NewEntry,
     NewMessage,
+    NoSuchMessageError,
+    NotAuthorError,
+    ReactionChange,
+    SearchRequest,
     StorageError,
+    TooManyReactionsError,
     UserRecord,
 )
 from .migrations import MIGRATIONS
@@ -59,13 +76,41 @@ T = TypeVar("T")
 MAX_BATCH = 512
 """Most writes committed in one transaction."""
 
+MAX_GATHER = 0.002
+"""Longest the writer waits, seconds, to gather more writes into a commit (see
+:func:`gather_wait`). Persisting still comes before every acknowledgement; the wait only
+decides how many writes share one fsync."""
+_RATE_WINDOW = 0.02
+"""Seconds over which the writer averages the arrival rate: a batch that began this long
+after the previous one (or longer) sets the rate alone, so a pause forgets a past burst at
+once; batches closer together are averaged in proportion to the time between them."""
+
+
+def gather_wait(rate: float, queued: int) -> float:
+    """Seconds the writer should wait before committing ``queued`` writes, or 0.
+
+    Writes that arrive one at a time (independent users) would each pay a whole commit: its
+    fsync, its WAL frames, its conversation rows. So when writes have lately been arriving at
+    ``rate`` per second, enough that :data:`MAX_GATHER` is expected to bring at least one more
+    and at least as many as are queued already, the writer waits that long: the commit then
+    carries at least about twice as many writes, for at most :data:`MAX_GATHER` of extra
+    latency. A paced stream (a write every few milliseconds) expects less than one within
+    the wait and is committed at once; a queue that already holds many writes (a burst,
+    clients that pipeline) is too, since waiting would not double it.
+    """
+    expected = rate * MAX_GATHER
+    if expected < 1 or expected < queued or queued >= MAX_BATCH:
+        return 0.0
+    return MAX_GATHER
+
+
 _SEQ_CEILING = 2**62
 """Above every sequence number. Cursors come from clients, who may send any integer, and an
 integer SQLite cannot hold (2**63 and up) raises OverflowError instead of matching nothing."""
 
 _MESSAGE_COLUMNS = """
     m.id, m.conversation, m.seq, s.name, r.name, m.text, m.ts, m.client_id,
-    m.kind, t.name, m.data, m.mention_all
+    m.kind, t.name, m.data, m.mention_all, m.ref
     FROM messages m
     JOIN users s ON s.id = m.sender_id
     LEFT JOIN users r ON r.id = m.recipient_id
@@ -81,6 +126,10 @@ class _EntryData(msgspec.Struct, omit_defaults=True):
     name: str | None = None
     topic: str | None = None
     role: str | None = None
+    reply_to: int | None = None
+    edited: int | None = None
+    emoji: str | None = None
+    count: int | None = None
 
 
 _data_encoder = msgspec.json.Encoder()
@@ -122,7 +171,8 @@ _INSERT_MENTION = (
 
 def _message(row: tuple[Any, ...]) -> Entry:
     data = _NO_DATA if row[10] is None else _data_decoder.decode(row[10])
-    if row[8] == "message":
+    kind = row[8]
+    if kind == "message":
         return Entry(
             id=row[0],
             conversation=row[1],
@@ -134,6 +184,22 @@ def _message(row: tuple[Any, ...]) -> Entry:
             client_id=row[7],
             mentions=data.mentions,
             mention_all=bool(row[11]),
+            reply_to=data.reply_to,
+            edited=data.edited,
+        )
+    if kind in CHANGE_KINDS:
+        return Entry(
+            id=row[0],
+            conversation=row[1],
+            seq=row[2],
+            kind=kind,
+            sender=row[3],
+            to=row[4],
+            text=row[5],
+            ts=row[6],
+            ref=row[12],
+            emoji=data.emoji,
+            count=data.count,
         )
     return Entry(
         id=row[0],
@@ -150,9 +216,11 @@ def _message(row: tuple[Any, ...]) -> Entry:
 
 
 def _message_data(message: NewMessage) -> bytes | None:
-    if not message.mentions:
+    if not message.mentions and message.reply_to is None:
         return None
-    return _data_encoder.encode(_EntryData(mentions=[user.name for user in message.mentions]))
+    return _data_encoder.encode(
+        _EntryData(mentions=[user.name for user in message.mentions], reply_to=message.reply_to)
+    )
 
 
 def _record_mentions(conn: sqlite3.Connection, message: NewMessage, seq: int) -> None:
@@ -173,13 +241,28 @@ def _user(row: tuple[Any, ...] | None) -> UserRecord | None:
 
 
 def connect(
-    path: Path, *, readonly: bool = False, busy_timeout_ms: int = 5000
+    path: Path,
+    *,
+    readonly: bool = False,
+    busy_timeout_ms: int = 5000,
+    search_index: bool = True,
 ) -> sqlite3.Connection:
-    """Open a connection with the settings every beseda connection uses."""
+    """Open a connection with the settings every beseda connection uses.
+
+    It registers the functions the search index's triggers call (``beseda_search_body``,
+    ``beseda_search_on``). ``search_index=False`` is for a benchmark's reference run only:
+    messages written on that connection are not indexed, so search misses them.
+    """
     uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     conn.execute("PRAGMA foreign_keys = ON")
+    # A deleted message's text must not stay in freed space of a page (docs/architecture.md,
+    # "Deletes").
+    conn.execute("PRAGMA secure_delete = ON")
+    conn.create_function("beseda_search_body", 3, search_body, deterministic=True)
+    on = 1 if search_index else 0
+    conn.create_function("beseda_search_on", 0, lambda: on, deterministic=True)
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
@@ -289,6 +372,7 @@ def _stored(message: NewMessage, id_: int, seq: int) -> Message:
     if message.mentions or message.mention_all:  # most messages mention nobody
         stored.mentions = [user.name for user in message.mentions]
         stored.mention_all = message.mention_all
+    stored.reply_to = message.reply_to
     return stored
 
 
@@ -378,9 +462,17 @@ class _Writer(threading.Thread):
     acknowledge messages that vanish at the next restart.
     """
 
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, busy_timeout_ms: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        loop: asyncio.AbstractEventLoop,
+        busy_timeout_ms: int,
+        *,
+        search_index: bool = True,
+    ) -> None:
         super().__init__(name="beseda-sqlite-writer", daemon=True)
         self._path = path
+        self._search_index = search_index
         self._loop = loop
         self._busy_timeout_ms = busy_timeout_ms
         self._queue: queue.SimpleQueue[tuple[Write, asyncio.Future[Any]] | None] = (
@@ -389,6 +481,10 @@ class _Writer(threading.Thread):
         self.ready: asyncio.Future[None] = loop.create_future()
         self.batches = 0
         self.writes = 0
+        self.gathered = 0
+        """Batches for which the writer waited a moment to gather more writes."""
+        self.rate = 0.0
+        """Writes per second arriving lately (averaged over :data:`_RATE_WINDOW`)."""
         self.together = 0
         """Messages inserted in a run of appends (one ``executemany``), not one by one."""
         self.reruns = 0
@@ -426,7 +522,9 @@ class _Writer(threading.Thread):
                 self._conn.close()
 
     def _open(self) -> None:
-        conn = connect(self._path, busy_timeout_ms=self._busy_timeout_ms)
+        conn = connect(
+            self._path, busy_timeout_ms=self._busy_timeout_ms, search_index=self._search_index
+        )
         try:
             migrate(conn)
             status = os.stat(self._path)
@@ -461,21 +559,30 @@ class _Writer(threading.Thread):
         return None
 
     def _serve(self) -> None:
-        get, get_nowait = self._queue.get, self._queue.get_nowait
+        get = self._queue.get
+        previous = time.monotonic()
         while True:
             item = get()
+            began = time.monotonic()
             stopping = item is None
             batch: Batch = [] if item is None else [item]
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    continue
-                batch.append(item)
+            stopping = self._drain(batch) or stopping
+            elapsed = max(began - previous, 1e-6)
+            if batch and not stopping:
+                # After a pause longer than the window the average is stale: what came now is
+                # all there is to go by (a write after a quiet second does not wait).
+                rate = self.rate if elapsed < _RATE_WINDOW else len(batch) / elapsed
+                wait = gather_wait(rate, len(batch))
+                if wait:
+                    # One sleep, not a wake-up per arriving write; then take what came.
+                    time.sleep(wait)
+                    self.gathered += 1
+                    stopping = self._drain(batch)
             if batch:
+                # Writes per second since the previous batch began: the arrival rate.
+                weight = min(1.0, elapsed / _RATE_WINDOW)
+                self.rate += weight * (len(batch) / elapsed - self.rate)
+                previous = began
                 problem = self._file_problem()
                 if problem is not None:
                     log.error("refusing %d writes: %s", len(batch), problem)
@@ -486,6 +593,21 @@ class _Writer(threading.Thread):
                 self._loop.call_soon_threadsafe(_resolve, outcomes)
             if stopping:
                 return
+
+    def _drain(self, batch: Batch) -> bool:
+        """Move what is queued into ``batch`` (up to :data:`MAX_BATCH`); True on ``stop``."""
+        get_nowait = self._queue.get_nowait
+        stopping = False
+        while len(batch) < MAX_BATCH:
+            try:
+                item = get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                stopping = True
+                continue
+            batch.append(item)
+        return stopping
 
     def _commit(self, conn: sqlite3.Connection, batch: Batch) -> Outcomes:
         """Run ``batch`` in one transaction and commit it; the outcomes in batch order.
@@ -716,7 +838,6 @@ class _Writer(threading.Thread):
         if rows:
             # No savepoint (it would copy every page the run touches to a sub-journal, a
             # quarter of the run's cost): the run's rows are told apart by their ids instead.
-            changes = conn.total_changes
             try:
                 if mentioning:
                     # The kind-specific columns only when some message of the run needs them:
@@ -729,9 +850,9 @@ class _Writer(threading.Thread):
                             strict=True,
                         )
                     ]
-                    conn.executemany(_INSERT_MESSAGES, wide)
+                    cursor = conn.executemany(_INSERT_MESSAGES, wide)
                 else:
-                    conn.executemany(_INSERT_PLAIN_MESSAGES, rows)
+                    cursor = conn.executemany(_INSERT_PLAIN_MESSAGES, rows)
             except sqlite3.Error as exc:
                 if not isinstance(exc, sqlite3.IntegrityError):
                     raise  # disk full, I/O error …: the whole transaction is in doubt
@@ -739,7 +860,9 @@ class _Writer(threading.Thread):
             except Exception:
                 inserted = -1  # a value SQLite cannot hold, say: one by one, it fails alone
             else:
-                inserted = conn.total_changes - changes
+                # The statement's own rows (``total_changes`` would count the rows that the
+                # search index's triggers write too).
+                inserted = cursor.rowcount
             if inserted != len(rows):
                 # Some message was stored before this run (ON CONFLICT DO NOTHING skipped
                 # it, so the seqs after it are wrong), or the INSERT failed part-way: remove
@@ -790,8 +913,19 @@ def _resolve(outcomes: Iterable[tuple[asyncio.Future[Any], Any, BaseException | 
 class SQLiteStorage:
     """The embedded default store (implements :class:`beseda.storage.Storage`)."""
 
-    def __init__(self, path: Path | str, *, readers: int = 2, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        readers: int = 2,
+        busy_timeout: float = 5.0,
+        search_index: bool = True,
+    ) -> None:
+        """``search_index=False`` is for a benchmark's reference run only: messages written
+        are not indexed for search (and an upgrade's backfill does not run either), so the
+        cost of the index can be measured against the same server without it."""
         self.path = Path(path)
+        self._search_index = search_index
         self._readers = readers
         self._busy_timeout_ms = int(busy_timeout * 1000)
         self._writer: _Writer | None = None
@@ -799,6 +933,8 @@ class SQLiteStorage:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._erasing: asyncio.Future[None] | None = None
+        self._erase_again = False
 
     async def open(self) -> None:
         try:
@@ -806,7 +942,9 @@ class SQLiteStorage:
         except OSError as exc:
             raise StorageError(f"Cannot create the directory of {self.path}: {exc}") from exc
         loop = asyncio.get_running_loop()
-        self._writer = _Writer(self.path, loop, self._busy_timeout_ms)
+        self._writer = _Writer(
+            self.path, loop, self._busy_timeout_ms, search_index=self._search_index
+        )
         self._writer.start()
         try:
             await self._writer.ready
@@ -814,8 +952,18 @@ class SQLiteStorage:
             self._writer = None
             raise StorageError(f"Cannot open the database {self.path}: {exc}") from exc
         self._pool = ThreadPoolExecutor(self._readers, thread_name_prefix="beseda-sqlite-reader")
+        # An erasure a stop or a crash cut short is finished now.
+        pending = await self._read(
+            lambda conn: conn.execute("SELECT 1 FROM erasures WHERE id = 1").fetchone()
+        )
+        if pending is not None:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            self._erase_later(done)
 
     async def close(self) -> None:
+        # A deleted text is not left in the files by a stop (the erasure is bounded work).
+        await self.finish_erasure()
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.stop()
@@ -830,10 +978,15 @@ class SQLiteStorage:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counts of committed batches and writes (group-commit efficiency)."""
+        """Counts of committed batches, writes, and batches the writer waited to gather
+        (group-commit efficiency)."""
         if self._writer is None:
-            return {"batches": 0, "writes": 0}
-        return {"batches": self._writer.batches, "writes": self._writer.writes}
+            return {"batches": 0, "writes": 0, "gathered": 0}
+        return {
+            "batches": self._writer.batches,
+            "writes": self._writer.writes,
+            "gathered": self._writer.gathered,
+        }
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -882,9 +1035,9 @@ class SQLiteStorage:
         def work(tx: _Transaction) -> UserRecord:
             try:
                 cursor = tx.conn.execute(
-                    "INSERT INTO users (name, key, password_hash, created_at, skeleton) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (name, key, password_hash, now, skeleton),
+                    "INSERT INTO users (name, key, password_hash, created_at, skeleton, folded) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, key, password_hash, now, skeleton, fold(key)),
                 )
             except sqlite3.IntegrityError:
                 # The same key is "taken"; only another key of the same skeleton is a look-alike
@@ -940,7 +1093,7 @@ class SQLiteStorage:
         def work(conn: sqlite3.Connection) -> list[UserRecord]:
             rows = conn.execute(
                 "SELECT id, name, key, password_hash FROM users "
-                "WHERE key > ? AND instr(key, ?) > 0 ORDER BY key LIMIT ?",
+                "WHERE key > ? AND instr(folded, ?) > 0 ORDER BY key LIMIT ?",
                 (after or "", query, limit),
             ).fetchall()
             return [UserRecord(*row) for row in rows]
@@ -972,6 +1125,9 @@ class SQLiteStorage:
     # -- messages ------------------------------------------------------------------------------
 
     def append_message(self, message: NewMessage) -> asyncio.Future[tuple[Message, bool]]:
+        if message.reply_to is not None:
+            # A reply checks and quotes what it answers: one at a time, not in a run.
+            return self._submit(lambda tx: _append_reply(tx, message))
         # An _Append, not a closure: the writer recognises consecutive appends in a batch and
         # inserts them together (see _Writer._appends).
         return self._submit(_Append(message))
@@ -1091,6 +1247,7 @@ class SQLiteStorage:
         floor: int = 0,
         ceiling: int | None = None,
         max_bytes: int | None = None,
+        reader: int | None = None,
     ) -> tuple[list[Message], bool]:
         top = _SEQ_CEILING if before is None else min(before, _SEQ_CEILING)
         if ceiling is not None:
@@ -1099,7 +1256,7 @@ class SQLiteStorage:
         def work(conn: sqlite3.Connection) -> tuple[list[Message], bool]:
             rows = conn.execute(
                 f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = ? AND m.seq < ? "
-                "AND m.seq > ? ORDER BY m.seq DESC LIMIT ?",
+                f"AND m.seq > ? AND {_SHOWN} ORDER BY m.seq DESC LIMIT ?",
                 (conversation, top, min(max(floor, 0), _SEQ_CEILING), limit + 1),
             )
             page: list[Message] = []
@@ -1115,6 +1272,44 @@ class SQLiteStorage:
                     break
                 page.append(entry)
             page.reverse()
+            if _decorate(conn, page, reader) and _trim(page, max_bytes, newest=True):
+                more = True
+            return page, more
+
+        return await self._read(work)
+
+    async def history_after(
+        self,
+        conversation: str,
+        after: int,
+        limit: int,
+        *,
+        ceiling: int | None = None,
+        reader: int | None = None,
+        max_bytes: int | None = None,
+    ) -> tuple[list[Message], bool]:
+        top = _SEQ_CEILING if ceiling is None else min(ceiling, _SEQ_CEILING)
+
+        def work(conn: sqlite3.Connection) -> tuple[list[Message], bool]:
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = ? AND m.seq > ? "
+                f"AND m.seq <= ? AND {_SHOWN} ORDER BY m.seq LIMIT ?",
+                (conversation, min(max(after, 0), _SEQ_CEILING), top, limit + 1),
+            )
+            page: list[Message] = []
+            budget = _Budget(max_bytes)
+            more = False
+            for row in rows:
+                if len(page) == limit:
+                    more = True
+                    break
+                entry = _message(row)
+                if not budget.take(entry, first=not page):
+                    more = True
+                    break
+                page.append(entry)
+            if _decorate(conn, page, reader) and _trim(page, max_bytes, newest=False):
+                more = True
             return page, more
 
         return await self._read(work)
@@ -1125,7 +1320,11 @@ class SQLiteStorage:
         limit: int,
         *,
         max_bytes: int | None = None,
+        reader: int | None = None,
+        messages_only: bool = False,
     ) -> tuple[list[Message], bool]:
+        only = "AND m.kind = 'message'" if messages_only else ""
+
         def work(conn: sqlite3.Connection) -> tuple[list[Message], bool]:
             streams = []
             for conversation, (after, until) in ranges.items():
@@ -1133,7 +1332,7 @@ class SQLiteStorage:
                 cursor = conn.cursor()
                 cursor.execute(
                     f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = ? AND m.seq > ? "
-                    "AND m.seq <= ? ORDER BY m.seq",
+                    f"AND m.seq <= ? {only} ORDER BY m.seq",
                     (conversation, min(max(after, 0), _SEQ_CEILING), top),
                 )
                 streams.append(cursor)
@@ -1155,6 +1354,8 @@ class SQLiteStorage:
             finally:
                 for cursor in streams:
                     cursor.close()
+            if _decorate(conn, collected, reader) and _trim(collected, max_bytes, newest=False):
+                more = True
             return collected, more
 
         return await self._read(work) if ranges else ([], False)
@@ -1195,6 +1396,49 @@ class SQLiteStorage:
             return counts
 
         return await self._read(work) if markers else {}
+
+    # -- replies, edits, deletes, reactions, search (version 4) --------------------------------
+
+    def edit_message(self, edit: MessageEdit) -> asyncio.Future[Entry]:
+        return self._submit(lambda tx: _edit(tx, edit))
+
+    def delete_message(self, deletion: MessageDeletion) -> asyncio.Future[Entry]:
+        future = self._submit(lambda tx: _delete(tx, deletion))
+        future.add_done_callback(self._erase_later)
+        return future
+
+    def _erase_later(self, deleted: asyncio.Future[Any]) -> None:
+        if deleted.cancelled() or deleted.exception() is not None or self._writer is None:
+            return
+        self._erase_again = True
+        if self._erasing is None or self._erasing.done():
+            self._erasing = asyncio.ensure_future(self._erase())
+
+    async def _erase(self) -> None:
+        """Merge the search index into one segment step by step, then checkpoint and
+        truncate the WAL: afterwards no page of either file holds a deleted text."""
+        while self._erase_again:
+            self._erase_again = False
+            try:
+                step = _MergeRound()
+                while not await self._submit(step):
+                    pass
+                await self._read(_truncate_wal)
+            except StorageError as exc:
+                log.error("erasing deleted messages from the files failed: %s", exc)
+                return
+
+    async def finish_erasure(self) -> None:
+        while self._erasing is not None and not self._erasing.done():
+            await asyncio.shield(self._erasing)
+
+    def set_reaction(
+        self, change: ReactionChange
+    ) -> asyncio.Future[tuple[Entry | None, list[Reaction]]]:
+        return self._submit(lambda tx: _react(tx, change))
+
+    async def search(self, request: SearchRequest) -> tuple[list[Entry], int | None]:
+        return await self._read(lambda conn: _search(conn, request))
 
 
 class _Budget:
@@ -1379,3 +1623,463 @@ def _append_entry(tx: _Transaction, new: NewEntry) -> Entry:
     _apply_members(conn, conversation, seq, new.members)
     tx.took(conversation, seq, new.ts)
     return entry
+
+
+# -- replies, edits, deletes, reactions (version 4) ---------------------------------------------
+
+_SHOWN = "m.kind NOT IN ('edited', 'deleted', 'reacted', 'unreacted')"
+"""What ``history`` shows: messages (in their current state) and membership entries; not the
+change entries, nor a deleted message's place (kind ``deleted`` too)."""
+
+_TARGET = "SELECT id, kind, sender_id, ref FROM messages WHERE conversation = ? AND seq = ?"
+
+_INSERT_CHANGE = """
+    INSERT INTO messages
+        (conversation, seq, sender_id, client_id, text, ts, kind, data, ref)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    RETURNING id
+"""
+
+
+def _decorate(conn: sqlite3.Connection, entries: list[Entry], reader: int | None) -> bool:
+    """Fill in the quotes of replies and, for ``reader``, the reactions of messages; True
+    when it added anything."""
+    replies: dict[str, set[int]] = {}
+    shown: dict[str, list[int]] = {}
+    for entry in entries:
+        if entry.kind != "message":
+            continue
+        if entry.reply_to is not None:
+            replies.setdefault(entry.conversation, set()).add(entry.reply_to)
+        if reader is not None:
+            shown.setdefault(entry.conversation, []).append(entry.seq)
+    quotes: dict[tuple[str, int], Quote] = {}
+    for conversation, answered in replies.items():
+        for chunk in _chunks(sorted(answered)):
+            rows = conn.execute(
+                "SELECT m.seq, u.name, m.kind, substr(m.text, 1, ?) FROM messages m "
+                "JOIN users u ON u.id = m.sender_id WHERE m.conversation = ? "
+                f"AND m.seq IN ({', '.join('?' * len(chunk))})",
+                (REPLY_PREVIEW_CHARS, conversation, *chunk),
+            ).fetchall()
+            for seq, sender, kind, text in rows:
+                deleted = kind != "message"
+                quotes[conversation, seq] = Quote(
+                    seq=seq, sender=sender, text="" if deleted else text, deleted=deleted
+                )
+    reactions: dict[tuple[str, int], list[Reaction]] = {}
+    for conversation, seqs in shown.items():
+        # One seek tells whether the page's range has any reaction at all (most have none).
+        if not conn.execute(
+            "SELECT 1 FROM reactions WHERE conversation = ? AND seq BETWEEN ? AND ? LIMIT 1",
+            (conversation, min(seqs), max(seqs)),
+        ).fetchone():
+            continue
+        for chunk in _chunks(seqs):
+            rows = conn.execute(
+                "SELECT seq, emoji, count(*), max(user_id = ?), min(ts) FROM reactions "
+                f"WHERE conversation = ? AND seq IN ({', '.join('?' * len(chunk))}) "
+                "GROUP BY seq, emoji ORDER BY seq, 5, emoji",
+                (reader, conversation, *chunk),
+            ).fetchall()
+            for seq, emoji, count, mine, _ in rows:
+                reactions.setdefault((conversation, seq), []).append(
+                    Reaction(emoji=emoji, count=count, me=bool(mine))
+                )
+    if not quotes and not reactions:
+        return False
+    for entry in entries:
+        if entry.kind != "message":
+            continue
+        if entry.reply_to is not None:
+            entry.reply = quotes.get((entry.conversation, entry.reply_to))
+        found = reactions.get((entry.conversation, entry.seq))
+        if found:
+            entry.reactions = found
+    return True
+
+
+def _trim(entries: list[Entry], max_bytes: int | None, *, newest: bool) -> bool:
+    """Cut ``entries`` to ``max_bytes`` once quotes and reactions are filled in (the budget
+    counted them without): from the oldest end to keep the newest, else from the newest.
+    Keeps at least one; True when it cut."""
+    if max_bytes is None or not entries:
+        return False
+    sizes = [len(_data_encoder.encode(entry)) + 1 for entry in entries]
+    total = sum(sizes)
+    if total <= max_bytes:
+        return False
+    cut = 0
+    while total > max_bytes and cut < len(entries) - 1:
+        total -= sizes[cut] if newest else sizes[len(sizes) - 1 - cut]
+        cut += 1
+    if newest:
+        del entries[:cut]
+    else:
+        del entries[len(entries) - cut :]
+    return cut > 0
+
+
+def _chunks(values: list[int], size: int = 500) -> Iterable[list[int]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _reactions_of(
+    conn: sqlite3.Connection, conversation: str, seq: int, reader: int
+) -> list[Reaction]:
+    rows = conn.execute(
+        "SELECT emoji, count(*), max(user_id = ?), min(ts) FROM reactions "
+        "WHERE conversation = ? AND seq = ? GROUP BY emoji ORDER BY 4, emoji",
+        (reader, conversation, seq),
+    ).fetchall()
+    return [Reaction(emoji=e, count=c, me=bool(m)) for e, c, m, _ in rows]
+
+
+def _require_message(tx: _Transaction, conversation: str, seq: int) -> tuple[Any, ...]:
+    row = tx.conn.execute(_TARGET, (conversation, min(seq, _SEQ_CEILING))).fetchone()
+    if row is None or row[1] != "message":
+        raise NoSuchMessageError(f"no message {seq} in {conversation}")
+    return cast(tuple[Any, ...], row)
+
+
+def _insert_change(
+    tx: _Transaction,
+    conversation: str,
+    kind: str,
+    actor: UserRecord,
+    ts: int,
+    ref: int,
+    *,
+    text: str = "",
+    data: _EntryData = _NO_DATA,
+) -> Entry:
+    seq = _next_seq(tx, conversation)
+    client_id = f"~{kind}~{conversation}~{seq}~" + "-" * 64
+    (entry_id,) = tx.conn.execute(
+        _INSERT_CHANGE,
+        (
+            conversation,
+            seq,
+            actor.id,
+            client_id,
+            text,
+            ts,
+            kind,
+            _data_encoder.encode(data) if data != _NO_DATA else None,
+            ref,
+        ),
+    ).fetchone()
+    tx.took(conversation, seq, ts)
+    return Entry(
+        id=entry_id,
+        conversation=conversation,
+        seq=seq,
+        kind=kind,
+        sender=actor.name,
+        text=text,
+        ts=ts,
+        ref=ref,
+        emoji=data.emoji,
+        count=data.count,
+    )
+
+
+def _append_reply(tx: _Transaction, message: NewMessage) -> tuple[Message, bool]:
+    assert message.reply_to is not None
+    conn = tx.conn
+    existing = conn.execute(_BY_CLIENT_ID, (message.sender.id, message.client_id)).fetchone()
+    if existing is None:
+        # Only a new message needs its original to exist (a retry answers as stored).
+        _require_message(tx, message.conversation, message.reply_to)
+    stored, duplicate = _Append(message)(tx)
+    _decorate(conn, [stored], None)
+    return stored, duplicate
+
+
+def _edit(tx: _Transaction, edit: MessageEdit) -> Entry:
+    conn = tx.conn
+    row_id, _, sender_id, _ = _require_message(tx, edit.conversation, edit.seq)
+    if sender_id != edit.editor.id:
+        raise NotAuthorError("only the author edits a message")
+    (raw,) = conn.execute("SELECT data FROM messages WHERE id = ?", (row_id,)).fetchone()
+    data = _NO_DATA if raw is None else _data_decoder.decode(raw)
+    data = msgspec.structs.replace(data, edited=edit.ts)
+    # The message and every earlier edit of it hold the new text: no old version is kept.
+    conn.execute(
+        "UPDATE messages SET text = ?, data = ? WHERE id = ?",
+        (edit.text, _data_encoder.encode(data), row_id),
+    )
+    conn.execute(
+        "UPDATE messages SET text = ? WHERE conversation = ? AND ref = ? AND kind = 'edited'",
+        (edit.text, edit.conversation, edit.seq),
+    )
+    return _insert_change(
+        tx, edit.conversation, "edited", edit.editor, edit.ts, edit.seq, text=edit.text
+    )
+
+
+def _delete(tx: _Transaction, deletion: MessageDeletion) -> Entry:
+    conn = tx.conn
+    conversation, seq = deletion.conversation, deletion.seq
+    row = conn.execute(_TARGET, (conversation, min(seq, _SEQ_CEILING))).fetchone()
+    if row is None or not (row[1] == "message" or (row[1] == "deleted" and row[3] == seq)):
+        raise NoSuchMessageError(f"no message {seq} in {conversation}")
+    row_id, kind, sender_id, _ = row
+    if deletion.author_only and sender_id != deletion.actor.id:
+        raise NotAuthorError("only the author, or a channel's owner or admin, deletes it")
+    if kind == "deleted":
+        # Deleted already (a retry, or two people at once): the first tombstone answers.
+        first = conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = ? AND m.ref = ? "
+            "AND m.kind = 'deleted' AND m.seq <> ? ORDER BY m.seq LIMIT 1",
+            (conversation, seq, seq),
+        ).fetchone()
+        if first is not None:
+            return _message(first)
+    # The row keeps its place (seq, author, client id) and loses everything it said; the
+    # search index's trigger removes it from the index with the text it had.
+    conn.execute(
+        "UPDATE messages SET kind = 'deleted', ref = seq, text = '', data = NULL, "
+        "mention_all = 0 WHERE id = ?",
+        (row_id,),
+    )
+    conn.execute(
+        "UPDATE messages SET kind = 'deleted', text = '', data = NULL "
+        "WHERE conversation = ? AND ref = ? AND kind = 'edited'",
+        (conversation, seq),
+    )
+    conn.execute("DELETE FROM mentions WHERE conversation = ? AND seq = ?", (conversation, seq))
+    conn.execute("DELETE FROM reactions WHERE conversation = ? AND seq = ?", (conversation, seq))
+    conn.execute(
+        "INSERT INTO erasures (id, deletes) VALUES (1, 1) "
+        "ON CONFLICT (id) DO UPDATE SET deletes = deletes + 1"
+    )
+    return _insert_change(tx, conversation, "deleted", deletion.actor, deletion.ts, seq)
+
+
+def _react(tx: _Transaction, change: ReactionChange) -> tuple[Entry | None, list[Reaction]]:
+    conn = tx.conn
+    conversation, seq, user = change.conversation, change.seq, change.user
+    _require_message(tx, conversation, seq)
+    key = (conversation, seq, change.emoji, user.id)
+    mine = conn.execute(
+        "SELECT 1 FROM reactions WHERE conversation = ? AND seq = ? AND emoji = ? AND user_id = ?",
+        key,
+    ).fetchone()
+    entry = None
+    if change.add and mine is None:
+        (present,) = conn.execute(
+            "SELECT count(*) FROM reactions WHERE conversation = ? AND seq = ? AND emoji = ?",
+            (conversation, seq, change.emoji),
+        ).fetchone()
+        if not present:
+            (distinct,) = conn.execute(
+                "SELECT count(DISTINCT emoji) FROM reactions WHERE conversation = ? AND seq = ?",
+                (conversation, seq),
+            ).fetchone()
+            if distinct >= change.max_distinct:
+                raise TooManyReactionsError(f"message {seq} has {distinct} emoji")
+        conn.execute(
+            "INSERT INTO reactions (conversation, seq, emoji, user_id, ts) VALUES (?, ?, ?, ?, ?)",
+            (*key, change.ts),
+        )
+        entry = _insert_change(
+            tx,
+            conversation,
+            "reacted",
+            user,
+            change.ts,
+            seq,
+            data=_EntryData(emoji=change.emoji, count=present + 1),
+        )
+    elif not change.add and mine is not None:
+        conn.execute(
+            "DELETE FROM reactions WHERE conversation = ? AND seq = ? AND emoji = ? "
+            "AND user_id = ?",
+            key,
+        )
+        (left,) = conn.execute(
+            "SELECT count(*) FROM reactions WHERE conversation = ? AND seq = ? AND emoji = ?",
+            (conversation, seq, change.emoji),
+        ).fetchone()
+        entry = _insert_change(
+            tx,
+            conversation,
+            "unreacted",
+            user,
+            change.ts,
+            seq,
+            data=_EntryData(emoji=change.emoji, count=left),
+        )
+    return entry, _reactions_of(conn, conversation, seq, user.id)
+
+
+MERGE_PAGES = 256
+"""Leaf pages of the search index merged per write while erasing: each step holds the writer
+for a few milliseconds, and messages are committed between steps."""
+
+
+class _MergeRound:
+    """One round of erasure: merge the search index into one segment, a bounded part per
+    write; the write that finishes clears the count of deletes it covers.
+
+    FTS5 removes a deleted document from its segments only when they are merged (this
+    SQLite has no ``secure-delete`` option): merging every segment into one leaves nothing
+    of a deleted message's words behind, and ``secure_delete`` zeroes the pages freed."""
+
+    __slots__ = ("deletes",)
+
+    def __init__(self) -> None:
+        self.deletes: int | None = None
+        """The count of deletes when the round began (those it erases)."""
+
+    def __call__(self, tx: _Transaction) -> bool:
+        """One step; True when the round is done."""
+        conn = tx.conn
+        if self.deletes is None:
+            row = conn.execute("SELECT deletes FROM erasures WHERE id = 1").fetchone()
+            self.deletes = row[0] if row else 0
+        before = conn.total_changes
+        conn.execute("INSERT INTO search (search, rank) VALUES ('merge', ?)", (-MERGE_PAGES,))
+        if conn.total_changes - before >= 2:
+            return False
+        # A delete committed during the round counted one more: it stays pending.
+        conn.execute("DELETE FROM erasures WHERE id = 1 AND deletes = ?", (self.deletes,))
+        return True
+
+
+def _truncate_wal(conn: sqlite3.Connection) -> None:
+    """Copy the WAL into the database and cut it to nothing (waits for readers, as the
+    busy timeout allows)."""
+    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    if busy:
+        raise StorageError("the WAL could not be checkpointed (the database is busy)")
+
+
+# -- search ---------------------------------------------------------------------------------------
+
+_SCOPE = """
+    CREATE TEMP TABLE IF NOT EXISTS search_scope (
+        conversation TEXT PRIMARY KEY, floor INTEGER NOT NULL, ceiling INTEGER NOT NULL
+    ) WITHOUT ROWID
+"""
+
+
+_CLOCK_MARGIN_MS = 3_600_000
+"""Ids grow in commit order and ``ts`` is the server's clock at the commit, so the first id
+stored at or after a time can be found by bisecting ids. A clock that stepped back would make
+the two disagree; the bound is widened by an hour, and the exact ``ts`` test applies anyway."""
+
+
+def _first_id_at(conn: sqlite3.Connection, ts: int) -> int:
+    """The smallest message id stored at or after ``ts`` (one past the largest when none),
+    by bisecting ids: some twenty primary-key reads, instead of an index on ``ts`` that every
+    message would pay for."""
+    # Two reads: SQLite answers a lone min() or max() of the key from the b-tree's edge, and
+    # scans the table for anything more.
+    (low,) = conn.execute("SELECT min(id) FROM messages").fetchone()
+    (high,) = conn.execute("SELECT max(id) FROM messages").fetchone()
+    if low is None:
+        return 1
+    high += 1
+    while low < high:
+        middle = (low + high) // 2
+        row = conn.execute(
+            "SELECT id, ts FROM messages WHERE id >= ? ORDER BY id LIMIT 1", (middle,)
+        ).fetchone()
+        if row is None or row[1] >= ts:
+            high = middle
+        else:
+            low = row[0] + 1
+    return int(low)
+
+
+def _search(conn: sqlite3.Connection, request: SearchRequest) -> tuple[list[Entry], int | None]:
+    """One page of a search (see :meth:`Storage.search`)."""
+    if not request.readable:
+        return [], None
+    # The conversations the reader may read, as a table the query joins: a temporary one,
+    # of this reader thread's connection.
+    conn.execute(_SCOPE)
+    conn.execute("DELETE FROM temp.search_scope")
+    conn.executemany(
+        "INSERT INTO temp.search_scope VALUES (?, ?, ?)",
+        [
+            (c, max(after, 0), min(ceiling, _SEQ_CEILING))
+            for c, (after, ceiling) in request.readable.items()
+        ],
+    )
+    where = ["m.kind = 'message'", "m.seq > sc.floor", "m.seq <= sc.ceiling"]
+    params: list[Any] = []
+    if request.senders:
+        where.append(f"m.sender_id IN ({', '.join('?' * len(request.senders))})")
+        params.extend(request.senders)
+    if request.before is not None:
+        where.append("m.ts < ?")
+        params.append(request.before)
+        # Also as a bound on ids, which the index seeks to instead of walking every newer
+        # match; see _first_id_at for the clock margin.
+        where.append("{id} < ?")
+        params.append(_first_id_at(conn, request.before + _CLOCK_MARGIN_MS))
+    if request.after is not None:
+        where.append("m.ts >= ?")
+        params.append(request.after)
+        where.append("{id} >= ?")
+        params.append(_first_id_at(conn, request.after - _CLOCK_MARGIN_MS))
+    limit = request.limit + 1
+    offset = 0
+    # The sender and a single conversation are marks in the index: looked up with the words
+    # (FTS5 skips along the shorter posting list) instead of checked at every match.
+    parts = [f"({request.match})"] if request.match is not None else []
+    if request.senders:
+        parts.append("(" + " OR ".join(fts_phrase(sender_mark(s)) for s in request.senders) + ")")
+    if len(request.readable) == 1:
+        (only,) = request.readable
+        parts.append(fts_phrase(conversation_mark(only)))
+    match = " AND ".join(parts) if parts else None
+    if match is None:
+        # Filters only: newest first over the messages table, whatever the order asked.
+        if request.cursor is not None:
+            where.append("m.id < ?")
+            params.append(min(request.cursor, _MAX_ROWID))
+        sql = (
+            f"SELECT {_MESSAGE_COLUMNS} JOIN temp.search_scope sc "
+            f"ON sc.conversation = m.conversation WHERE {' AND '.join(where).format(id='m.id')} "
+            "ORDER BY m.id DESC LIMIT ?"
+        )
+        rows = conn.execute(sql, (*params, limit)).fetchall()
+        best = False
+    else:
+        # The index drives (CROSS JOIN keeps that order): its matches come newest first
+        # (rowid = message id) or best first, and each is checked against the scope.
+        best = request.best and request.match is not None
+        if best:
+            offset = max(request.cursor or 0, 0)
+            order = "ORDER BY f.rank, f.rowid DESC LIMIT ? OFFSET ?"
+        else:
+            if request.cursor is not None:
+                where.append("f.rowid < ?")
+                params.append(min(request.cursor, _MAX_ROWID))
+            order = "ORDER BY f.rowid DESC LIMIT ?"
+        columns = _MESSAGE_COLUMNS.replace(
+            "FROM messages m", "FROM search f CROSS JOIN messages m ON m.id = f.rowid", 1
+        )
+        sql = (
+            f"SELECT {columns} CROSS JOIN temp.search_scope sc "
+            f"ON sc.conversation = m.conversation WHERE f.search MATCH ? "
+            f"AND {' AND '.join(where).format(id='f.rowid')} {order}"
+        )
+        arguments: list[Any] = [match, *params, limit]
+        if best:
+            arguments.append(offset)
+        try:
+            rows = conn.execute(sql, arguments).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise StorageError(f"search failed: {exc}") from exc
+    entries = [_message(row) for row in rows[: request.limit]]
+    _decorate(conn, entries, request.reader)
+    following: int | None = None
+    if len(rows) > request.limit:
+        following = offset + request.limit if best else entries[-1].id
+    return entries, following

@@ -1,0 +1,406 @@
+"""The search benchmark: a corpus of Russian and English chat text, the time to index an
+existing database on upgrade, and p50/p99 of each query kind.
+
+    python -m bench.search --messages 1000000 --out bench/results/search.json
+
+The corpus is generated (seeded, so every run is the same): chat lines built from Russian
+words in their case forms and English words in their inflections, names with diacritics,
+numbers and times, in about the proportions of a team's chat. The database is built the way
+an existing one is upgraded: messages written without the index (``search_index=False``), then
+the migration's backfill statement indexes them all, timed. Queries go through the server's
+own path (``server.search.parse_query`` → ``SQLiteStorage.search``), newest first, over a
+reader of three conversations out of twenty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import re
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from beseda.server.search import fold, parse_query, search_body, stem
+from beseda.storage import MessageDeletion, SearchRequest
+from beseda.storage.migrations import _index_messages
+from beseda.storage.sqlite import SQLiteStorage, connect, migrate
+
+RU = [
+    "встреча",
+    "встречи",
+    "встречу",
+    "встречей",
+    "завтра",
+    "сегодня",
+    "вчера",
+    "проект",
+    "проекта",
+    "проекту",
+    "сервер",
+    "сервера",
+    "серверу",
+    "релиз",
+    "релиза",
+    "релизом",
+    "задача",
+    "задачи",
+    "задачу",
+    "ошибка",
+    "ошибки",
+    "ошибку",
+    "база",
+    "базы",
+    "базу",
+    "данных",
+    "отчёт",
+    "отчёта",
+    "отчёту",
+    "ёлка",
+    "пятница",
+    "пятницу",
+    "понедельник",
+    "вебсервер",
+    "переговорной",
+    "договорились",
+    "посмотрю",
+    "поправлю",
+    "выкатили",
+    "откатили",
+    "сломалось",
+    "починил",
+    "спасибо",
+    "привет",
+    "коллеги",
+    "добрый",
+    "день",
+    "вечер",
+    "утро",
+    "кто",
+    "придёт",
+    "когда",
+    "созвон",
+    "созвона",
+]
+EN = [
+    "meeting",
+    "meetings",
+    "meet",
+    "deploy",
+    "deployed",
+    "deploying",
+    "release",
+    "releases",
+    "server",
+    "servers",
+    "database",
+    "backup",
+    "backups",
+    "report",
+    "reports",
+    "tomorrow",
+    "today",
+    "yesterday",
+    "friday",
+    "monday",
+    "fixed",
+    "fixing",
+    "broken",
+    "issue",
+    "issues",
+    "ticket",
+    "tickets",
+    "review",
+    "reviewed",
+    "thanks",
+    "hello",
+    "team",
+    "standup",
+    "call",
+    "calls",
+    "rollback",
+    "rolled",
+    "customer",
+    "customers",
+    "invoice",
+    "invoices",
+]
+GLUE_RU = ["и", "в", "на", "с", "по", "что", "это", "не", "я", "ты", "мы", "а", "но", "как"]
+GLUE_EN = ["the", "a", "to", "of", "and", "in", "on", "is", "it", "we", "you", "for", "at", "with"]
+NAMES = ("Zoë", "Renée", "Jürgen", "Åsa", "Алёна", "Пётр", "Bob", "Маша")
+
+QUERIES = {
+    "word": ["встреча", "meeting", "сервер", "release", "ошибку"],
+    "prefix": ["встре", "deplo", "отчё", "backu", "созво"],
+    "substring": ["треч", "erve", "ерво", "elea", "ловк"],
+    "phrase": ['"добрый день"', '"the server"', '"кто придёт"', '"fixed the"'],
+    "filtered": [
+        "встреча from:u1",
+        "deploy in:c:3",
+        "сервер after:2026-01-01",
+        "release before:2026-06-01 from:u2",
+    ],
+}
+
+
+def chat_line(rng: random.Random) -> str:
+    russian = rng.random() < 0.6
+    words, glue = (RU, GLUE_RU) if russian else (EN, GLUE_EN)
+    count = max(2, int(rng.gauss(9, 5)))
+    out = []
+    for _ in range(count):
+        roll = rng.random()
+        if roll < 0.35:
+            out.append(rng.choice(glue))
+        elif roll < 0.93:
+            out.append(rng.choice(words))
+        elif roll < 0.97:
+            out.append(rng.choice(NAMES))
+        else:
+            out.append(f"{rng.randint(0, 23)}:{rng.choice(('00', '15', '30', '45'))}")
+    text = " ".join(out)
+    if rng.random() < 0.3:
+        text = text[0].upper() + text[1:]
+    return text + rng.choice(("", "", ".", "?", "!", " :)"))
+
+
+def build(path: Path, messages: int, seed: int = 11) -> dict[str, float]:
+    """A database of ``messages`` chat lines in 20 conversations, written without the index
+    and then indexed as the upgrade's migration does; the timings."""
+    rng = random.Random(seed)
+    conn = connect(path, search_index=False)
+    migrate(conn)
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.executemany(
+        "INSERT INTO users (id, name, key, password_hash, created_at, folded) "
+        "VALUES (?, ?, ?, 'x', 0, ?)",
+        [(i, f"u{i}", f"u{i}", f"u{i}") for i in range(1, 51)],
+    )
+    conn.executemany(
+        "INSERT INTO conversations (id, last_seq, kind, name, key) VALUES (?, 0, 'channel', ?, ?)",
+        [(f"c:{i}", f"room{i}", f"room{i}") for i in range(1, 20)],
+    )
+    conversations = ["general", *(f"c:{i}" for i in range(1, 20))]
+    seqs = dict.fromkeys(conversations, 0)
+    start_ts = 1_767_225_600_000  # 2026-01-01
+    started = time.perf_counter()
+    conn.execute("BEGIN")
+    rows = []
+    for n in range(1, messages + 1):
+        conversation = rng.choice(conversations)
+        seqs[conversation] += 1
+        rows.append(
+            (
+                n,
+                conversation,
+                seqs[conversation],
+                rng.randint(1, 50),
+                f"m{n}",
+                chat_line(rng),
+                start_ts + n * 15_000,
+            )
+        )
+        if len(rows) == 10_000:
+            conn.executemany(
+                "INSERT INTO messages (id, conversation, seq, sender_id, client_id, text, ts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            rows.clear()
+    if rows:
+        conn.executemany(
+            "INSERT INTO messages (id, conversation, seq, sender_id, client_id, text, ts) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+    conn.execute("COMMIT")
+    written = time.perf_counter() - started
+    conn.close()
+    # The upgrade: the migration's own backfill, on a connection that indexes.
+    conn = connect(path)
+    started = time.perf_counter()
+    conn.execute("BEGIN")
+    conn.execute("DELETE FROM search")
+    _index_messages(conn)
+    conn.execute("COMMIT")
+    indexed = time.perf_counter() - started
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages, index_bytes = conn.execute(
+        "SELECT count(*), sum(length(block)) FROM search_data"
+    ).fetchone()
+    (text_bytes,) = conn.execute("SELECT sum(length(CAST(text AS BLOB))) FROM messages").fetchone()
+    conn.close()
+    return {
+        "messages": messages,
+        "write_s": round(written, 3),
+        "index_on_upgrade_s": round(indexed, 3),
+        "index_rows": pages,
+        "index_bytes": index_bytes,
+        "text_bytes": text_bytes,
+        "db_bytes": path.stat().st_size,
+    }
+
+
+async def erase(path: Path) -> float:
+    """Seconds from a delete's commit until its text is gone from the files (the index
+    merged into one segment, the WAL truncated)."""
+    storage = SQLiteStorage(path, readers=1)
+    await storage.open()
+    try:
+        (user,) = await storage.users_by_ids([1])
+        page, _ = await storage.history("general", None, 50)
+        mine = [e for e in page if e.kind == "message" and e.sender == user.name]
+        target = mine[0] if mine else page[0]
+        author = (await storage.users_by_keys([target.sender]))[0]
+        await storage.delete_message(MessageDeletion("general", target.seq, author, 0))
+        started = time.perf_counter()
+        await storage.finish_erasure()
+        return round(time.perf_counter() - started, 3)
+    finally:
+        await storage.close()
+
+
+# The alternative measured against the trigram index: FTS5's word tokenizer over Snowball
+# stems, with a prefix index (what most FTS5 setups use).
+CASES = [
+    ("word form, Russian", "встреча", "Перенесём встречу на пятницу"),
+    ("word form, English", "meeting", "Weekly meetings are on Friday"),
+    ("ё and case", "ЕЛКА", "Ёлка стоит в офисе"),
+    ("diacritics", "zoe", "Zoë will be late"),
+    ("beginning of a word", "перенес", "Перенесём встречу на пятницу"),
+    ("part of a word", "сервер", "Обновили вебсервер ночью"),
+    ("part of a word, English", "base", "the database is back"),
+    ("phrase", '"добрый день"', "добрый день, коллеги"),
+    ("short word", "ok", "ok, deploying now"),
+    ("stem not a prefix", "happiness", "so happy with it"),
+]
+
+
+def compare(messages: int, seed: int = 11) -> dict[str, object]:
+    """Index size and build time of both designs on the same corpus, and which of issue 11's
+    cases each finds."""
+    rng = random.Random(seed)
+    texts = [chat_line(rng) for _ in range(messages)]
+    out: dict[str, object] = {}
+    for design in ("trigram", "words"):
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        conn.execute("BEGIN")
+        if design == "trigram":
+            conn.execute("CREATE VIRTUAL TABLE t USING fts5(body, content='', tokenize='trigram')")
+            prepare = search_body  # without marks, as the words design
+        else:
+            conn.execute(
+                "CREATE VIRTUAL TABLE t USING fts5(body, content='', "
+                "tokenize='unicode61 remove_diacritics 2', prefix='3')"
+            )
+
+            def prepare(text: str) -> str:
+                return " ".join(stem(w) for w in re.findall(r"\w+", fold(text)))
+
+        started = time.perf_counter()
+        conn.executemany(
+            "INSERT INTO t (rowid, body) VALUES (?, ?)",
+            [(i, prepare(t)) for i, t in enumerate(texts, 1)],
+        )
+        conn.execute("COMMIT")  # FTS5 writes its pending terms at the commit
+        built = time.perf_counter() - started
+        (size,) = conn.execute("SELECT sum(length(block)) FROM t_data").fetchone()
+        found = {}
+        for name, query, text in CASES:
+            conn.execute("INSERT INTO t (rowid, body) VALUES (?, ?)", (10**9, prepare(text)))
+            if design == "trigram":
+                expression = parse_query(query).fts()
+            else:
+                words = [stem(w) for w in re.findall(r"\w+", fold(query))]
+                expression = (
+                    '"' + " ".join(words) + '"'
+                    if query.startswith('"')
+                    else " AND ".join(f"{w}*" for w in words)
+                )
+            hit = conn.execute(
+                "SELECT 1 FROM t WHERE t MATCH ? AND rowid = ?", (expression, 10**9)
+            ).fetchone()
+            found[name] = hit is not None
+            conn.execute(
+                "INSERT INTO t (t, rowid, body) VALUES ('delete', ?, ?)", (10**9, prepare(text))
+            )
+        conn.close()
+        out[design] = {"index_bytes": size, "build_s": round(built, 3), "finds": found}
+    return out
+
+
+async def measure(path: Path, rounds: int) -> dict[str, dict[str, float]]:
+    storage = SQLiteStorage(path, readers=1)
+    await storage.open()
+    readable = {c: (0, 2**62) for c in ("general", "c:3", "c:7")}
+    senders = {"u1": 1, "u2": 2}
+    out: dict[str, dict[str, float]] = {}
+    try:
+        for kind, queries in QUERIES.items():
+            times = []
+            hits = 0
+            slowest: dict[str, float] = {}
+            for _ in range(rounds):
+                for text in queries:
+                    query = parse_query(text)
+                    scope = readable
+                    if query.conversations:
+                        scope = {c: readable.get(c, (0, 2**62)) for c in query.conversations}
+                    ids = tuple(senders[s] for s in query.senders)
+                    started = time.perf_counter()
+                    found, _ = await storage.search(
+                        SearchRequest(
+                            match=query.fts(),
+                            readable=scope,
+                            reader=1,
+                            senders=ids,
+                            before=query.before,
+                            after=query.after,
+                            limit=20,
+                        )
+                    )
+                    took = time.perf_counter() - started
+                    times.append(took)
+                    slowest[text] = max(slowest.get(text, 0.0), took)
+                    hits += len(found)
+            times.sort()
+            out[kind] = {
+                "p50_ms": round(statistics.median(times) * 1000, 2),
+                "p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))] * 1000, 2),
+                "queries": len(times),
+                "hits": hits,
+                "slowest_ms": {q: round(t * 1000, 2) for q, t in slowest.items()},
+            }
+    finally:
+        await storage.close()
+    return out
+
+
+def run(messages: int, rounds: int, directory: Path | None = None) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        path = Path(tmp) / "search.db"
+        built = build(path, messages)
+        queries = asyncio.run(measure(path, rounds))
+        built["erase_after_delete_s"] = asyncio.run(erase(path))
+    return {"build": built, "queries": queries, "designs": compare(min(messages, 100_000))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    results = run(args.messages, args.rounds)
+    text = json.dumps(results, indent=2, ensure_ascii=False)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
