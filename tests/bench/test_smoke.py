@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import pg_server
+
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = (
     "commit",
@@ -24,6 +26,7 @@ SCENARIOS = (
     "storm",
     "channels",
     "channel_sync",
+    "postgres",
 )
 TIMEOUT_FACTOR = float(os.environ.get("BESEDA_TEST_TIMEOUT_FACTOR", "1"))
 
@@ -80,6 +83,26 @@ def test_every_scenario_has_figures(smoke: tuple[dict, str]) -> None:
     assert sync["entries"] == results["sizes"]["sync_missed"]
     assert sync["round_trips"] >= 1
     assert sync["sync_ms_median"] is not None
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not pg_server.available(), reason="PostgreSQL is not installed")
+def test_the_postgresql_rows_have_figures(smoke: tuple[dict, str]) -> None:
+    results, markdown = smoke
+    found = results["scenarios"]["postgres"]
+    durable = found["durable"]
+    assert durable["engine"] == "postgresql"
+    assert durable["acks"] == durable["messages"] > 0
+    assert durable["postgres_cpu_us_per_message"] > 0
+    writers = results["sizes"]["counter_writers"]
+    assert {(row["writers"], row["conversations"]) for row in found["hot_counter"]} == {
+        (n, kind) for n in writers for kind in ("one (hot)", "one each")
+    }
+    for row in found["hot_counter"]:
+        assert row["messages"] == row["writers"] * results["sizes"]["counter_messages"]
+        assert row["per_s"] > 0
+    assert "durable throughput on PostgreSQL" in markdown
+    assert "### A hot conversation's counter row" in markdown
 
 
 @pytest.mark.timeout(180)
