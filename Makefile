@@ -58,6 +58,7 @@ pytest: $(STAMP)
 PG_TESTS ?= tests/integration/test_conversations.py tests/integration/test_history.py \
 	tests/integration/test_direct_messages.py tests/integration/test_client_library.py \
 	tests/integration/test_two_users.py tests/integration/test_protocol_doc.py \
+	tests/integration/test_messages.py \
 	tests/integration/test_bounded_reads.py tests/reliability/test_crash.py \
 	tests/reliability/test_authorisation.py
 test-postgres: $(STAMP)
