@@ -17,9 +17,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from . import report, scenarios, servers
+from . import postgres, report, scenarios, servers
 from .scenarios import FOREIGN_RERUN, FULL, SMOKE, Bench
 from .system import ForeignLoad, cpu_source, pin_self, placement, raise_fd_limit
+
+_REGISTERED = (postgres,)  # scenario modules that register themselves when imported
 
 ROOT = Path(__file__).resolve().parent.parent
 FOREIGN_NOTE = 0.15

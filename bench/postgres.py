@@ -6,6 +6,8 @@ Both start their own PostgreSQL (``initdb`` + ``pg_ctl`` from Debian's packages,
 PostgreSQL is not installed. The CPU of PostgreSQL's processes is read from /proc beside
 beseda's: on PostgreSQL a message costs CPU in both.
 
+Registered as the ``postgres`` scenario (``python -m bench --scenario durable --scenario
+postgres`` puts its durable row beside SQLite's of the same run, which the target compares);
 ``python -m bench.postgres --writers 1 2 4`` runs the counter-row measurement alone.
 """
 
@@ -26,6 +28,11 @@ import pg_server
 from beseda.server.chat import dm_conversation
 from beseda.storage import NewMessage
 from beseda.storage.postgres import PostgresStorage
+from beseda.storage.transfer import copy_database
+
+from . import dataset, report, scenarios, servers
+from .servers import BESEDA
+from .worker import SendPlan
 
 TEXT = "a durable message of about the size of a chat line " * 2
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -160,6 +167,117 @@ def hot_counter(
             own = next(r for r in rows if r["writers"] == row["writers"] and r is not row)
             row["cost_vs_own"] = round(row["us_per_message"] / own["us_per_message"], 2)
     return rows
+
+
+# -- the scenario ------------------------------------------------------------------------------
+
+
+def durable_on_postgres(bench: scenarios.Bench, server: pg_server.PostgresServer) -> dict[str, Any]:
+    """The durable scenario's target run (each sender waits for every acknowledgement), with
+    ``beseda serve --db postgresql://…``; PostgreSQL's CPU beside beseda's."""
+    size = bench.sizes
+    senders = size.durable_senders
+    total = senders * size.durable_messages
+    url = server.create_database()
+    asyncio.run(copy_database(bench.users_db(2 * senders), url))  # migrate-db's own code
+    sends = [
+        SendPlan(client=i, target=dataset.user_name(senders + i), count=total // senders, window=1)
+        for i in range(senders)
+    ]
+    service = servers.start(BESEDA, bench.workdir, bench.placement, db=url)
+    try:
+        load = bench.load(BESEDA, dataset.credentials(0, senders), sends=sends)
+        before = server_cpu(server)
+        row = bench.timed(
+            service,
+            load,
+            lambda outcome, cpu: scenarios._durable_row(outcome, cpu, senders, total),
+            "acks_per_s",
+        )
+        database_cpu = server_cpu(server) - before  # sign-ins included: a little above
+        service.stop()
+        stats = servers.beseda_stats(service, bench.workdir)
+    finally:
+        service.stop()
+    runs = max(1, size.repeats)
+    row["engine"] = "postgresql"
+    row["commits"] = round(stats.get("batches", 0) / runs)
+    row["mean_batch"] = round(stats.get("writes", 0) / max(stats.get("batches", 0), 1), 1)
+    row["postgres_cpu_us_per_message"] = round(database_cpu / max(row["acks"] * runs, 1) * 1e6, 1)
+    return row
+
+
+def scenario(bench: scenarios.Bench) -> dict[str, Any]:
+    missing = available()
+    if missing is not None:
+        bench.progress("postgresql: not installed")
+        bench.progress("postgresql: not installed")
+        return {"skipped": missing}
+    bench.progress("durable throughput beseda on PostgreSQL")
+    with pg_server.postgres_server(fsync=True) as server:
+        durable = durable_on_postgres(bench, server)
+    bench.progress("postgresql counter row")
+    size = bench.sizes
+    counter = hot_counter(size.counter_writers, size.counter_messages, size.counter_window)
+    return {"durable": durable, "hot_counter": counter}
+
+
+scenarios.register("postgres", scenario, lambda sizes, contenders: 2)
+
+
+@report.target
+def _postgres_targets(results: dict[str, Any]) -> list[report.Target]:
+    ours = results["scenarios"].get("postgres", {}).get("durable")
+    sqlite = results["scenarios"].get("durable", {}).get("beseda")
+    if not ours:
+        return []
+    share = round(ours["acks_per_s"] / sqlite["acks_per_s"], 2) if sqlite else None
+    return [
+        report.row_(
+            "durable throughput on PostgreSQL: acknowledged messages/s",
+            ours["acks_per_s"],
+            sqlite["acks_per_s"] if sqlite else None,
+            "≥ 0.5× SQLite's (same run)",
+            None if share is None else share >= 0.5,
+            ("" if share is None else f"{share}× SQLite; ")
+            + f"mean batch {ours['mean_batch']}; PostgreSQL's own CPU "
+            f"{ours['postgres_cpu_us_per_message']} µs/message",
+        )
+    ]
+
+
+@report.section
+def _postgres_section(results: dict[str, Any]) -> str | None:
+    found = results["scenarios"].get("postgres")
+    if not found or "durable" not in found:
+        return None
+    ours = found["durable"]
+    lines = [
+        "## PostgreSQL",
+        "",
+        "The durable scenario's target run with `beseda serve --db postgresql://…` on a "
+        "throwaway PostgreSQL with fsync on (users copied by `beseda migrate-db`'s code): "
+        f"{ours['acks_per_s']} acknowledged messages/s, ack p99 {ours['ack_p99_ms']} ms, mean "
+        f"batch {ours['mean_batch']}, beseda's CPU {ours['cpu_us_per_unit']} µs/message and "
+        f"PostgreSQL's {ours['postgres_cpu_us_per_message']} µs/message.",
+        "",
+        "### A hot conversation's counter row",
+        "",
+        "Writer processes (as nodes would) append messages, each keeping "
+        f"{found['hot_counter'][0]['window'] if found['hot_counter'] else '?'} in flight, "
+        "into one conversation (every transaction locks its counter row until its commit), "
+        "then each into a conversation of its own (docs/scaling.md).",
+        "",
+        "| writers | into | messages/s | µs/message (wall) | PostgreSQL CPU µs/message | "
+        "hot vs own |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in found["hot_counter"]:
+        lines.append(
+            f"| {r['writers']} | {r['conversations']} | {r['per_s']} | {r['us_per_message']} "
+            f"| {r['postgres_cpu_us_per_message']} | {r.get('cost_vs_own', '')} |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:

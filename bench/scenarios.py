@@ -56,6 +56,12 @@ class Sizes:
     durable_senders: int = 100
     durable_messages: int = 300
     """Per sender."""
+    counter_writers: tuple[int, ...] = (1, 2, 4)
+    """Writer processes (nodes) sharing one PostgreSQL conversation's counter row."""
+    counter_messages: int = 1500
+    """Per writer."""
+    counter_window: int = 16
+    """Messages each writer keeps in flight."""
     idle: int = 10_000
     idle_repeats: int = 2
     """Runs of each idle row (each a fresh server: 10,000 connections to ngIRCd take long)."""
@@ -126,6 +132,9 @@ SMOKE = Sizes(
     sync_seen=2,
     commit_samples=20,
     reruns=0,
+    counter_writers=(1, 2),
+    counter_messages=40,
+    counter_window=8,
 )
 FOREIGN_RERUN = 0.2
 """Cores kept busy by other processes during a run above which the run is done again."""
