@@ -917,8 +917,12 @@ async def test_a_message_larger_than_the_budget_still_comes_through(
 
 
 async def test_any_text_is_stored_as_sent(world: World) -> None:
+    """Any text but one holding U+0000 (refused: no store keeps it) is stored as sent."""
     alice = await world.user("alice")
-    weird = ["a\x00b", "\u202e\u200b", "😀" * 100, "line\r\nline", '{"type":"ping"}\n', "\\u0000"]
+    with pytest.raises(ProtocolError) as refused:
+        await world.send(alice, "a\x00b")
+    assert refused.value.code == errors.BAD_REQUEST
+    weird = ["\u202e\u200b", "😀" * 100, "line\r\nline", '{"type":"ping"}\n', "\\u0000"]
     sent = [await world.send(alice, text) for text in weird]
     history, _ = await world.store.storage.history(GENERAL, None, 10)
     assert [m.text for m in history] == weird
