@@ -18,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from . import report, scenarios, servers
+from . import search as _search  # noqa: F401  (registers the search scenario)
 from .scenarios import FOREIGN_RERUN, FULL, SMOKE, Bench
 from .system import ForeignLoad, cpu_source, pin_self, placement, raise_fd_limit
 
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(where.note)
     if fds < sizes.idle + 1000:
         notes.append(f"open-file limit is {fds}: idle connections may fail")
-    total = scenarios.steps(sizes, len(contenders), chosen)
+    total = scenarios.steps(sizes, contenders, chosen)
     results: dict[str, Any] = {
         "meta": {
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -42,7 +42,9 @@ def is_loopback(host: str) -> bool:
 
 def open_storage(settings: Settings) -> Storage:
     """The store ``settings`` name: the embedded SQLite file (the one engine today)."""
-    return SQLiteStorage(settings.db, busy_timeout=settings.db_busy_timeout)
+    return SQLiteStorage(
+        settings.db, busy_timeout=settings.db_busy_timeout, search_index=settings.search_index
+    )
 
 
 class StartupError(Exception):
@@ -81,6 +83,7 @@ class Server:
             hasher=self.hasher,
             limits=settings.limits,
             limiters=limiters or Limiters.in_memory(settings.limits),
+            search_index=settings.search_index,
         )
         self.bus.subscribe(self.hub.on_event)
         # Shared by every transport: the caps on connections and the input budget.
