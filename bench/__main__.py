@@ -114,6 +114,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="keep databases and logs here")
     parser.add_argument("--idle", type=int, help="override the number of idle connections")
     parser.add_argument(
+        "--fanout-n",
+        type=int,
+        action="append",
+        help="override the fan-out receiver counts (repeatable; a labelled partial run)",
+    )
+    parser.add_argument("--fanout-messages", type=int, help="override messages per fan-out run")
+    parser.add_argument(
         "--wait-quiet",
         type=float,
         default=0.0,
@@ -138,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     sizes = SMOKE if args.smoke else FULL
     if args.idle:
         sizes = dataclasses.replace(sizes, idle=args.idle)
+    if args.fanout_n:
+        sizes = dataclasses.replace(sizes, fanout_n=tuple(args.fanout_n))
+    if args.fanout_messages:
+        sizes = dataclasses.replace(
+            sizes, fanout_messages=args.fanout_messages, paced_messages=args.fanout_messages
+        )
     chosen = tuple(args.scenario or scenarios.scenarios())
     contenders = tuple(
         c
