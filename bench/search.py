@@ -411,13 +411,15 @@ def scenario(bench: scenarios.Bench) -> dict[str, Any]:
     command = [sys.executable, "-m", "bench.search", "--messages", str(size.search_messages)]
     command += ["--rounds", str(size.search_rounds), "--out", str(out)]
     command += ["--directory", str(bench.workdir)]
-    subprocess.run(
+    completed = subprocess.run(
         bench.placement.server_prefix() + command,
-        check=True,
         capture_output=True,
+        text=True,
         timeout=3600,
         cwd=Path(__file__).resolve().parent.parent,
     )
+    if completed.returncode != 0:
+        raise RuntimeError(f"bench.search failed: {completed.stderr[-2000:]}")
     results: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
     results["rounds"] = size.search_rounds
     return results
