@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 7878
 HTTP_PORT ?= 7879
 
-.PHONY: run serve client screenshot gui-speed test lint typecheck pytest bench bench-search bench-smoke soak ngircd clean
+.PHONY: run serve client screenshot gui-speed web web-check web-screenshots web-speed test test-postgres lint typecheck pytest bench bench-search bench-smoke soak ngircd clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -41,6 +41,25 @@ screenshot: $(STAMP)
 gui-speed: $(STAMP)
 	$(BIN)/python scripts/gui_speed.py
 
+## web: rebuild the web app into src/beseda/web/static/ (needs Node.js; commit the result)
+web: web/node_modules/.package-lock.json
+	cd web && npm run build
+
+web/node_modules/.package-lock.json: web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+
+## web-check: type-check, lint, format-check and unit-test the web app's sources
+web-check: web/node_modules/.package-lock.json
+	cd web && npm run check
+
+## web-screenshots: docs/web-*.png from the web app in Chromium against a real server
+web-screenshots: $(STAMP)
+	$(BIN)/python scripts/web_screenshots.py
+
+## web-speed: the web app's first-load size, time to interactive, 10,000-message scroll
+web-speed: $(STAMP)
+	$(BIN)/python scripts/web_speed.py
+
 ## test: lint, type-check and run the whole suite
 test: lint typecheck pytest
 
@@ -53,6 +72,15 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q
+
+## test-postgres: integration tests with every test server on a throwaway PostgreSQL
+## (PG_TESTS=tests/integration for the whole suite; BESEDA_TEST_POSTGRES_URL to use a server)
+PG_TESTS ?= tests/integration/test_conversations.py tests/integration/test_history.py \
+	tests/integration/test_direct_messages.py tests/integration/test_client_library.py \
+	tests/integration/test_two_users.py tests/reliability/test_crash.py \
+	tests/reliability/test_authorisation.py
+test-postgres: $(STAMP)
+	BESEDA_TEST_DB=postgresql $(BIN)/pytest -q $(PG_TESTS)
 
 ## bench: the full benchmark (search included); writes bench/results/latest.json and docs/performance.md
 bench: $(STAMP) ngircd

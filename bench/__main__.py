@@ -17,6 +17,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from . import cluster as _cluster  # noqa: F401  (registers the cluster scenario)
+from . import postgres as _postgres  # noqa: F401  (registers the postgres scenario)
 from . import report, scenarios, servers
 from . import search as _search  # noqa: F401  (registers the search scenario)
 from .scenarios import FOREIGN_RERUN, FULL, SMOKE, Bench

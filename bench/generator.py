@@ -87,8 +87,12 @@ class Outcome:
 
 
 class LoadGenerator:
-    def __init__(self, port: int, placement: Placement, processes: int) -> None:
+    def __init__(
+        self, port: int, placement: Placement, processes: int, ports: list[int] | None = None
+    ) -> None:
         self.port = port
+        self.ports = ports or [port]
+        """Worker k connects to ``ports[k % len(ports)]`` (several nodes of one cluster)."""
         self.placement = placement
         self.processes = processes
         self._context = multiprocessing.get_context("spawn")
@@ -126,7 +130,7 @@ class LoadGenerator:
         plans = [
             WorkerPlan(
                 wire=load.wire,
-                port=self.port,
+                port=self.ports[number % len(self.ports)],
                 cores=self.placement.generator_cores,
                 clients=[],
                 join=load.join,

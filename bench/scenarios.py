@@ -65,6 +65,12 @@ class Sizes:
     durable_senders: int = 100
     durable_messages: int = 300
     """Per sender."""
+    counter_writers: tuple[int, ...] = (1, 2, 4)
+    """Writer processes (nodes) sharing one PostgreSQL conversation's counter row."""
+    counter_messages: int = 1500
+    """Per writer."""
+    counter_window: int = 16
+    """Messages each writer keeps in flight."""
     idle: int = 10_000
     idle_repeats: int = 2
     """Runs of each idle row (each a fresh server: 10,000 connections to ngIRCd take long)."""
@@ -140,6 +146,9 @@ SMOKE = Sizes(
     reruns=0,
     search_messages=2000,
     search_rounds=1,
+    counter_writers=(1, 2),
+    counter_messages=40,
+    counter_window=8,
 )
 FOREIGN_RERUN = 0.2
 """Cores kept busy by other processes during a run above which the run is done again."""
@@ -192,7 +201,9 @@ class Bench:
             service.stop()
 
     def generator(self, service: Service) -> LoadGenerator:
-        return LoadGenerator(service.port, self.placement, self.sizes.processes)
+        # Several nodes standing in for one service (bench/cluster.py) give several ports.
+        ports = getattr(service, "ports", None)
+        return LoadGenerator(service.port, self.placement, self.sizes.processes, ports)
 
     def load(self, contender: Contender, clients: list[Any], **kwargs: Any) -> Load:
         return Load(

@@ -91,6 +91,8 @@ def start(contender: Contender, workdir: Path, placement: Placement, **options: 
         command += [str(tcp), "--http-port", http, "--db", str(options["db"]), *BESEDA_FLAGS]
         if contender is BESEDA_NO_INDEX:
             command += ["--search-index", "off"]
+        if options.get("bus"):  # one node of several (bench/cluster.py)
+            command += ["--bus", options["bus"], "--node-name", options.get("node", "bench")]
     elif contender in (FLOOR, COALESCED):
         command = [sys.executable, "-m", "bench.reference", "--port", str(port)]
         if contender is COALESCED:

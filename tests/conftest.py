@@ -1,7 +1,14 @@
-"""Shared fixtures: real servers on loopback sockets with real SQLite files.
+"""Shared fixtures: real servers on loopback sockets with real SQLite files or PostgreSQL.
 
 ``server`` runs in the test's own event loop (fast, inspectable); ``server_process`` runs
 ``python -m beseda serve`` as a child process, for tests that kill or restart it.
+
+The engine of the servers these fixtures start is SQLite, or PostgreSQL with
+``--db-engine=postgresql`` (or ``BESEDA_TEST_DB=postgresql``): each test then gets a fresh
+database on one throwaway PostgreSQL of the session (``tests/pg_server.py``; or the server
+``BESEDA_TEST_POSTGRES_URL`` names). Tests of SQLite's own behaviour are marked
+``sqlite_only`` and skipped then. The storage contract tests run on both engines whatever the
+option (the ``storage`` and ``make_storage`` fixtures are parametrised by engine).
 """
 
 from __future__ import annotations
@@ -25,7 +32,14 @@ from beseda.client import Client
 from beseda.server.accounts import PasswordHasher
 from beseda.server.app import Server
 from beseda.server.config import Limits, Settings
+from beseda.storage import Storage
+from beseda.storage.postgres import PostgresStorage
 from beseda.storage.sqlite import SQLiteStorage
+from pg_server import PostgresServer, database_for, shared_server, stop_shared_server
+from pg_server import available as postgres_available
+
+# Fixtures of the services tests start themselves (Redis; see the module).
+pytest_plugins = ["redis_service"]
 
 TIMEOUT_FACTOR = float(os.environ.get("BESEDA_TEST_TIMEOUT_FACTOR", "1"))
 """Scale every waiting time in the tests on slow machines."""
@@ -35,8 +49,57 @@ TIMEOUT_FACTOR = float(os.environ.get("BESEDA_TEST_TIMEOUT_FACTOR", "1"))
 FAST_HASHER_ARGS = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
 
 
+ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--db-engine",
+        choices=ENGINES,
+        default=os.environ.get("BESEDA_TEST_DB", "sqlite"),
+        help="the database engine of the test servers (BESEDA_TEST_DB; default sqlite)",
+    )
+
+
+def server_engine() -> str:
+    """The engine the server fixtures use this session (``--db-engine``, kept in
+    ``BESEDA_TEST_DB`` so that every copy of this module and every child process agree)."""
+    return os.environ.get("BESEDA_TEST_DB", "sqlite")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only: tests SQLite's own files or behaviour (skipped on PostgreSQL)"
+    )
+    os.environ["BESEDA_TEST_DB"] = config.getoption("--db-engine")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if server_engine() != "postgresql":
+        return
+    skip = pytest.mark.skip(reason="about SQLite's own behaviour (the run is on PostgreSQL)")
+    for item in items:
+        if item.get_closest_marker("sqlite_only") is not None:
+            item.add_marker(skip)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    stop_shared_server()
+
+
+def test_db(tmp_path: Path) -> Path | str:
+    """The database of a test's servers: a file in ``tmp_path``, or a fresh PostgreSQL
+    database (the same one each time for the same ``tmp_path``)."""
+    if server_engine() == "postgresql":
+        return database_for(str(tmp_path))
+    return tmp_path / "beseda.db"
+
+
+test_db.__test__ = False  # type: ignore[attr-defined]
+
+
 def test_settings(tmp_path: Path, **limits: object) -> Settings:
-    """Settings for an in-process test server: port 0, a fresh database file."""
+    """Settings for an in-process test server: port 0, a fresh database (see ``test_db``)."""
     base = Limits(
         message_rate=10_000.0,
         message_burst=10_000,
@@ -47,7 +110,7 @@ def test_settings(tmp_path: Path, **limits: object) -> Settings:
     return Settings(
         host="127.0.0.1",
         port=0,
-        db=tmp_path / "beseda.db",
+        db=test_db(tmp_path),
         limits=replace(base, **limits),  # type: ignore[arg-type]
         shutdown_grace=2.0,
         http_port=0,
@@ -120,16 +183,21 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``beseda serve`` as a child process on a fixed port and database file."""
+    """``beseda serve`` as a child process on a fixed port and database (file or URL)."""
 
-    def __init__(self, db: Path, port: int, extra: list[str]) -> None:
+    def __init__(
+        self, db: Path | str, port: int, extra: list[str], log: Path | None = None
+    ) -> None:
         self.db = db
         self.port = port
         self.http_port = free_port()
         """The web app's and WebSocket's port, the same across restarts."""
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = db.with_suffix(".log")
+        if log is None:
+            assert isinstance(db, Path), "a server on PostgreSQL needs the path of its log"
+            log = db.with_suffix(".log")
+        self.log = log
 
     def start(self) -> None:
         # Only what this start writes counts: after a restart the old "listening" line is
@@ -204,7 +272,7 @@ def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     procs: list[ServerProcess] = []
 
     def start(*extra: str) -> ServerProcess:
-        proc = ServerProcess(tmp_path / "beseda.db", free_port(), list(extra))
+        proc = ServerProcess(test_db(tmp_path), free_port(), list(extra), tmp_path / "beseda.log")
         proc.start()
         procs.append(proc)
         return proc
@@ -223,9 +291,57 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None
         await asyncio.sleep(0.01)
 
 
+@pytest.fixture(scope="session")
+def postgres() -> PostgresServer:
+    """The session's throwaway PostgreSQL (started on first use), or the one
+    ``BESEDA_TEST_POSTGRES_URL`` names; the test is skipped when PostgreSQL is not installed."""
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    return shared_server()
+
+
 @pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
-    """A real SQLite store on a fresh file, open for the test."""
+def postgres_url(postgres: PostgresServer) -> str:
+    """A fresh, empty UTF-8 database on the session's PostgreSQL."""
+    return postgres.create_database()
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Each engine in turn: a test that takes it runs on SQLite and on PostgreSQL."""
+    if request.param == "postgresql" and not postgres_available():
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    return str(request.param)
+
+
+@pytest.fixture
+def make_storage(engine: str, tmp_path: Path) -> Callable[..., Storage]:
+    """``make_storage()`` → a new (unopened) store of ``engine``, on the test's one database:
+    a second call opens the same data again."""
+    target: Path | str = (
+        database_for(str(tmp_path)) if engine == "postgresql" else tmp_path / "beseda.db"
+    )
+
+    def make(**options: object) -> Storage:
+        if isinstance(target, str):
+            return PostgresStorage(target, **options)  # type: ignore[arg-type]
+        return SQLiteStorage(target, **options)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+async def storage(make_storage: Callable[..., Storage]) -> AsyncIterator[Storage]:
+    """A real store, SQLite on a fresh file and PostgreSQL on a fresh database, in turn."""
+    store = make_storage()
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def sqlite_storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
+    """A real SQLite store on a fresh file (tests of SQLite's own behaviour)."""
     store = SQLiteStorage(tmp_path / "beseda.db")
     await store.open()
     yield store

@@ -31,9 +31,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--db",
-        type=Path,
-        help=f"SQLite database file, created on first start (BESEDA_DB, default "
-        f"{config.default_db_path()})",
+        type=config.parse_db,
+        help=f"SQLite database file, created on first start, or a postgresql:// URL "
+        f"(BESEDA_DB, default {config.default_db_path()})",
+    )
+    serve.add_argument(
+        "--bus",
+        help="redis://HOST:PORT/DB: the bus shared by several nodes on one database, for "
+        "delivery, presence and rate limits across them (BESEDA_BUS; default: none, this "
+        "process alone)",
+    )
+    serve.add_argument(
+        "--node-name",
+        help="this node's name among the nodes on one bus (BESEDA_NODE_NAME, default HOSTNAME-PID)",
     )
     serve.add_argument(
         "--log-level",
@@ -82,6 +92,21 @@ def _parser() -> argparse.ArgumentParser:
         "(BESEDA_ALLOW_PLAINTEXT=1)",
     )
 
+    copy = commands.add_parser(
+        "migrate-db",
+        help="copy a SQLite server's data into PostgreSQL",
+        description="Copy users, tokens, conversations, members, entries and read markers "
+        "from a SQLite database into a PostgreSQL one, then verify both hold the same (row "
+        "counts and checksums). Stop the server first. Resumable: run it again after an "
+        "interruption, and it goes on where it stopped.",
+    )
+    copy.add_argument(
+        "--from", dest="source", required=True, metavar="sqlite:FILE", help="the SQLite file"
+    )
+    copy.add_argument(
+        "--to", dest="target", required=True, metavar="postgresql://…", help="the target URL"
+    )
+
     client = commands.add_parser("client", help="open the desktop client")
     client.add_argument("--server", help="server address, HOST:PORT")
     client.add_argument("--lang", help="interface language (en, ru)")
@@ -116,7 +141,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "migrate-db":
+        return _migrate_db(args)
     return _client(args)
+
+
+def _migrate_db(args: argparse.Namespace) -> int:
+    if not config.is_postgres_url(args.target):
+        print(f"beseda: --to must be a postgresql:// URL, not {args.target!r}", file=sys.stderr)
+        return 2
+    from .storage import StorageError
+    from .storage.transfer import copy_database, describe, parse_source
+
+    source = parse_source(args.source)
+    print(f"copying {source} to {describe(args.target)}")
+    try:
+        reports = asyncio.run(copy_database(source, args.target, say=print))
+    except StorageError as exc:
+        print(f"beseda: {exc}", file=sys.stderr)
+        return 2
+    width = max(len(report.name) for report in reports)
+    for report in reports:
+        verdict = "ok" if report.equal else "DIFFERENT"
+        print(
+            f"{report.name:<{width}}  source {report.source_rows:>9} rows  "
+            f"target {report.target_rows:>9} rows  checksum {report.target_checksum[:16]}  "
+            f"{verdict}"
+        )
+    if all(report.equal for report in reports):
+        print("verified: every table holds the same rows on both sides")
+        return 0
+    print(
+        "beseda: the databases differ (was the server still writing?); run migrate-db again",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -127,6 +186,8 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         db=args.db,
         log_level=args.log_level,
+        bus=args.bus,
+        node_name=args.node_name,
         **{option.name: getattr(args, option.name) for option in config.limit_options()},
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import pg_server
+
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = (
     "commit",
@@ -25,6 +27,8 @@ SCENARIOS = (
     "channels",
     "channel_sync",
     "search",
+    "postgres",
+    "cluster",
 )
 TIMEOUT_FACTOR = float(os.environ.get("BESEDA_TEST_TIMEOUT_FACTOR", "1"))
 
@@ -105,10 +109,44 @@ def test_every_scenario_has_figures(smoke: tuple[dict, str]) -> None:
         assert run["deliveries"] == run["expected_deliveries"] > 0, run
         assert run["cpu_us_per_unit"] is not None, run
     assert channels["cpu_ratio"] is not None
+    cluster = scenarios["cluster"]
+    for run in (cluster["single"], cluster["two_nodes"]):
+        # Every receiver on either node got every message, timed at the socket.
+        assert run["deliveries"] == run["expected_deliveries"] > 0, run
+        assert run["p99_ms"] is not None, run
+        assert run["kernel_stamps"], run
+    assert cluster["two_nodes"]["nodes"] == 2
+    assert cluster["two_nodes"]["redis_cpu_s"] > 0
+    assert cluster["p99_ratio"] is not None
     sync = scenarios["channel_sync"]
     assert sync["entries"] == results["sizes"]["sync_missed"]
     assert sync["round_trips"] >= 1
     assert sync["sync_ms_median"] is not None
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not pg_server.available(), reason="PostgreSQL is not installed")
+def test_the_postgresql_rows_have_figures(smoke: tuple[dict, str]) -> None:
+    results, markdown = smoke
+    found = results["scenarios"]["postgres"]
+    durable = found["durable"]
+    assert durable["engine"] == "postgresql"
+    assert durable["acks"] == durable["messages"] > 0
+    assert durable["postgres_cpu_us_per_message"] > 0
+    writers = results["sizes"]["counter_writers"]
+    assert {(row["writers"], row["conversations"]) for row in found["hot_counter"]} == {
+        (n, kind) for n in writers for kind in ("one (hot)", "one each")
+    }
+    for row in found["hot_counter"]:
+        assert row["messages"] == row["writers"] * results["sizes"]["counter_messages"]
+        assert row["per_s"] > 0
+    assert all(
+        row["cost_vs_own"] > 0
+        for row in found["hot_counter"]
+        if row["conversations"] == "one (hot)"
+    )
+    assert "durable throughput on PostgreSQL" in markdown
+    assert "### A hot conversation's counter row" in markdown
 
 
 @pytest.mark.timeout(180)
@@ -123,6 +161,8 @@ def test_report_has_the_targets_table(smoke: tuple[dict, str]) -> None:
         "with the search index",
         "durable throughput with the search index",
         "search over",
+        "over 2 nodes",
+        "## Fan-out across nodes",
         "## Search",
         "durable throughput",
         "idle",

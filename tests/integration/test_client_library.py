@@ -4,7 +4,6 @@ and reconnecting to a server that was killed and started again, losing and doubl
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from beseda.protocol import schema
 from beseda.protocol.errors import ProtocolError
 from beseda.server.app import Server
 from conftest import TIMEOUT_FACTOR, ServerProcess, wait_for
+from storage_helpers import query
 
 PASSWORD = "password123"
 
@@ -159,11 +159,8 @@ async def test_a_client_resumes_from_cursors_it_was_given(server: Server, connec
     assert late.cursors["general"] == 5
 
 
-def stored_client_ids(db: Path) -> Counter[str]:
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT client_id FROM messages").fetchall()
-    conn.close()
-    return Counter(row[0] for row in rows)
+def stored_client_ids(db: Path | str) -> Counter[str]:
+    return Counter(row[0] for row in query(db, "SELECT client_id FROM messages"))
 
 
 async def test_reconnect_after_the_server_is_killed_and_restarted(

@@ -12,10 +12,13 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from newcomer import Newcomer
 
 from beseda.server.app import Server
 from beseda.storage.migrations import MIGRATIONS
+
+pytestmark = pytest.mark.sqlite_only  # an old server's SQLite file, upgraded in place
 
 OLD = Path(__file__).parent.parent / "data" / "release-0.1.db"
 PASSWORD = "a long password"

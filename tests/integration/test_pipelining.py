@@ -16,7 +16,7 @@ import pytest
 from newcomer import Newcomer
 
 from beseda.server.app import Server
-from storage_helpers import write_lock
+from storage_helpers import writes_held
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ async def test_a_burst_written_at_once_shares_commits_and_is_acked_in_order(
     # Hold the database's write lock from outside, so that the writer's first commit waits
     # and every later message queues behind it: the sharing is then certain, not a race.
     count = 60  # below the connection's bounds (64 waiting, 256 in flight)
-    with write_lock(server.storage.path):
+    async with writes_held(server.storage):
         ids = [sender.send("send", client_id=f"b{i}", text=f"burst {i}") for i in range(count)]
         await sender.writer.drain()
         # Nothing is acknowledged before it is committed.
@@ -121,7 +121,7 @@ async def test_a_request_after_messages_sees_them(
     although the sends were not yet committed when the reads were read."""
     alice = await user("alice")
     await user("bob")
-    with write_lock(server.storage.path):
+    async with writes_held(server.storage):
         ids = [alice.send("send", client_id=f"r{i}", text=f"mine {i}") for i in range(5)]
         ids.append(alice.send("dm", client_id="r-dm", to="bob", text="private"))
         ids.append(alice.send("history", conversation="general", limit=50))
@@ -142,7 +142,7 @@ async def test_replies_in_flight_are_sent_before_the_connection_closes(
 ) -> None:
     """A client that writes its messages and closes its sending side still gets every ack."""
     alice = await user("alice")
-    with write_lock(server.storage.path):
+    async with writes_held(server.storage):
         ids = [alice.send("send", client_id=f"c{i}", text=f"last {i}") for i in range(20)]
         await alice.writer.drain()
         alice.writer.write_eof()
@@ -179,7 +179,7 @@ async def test_messages_in_flight_are_bounded_per_connection(
     alice = await Newcomer.user(server.port, "alice")
     try:
         before = server.storage.stats["batches"]
-        with write_lock(server.storage.path):
+        async with writes_held(server.storage):
             ids = [alice.send("send", client_id=f"f{i}", text=f"bounded {i}") for i in range(10)]
             await alice.writer.drain()
             assert await _nothing_within(alice, 0.2)

@@ -23,7 +23,6 @@ import contextlib
 import random
 import re
 import socket
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -36,6 +35,7 @@ from beseda.client import Client, ConnectionState, MessageReceived, StateChanged
 from beseda.protocol import codec, errors, schema
 from beseda.server.app import Server
 from conftest import TIMEOUT_FACTOR, ServerProcess, wait_for
+from storage_helpers import integrity, query
 
 PASSWORD = "password123"
 LONG = 10_000
@@ -358,16 +358,12 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
     carol_cursor_at_kill = carol.cursors.get(schema.GENERAL, 0)
     await asyncio.to_thread(proc.kill)
     killed = time.monotonic()
-    db = sqlite3.connect(proc.db)
-    try:
-        integrity_at_kill = db.execute("PRAGMA integrity_check").fetchall()
-        stored_at_kill = {
-            row[0]
-            for row in db.execute("SELECT client_id FROM messages WHERE conversation = 'general'")
-        }
-    finally:
-        db.close()
-    assert integrity_at_kill == [("ok",)]
+    integrity_at_kill = integrity(proc.db)
+    stored_at_kill = {
+        row[0]
+        for row in query(proc.db, "SELECT client_id FROM messages WHERE conversation = 'general'")
+    }
+    assert integrity_at_kill == "ok"
     # Persist, then acknowledge: whatever was acknowledged before the kill is on disk.
     assert set(acked_before_kill) <= stored_at_kill
     await asyncio.to_thread(proc.start)
@@ -414,19 +410,16 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
         await client.close()
     assert proc.terminate() == 0
 
-    db = sqlite3.connect(proc.db)
-    try:
-        integrity = db.execute("PRAGMA integrity_check").fetchall()
-        rows = db.execute(
-            "SELECT m.id, m.seq, m.client_id, m.text FROM messages m "
-            "JOIN users u ON u.id = m.sender_id WHERE u.name = 'alice' ORDER BY m.seq"
-        ).fetchall()
-        general_rows = db.execute(
-            "SELECT count(*) FROM messages WHERE conversation = 'general'"
-        ).fetchone()[0]
-    finally:
-        db.close()
-    assert integrity == [("ok",)]
+    sound = integrity(proc.db)
+    rows = query(
+        proc.db,
+        "SELECT m.id, m.seq, m.client_id, m.text FROM messages m "
+        "JOIN users u ON u.id = m.sender_id WHERE u.name = 'alice' ORDER BY m.seq",
+    )
+    general_rows = query(proc.db, "SELECT count(*) FROM messages WHERE conversation = 'general'")[
+        0
+    ][0]
+    assert sound == "ok"
     assert general_rows == total
     assert len(rows) == total
     assert len({row[2] for row in rows}) == total  # no client id stored twice
@@ -448,10 +441,7 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
             "carol reconnects": len(reconnected),
             "dave's saved cursor": dave_cursors[schema.GENERAL],
             "dave received on resume": len(dave_missed),
-            "integrity_check after the SIGKILL, at the end": (
-                integrity_at_kill[0][0],
-                integrity[0][0],
-            ),
+            "integrity_check after the SIGKILL, at the end": (integrity_at_kill, sound),
         },
     )
 

@@ -34,6 +34,13 @@ from storage_helpers import TS, direct, general, write_lock
 T = TypeVar("T")
 
 
+@pytest.fixture
+def storage(sqlite_storage: SQLiteStorage) -> SQLiteStorage:
+    """These tests are about SQLite's writer: its store alone (the contract's tests on every
+    engine are in test_storage_writer.py)."""
+    return sqlite_storage
+
+
 async def in_few_batches(
     storage: SQLiteStorage, make_calls: Callable[[], list[Awaitable[T]]]
 ) -> list[Any]:

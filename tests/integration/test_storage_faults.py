@@ -27,6 +27,8 @@ from beseda.server.accounts import PasswordHasher
 from beseda.server.app import Server
 from conftest import TIMEOUT_FACTOR, free_port, test_settings
 
+pytestmark = pytest.mark.sqlite_only  # the faults of a SQLite file (PostgreSQL's: test_postgres_*)
+
 
 async def send_fails_unavailable(client: Client, text: str) -> ProtocolError:
     with pytest.raises(ProtocolError) as info:

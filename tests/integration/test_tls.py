@@ -24,6 +24,7 @@ async def tls_server(tmp_path: Path, hasher: PasswordHasher, port: int = 0) -> S
     return server
 
 
+@pytest.mark.sqlite_only  # the certificate is made beside the SQLite file
 async def test_auto_certificate_is_made_once_and_pinned(
     tmp_path: Path, hasher: PasswordHasher
 ) -> None:
@@ -74,6 +75,7 @@ async def test_wrong_fingerprint_and_unverifiable_certificate_are_refused(
         await server.stop()
 
 
+@pytest.mark.sqlite_only  # the certificate is made beside the SQLite file
 async def test_client_stops_when_the_certificate_changes_on_reconnect(
     tmp_path: Path, hasher: PasswordHasher
 ) -> None:

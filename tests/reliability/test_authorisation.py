@@ -12,7 +12,6 @@ event loop of their own in a background thread, and each step waits for its coro
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Coroutine
@@ -32,6 +31,7 @@ from beseda.server.accounts import PasswordHasher
 from beseda.server.app import Server
 from beseda.server.chat import dm_conversation, dm_members
 from conftest import FAST_HASHER_ARGS, PASSWORD, register_all, report, sizes, test_settings
+from storage_helpers import query
 
 T = TypeVar("T")
 USERS = ["ann", "bob", "cat", "dan"]
@@ -123,8 +123,7 @@ def test_nobody_reads_what_is_not_theirs(shape: tuple[int, int], tmp_path: Path)
     sent_by: dict[str, str] = {}
     try:
         runner.run(register_all(server.port, USERS))
-        with sqlite3.connect(settings_.db) as db:
-            ids = dict(db.execute("SELECT name, id FROM users"))
+        ids = dict(query(settings_.db, "SELECT name, id FROM users"))
 
         rooms: dict[str, Room] = {}
 
@@ -471,12 +470,12 @@ def test_nobody_reads_what_is_not_theirs(shape: tuple[int, int], tmp_path: Path)
         hasher.close()
 
     # Every stored message's sender is the user whose connection sent it.
-    with sqlite3.connect(settings_.db) as db:
-        stored = dict(
-            db.execute(
-                "SELECT m.client_id, u.name FROM messages m JOIN users u ON u.id = m.sender_id"
-            )
+    stored = dict(
+        query(
+            settings_.db,
+            "SELECT m.client_id, u.name FROM messages m JOIN users u ON u.id = m.sender_id",
         )
+    )
     assert stored
     for client_id, sender in stored.items():
         if client_id.startswith("~"):

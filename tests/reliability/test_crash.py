@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from conftest import (
     unhandled_errors,
     wait_for,
 )
+from storage_helpers import integrity, query
 
 # Errors after which a client simply sends again with the same client id.
 RETRIABLE = {errors.STORAGE_UNAVAILABLE, errors.RATE_LIMITED}
@@ -144,15 +144,14 @@ async def test_sigkill_loses_nothing_acknowledged(
         await client.close()
     assert proc.terminate() == 0
 
-    db = sqlite3.connect(proc.db)
-    integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
-    user_ids = dict(db.execute("SELECT name, id FROM users"))
-    rows = db.execute(
+    sound = integrity(proc.db)
+    user_ids = dict(query(proc.db, "SELECT name, id FROM users"))
+    rows = query(
+        proc.db,
         "SELECT m.id, m.conversation, m.seq, u.name, m.client_id, m.text "
-        "FROM messages m JOIN users u ON u.id = m.sender_id ORDER BY m.id"
-    ).fetchall()
-    db.close()
-    assert integrity == "ok"
+        "FROM messages m JOIN users u ON u.id = m.sender_id ORDER BY m.id",
+    )
+    assert sound == "ok"
 
     acked = [m for s in senders for m in s.acked]
     stored = {row[4]: row for row in rows}

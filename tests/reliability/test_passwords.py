@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
 import statistics
 import time
 from collections import Counter
@@ -29,6 +28,7 @@ from conftest import (
     sizes,
     test_settings,
 )
+from storage_helpers import query
 
 OWASP_MEMORY_KIB = 19 * 1024
 OWASP_PASSES = 2
@@ -47,9 +47,8 @@ def argon2_parameters(password_hash: str) -> dict[str, object]:
     }
 
 
-def stored_hashes(db: Path) -> dict[str, str]:
-    with sqlite3.connect(db) as conn:
-        return dict(conn.execute("SELECT name, password_hash FROM users"))
+def stored_hashes(db: Path | str) -> dict[str, str]:
+    return dict(query(db, "SELECT name, password_hash FROM users"))
 
 
 @pytest.mark.timeout(60)

@@ -14,9 +14,18 @@ log = logging.getLogger(__name__)
 class LocalBus:
     """A bus for a single server process (implements :class:`beseda.bus.Bus`)."""
 
-    def __init__(self) -> None:
+    shared = False
+
+    def __init__(self, node: str = "local") -> None:
+        self.node = node
         self._handlers: list[Callable[[BusEvent], None]] = []
         self._connections: Counter[int] = Counter()
+
+    async def open(self) -> None:
+        pass
+
+    def on_resume(self, handler: Callable[[], None]) -> None:
+        pass  # an in-process bus is never lost
 
     def subscribe(self, handler: Callable[[BusEvent], None]) -> None:
         self._handlers.append(handler)
@@ -29,11 +38,11 @@ class LocalBus:
                 # One broken subscriber must not stop delivery to the others.
                 log.exception("bus subscriber failed on %r", event)
 
-    async def user_connected(self, user_id: int) -> bool:
+    async def user_connected(self, user_id: int, name: str) -> bool:
         self._connections[user_id] += 1
         return self._connections[user_id] == 1
 
-    async def user_disconnected(self, user_id: int) -> bool:
+    async def user_disconnected(self, user_id: int, name: str) -> bool:
         count = self._connections[user_id] - 1
         if count <= 0:
             del self._connections[user_id]

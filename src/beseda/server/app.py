@@ -12,18 +12,20 @@ import logging
 import os
 import signal
 import ssl
+from pathlib import Path
 
 from .. import tls
-from ..bus import Bus
+from ..bus import Bus, BusError
 from ..bus.local import LocalBus
 from ..storage import Storage
 from ..storage.sqlite import SQLiteStorage
 from .accounts import PasswordHasher
 from .chat import Chat
-from .config import Settings
+from .config import Settings, is_postgres_url
 from .connection import Capacity
 from .delivery import DeliveryHub
 from .limits import Limiters
+from .replication import Replica
 from .transports.tcp import TcpListener
 from .transports.websocket import HttpListener
 from .web import StaticFiles, shipped_root
@@ -41,10 +43,58 @@ def is_loopback(host: str) -> bool:
 
 
 def open_storage(settings: Settings) -> Storage:
-    """The store ``settings`` name: the embedded SQLite file (the one engine today)."""
+    """The store ``settings.db`` names: PostgreSQL for a ``postgresql://`` URL, otherwise the
+    embedded SQLite file. Not yet opened (``Server.start`` opens it). ``--search-index off``
+    keeps SQLite from indexing (PostgreSQL has no search index yet)."""
+    if is_postgres_url(settings.db):
+        from ..storage.postgres import PostgresStorage
+
+        return PostgresStorage(str(settings.db), connect_timeout=settings.db_busy_timeout)
     return SQLiteStorage(
         settings.db, busy_timeout=settings.db_busy_timeout, search_index=settings.search_index
     )
+
+
+def redact_url(url: str) -> str:
+    """A URL for a log line: without its user and password."""
+    scheme, separator, rest = url.partition("://")
+    if separator and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://…@{rest.split('@', 1)[1]}"
+    return url
+
+
+def open_bus(settings: Settings) -> Bus:
+    """The bus ``settings`` name: Redis for several nodes, else this process alone."""
+    name = settings.node_name
+    if not name or len(name) > 64 or not name.isprintable() or " " in name:
+        raise StartupError(
+            f"--node-name must be 1 to 64 printable characters without spaces, not {name!r}"
+        )
+    if settings.bus is None:
+        return LocalBus(name)
+    if not settings.bus.startswith(("redis://", "rediss://", "unix://")):
+        raise StartupError(f"--bus must be a redis:// URL, not {settings.bus!r}")
+    from ..bus.redis import RedisBus
+
+    return RedisBus(settings.bus, settings.node_name, node_expiry=settings.limits.node_expiry)
+
+
+def open_limiters(settings: Settings, bus: Bus) -> Limiters:
+    """Rate limiters shared by every node on a Redis bus, else in this process's memory."""
+    from ..bus.redis import RedisBus
+
+    if isinstance(bus, RedisBus):
+        return Limiters.from_buckets(settings.limits, bus.rate_limit)
+    return Limiters.in_memory(settings.limits)
+
+
+def describe_db(db: Path | str) -> str:
+    """The database for a log line: a URL without its password, or the file."""
+    if is_postgres_url(db):
+        from ..storage.postgres import redact
+
+        return redact(str(db))
+    return str(db)
 
 
 class StartupError(Exception):
@@ -68,8 +118,8 @@ class Server:
         changes."""
         self.settings = settings
         self.storage: Storage = storage or open_storage(settings)
-        self.bus: Bus = bus or LocalBus()
-        self.hub = DeliveryHub()
+        self.bus: Bus = bus or open_bus(settings)
+        self.hub = DeliveryHub(self.bus.node)
         self.hasher = hasher or PasswordHasher(
             workers=settings.limits.hash_workers or None,
             queue=settings.limits.hash_queue,
@@ -82,10 +132,23 @@ class Server:
             hub=self.hub,
             hasher=self.hasher,
             limits=settings.limits,
-            limiters=limiters or Limiters.in_memory(settings.limits),
+            limiters=limiters or open_limiters(settings, self.bus),
             search_index=settings.search_index,
         )
-        self.bus.subscribe(self.hub.on_event)
+        self.replica: Replica | None = None
+        """Between a shared bus and delivery: entries in order, exactly once, gaps read from
+        the database (``replication.py``); None on a bus of this process alone."""
+        if self.bus.shared:
+            self.replica = Replica(
+                node=self.bus.node,
+                storage=self.storage,
+                index=self.chat.index,
+                deliver=self.hub.on_event,
+            )
+            self.bus.subscribe(self.replica.on_event)
+            self.bus.on_resume(self.replica.resumed)
+        else:
+            self.bus.subscribe(self.hub.on_event)
         # Shared by every transport: the caps on connections and the input budget.
         self.capacity = Capacity(settings.limits)
         self.tcp = TcpListener(self.chat, settings.limits, self.capacity)
@@ -119,15 +182,24 @@ class Server:
         except Exception as exc:
             await self.storage.close()
             raise StartupError(str(exc)) from exc
+        if self.replica is not None:
+            self.replica.start()
+        try:
+            await self.bus.open()
+        except BusError as exc:
+            await self.storage.close()
+            raise StartupError(str(exc)) from exc
         try:
             context = self._tls_context()
         except Exception:
             await self.storage.close()
+            await self.bus.close()
             raise
         try:
             await self.tcp.start(self.settings.host, self.settings.port, context)
         except OSError as exc:
             await self.storage.close()
+            await self.bus.close()
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise StartupError(
                 f"Cannot listen on {self.settings.host}:{self.settings.port}: {reason}"
@@ -161,10 +233,12 @@ class Server:
                 self.http.port,
             )
         log.info(
-            "beseda listening on %s:%d, database %s",
+            "beseda listening on %s:%d, database %s, node %s%s",
             self.settings.host,
             self.port,
-            self.settings.db,
+            describe_db(self.settings.db),
+            self.bus.node,
+            f", bus {redact_url(self.settings.bus)}" if self.settings.bus else "",
         )
 
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -178,7 +252,7 @@ class Server:
             return None
         try:
             if settings.tls_auto and settings.tls_cert is None:
-                cert, key = tls.ensure_self_signed(settings.db.parent, settings.host)
+                cert, key = tls.ensure_self_signed(settings.data_dir, settings.host)
             else:
                 assert settings.tls_cert is not None
                 cert, key = settings.tls_cert, settings.tls_key or settings.tls_cert
@@ -197,8 +271,12 @@ class Server:
             *([self.http.stop(self.settings.shutdown_grace)] if self.http else []),
         )
         counts = dict(getattr(self.storage, "stats", {}))  # the writer's, gone once closed
+        # The store first (its last commits publish), then the bus (which sends what is
+        # queued), then the replica that reads from the store on the bus's behalf.
         await self.storage.close()
         await self.bus.close()
+        if self.replica is not None:
+            await self.replica.close()
         if self._own_hasher:
             self.hasher.close()
         log.info(

@@ -30,11 +30,21 @@ from typing import Protocol
 import emoji as emoji_data
 import msgspec
 
-from ..bus import Bus, EntryPosted, PresenceChanged, ReadMoved, TypingStarted
+from ..bus import (
+    Bus,
+    EntryPosted,
+    Origin,
+    PresenceChanged,
+    ReadMoved,
+    Registered,
+    TokenRevoked,
+    TypingStarted,
+)
 from ..protocol import codec, errors, schema
 from ..protocol.errors import ProtocolError
 from ..protocol.schema import GENERAL
 from ..storage import (
+    ConversationState,
     LookAlikeNameError,
     MemberChange,
     MessageDeletion,
@@ -262,7 +272,7 @@ class Chat:
         name, key, skeleton = accounts.check_display_name(request.username, accounts.USERNAME)
         accounts.check_password(request.password)
         # Each registration costs a password hash: limit them per address.
-        wait = self._registrations.take(session.peer.address, self._monotonic())
+        wait = await self._registrations.take(session.peer.address, self._monotonic())
         if wait:
             raise ProtocolError(
                 errors.RATE_LIMITED,
@@ -286,6 +296,7 @@ class Chat:
         general = self.index.conversations[GENERAL]
         self.index.join(general, user.id, MEMBER, 1)
         await self._storage.set_members(GENERAL, [MemberChange(user.id)])
+        self._bus.publish(Registered(user.id, self._origin(session)))
         session.protocol = request.protocol
         return await self._start_session(session, user)
 
@@ -294,11 +305,11 @@ class Chat:
         address = session.peer.address
         now = self._monotonic()
         if request.token is not None:
-            self._throttle.attempt(None, address, now)
+            await self._throttle.attempt(None, address, now)
             token_hash = accounts.hash_token(request.token)
             user = await self._storage.user_by_token(token_hash)
             if user is None:
-                self._throttle.failed(None, address, self._monotonic())
+                await self._throttle.failed(None, address, self._monotonic())
                 raise ProtocolError(errors.BAD_CREDENTIALS, "The session token is not valid.")
             session.protocol = request.protocol
             return await self._authenticate(session, user, request.token, token_hash)
@@ -307,7 +318,7 @@ class Chat:
                 errors.BAD_REQUEST, "login needs a username and password, or a token."
             )
         key = accounts.canonical_name(request.username)
-        self._throttle.attempt(key, address, now)
+        await self._throttle.attempt(key, address, now)
         try:
             user = await self._storage.user_by_key(key)
             right = await self._hasher.verify(
@@ -316,13 +327,13 @@ class Chat:
         except BaseException:
             # Not a wrong guess (the hashing queue was full, the store failed): the password
             # was never checked, so the attempt must not count against the account.
-            self._throttle.succeeded(key, address)
+            await self._throttle.succeeded(key, address)
             raise
         if not right:
-            self._throttle.failed(key, address, self._monotonic())
+            await self._throttle.failed(key, address, self._monotonic())
             raise ProtocolError(errors.BAD_CREDENTIALS)
         assert user is not None
-        self._throttle.succeeded(key, address)
+        await self._throttle.succeeded(key, address)
         if self._hasher.needs_rehash(user.password_hash):
             try:
                 new_hash = await self._hasher.hash(request.password)
@@ -341,12 +352,16 @@ class Chat:
             await self._storage.delete_token(token_hash)
             # The token is dead: so is every other connection that logged in with it.
             user_id = session.user_id
-            others = [] if user_id is None else self._hub.sessions_of_token(user_id, token_hash)
-            for other in others:
-                if other is not session:
-                    other.peer.close(errors.SESSION_ENDED)
+            if user_id is not None:
+                for other in self._hub.sessions_of_token(user_id, token_hash):
+                    if other is not session:
+                        other.peer.close(errors.SESSION_ENDED)
+                self._bus.publish(TokenRevoked(user_id, token_hash, self._origin(session)))
         await self._sign_out(session)
         return schema.Empty()
+
+    def _origin(self, session: Session) -> Origin:
+        return Origin(self._bus.node, session.peer.conn_id)
 
     def _require_anonymous(self, session: Session) -> None:
         if session.user is not None:
@@ -369,7 +384,7 @@ class Chat:
         session.token_hash = token_hash
         self._hub.attach(session)
         self._remember(user)
-        if await self._bus.user_connected(user.id):
+        if await self._bus.user_connected(user.id, user.name):
             self._bus.publish(PresenceChanged(user.id, user.name, online=True))
         log.info("conn %d: logged in as %s", session.peer.conn_id, user.name)
         return schema.AuthResult(user=user.name, token=token)
@@ -380,7 +395,7 @@ class Chat:
             return
         self._hub.detach(session)
         session.user = session.token_hash = None
-        if await self._bus.user_disconnected(user.id):
+        if await self._bus.user_disconnected(user.id, user.name):
             self._bus.publish(PresenceChanged(user.id, user.name, online=False))
 
     # -- messages ------------------------------------------------------------------------------
@@ -476,7 +491,7 @@ class Chat:
         # The members now, at the message's place in the stream (the set is never mutated).
         recipients = None if conversation.everyone else conversation.members
         legacy = conversation.everyone or conversation.kind == DIRECT
-        origin = session.peer.conn_id
+        origin = self._origin(session)
 
         def committed(appended: asyncio.Future[tuple[schema.Entry, bool]]) -> None:
             # Runs from the commit, in commit order, before anything else can run: so the
@@ -516,9 +531,9 @@ class Chat:
         a connection's requests are handled in order, so a fast sender is paced at the rate,
         keeps its order and needs no retries. Only a longer backlog is refused."""
         now = self._monotonic()
-        wait = self._message_rate.reserve(sender.id, now, self._limits.message_max_delay)
+        wait = await self._message_rate.reserve(sender.id, now, self._limits.message_max_delay)
         if wait is None:
-            retry = self._message_rate.peek(sender.id, now) - self._limits.message_max_delay
+            retry = await self._message_rate.peek(sender.id, now) - self._limits.message_max_delay
             raise ProtocolError(errors.RATE_LIMITED, retry_after=round(max(retry, 0.001), 3))
         if wait > 0:
             await self._sleep(wait)
@@ -948,7 +963,7 @@ class Chat:
         if seq > membership.read_seq:
             membership.read_seq = seq
             await self._storage.set_read(user.id, conversation_id, seq)
-            self._bus.publish(ReadMoved(user.id, conversation_id, seq, session.peer.conn_id))
+            self._bus.publish(ReadMoved(user.id, conversation_id, seq, self._origin(session)))
         return schema.ReadResult(conversation=conversation_id, seq=membership.read_seq)
 
     async def _typing_request(self, session: Session, request: schema.Typing) -> schema.Empty:
@@ -1014,9 +1029,9 @@ class Chat:
                 f"{who} in {schema.MAX_MEMBERSHIPS} channels and groups, the most there may be.",
             )
 
-    def _spend_creation(self, user: UserRecord) -> None:
+    async def _spend_creation(self, user: UserRecord) -> None:
         """One of the channels and groups a user may create per hour (both kinds count)."""
-        wait = self._channel_creations.take(user.id, self._monotonic())
+        wait = await self._channel_creations.take(user.id, self._monotonic())
         if wait:
             raise ProtocolError(
                 errors.RATE_LIMITED,
@@ -1025,10 +1040,10 @@ class Chat:
                 retry_after=round(wait, 3),
             )
 
-    def _spend_invitations(self, user: UserRecord, count: int) -> None:
+    async def _spend_invitations(self, user: UserRecord, count: int) -> None:
         now = self._monotonic()
         for _ in range(count):
-            wait = self._invitations.take(user.id, now)
+            wait = await self._invitations.take(user.id, now)
             if wait:
                 raise ProtocolError(
                     errors.RATE_LIMITED,
@@ -1061,8 +1076,8 @@ class Chat:
         people = await self._people(request.members, user.id)
         for person in people:
             self._require_room_for(person.id, person.name)
-        self._spend_creation(user)
-        self._spend_invitations(user, len(people))
+        await self._spend_creation(user)
+        await self._spend_invitations(user, len(people))
         members = (
             MemberChange(user.id, OWNER, join=True),
             *(MemberChange(p.id, MEMBER, join=True) for p in people),
@@ -1104,8 +1119,8 @@ class Chat:
             )
         for person_id, person_name in [(user.id, None)] + [(p.id, p.name) for p in people]:
             self._require_room_for(person_id, person_name)
-        self._spend_creation(user)
-        self._spend_invitations(user, len(people))
+        await self._spend_creation(user)
+        await self._spend_invitations(user, len(people))
         members = (
             MemberChange(user.id, MEMBER, join=True),
             *(MemberChange(p.id, MEMBER, join=True) for p in people),
@@ -1127,7 +1142,15 @@ class Chat:
         self.index.add_conversation(conversation)
         for change in new.members:
             self.index.join(conversation, change.user_id, change.role, 1)
-        self._bus.publish(EntryPosted(entry, conversation.members, session.peer.conn_id))
+        self._bus.publish(
+            EntryPosted(
+                entry,
+                conversation.members,
+                self._origin(session),
+                state=_state_of(conversation),
+                changes=new.members,
+            )
+        )
         membership = self.index.membership(session.user.id, conversation.id)
         assert membership is not None
         (info,) = await self._infos(session.user.id, [(conversation, membership)])
@@ -1187,7 +1210,15 @@ class Chat:
                 membership.until_seq = entry.seq
         if entry.seq > conversation.last_seq:
             conversation.last_seq, conversation.last_ts = entry.seq, entry.ts
-        self._bus.publish(EntryPosted(entry, recipients, session.peer.conn_id))
+        self._bus.publish(
+            EntryPosted(
+                entry,
+                recipients,
+                self._origin(session),
+                state=_state_of(conversation),
+                changes=new.members,
+            )
+        )
         return entry
 
     def _undo(
@@ -1304,7 +1335,7 @@ class Chat:
             )
         for person in people:
             self._require_room_for(person.id, person.name)
-        self._spend_invitations(user, len(people))
+        await self._spend_invitations(user, len(people))
         from_start = conversation.kind == CHANNEL
         entries = []
         for person in people:
@@ -1464,7 +1495,7 @@ class Chat:
         if entry.seq > conversation.last_seq:
             conversation.last_seq, conversation.last_ts = entry.seq, entry.ts
         recipients = None if conversation.everyone else conversation.members
-        self._bus.publish(EntryPosted(entry, recipients, session.peer.conn_id))
+        self._bus.publish(EntryPosted(entry, recipients, self._origin(session)))
 
     async def _edit(self, session: Session, request: schema.Edit) -> schema.Entry:
         user, conversation = self._message_target(session, request.conversation, request.seq)
@@ -1659,6 +1690,21 @@ def _search_cursor(raw: str | None, best: bool) -> int | None:
     if len(number) > 19:
         raise ProtocolError(errors.BAD_REQUEST, "cursor is not the next of this search.")
     return int(number)
+
+
+def _state_of(conversation: Conversation) -> ConversationState:
+    """The conversation's own data as it is now (carried by a change's bus event)."""
+    return ConversationState(
+        id=conversation.id,
+        kind=conversation.kind,
+        name=conversation.name,
+        key=conversation.key,
+        topic=conversation.topic,
+        public=conversation.public,
+        archived=conversation.archived,
+        last_seq=conversation.last_seq,
+        last_ts=conversation.last_ts,
+    )
 
 
 def _page_marker_key(marker: str) -> tuple[int, str]:

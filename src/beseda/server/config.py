@@ -7,6 +7,7 @@ advertises it; its flag, variable and help text are derived from that declaratio
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,9 +27,30 @@ SEARCH_INDEX_DEFAULT = True
 """``--search-index on``: every message is indexed as it is written, and ``search`` answers."""
 
 
+def default_node_name() -> str:
+    """``HOSTNAME-PID``: unique among the nodes of a cluster as long as no two share a host
+    name and a process id; name nodes yourself (``--node-name``) to keep a name across
+    restarts."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def default_db_path() -> Path:
     """``beseda.db`` in the user's data directory (e.g. ``~/.local/share/beseda``)."""
     return platformdirs.user_data_path("beseda") / "beseda.db"
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(db: Path | str) -> bool:
+    """Whether ``db`` names a PostgreSQL database (a URL) rather than a SQLite file."""
+    return isinstance(db, str) and db.startswith(POSTGRES_SCHEMES)
+
+
+def parse_db(text: str) -> Path | str:
+    """``--db`` / ``BESEDA_DB``: a ``postgresql://`` URL stays text, anything else is the path
+    of a SQLite file."""
+    return text if is_postgres_url(text) else Path(text)
 
 
 T = TypeVar("T")
@@ -166,6 +188,12 @@ class Limits:
         parse=whole_number,
         shown_default="0: one per core the server may run on",
     )
+    node_expiry: float = limit(
+        10.0,
+        "seconds after which the other nodes show the users of a node that stopped its "
+        "heartbeat (killed, cut off) offline; heartbeats go every third of it (with --bus)",
+        unit=" s",
+    )
     hash_queue: int = limit(
         1024,
         "password hashes that may wait for a worker; more logins at once are refused with "
@@ -254,7 +282,8 @@ def advertised_limits(limits: Limits) -> dict[str, int | float]:
 class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    db: Path = field(default_factory=default_db_path)
+    db: Path | str = field(default_factory=default_db_path)
+    """A SQLite file, or a ``postgresql://`` URL (see :func:`parse_db`)."""
     log_level: str = "INFO"
     limits: Limits = field(default_factory=Limits)
     db_busy_timeout: float = 5.0
@@ -278,6 +307,18 @@ class Settings:
     """Index messages for ``search`` as they are written. Off (``--search-index off``) only
     to measure what the index costs: messages written meanwhile are never indexed (turning it
     on again does not add them), and ``search`` answers ``search_off``."""
+    bus: str | None = None
+    """``redis://…``: the bus shared by several nodes; None: this process alone."""
+    node_name: str = field(default_factory=default_node_name)
+    """This node's name among the nodes on one bus (see :func:`default_node_name`)."""
+
+    @property
+    def data_dir(self) -> Path:
+        """Where files beside the database go (a self-signed certificate): the SQLite file's
+        directory, or the user's data directory with PostgreSQL."""
+        if is_postgres_url(self.db):
+            return default_db_path().parent
+        return Path(self.db).parent
 
     @property
     def tls(self) -> bool:
@@ -287,7 +328,7 @@ class Settings:
 _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "host": ("BESEDA_HOST", str),
     "port": ("BESEDA_PORT", int),
-    "db": ("BESEDA_DB", Path),
+    "db": ("BESEDA_DB", parse_db),
     "log_level": ("BESEDA_LOG_LEVEL", str),
     "tls_cert": ("BESEDA_TLS_CERT", Path),
     "tls_key": ("BESEDA_TLS_KEY", Path),
@@ -300,6 +341,8 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "allowed_origins": ("BESEDA_ALLOWED_ORIGINS", lambda value: origin_list(value)),
     "web_root": ("BESEDA_WEB_ROOT", Path),
     "search_index": ("BESEDA_SEARCH_INDEX", lambda value: on_off(value)),
+    "bus": ("BESEDA_BUS", str),
+    "node_name": ("BESEDA_NODE_NAME", str),
 }
 
 

@@ -17,8 +17,16 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 
-from ..bus import BusEvent, EntryPosted, PresenceChanged, ReadMoved, TypingStarted
-from ..protocol import codec, schema
+from ..bus import (
+    BusEvent,
+    EntryPosted,
+    Origin,
+    PresenceChanged,
+    ReadMoved,
+    TokenRevoked,
+    TypingStarted,
+)
+from ..protocol import codec, errors, schema
 from .chat import Session
 
 log = logging.getLogger(__name__)
@@ -27,7 +35,9 @@ log = logging.getLogger(__name__)
 class DeliveryHub:
     """Registry of this process's authenticated sessions, by user."""
 
-    def __init__(self) -> None:
+    def __init__(self, node: str = "local") -> None:
+        self.node = node
+        """This node's name: an event whose origin is another node's skips nobody here."""
         self._by_user: dict[int, tuple[Session, ...]] = {}
         """user id → that user's sessions: a tuple, not a set (a user has a few sessions,
         usually one, and an empty set alone is 216 bytes for every idle connection)."""
@@ -89,6 +99,16 @@ class DeliveryHub:
         """The user ids the session watches."""
         return self._watching.get(session, frozenset())
 
+    def users(self) -> list[int]:
+        """The users with a session here (whose conversations this node delivers into)."""
+        return list(self._by_user)
+
+    def _local(self, origin: Origin | None) -> int | None:
+        """The connection id of ``origin`` when it is on this node, else None."""
+        if origin is None or origin.node != self.node:
+            return None
+        return origin.connection
+
     @property
     def sessions(self) -> int:
         return len(self._sessions)
@@ -112,9 +132,15 @@ class DeliveryHub:
                 self.presence_delivered += 1
         elif isinstance(event, ReadMoved):
             read = codec.Outgoing(schema.ReadEvent(conversation=event.conversation, seq=event.seq))
+            sender = self._local(event.origin)
             for session in self._by_user.get(event.user_id, ()):
-                if session.protocol >= 3 and session.peer.conn_id != event.origin:
+                if session.protocol >= 3 and session.peer.conn_id != sender:
                     session.peer.send_event(read)
+        elif isinstance(event, TokenRevoked):
+            if event.origin is not None and event.origin.node != self.node:
+                # Logged out on another node: end this node's connections of the token.
+                for session in self.sessions_of_token(event.user_id, event.token_hash):
+                    session.peer.close(errors.SESSION_ENDED)
         elif isinstance(event, TypingStarted):
             typing = codec.Outgoing(
                 schema.TypingEvent(conversation=event.conversation, user=event.name)
@@ -137,7 +163,7 @@ class DeliveryHub:
         # first connection of that format, whatever the number of recipients.
         current: codec.Outgoing | None = None
         legacy: codec.Outgoing | None = None
-        origin = event.origin
+        origin = self._local(event.origin)
         count = 0
         # No copy of the set: deliver() never detaches a session synchronously (a dropped
         # slow consumer is forgotten later, from connection_lost).

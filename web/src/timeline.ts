@@ -1,0 +1,139 @@
+// One conversation's timeline: the entries loaded so far (in seq order, each once) and the
+// user's messages not yet acknowledged. Pure data; the view renders only rows near the
+// viewport (see heights.ts). A later entry kind (a reply, an edit, a reaction) is one more
+// case of `rowKind` and of the view's row renderer: entries that change an earlier message
+// (edits, reactions) update the message they name here, in `apply`, rather than adding rows.
+
+import { kindOf, type Entry } from "./protocol.js";
+
+export interface Outgoing {
+  clientId: string;
+  text: string;
+  sentAt: number;
+  /** Why it was not sent (null while it is on its way). */
+  failed: string | null;
+  /** Refused for good (not a member any more, archived): no Retry. */
+  final: boolean;
+}
+
+export type Row =
+  | { type: "message"; key: string; entry: Entry }
+  | { type: "event"; key: string; entry: Entry }
+  | { type: "outgoing"; key: string; outgoing: Outgoing }
+  | { type: "marker"; key: string };
+
+/** How an entry of this kind is shown: its own row ("message", "event") or none. */
+export function rowKind(entry: Entry): "message" | "event" | null {
+  const kind = kindOf(entry);
+  if (kind === "message") return "message";
+  if (
+    [
+      "created",
+      "joined",
+      "left",
+      "added",
+      "removed",
+      "renamed",
+      "topic",
+      "archived",
+      "role",
+    ].includes(kind)
+  ) {
+    return "event";
+  }
+  return null; // a kind this version does not know: its cursor moves on, nothing is shown
+}
+
+export class Timeline {
+  private entries: Entry[] = [];
+  private readonly seqs = new Set<number>();
+  private readonly outgoing = new Map<string, Outgoing>();
+  /** Older entries exist on the server. */
+  hasOlder = true;
+  loading = false;
+  /** Bumped on every change, so a view knows when to rebuild its rows. */
+  version = 0;
+
+  get oldestSeq(): number | null {
+    return this.entries[0]?.seq ?? null;
+  }
+
+  get newestSeq(): number {
+    return this.entries[this.entries.length - 1]?.seq ?? 0;
+  }
+
+  get size(): number {
+    return this.entries.length;
+  }
+
+  /** Add one entry (live); false when it was there already. Its outgoing copy goes. */
+  add(entry: Entry): boolean {
+    if (this.seqs.has(entry.seq)) return false;
+    this.seqs.add(entry.seq);
+    const last = this.entries[this.entries.length - 1];
+    if (last === undefined || last.seq < entry.seq) {
+      this.entries.push(entry);
+    } else {
+      let index = this.entries.length;
+      while (index > 0 && (this.entries[index - 1]?.seq ?? 0) > entry.seq) index -= 1;
+      this.entries.splice(index, 0, entry);
+    }
+    if (entry.client_id !== undefined) this.outgoing.delete(entry.client_id);
+    this.version += 1;
+    return true;
+  }
+
+  /** A page of history (older entries, oldest first); returns how many were new. */
+  addPage(entries: readonly Entry[], more: boolean): number {
+    const fresh = entries.filter((entry) => !this.seqs.has(entry.seq));
+    for (const entry of fresh) this.seqs.add(entry.seq);
+    this.entries = [...fresh, ...this.entries].sort((a, b) => a.seq - b.seq);
+    this.hasOlder = more;
+    this.version += 1;
+    return fresh.length;
+  }
+
+  addOutgoing(outgoing: Outgoing): void {
+    this.outgoing.set(outgoing.clientId, outgoing);
+    this.version += 1;
+  }
+
+  findOutgoing(clientId: string): Outgoing | undefined {
+    return this.outgoing.get(clientId);
+  }
+
+  pendingOutgoing(): Outgoing[] {
+    return [...this.outgoing.values()];
+  }
+
+  /** Something about an outgoing message changed (failed, retried). */
+  touch(): void {
+    this.version += 1;
+  }
+
+  /**
+   * The rows to show: entries in order, then outgoing ones. The "new messages" marker goes
+   * above the first message of someone else (not `me`) at or after `markerSeq`.
+   */
+  rows(markerSeq: number | null, me = ""): Row[] {
+    const rows: Row[] = [];
+    let marker = markerSeq;
+    for (const entry of this.entries) {
+      if (
+        marker !== null &&
+        entry.seq >= marker &&
+        kindOf(entry) === "message" &&
+        entry.sender.toLocaleLowerCase() !== me.toLocaleLowerCase()
+      ) {
+        rows.push({ type: "marker", key: "marker" });
+        marker = null;
+      }
+      const kind = rowKind(entry);
+      if (kind !== null) rows.push({ type: kind, key: `s${entry.seq}`, entry });
+    }
+    for (const outgoing of this.outgoing.values()) {
+      rows.push({ type: "outgoing", key: `o${outgoing.clientId}`, outgoing });
+    }
+    return rows;
+  }
+}
