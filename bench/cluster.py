@@ -101,7 +101,7 @@ def cluster(bench: scenarios.Bench) -> dict[str, Any]:
     if redis_binary() is None:
         if REDIS_NOTE not in bench.notes:
             bench.notes.append(REDIS_NOTE)
-        return {}
+        return {"skipped": REDIS_NOTE}
 
     def make_row(nodes: int) -> Any:
         def row(outcome: Any, cpu: float) -> dict[str, Any]:
@@ -172,7 +172,7 @@ def _cluster_targets(results: dict[str, Any]) -> list[report.Target]:
 @report.section
 def _cluster_section(results: dict[str, Any]) -> str | None:
     cl = results["scenarios"].get("cluster")
-    if not cl:
+    if not cl or "single" not in cl:
         return None
     rows = [
         [
