@@ -60,8 +60,8 @@ web-screenshots: $(STAMP)
 web-speed: $(STAMP)
 	$(BIN)/python scripts/web_speed.py
 
-## test: lint, type-check and run the whole suite
-test: lint typecheck pytest
+## test: lint, type-check, the whole suite, then its storage tests again on PostgreSQL
+test: lint typecheck pytest test-postgres
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts
@@ -77,7 +77,9 @@ pytest: $(STAMP)
 ## (PG_TESTS=tests/integration for the whole suite; BESEDA_TEST_POSTGRES_URL to use a server)
 PG_TESTS ?= tests/integration/test_conversations.py tests/integration/test_history.py \
 	tests/integration/test_direct_messages.py tests/integration/test_client_library.py \
-	tests/integration/test_two_users.py tests/reliability/test_crash.py \
+	tests/integration/test_two_users.py tests/integration/test_protocol_doc.py \
+	tests/integration/test_messages.py \
+	tests/integration/test_bounded_reads.py tests/reliability/test_crash.py \
 	tests/reliability/test_authorisation.py
 test-postgres: $(STAMP)
 	BESEDA_TEST_DB=postgresql $(BIN)/pytest -q $(PG_TESTS)

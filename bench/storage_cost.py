@@ -11,12 +11,17 @@ the same rows written by plain sqlite3 ``executemany`` in transactions of the sa
 ``RATE`` per second, as independent users do, alternately with the writer's gathering wait
 (``MAX_GATHER``) on and off: CPU per message, messages per commit and the latency from
 submission to commit, for each.
+
+``--postgresql`` adds the same appends through :class:`~beseda.storage.postgres.PostgresStorage`
+on a throwaway PostgreSQL with fsync on (its server's CPU not counted: the user and system
+columns are this process's).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import resource
 import tempfile
@@ -28,6 +33,7 @@ from beseda.storage import NewMessage, sqlite
 from beseda.storage.sqlite import SQLiteStorage
 
 from .dataset import raw_inserts
+from .postgres import pg_server
 
 SENDERS = 100
 TEXT = "a durable message of about the size of a chat line " * 2
@@ -138,21 +144,38 @@ def main() -> None:
         help="appends one at a time at RATE/s, gathering on and off alternately",
     )
     parser.add_argument("--rounds", type=int, default=3, help="with --arrivals")
+    parser.add_argument(
+        "--postgresql", action="store_true", help="add PostgresStorage (a throwaway server)"
+    )
     args = parser.parse_args()
     if args.arrivals:
         arrivals(args.arrivals, min(args.messages, round(args.arrivals * 2)), args.rounds)
         return
-    print("| batch | beseda storage msgs/s | user µs/msg | sys µs/msg | raw sqlite3 rows/s |")
-    print("|---|---|---|---|---|")
-    for batch in args.batch or [1, 8, 36, 100]:
-        total = min(args.messages, 2_000 * batch)  # batch 1 is one fsync per message
-        with tempfile.TemporaryDirectory(prefix="beseda-storage-cost-") as workdir:
-            ours = asyncio.run(_beseda(Path(workdir) / "beseda.db", total, batch))
-            raw = raw_inserts(Path(workdir) / "raw.db", total, batch, 600, senders=SENDERS)
-        print(
-            f"| {batch} | {ours['per_s']:,.0f} | {ours['user_us']:.1f} | {ours['sys_us']:.1f} "
-            f"| {raw['rows_per_s']:,.0f} |"
-        )
+    with contextlib.ExitStack() as stack:
+        pg = stack.enter_context(pg_server.postgres_server(fsync=True)) if args.postgresql else None
+        header = "| batch | beseda storage msgs/s | user µs/msg | sys µs/msg | raw sqlite3 rows/s |"
+        rule = "|---|---|---|---|---|"
+        if pg is not None:
+            header += " PostgresStorage msgs/s | its user µs/msg | vs SQLite |"
+            rule += "---|---|---|"
+        print(header)
+        print(rule)
+        for batch in args.batch or [1, 8, 36, 100]:
+            total = min(args.messages, 2_000 * batch)  # batch 1 is one fsync per message
+            with tempfile.TemporaryDirectory(prefix="beseda-storage-cost-") as workdir:
+                ours = asyncio.run(_beseda(Path(workdir) / "beseda.db", total, batch))
+                raw = raw_inserts(Path(workdir) / "raw.db", total, batch, 600, senders=SENDERS)
+            line = (
+                f"| {batch} | {ours['per_s']:,.0f} | {ours['user_us']:.1f} "
+                f"| {ours['sys_us']:.1f} | {raw['rows_per_s']:,.0f} |"
+            )
+            if pg is not None:
+                theirs = asyncio.run(_beseda(pg.create_database(), total, batch))
+                line += (
+                    f" {theirs['per_s']:,.0f} | {theirs['user_us']:.1f} "
+                    f"| {theirs['per_s'] / ours['per_s']:.2f}× |"
+                )
+            print(line)
 
 
 if __name__ == "__main__":

@@ -140,11 +140,6 @@ def test_the_postgresql_rows_have_figures(smoke: tuple[dict, str]) -> None:
     for row in found["hot_counter"]:
         assert row["messages"] == row["writers"] * results["sizes"]["counter_messages"]
         assert row["per_s"] > 0
-    assert all(
-        row["cost_vs_own"] > 0
-        for row in found["hot_counter"]
-        if row["conversations"] == "one (hot)"
-    )
     assert "durable throughput on PostgreSQL" in markdown
     assert "### A hot conversation's counter row" in markdown
 

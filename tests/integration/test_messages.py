@@ -118,6 +118,7 @@ async def test_replies_edits_deletes_and_reactions_reach_everyone_exactly_once(
         assert gone.value.code == errors.UNKNOWN_MESSAGE
 
 
+@pytest.mark.sqlite_only  # SQLite's files; PostgreSQL frees a dead row's space at its vacuum
 async def test_a_deleted_text_is_nowhere_in_the_database_files(
     server: Server, connect: Connect
 ) -> None:
@@ -209,6 +210,33 @@ async def test_search_finds_russian_and_english_as_people_expect(
     with pytest.raises(ProtocolError) as empty:
         await zoe.search("   ")
     assert empty.value.code == errors.BAD_QUERY
+
+
+async def test_the_index_marks_of_sender_and_conversation_match_no_query_word(
+    server: Server, connect: Connect
+) -> None:
+    """A message is indexed with marks of its sender's id and its conversation's id (so that
+    ``from:`` and ``in:`` are index look-ups); no word, part of a word or number a person
+    types may match them."""
+    alice: Client = await connect("alice")  # type: ignore[assignment]
+    bob: Client = await connect("bob")  # type: ignore[assignment]
+    for _ in range(12):  # user ids 1, 2 … and the seqs of General pass 1 and 12
+        await alice.post(schema.GENERAL, "обычный текст")
+    plain = await alice.post(schema.GENERAL, "the general meeting, room 12")
+    channel = await alice.create_channel("ops")
+    await alice.post(channel.conversation, "nothing here")
+
+    async def found(query: str) -> set[tuple[str, int]]:
+        result = await bob.search(query, limit=50)
+        return {(hit.conversation, hit.seq) for hit in result.results}
+
+    assert await found("general") == {(schema.GENERAL, plain.seq)}
+    assert await found("genera") == {(schema.GENERAL, plain.seq)}
+    assert await found("12") == {(schema.GENERAL, plain.seq)}
+    # The marks still do their work: one sender, one conversation.
+    assert len(await found("текст from:alice")) == 12
+    assert await found("текст from:bob") == set()
+    assert await found("general in:general") == {(schema.GENERAL, plain.seq)}
 
 
 async def test_history_around_a_message_opens_the_conversation_there(
@@ -456,6 +484,7 @@ async def test_a_channels_owners_and_admins_delete_anyones_message(
     await alice.delete(channel.conversation, mine.seq)  # deleting stays possible
 
 
+@pytest.mark.sqlite_only  # reads SQLite's index tables; the refusal is the same on both
 async def test_a_server_without_the_search_index_says_so(
     server_process: Callable[..., ServerProcess],
 ) -> None:
@@ -478,3 +507,21 @@ async def test_a_server_without_the_search_index_says_so(
     with sqlite3.connect(proc.db) as conn:
         (indexed,) = conn.execute("SELECT count(*) FROM search_docsize").fetchone()
     assert indexed == 0
+
+
+async def test_a_text_with_u0000_is_refused_and_nothing_is_stored(
+    server: Server, connect: Connect
+) -> None:
+    """U+0000 is refused in a message and in an edit on every engine (PostgreSQL's text cannot
+    hold it), with a clear error, and nothing is stored."""
+    alice: Client = await connect("alice")  # type: ignore[assignment]
+    with pytest.raises(ProtocolError) as posted:
+        await alice.post(schema.GENERAL, "a\x00b")
+    assert posted.value.code == errors.BAD_REQUEST
+    kept = await alice.post(schema.GENERAL, "kept")
+    with pytest.raises(ProtocolError) as edited:
+        await alice.edit(schema.GENERAL, kept.seq, "a\x00b")
+    assert edited.value.code == errors.BAD_REQUEST
+    page = await alice.history(schema.GENERAL)
+    assert [entry.text for entry in page.entries if entry.kind == "message"][-1:] == ["kept"]
+    assert all("\x00" not in (entry.text or "") for entry in page.entries)

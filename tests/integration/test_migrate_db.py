@@ -39,7 +39,7 @@ PASSWORD = "password123"
 
 async def logged_in(port: int, name: str, password: str) -> Newcomer:
     conn = await Newcomer.open(port)
-    await conn.call("login", username=name, password=password, protocol=3)
+    await conn.call("login", username=name, password=password, protocol=4)
     return conn
 
 
@@ -68,6 +68,8 @@ async def view(port: int, name: str, password: str) -> dict[str, Any]:
         halfway = {item["conversation"]: item["last_seq"] // 2 for item in listed}
         seen["sync halfway"] = await conn.call("sync", cursors=halfway)
         seen["users"] = await conn.call("users", query="")
+        for query in ("team", "група", "psst 3", "secret"):
+            seen[f"search {query}"] = await conn.call("search", query=query, limit=5)
         return seen
     finally:
         await conn.close()
@@ -95,6 +97,15 @@ def serve(tmp_path: Path, hasher: PasswordHasher) -> Callable[[Path | str], Awai
     return start
 
 
+def assert_same(got: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Each user's view part by part, so a failure names the part."""
+    assert got.keys() == expected.keys()
+    for name, parts in expected.items():
+        assert got[name].keys() == parts.keys(), name
+        for part, value in parts.items():
+            assert got[name][part] == value, (name, part)
+
+
 async def views_of(server: Server, users: dict[str, str]) -> dict[str, Any]:
     return {name: await view(server.port, name, password) for name, password in users.items()}
 
@@ -108,7 +119,7 @@ async def test_the_released_file_is_copied_exactly(
     result = migrate_db(source, postgres_url)
     assert result.returncode == 0, result.stderr
     assert "verified: every table holds the same rows on both sides" in result.stdout
-    assert result.stdout.count(" ok\n") == 6
+    assert result.stdout.count(" ok\n") == 7
 
     users = {name: OLD_PASSWORD for name in ("anna", "boris", "vera")}
     sqlite = await serve(source)
@@ -118,7 +129,7 @@ async def test_the_released_file_is_copied_exactly(
         await sqlite.stop()
     postgres = await serve(postgres_url)
     try:
-        assert await views_of(postgres, users) == expected
+        assert_same(await views_of(postgres, users), expected)
         # The old session tokens are copied too (the views' logins added their own).
         copied = query(postgres_url, "SELECT hash, user_id FROM tokens ORDER BY hash")
         assert len(tokens) == 3
@@ -150,12 +161,21 @@ async def make_a_team(port: int) -> dict[str, str]:
     grouped = await boris.call("create_group", members=["vera", "gleb", "Дарья"])
     group = grouped["conversation"]["conversation"]
     await vera.call("join", conversation=team)
+    posted = []
     for i in range(7):
-        await anna.call("post", conversation=team, client_id=f"t{i}", text=f"team {i} @boris")
+        sent = await anna.call(
+            "post", conversation=team, client_id=f"t{i}", text=f"team {i} @boris"
+        )
+        posted.append(sent["entry"]["seq"])
         await boris.call("post", conversation=group, client_id=f"g{i}", text=f"группа {i} 😀")
         await vera.call("dm", to="anna", client_id=f"d{i}", text=f"psst {i}")
         await conns["gleb"].call("send", client_id=f"s{i}", text=f"general {i} @channel")
     await anna.call("post", conversation=secret, client_id="x", text="only us")
+    await boris.call("post", conversation=team, client_id="r", text="a reply", reply_to=posted[0])
+    await anna.call("edit", conversation=team, seq=posted[1], text="team 1, edited")
+    await anna.call("delete", conversation=team, seq=posted[2])
+    await boris.call("react", conversation=team, seq=posted[3], emoji="👍")
+    await vera.call("react", conversation=team, seq=posted[3], emoji="🎉")
     await anna.call("rename", conversation=team, name="team-2")
     await anna.call("set_topic", conversation=team, topic="new plans")
     await vera.call("leave", conversation=team)
@@ -180,7 +200,7 @@ async def test_a_server_with_conversations_is_copied_exactly(
     assert result.returncode == 0, result.stdout + result.stderr
     postgres = await serve(postgres_url)
     try:
-        assert await views_of(postgres, users) == expected
+        assert_same(await views_of(postgres, users), expected)
         # Each conversation goes on from its last seq; a new channel takes the next number.
         boris = await logged_in(postgres.port, "boris", PASSWORD)
         listed = {

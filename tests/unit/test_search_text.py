@@ -22,7 +22,7 @@ def test_the_indexed_form_is_folded_words_between_single_spaces() -> None:
     assert search_body("Встреча, в 10:00!  Zoë") == " встреча в 10 00 zoe "
     assert search_body("?!") == ""
     # The sender's and the conversation's marks, which no folded query word can match.
-    assert search_body("Hi", 7, "c:3") == " hi \x017\x01\x02c:3\x02"
+    assert search_body("Hi", 7, "c:3") == " hi \x02\x017\x03\x04\x01c\x01:\x013\x05"
 
 
 def test_a_query_becomes_terms_and_filters() -> None:

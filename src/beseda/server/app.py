@@ -45,7 +45,8 @@ def is_loopback(host: str) -> bool:
 def open_storage(settings: Settings) -> Storage:
     """The store ``settings.db`` names: PostgreSQL for a ``postgresql://`` URL, otherwise the
     embedded SQLite file. Not yet opened (``Server.start`` opens it). ``--search-index off``
-    keeps SQLite from indexing (PostgreSQL has no search index yet)."""
+    keeps SQLite from indexing (PostgreSQL's trigram index is the database's own and stays;
+    ``search`` is refused on both)."""
     if is_postgres_url(settings.db):
         from ..storage.postgres import PostgresStorage
 

@@ -1652,6 +1652,9 @@ def _check_text(text: str) -> None:
             f"A message may have at most {schema.MAX_TEXT_CHARS} characters; "
             f"this one has {len(text)}.",
         )
+    if "\x00" in text:
+        # No store can be asked to keep it (PostgreSQL's text cannot), and no person types it.
+        raise ProtocolError(errors.BAD_REQUEST, "A message may not hold the character U+0000.")
 
 
 def check_emoji(raw: str) -> str:

@@ -82,14 +82,22 @@ def search_body(text: str, sender: int | None = None, conversation: str | None =
     return body
 
 
+def _mark(start: str, value: str, end: str) -> str:
+    """``value`` with a control character before each of its characters, between ``start``
+    and ``end``: every trigram of the mark holds a control character, which no folded query
+    word has, so a word or a part of one (``general``, ``123``) never matches a mark; and
+    the distinct ends keep one mark from matching inside another (sender 12 in sender 123)."""
+    return start + "".join("\x01" + char for char in value) + end
+
+
 def sender_mark(sender: int) -> str:
     """The index's mark of the messages of one sender (by user id)."""
-    return f"\x01{sender}\x01"
+    return _mark("\x02", str(sender), "\x03")
 
 
 def conversation_mark(conversation: str) -> str:
     """The index's mark of the messages of one conversation (by id)."""
-    return f"\x02{conversation}\x02"
+    return _mark("\x04", conversation, "\x05")
 
 
 def fts_phrase(text: str) -> str:

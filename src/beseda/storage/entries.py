@@ -24,6 +24,10 @@ class EntryData(msgspec.Struct, omit_defaults=True):
     name: str | None = None
     topic: str | None = None
     role: str | None = None
+    reply_to: int | None = None
+    edited: int | None = None
+    emoji: str | None = None
+    count: int | None = None
 
 
 NO_DATA = EntryData()
@@ -41,9 +45,11 @@ def encode_data(data: EntryData) -> str | None:
 
 
 def message_data(message: NewMessage) -> str | None:
-    if not message.mentions:
+    if not message.mentions and message.reply_to is None:
         return None
-    return encode_data(EntryData(mentions=[user.name for user in message.mentions]))
+    return encode_data(
+        EntryData(mentions=[user.name for user in message.mentions], reply_to=message.reply_to)
+    )
 
 
 def stored_message(message: NewMessage, id_: int, seq: int) -> Message:
@@ -62,6 +68,8 @@ def stored_message(message: NewMessage, id_: int, seq: int) -> Message:
     if message.mentions or message.mention_all:  # most messages mention nobody
         stored.mentions = [user.name for user in message.mentions]
         stored.mention_all = message.mention_all
+    if message.reply_to is not None:
+        stored.reply_to = message.reply_to
     return stored
 
 

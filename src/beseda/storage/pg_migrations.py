@@ -4,9 +4,10 @@
 statements run in one transaction, under an advisory lock so that nodes starting together
 migrate once. Never edit a released migration: append a new one.
 
-Version 1 is the whole schema SQLite reached in its three migrations (conversations of every
-kind, entries, memberships with read markers, mentions, look-alike skeletons), so
-``beseda migrate-db`` copies its tables column for column.
+Version 1 is the whole schema SQLite reached in its four migrations (conversations of every
+kind, entries, memberships with read markers, mentions, look-alike skeletons, replies, edits,
+deletes, reactions, and a folded body for search), so ``beseda migrate-db`` copies its tables
+column for column.
 """
 
 from __future__ import annotations
@@ -107,6 +108,42 @@ MIGRATIONS: Final[list[list[str]]] = [
             seq          bigint NOT NULL,
             PRIMARY KEY (user_id, conversation, seq)
         )
+        """,
+        # Replies, edits, deletes, reactions (SQLite's migration 4). A change entry names the
+        # message it changes by its seq in ``ref``; reactions are rows of their own;
+        # ``folded`` is a user's key without diacritics (the directory's search).
+        "ALTER TABLE messages ADD COLUMN ref bigint",
+        "CREATE INDEX messages_by_ref ON messages (conversation, ref) WHERE ref IS NOT NULL",
+        """
+        CREATE TABLE reactions (
+            conversation text   NOT NULL,
+            seq          bigint NOT NULL,
+            emoji        text   NOT NULL,
+            user_id      bigint NOT NULL REFERENCES users (id),
+            ts           bigint NOT NULL,
+            PRIMARY KEY (conversation, seq, emoji, user_id)
+        )
+        """,
+        "ALTER TABLE users ADD COLUMN folded text",
+        # Search: each message's folded words (``server.search.search_body``, without the
+        # SQLite index's marks: sender and conversation are columns here), matched with LIKE,
+        # which pg_trgm's trigram index serves. pg_trgm is a trusted extension (the database's
+        # owner may create it); without it search still works, by scanning.
+        "ALTER TABLE messages ADD COLUMN body text",
+        """
+        DO $$ BEGIN
+            CREATE EXTENSION IF NOT EXISTS pg_trgm;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'pg_trgm is not available: search will scan (%)', SQLERRM;
+        END $$
+        """,
+        """
+        DO $$ BEGIN
+            IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm') THEN
+                CREATE INDEX messages_search ON messages USING gin (body gin_trgm_ops)
+                WHERE kind = 'message';
+            END IF;
+        END $$
         """,
     ],
 ]

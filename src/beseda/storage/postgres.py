@@ -35,27 +35,46 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
+import msgspec
 from asyncpg import Connection
 
-from ..protocol.schema import GENERAL, Entry, Message
+from ..protocol.schema import (
+    CHANGE_KINDS,
+    GENERAL,
+    REPLY_PREVIEW_CHARS,
+    Entry,
+    Message,
+    Quote,
+    Reaction,
+)
+from ..server.search import fold, search_body
 from . import (
     ConversationRecord,
     ConversationState,
     LookAlikeNameError,
     MemberChange,
     MembershipRecord,
+    MessageDeletion,
+    MessageEdit,
     NameTakenError,
     NewConversation,
     NewEntry,
     NewMessage,
+    NoSuchMessageError,
+    NotAuthorError,
+    ReactionChange,
+    SearchRequest,
     StorageError,
+    TooManyReactionsError,
     UserRecord,
 )
 from .entries import (
+    NO_DATA,
     SEQ_CEILING,
     Budget,
     EntryData,
     clamp,
+    data_encoder,
     decode_data,
     encode_data,
     message_data,
@@ -85,7 +104,7 @@ Write = Callable[[Connection], Awaitable[Any]]
 
 _MESSAGE_COLUMNS = """
     m.id, m.conversation, m.seq, s.name, r.name, m.text, m.ts, m.client_id,
-    m.kind, t.name, m.data, m.mention_all
+    m.kind, t.name, m.data, m.mention_all, m.ref
     FROM messages m
     JOIN users s ON s.id = m.sender_id
     LEFT JOIN users r ON r.id = m.recipient_id
@@ -135,7 +154,8 @@ def _unavailable(exc: BaseException) -> StorageError:
 
 def _entry(row: Any) -> Entry:
     data = decode_data(row[10])
-    if row[8] == "message":
+    kind = row[8]
+    if kind == "message":
         return Entry(
             id=row[0],
             conversation=row[1],
@@ -147,6 +167,22 @@ def _entry(row: Any) -> Entry:
             client_id=row[7],
             mentions=data.mentions,
             mention_all=bool(row[11]),
+            reply_to=data.reply_to,
+            edited=data.edited,
+        )
+    if kind in CHANGE_KINDS:
+        return Entry(
+            id=row[0],
+            conversation=row[1],
+            seq=row[2],
+            kind=kind,
+            sender=row[3],
+            to=row[4],
+            text=row[5],
+            ts=row[6],
+            ref=row[12],
+            emoji=data.emoji,
+            count=data.count,
         )
     return Entry(
         id=row[0],
@@ -227,17 +263,24 @@ _CREATE_DIRECT_MEMBERS = """
 
 _INSERT_MESSAGES = """
     INSERT INTO messages
-        (conversation, seq, sender_id, recipient_id, client_id, text, ts, data, mention_all)
-    SELECT conversation, seq, sender_id, recipient_id, client_id, text, ts, data, mention_all
+        (conversation, seq, sender_id, recipient_id, client_id, text, ts, data, mention_all,
+         body)
+    SELECT conversation, seq, sender_id, recipient_id, client_id, text, ts, data, mention_all,
+           body
     FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
-                $7::bigint[], $8::text[], $9::boolean[])
+                $7::bigint[], $8::text[], $9::boolean[], $10::text[])
         WITH ORDINALITY AS v (conversation, seq, sender_id, recipient_id, client_id, text, ts,
-                              data, mention_all, position)
+                              data, mention_all, body, position)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM messages o WHERE o.sender_id = v.sender_id AND o.client_id = v.client_id
+    )
     ORDER BY position
     ON CONFLICT (sender_id, client_id) DO NOTHING
     RETURNING id, conversation, seq
 """
-"""The rows of a run of appends, ids drawn in run order (so ids grow with seq)."""
+"""The rows of a run of appends, ids drawn in run order (so ids grow with seq). A client id
+stored before is filtered out before its row draws an id (so a retry wastes no id; the
+``ON CONFLICT`` is for another node storing it at the same moment)."""
 
 _INSERT_MENTIONS = """
     INSERT INTO mentions (user_id, conversation, seq)
@@ -361,7 +404,7 @@ async def _insert_fresh(
         if not fresh:
             return
     next_seq = {c: last[c] - n + 1 for c, (n, _) in counts.items() if c in last}
-    columns: list[list[Any]] = [[] for _ in range(9)]
+    columns: list[list[Any]] = [[] for _ in range(10)]
     seqs = []
     for _, message in fresh:
         seq = next_seq[message.conversation]
@@ -380,6 +423,7 @@ async def _insert_fresh(
                 message.ts,
                 message_data(message),
                 message.mention_all,
+                search_body(message.text),
             ),
             strict=True,
         ):
@@ -797,13 +841,14 @@ class PostgresStorage:
         async def work(conn: Connection) -> UserRecord:
             try:
                 user_id = await conn.fetchval(
-                    "INSERT INTO users (name, key, password_hash, created_at, skeleton) "
-                    "VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                    "INSERT INTO users (name, key, password_hash, created_at, skeleton, folded) "
+                    "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
                     name,
                     key,
                     password_hash,
                     now,
                     skeleton,
+                    fold(key),
                 )
             except asyncpg.UniqueViolationError as exc:
                 # The same key is "taken"; only another key of the same skeleton is a
@@ -866,7 +911,7 @@ class PostgresStorage:
         async def work(conn: Connection) -> list[UserRecord]:
             rows = await conn.fetch(
                 "SELECT id, name, key, password_hash FROM users "
-                'WHERE key COLLATE "C" > $1 AND strpos(key, $2) > 0 '
+                'WHERE key COLLATE "C" > $1 AND strpos(folded, $2) > 0 '
                 'ORDER BY key COLLATE "C" LIMIT $3',
                 after or "",
                 query,
@@ -899,6 +944,9 @@ class PostgresStorage:
     # -- messages ------------------------------------------------------------------------------
 
     def append_message(self, message: NewMessage) -> asyncio.Future[tuple[Message, bool]]:
+        if message.reply_to is not None:
+            # A reply checks and quotes what it answers: one at a time, not in a run.
+            return self._submit(lambda conn: _append_reply(conn, message))
         return self._submit(_Append(message))
 
     async def messages_after(
@@ -1018,6 +1066,7 @@ class PostgresStorage:
         floor: int = 0,
         ceiling: int | None = None,
         max_bytes: int | None = None,
+        reader: int | None = None,
     ) -> tuple[list[Entry], bool]:
         top = SEQ_CEILING if before is None else min(before, SEQ_CEILING)
         if ceiling is not None:
@@ -1027,7 +1076,7 @@ class PostgresStorage:
             rows = _stepped(
                 conn,
                 f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = $1 AND m.seq < $2 "
-                "AND m.seq > $3 ORDER BY m.seq DESC LIMIT $4",
+                f"AND m.seq > $3 AND {_SHOWN} ORDER BY m.seq DESC LIMIT $4",
                 conversation,
                 top,
                 clamp(floor),
@@ -1035,6 +1084,37 @@ class PostgresStorage:
             )
             page, more = await _page(rows, limit, max_bytes)
             page.reverse()
+            if await _decorate(conn, page, reader) and _trim(page, max_bytes, newest=True):
+                more = True
+            return page, more
+
+        return await self._read(work)
+
+    async def history_after(
+        self,
+        conversation: str,
+        after: int,
+        limit: int,
+        *,
+        ceiling: int | None = None,
+        reader: int | None = None,
+        max_bytes: int | None = None,
+    ) -> tuple[list[Entry], bool]:
+        top = SEQ_CEILING if ceiling is None else clamp(ceiling)
+
+        async def work(conn: Connection) -> tuple[list[Entry], bool]:
+            rows = _stepped(
+                conn,
+                f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = $1 AND m.seq > $2 "
+                f"AND m.seq <= $3 AND {_SHOWN} ORDER BY m.seq LIMIT $4",
+                conversation,
+                clamp(after),
+                top,
+                limit + 1,
+            )
+            page, more = await _page(rows, limit, max_bytes)
+            if await _decorate(conn, page, reader) and _trim(page, max_bytes, newest=False):
+                more = True
             return page, more
 
         return await self._read(work)
@@ -1045,7 +1125,11 @@ class PostgresStorage:
         limit: int,
         *,
         max_bytes: int | None = None,
+        reader: int | None = None,
+        messages_only: bool = False,
     ) -> tuple[list[Entry], bool]:
+        only = "AND m.kind = 'message'" if messages_only else ""
+
         async def work(conn: Connection) -> tuple[list[Entry], bool]:
             # Each conversation contributes at most limit + 1 entries after its cursor (ids grow
             # with seq inside a conversation, so a prefix by id is contiguous per cursor).
@@ -1057,7 +1141,7 @@ class PostgresStorage:
                 CROSS JOIN LATERAL (
                     SELECT {_MESSAGE_COLUMNS}
                     WHERE m.conversation = c.id AND m.seq > c.after AND m.seq <= c.until
-                    ORDER BY m.seq LIMIT $4
+                    {only} ORDER BY m.seq LIMIT $4
                 ) m ORDER BY m.id LIMIT $4
                 """,
                 list(ranges),
@@ -1065,9 +1149,37 @@ class PostgresStorage:
                 [SEQ_CEILING if until is None else clamp(until) for _, until in ranges.values()],
                 limit + 1,
             )
-            return await _page(rows, limit, max_bytes)
+            collected, more = await _page(rows, limit, max_bytes)
+            if await _decorate(conn, collected, reader) and _trim(
+                collected, max_bytes, newest=False
+            ):
+                more = True
+            return collected, more
 
         return await self._read(work) if ranges else ([], False)
+
+    # -- replies, edits, deletes, reactions, search (version 4) --------------------------------
+
+    def edit_message(self, edit: MessageEdit) -> asyncio.Future[Entry]:
+        return self._submit(lambda conn: _edit(conn, edit))
+
+    def delete_message(self, deletion: MessageDeletion) -> asyncio.Future[Entry]:
+        return self._submit(lambda conn: _delete(conn, deletion))
+
+    async def finish_erasure(self) -> None:
+        """Nothing to wait for here: a deleted text is gone from the tables at the delete's
+        commit; PostgreSQL reuses the dead row's space after its autovacuum (an operator who
+        must have it gone from the files at once runs ``VACUUM messages``)."""
+
+    def set_reaction(
+        self, change: ReactionChange
+    ) -> asyncio.Future[tuple[Entry | None, list[Reaction]]]:
+        return self._submit(lambda conn: _react(conn, change))
+
+    async def search(self, request: SearchRequest) -> tuple[list[Entry], int | None]:
+        if not request.readable:
+            return [], None
+        return await self._read(lambda conn: _search(conn, request))
 
     async def unread_counts(
         self, user_id: int, markers: list[tuple[str, int]], cap: int
@@ -1303,3 +1415,397 @@ async def _append_entry(conn: Connection, new: NewEntry) -> Entry:
     )
     await _apply_members(conn, conversation, seq, new.members)
     return entry
+
+
+# -- replies, edits, deletes, reactions ---------------------------------------------------------
+
+_SHOWN = "m.kind NOT IN ('edited', 'deleted', 'reacted', 'unreacted')"
+"""What ``history`` shows: messages (in their current state) and membership entries; not the
+change entries, nor a deleted message's place (kind ``deleted`` too)."""
+
+_TARGET = "SELECT id, kind, sender_id, ref FROM messages WHERE conversation = $1 AND seq = $2"
+
+_INSERT_CHANGE = """
+    INSERT INTO messages (conversation, seq, sender_id, client_id, text, ts, kind, data, ref)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    RETURNING id
+"""
+
+
+async def _decorate(conn: Connection, entries: list[Entry], reader: int | None) -> bool:
+    """Fill in the quotes of replies and, for ``reader``, the reactions of messages; True
+    when it added anything."""
+    replies: dict[str, set[int]] = {}
+    shown: dict[str, list[int]] = {}
+    for entry in entries:
+        if entry.kind != "message":
+            continue
+        if entry.reply_to is not None:
+            replies.setdefault(entry.conversation, set()).add(entry.reply_to)
+        if reader is not None:
+            shown.setdefault(entry.conversation, []).append(entry.seq)
+    quotes: dict[tuple[str, int], Quote] = {}
+    for conversation, answered in replies.items():
+        rows = await conn.fetch(
+            "SELECT m.seq, u.name, m.kind, substr(m.text, 1, $1) FROM messages m "
+            "JOIN users u ON u.id = m.sender_id WHERE m.conversation = $2 "
+            "AND m.seq = ANY($3::bigint[])",
+            REPLY_PREVIEW_CHARS,
+            conversation,
+            sorted(answered),
+        )
+        for seq, sender, kind, text in rows:
+            deleted = kind != "message"
+            quotes[conversation, seq] = Quote(
+                seq=seq, sender=sender, text="" if deleted else text, deleted=deleted
+            )
+    reactions: dict[tuple[str, int], list[Reaction]] = {}
+    for conversation, seqs in shown.items():
+        rows = await conn.fetch(
+            "SELECT seq, emoji, count(*), bool_or(user_id = $1), min(ts) FROM reactions "
+            "WHERE conversation = $2 AND seq = ANY($3::bigint[]) "
+            'GROUP BY seq, emoji ORDER BY seq, 5, emoji COLLATE "C"',
+            reader,
+            conversation,
+            seqs,
+        )
+        for seq, emoji, count, mine, _ in rows:
+            reactions.setdefault((conversation, seq), []).append(
+                Reaction(emoji=emoji, count=count, me=bool(mine))
+            )
+    if not quotes and not reactions:
+        return False
+    for entry in entries:
+        if entry.kind != "message":
+            continue
+        if entry.reply_to is not None:
+            entry.reply = quotes.get((entry.conversation, entry.reply_to))
+        found = reactions.get((entry.conversation, entry.seq))
+        if found:
+            entry.reactions = found
+    return True
+
+
+def _trim(entries: list[Entry], max_bytes: int | None, *, newest: bool) -> bool:
+    """Cut ``entries`` to ``max_bytes`` once quotes and reactions are filled in (the budget
+    counted them without): from the oldest end to keep the newest, else from the newest.
+    Keeps at least one; True when it cut."""
+    if max_bytes is None or not entries:
+        return False
+    sizes = [len(data_encoder.encode(entry)) + 1 for entry in entries]
+    total = sum(sizes)
+    if total <= max_bytes:
+        return False
+    cut = 0
+    while total > max_bytes and cut < len(entries) - 1:
+        total -= sizes[cut] if newest else sizes[len(sizes) - 1 - cut]
+        cut += 1
+    if newest:
+        del entries[:cut]
+    else:
+        del entries[len(entries) - cut :]
+    return cut > 0
+
+
+async def _reactions_of(
+    conn: Connection, conversation: str, seq: int, reader: int
+) -> list[Reaction]:
+    rows = await conn.fetch(
+        "SELECT emoji, count(*), bool_or(user_id = $1), min(ts) FROM reactions "
+        'WHERE conversation = $2 AND seq = $3 GROUP BY emoji ORDER BY 4, emoji COLLATE "C"',
+        reader,
+        conversation,
+        seq,
+    )
+    return [Reaction(emoji=e, count=c, me=bool(m)) for e, c, m, _ in rows]
+
+
+async def _require_message(conn: Connection, conversation: str, seq: int) -> Any:
+    row = await conn.fetchrow(_TARGET, conversation, clamp(seq))
+    if row is None or row[1] != "message":
+        raise NoSuchMessageError(f"no message {seq} in {conversation}")
+    return row
+
+
+async def _next_seq(conn: Connection, conversation: str, ts: int) -> int:
+    """Take the conversation's next seq from its counter row (locked to the commit)."""
+    seq = await conn.fetchval(
+        "UPDATE conversations SET last_seq = last_seq + 1, last_ts = $2 WHERE id = $1 "
+        "RETURNING last_seq",
+        conversation,
+        ts,
+    )
+    if seq is None:
+        raise StorageError(f"no conversation {conversation!r}")
+    return int(seq)
+
+
+async def _insert_change(
+    conn: Connection,
+    conversation: str,
+    kind: str,
+    actor: UserRecord,
+    ts: int,
+    ref: int,
+    *,
+    text: str = "",
+    data: EntryData = NO_DATA,
+) -> Entry:
+    seq = await _next_seq(conn, conversation, ts)
+    client_id = f"~{kind}~{conversation}~{seq}~" + "-" * 64
+    entry_id = await conn.fetchval(
+        _INSERT_CHANGE,
+        conversation,
+        seq,
+        actor.id,
+        client_id,
+        text,
+        ts,
+        kind,
+        encode_data(data),
+        ref,
+    )
+    return Entry(
+        id=entry_id,
+        conversation=conversation,
+        seq=seq,
+        kind=kind,
+        sender=actor.name,
+        text=text,
+        ts=ts,
+        ref=ref,
+        emoji=data.emoji,
+        count=data.count,
+    )
+
+
+async def _append_reply(conn: Connection, message: NewMessage) -> tuple[Message, bool]:
+    assert message.reply_to is not None
+    existing = await conn.fetchval(
+        "SELECT 1 FROM messages WHERE sender_id = $1 AND client_id = $2",
+        message.sender.id,
+        message.client_id,
+    )
+    if existing is None:
+        # Only a new message needs its original to exist (a retry answers as stored).
+        await _require_message(conn, message.conversation, message.reply_to)
+    results: list[Any] = [None]
+    failed: dict[int, BaseException] = {}
+    await _appends(conn, [(0, message)], results, failed, look_up=True)
+    if 0 in failed:
+        raise failed[0]
+    stored, duplicate = results[0]
+    await _decorate(conn, [stored], None)
+    return stored, duplicate
+
+
+async def _edit(conn: Connection, edit: MessageEdit) -> Entry:
+    row_id, _, sender_id, _ = await _require_message(conn, edit.conversation, edit.seq)
+    if sender_id != edit.editor.id:
+        raise NotAuthorError("only the author edits a message")
+    raw = await conn.fetchval("SELECT data FROM messages WHERE id = $1", row_id)
+    data = msgspec.structs.replace(decode_data(raw), edited=edit.ts)
+    # The message and every earlier edit of it hold the new text: no old version is kept.
+    await conn.execute(
+        "UPDATE messages SET text = $1, data = $2, body = $4 WHERE id = $3",
+        edit.text,
+        encode_data(data),
+        row_id,
+        search_body(edit.text),
+    )
+    await conn.execute(
+        "UPDATE messages SET text = $1 WHERE conversation = $2 AND ref = $3 AND kind = 'edited'",
+        edit.text,
+        edit.conversation,
+        edit.seq,
+    )
+    return await _insert_change(
+        conn, edit.conversation, "edited", edit.editor, edit.ts, edit.seq, text=edit.text
+    )
+
+
+async def _delete(conn: Connection, deletion: MessageDeletion) -> Entry:
+    conversation, seq = deletion.conversation, deletion.seq
+    row = await conn.fetchrow(_TARGET, conversation, clamp(seq))
+    if row is None or not (row[1] == "message" or (row[1] == "deleted" and row[3] == seq)):
+        raise NoSuchMessageError(f"no message {seq} in {conversation}")
+    row_id, kind, sender_id, _ = row
+    if deletion.author_only and sender_id != deletion.actor.id:
+        raise NotAuthorError("only the author, or a channel's owner or admin, deletes it")
+    if kind == "deleted":
+        # Deleted already (a retry, or two people at once): the first tombstone answers.
+        first = await conn.fetchrow(
+            f"SELECT {_MESSAGE_COLUMNS} WHERE m.conversation = $1 AND m.ref = $2 "
+            "AND m.kind = 'deleted' AND m.seq <> $2 ORDER BY m.seq LIMIT 1",
+            conversation,
+            seq,
+        )
+        if first is not None:
+            return _entry(first)
+    # The row keeps its place (seq, author, client id) and loses everything it said.
+    await conn.execute(
+        "UPDATE messages SET kind = 'deleted', ref = seq, text = '', data = NULL, "
+        "mention_all = false, body = NULL WHERE id = $1",
+        row_id,
+    )
+    await conn.execute(
+        "UPDATE messages SET kind = 'deleted', text = '', data = NULL "
+        "WHERE conversation = $1 AND ref = $2 AND kind = 'edited'",
+        conversation,
+        seq,
+    )
+    await conn.execute(
+        "DELETE FROM mentions WHERE conversation = $1 AND seq = $2", conversation, seq
+    )
+    await conn.execute(
+        "DELETE FROM reactions WHERE conversation = $1 AND seq = $2", conversation, seq
+    )
+    return await _insert_change(conn, conversation, "deleted", deletion.actor, deletion.ts, seq)
+
+
+async def _react(conn: Connection, change: ReactionChange) -> tuple[Entry | None, list[Reaction]]:
+    conversation, seq, user = change.conversation, change.seq, change.user
+    await _require_message(conn, conversation, seq)
+    key = (conversation, seq, change.emoji, user.id)
+    mine = await conn.fetchval(
+        "SELECT 1 FROM reactions WHERE conversation = $1 AND seq = $2 AND emoji = $3 "
+        "AND user_id = $4",
+        *key,
+    )
+    entry = None
+    if change.add and mine is None:
+        present = await conn.fetchval(
+            "SELECT count(*) FROM reactions WHERE conversation = $1 AND seq = $2 AND emoji = $3",
+            conversation,
+            seq,
+            change.emoji,
+        )
+        if not present:
+            distinct = await conn.fetchval(
+                "SELECT count(DISTINCT emoji) FROM reactions WHERE conversation = $1 AND seq = $2",
+                conversation,
+                seq,
+            )
+            if distinct >= change.max_distinct:
+                raise TooManyReactionsError(f"message {seq} has {distinct} emoji")
+        await conn.execute(
+            "INSERT INTO reactions (conversation, seq, emoji, user_id, ts) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            *key,
+            change.ts,
+        )
+        entry = await _insert_change(
+            conn,
+            conversation,
+            "reacted",
+            user,
+            change.ts,
+            seq,
+            data=EntryData(emoji=change.emoji, count=present + 1),
+        )
+    elif not change.add and mine is not None:
+        await conn.execute(
+            "DELETE FROM reactions WHERE conversation = $1 AND seq = $2 AND emoji = $3 "
+            "AND user_id = $4",
+            *key,
+        )
+        left = await conn.fetchval(
+            "SELECT count(*) FROM reactions WHERE conversation = $1 AND seq = $2 AND emoji = $3",
+            conversation,
+            seq,
+            change.emoji,
+        )
+        entry = await _insert_change(
+            conn,
+            conversation,
+            "unreacted",
+            user,
+            change.ts,
+            seq,
+            data=EntryData(emoji=change.emoji, count=left),
+        )
+    return entry, await _reactions_of(conn, conversation, seq, user.id)
+
+
+# -- search --------------------------------------------------------------------------------------
+
+_FTS_TOKEN = re.compile(r'"((?:[^"]|"")*)"|(\()|(\))|(AND|OR)')
+
+
+def like_condition(match: str, column: str, params: list[Any]) -> str:
+    """The core's FTS5 expression over the trigram index (quoted substrings joined by AND and
+    OR, grouped in parentheses: ``server/search.py``, ``Term.fts``) as SQL over ``column``: each
+    quoted string a ``LIKE '%…%'`` (a substring of the folded body, as FTS5's trigram phrase
+    is), which pg_trgm's index serves. Parameters are appended to ``params``."""
+    parts: list[str] = []
+    for quoted, opening, closing, operator in _FTS_TOKEN.findall(match):
+        if opening:
+            parts.append("(")
+        elif closing:
+            parts.append(")")
+        elif operator:
+            parts.append(f" {operator} ")
+        else:
+            text = quoted.replace('""', '"')
+            escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            params.append(f"%{escaped}%")
+            parts.append(f"{column} LIKE ${len(params)}")
+    return "".join(parts)
+
+
+async def _search(conn: Connection, request: SearchRequest) -> tuple[list[Entry], int | None]:
+    """One page of a search (see :meth:`Storage.search`), as SQLite's: the readable
+    conversations and their seq windows, the senders, the time bounds, newest first by id
+    (cursor: below this id) or best first (cursor: an offset)."""
+    params: list[Any] = [
+        list(request.readable),
+        [clamp(after) for after, _ in request.readable.values()],
+        [clamp(ceiling) for _, ceiling in request.readable.values()],
+    ]
+    where = ["m.kind = 'message'", "m.seq > sc.floor", "m.seq <= sc.ceiling"]
+    if request.senders:
+        params.append(list(request.senders))
+        where.append(f"m.sender_id = ANY(${len(params)}::bigint[])")
+    if request.before is not None:
+        params.append(request.before)
+        where.append(f"m.ts < ${len(params)}")
+    if request.after is not None:
+        params.append(request.after)
+        where.append(f"m.ts >= ${len(params)}")
+    best = request.best and request.match is not None
+    offset = 0
+    order = "m.id DESC"
+    if request.match is not None:
+        where.append("(" + like_condition(request.match, "m.body", params) + ")")
+        if best:
+            # Most relevant first: the share of the body the query's words cover (shorter
+            # messages that are all match first), then the newest, as FTS5's bm25 favours.
+            words = " ".join(
+                quoted.replace('""', '"').strip()
+                for quoted, *_ in _FTS_TOKEN.findall(request.match)
+            )
+            params.append(len(words))
+            order = f"${len(params)}::float / greatest(length(m.body), 1) DESC, m.id DESC"
+    if best:
+        offset = max(request.cursor or 0, 0)
+    elif request.cursor is not None:
+        params.append(request.cursor)
+        where.append(f"m.id < ${len(params)}")
+    params.append(request.limit + 1)
+    limit = f"LIMIT ${len(params)}"
+    if best:
+        params.append(offset)
+        limit += f" OFFSET ${len(params)}"
+    rows = await conn.fetch(
+        f"SELECT {_MESSAGE_COLUMNS} "
+        "JOIN unnest($1::text[], $2::bigint[], $3::bigint[]) AS sc (conversation, floor, ceiling) "
+        f"ON sc.conversation = m.conversation WHERE {' AND '.join(where)} "
+        f"ORDER BY {order} {limit}",
+        *params,
+    )
+    entries = [_entry(row) for row in rows[: request.limit]]
+    await _decorate(conn, entries, request.reader)
+    following: int | None = None
+    if len(rows) > request.limit:
+        following = offset + request.limit if best else entries[-1].id
+    return entries, following

@@ -2,7 +2,9 @@
 
 What is copied: users (with their password hashes and look-alike skeletons), session tokens,
 conversations with their counter rows, memberships with read markers, every entry (ids and
-seqs as they are, so clients' cursors stay valid) and mentions. The source is first brought
+seqs as they are, so clients' cursors stay valid; edits, deletes and reactions included),
+mentions and reactions; each message's folded body for PostgreSQL's search is computed on the
+way. The source is first brought
 to the current SQLite schema (as starting this beseda on it would do); the target gets
 PostgreSQL's own schema.
 
@@ -29,6 +31,7 @@ from typing import Any, Final
 
 import asyncpg
 
+from ..server.search import search_body
 from . import StorageError
 from .postgres import PostgresStorage, redact
 from .sqlite import connect, migrate
@@ -52,7 +55,11 @@ class Table:
 
 
 TABLES: Final = (
-    Table("users", ("id", "name", "key", "password_hash", "created_at", "skeleton"), ("id",)),
+    Table(
+        "users",
+        ("id", "name", "key", "password_hash", "created_at", "skeleton", "folded"),
+        ("id",),
+    ),
     Table("tokens", ("hash", "user_id", "created_at"), ("hash",), binary=("hash",)),
     Table(
         "conversations",
@@ -93,12 +100,18 @@ TABLES: Final = (
             "target_id",
             "data",
             "mention_all",
+            "ref",
         ),
         ("id",),
         booleans=("mention_all",),
         updatable=False,
     ),
     Table("mentions", ("user_id", "conversation", "seq"), ("user_id", "conversation", "seq")),
+    Table(
+        "reactions",
+        ("conversation", "seq", "emoji", "user_id", "ts"),
+        ("conversation", "seq", "emoji", "user_id"),
+    ),
 )
 """In the order they are copied (each refers only to those before it)."""
 
@@ -251,8 +264,15 @@ async def _copy_table(
         rows = list(_source_rows(conn, table, "WHERE id > ? ORDER BY id LIMIT ?", (start, chunk)))
         if not rows:
             break
+        # The folded body PostgreSQL searches (SQLite keeps it in its FTS5 index instead).
+        kind, text = table.columns.index("kind"), table.columns.index("text")
+        records = [
+            (*row, search_body(row[text]) if row[kind] == "message" else None) for row in rows
+        ]
         async with target.transaction():
-            await target.copy_records_to_table("messages", records=rows, columns=table.columns)
+            await target.copy_records_to_table(
+                "messages", records=records, columns=(*table.columns, "body")
+            )
         copied += len(rows)
         start = rows[-1][0]
         say(f"messages: {copied} rows (up to id {start})")
