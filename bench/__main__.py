@@ -17,11 +17,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from . import postgres, report, scenarios, servers
+from . import cluster as _cluster  # noqa: F401  (registers the cluster scenario)
+from . import postgres as _postgres  # noqa: F401  (registers the postgres scenario)
+from . import report, scenarios, servers
+from . import search as _search  # noqa: F401  (registers the search scenario)
 from .scenarios import FOREIGN_RERUN, FULL, SMOKE, Bench
 from .system import ForeignLoad, cpu_source, pin_self, placement, raise_fd_limit
-
-_REGISTERED = (postgres,)  # scenario modules that register themselves when imported
 
 ROOT = Path(__file__).resolve().parent.parent
 FOREIGN_NOTE = 0.15
@@ -115,6 +116,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="keep databases and logs here")
     parser.add_argument("--idle", type=int, help="override the number of idle connections")
     parser.add_argument(
+        "--fanout-n",
+        type=int,
+        action="append",
+        help="override the fan-out receiver counts (repeatable; a labelled partial run)",
+    )
+    parser.add_argument("--fanout-messages", type=int, help="override messages per fan-out run")
+    parser.add_argument(
         "--wait-quiet",
         type=float,
         default=0.0,
@@ -139,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     sizes = SMOKE if args.smoke else FULL
     if args.idle:
         sizes = dataclasses.replace(sizes, idle=args.idle)
+    if args.fanout_n:
+        sizes = dataclasses.replace(sizes, fanout_n=tuple(args.fanout_n))
+    if args.fanout_messages:
+        sizes = dataclasses.replace(
+            sizes, fanout_messages=args.fanout_messages, paced_messages=args.fanout_messages
+        )
     chosen = tuple(args.scenario or scenarios.scenarios())
     contenders = tuple(
         c
@@ -172,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(where.note)
     if fds < sizes.idle + 1000:
         notes.append(f"open-file limit is {fds}: idle connections may fail")
-    total = scenarios.steps(sizes, len(contenders), chosen)
+    total = scenarios.steps(sizes, contenders, chosen)
     results: dict[str, Any] = {
         "meta": {
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -191,7 +191,7 @@ def durable_on_postgres(bench: scenarios.Bench, server: pg_server.PostgresServer
         row = bench.timed(
             service,
             load,
-            lambda outcome, cpu: scenarios._durable_row(outcome, cpu, senders, total),
+            lambda outcome, cpu: scenarios._durable_row(BESEDA, outcome, cpu, senders, total),
             "acks_per_s",
         )
         database_cpu = server_cpu(server) - before  # sign-ins included: a little above

@@ -138,6 +138,56 @@ def _fanout_targets(results: dict[str, Any]) -> list[Target]:
     return rows
 
 
+INDEX_SHARE = 0.85
+"""Issue 11: with the search index on, throughput no more than 15 % below the same rows
+without it, in the same run (for fan-out: deliveries per server CPU second)."""
+WS_RATIO = 1.3
+"""Issue 13: fan-out over WebSocket within 1.3× of TCP (CPU per delivery and p99)."""
+
+
+@target
+def _websocket_targets(results: dict[str, Any]) -> list[Target]:
+    scen = results["scenarios"]
+    fan = scen.get("fanout", [])
+    n = _n(results)
+    rows = []
+    for mode in ("burst", "paced"):
+        tcp = _find(fan, contender="beseda", n=n, mode=mode)
+        ws = _find(fan, contender="beseda-ws", n=n, mode=mode)
+        if tcp is None or ws is None:
+            continue
+        cpu = _ratio(ws["cpu_us_per_unit"], tcp["cpu_us_per_unit"])
+        p99 = _ratio(ws["p99_ms"], tcp["p99_ms"])
+        rows.append(
+            row_(
+                f"WebSocket fan-out N={n} {mode}: CPU µs per delivery, p99 ms at the socket",
+                f"{_with_spread(ws, 'cpu_us_per_unit')} µs, {_with_spread(ws, 'p99_ms')} ms, "
+                f"{ws['losses']} lost",
+                f"TCP {_with_spread(tcp, 'cpu_us_per_unit')} µs, {_with_spread(tcp, 'p99_ms')} ms",
+                f"≤ {WS_RATIO:g}× TCP, zero loss",
+                None
+                if cpu is None or p99 is None
+                else cpu <= WS_RATIO and p99 <= WS_RATIO and ws["losses"] == 0,
+                f"CPU {cpu}× TCP, p99 {p99}× TCP",
+            )
+        )
+    idle_rows = scen.get("idle", [])
+    ws, tcp = _find(idle_rows, contender="beseda-ws"), _find(idle_rows, contender="beseda")
+    if ws is not None:
+        per = ws["bytes_per_connection"]
+        rows.append(
+            row_(
+                f"idle: {results['sizes']['idle']:,} WebSocket connections, server KiB each",
+                f"{ws['connections']:,} held, {per / KIB:.2f} KiB",
+                f"TCP {tcp['bytes_per_connection'] / KIB:.2f} KiB" if tcp else None,
+                "measured (no goal set)",
+                None,
+                f"{_ratio(per, tcp['bytes_per_connection'])}× TCP" if tcp else "",
+            )
+        )
+    return rows
+
+
 @target
 def _dm_targets(results: dict[str, Any]) -> list[Target]:
     dm = results["scenarios"].get("dm", [])
@@ -183,6 +233,50 @@ def _durable_targets(results: dict[str, Any]) -> list[Target]:
             f"{share}× raw sqlite3; {rate / 30_000:.2f}× 30,000",
         )
     ]
+
+
+@target
+def _search_index_targets(results: dict[str, Any]) -> list[Target]:
+    scen = results["scenarios"]
+    rows = []
+    fan = scen.get("fanout", [])
+    n = _n(results)
+    for mode in ("burst", "paced"):
+        on = _find(fan, contender="beseda", n=n, mode=mode)
+        off = _find(fan, contender="beseda-no-index", n=n, mode=mode)
+        if on is None or off is None:
+            continue
+        # Capacity: deliveries per CPU second, with the index against without it.
+        share = (
+            round(off["cpu_us_per_unit"] / on["cpu_us_per_unit"], 3)
+            if on["cpu_us_per_unit"] and off["cpu_us_per_unit"]
+            else None
+        )
+        rows.append(
+            row_(
+                f"fan-out N={n} {mode} with the search index: server CPU µs per delivery",
+                f"{_with_spread(on, 'cpu_us_per_unit')}; p99 {_fmt(on['p99_ms'])} ms",
+                f"index off {_with_spread(off, 'cpu_us_per_unit')}; p99 {_fmt(off['p99_ms'])} ms",
+                f"deliveries per CPU second ≥ {INDEX_SHARE:g}× index off (≤ 15 % below)",
+                None if share is None else share >= INDEX_SHARE,
+                "" if share is None else f"{share}× index off",
+            )
+        )
+    durable = scen.get("durable") or {}
+    on, off = durable.get("beseda"), durable.get("beseda_no_index")
+    if on and off:
+        share = round(on["acks_per_s"] / off["acks_per_s"], 3) if off["acks_per_s"] else None
+        rows.append(
+            row_(
+                "durable throughput with the search index: acknowledged messages/s",
+                _with_spread(on, "acks_per_s", 0),
+                f"index off {_with_spread(off, 'acks_per_s', 0)}",
+                f"≥ {INDEX_SHARE:g}× index off (≤ 15 % below)",
+                None if share is None else share >= INDEX_SHARE,
+                "" if share is None else f"{share}× index off",
+            )
+        )
+    return rows
 
 
 @target
@@ -597,7 +691,10 @@ def _fanout_section(results: dict[str, Any]) -> str | None:
             "",
             "One sender posts to the general room; N receivers. `burst`: as fast as the "
             "transport takes them; `paced`: a fixed rate. For beseda the CPU is split into "
-            "the event loop and its other threads (the SQLite writer here).",
+            "the event loop and its other threads (the SQLite writer here). At the targets' "
+            "N the same server also runs with its clients on WebSocket (`beseda-ws`: the "
+            "same lines, one per text frame, on the HTTP port's `/ws`) and without its "
+            "search index (`beseda-no-index`: `--search-index off`).",
             "",
             _table(
                 [
@@ -730,6 +827,19 @@ def _durable_section(results: dict[str, Any]) -> str | None:
                 _with_spread(pl, "cpu_us_per_unit"),
             ]
         )
+    if ni := durable.get("beseda_no_index"):
+        rows.append(
+            [
+                "beseda, search index off",
+                ni["acks"],
+                _with_spread(ni, "acks_per_s", 0),
+                ni["ack_p50_ms"],
+                ni["ack_p99_ms"],
+                ni["commits"],
+                ni["mean_batch"],
+                _with_spread(ni, "cpu_us_per_unit"),
+            ]
+        )
     rows.append(
         [
             "raw sqlite3",
@@ -766,7 +876,9 @@ def _durable_section(results: dict[str, Any]) -> str | None:
             "measured mean batch, WAL, synchronous=FULL, same schema, the same rows: as many "
             "senders, each into its own conversation, so that a commit touches as many index "
             "pages as beseda's. The last row puts every row in one conversation from one "
-            "sender, a cheaper job (about three pages per commit).",
+            'sender, a cheaper job (about three pages per commit). "search index off": '
+            "the first row's run on a server started with `--search-index off`, for what the "
+            "index costs.",
             "",
             _table(
                 [

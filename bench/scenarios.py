@@ -34,7 +34,16 @@ import numpy
 
 from . import dataset, servers
 from .generator import Load, LoadGenerator, Outcome, Session
-from .servers import BESEDA, FLOOR, NGIRCD, Contender
+from .servers import (
+    BESEDA,
+    BESEDA_NO_INDEX,
+    BESEDA_WS,
+    BESEDAS,
+    COALESCED,
+    FLOOR,
+    NGIRCD,
+    Contender,
+)
 from .system import LOOPBACK, Placement, Service, machine_busy_seconds, own_seconds
 from .worker import SendPlan, StormPlan
 
@@ -96,6 +105,9 @@ class Sizes:
     sync_conversations: int = 200
     sync_seen: int = 5
     """Messages per conversation the user had read before going offline."""
+    search_messages: int = 1_000_000
+    search_rounds: int = 10
+    """Of each query kind's queries (bench/search.py)."""
 
 
 FULL = Sizes()
@@ -132,6 +144,8 @@ SMOKE = Sizes(
     sync_seen=2,
     commit_samples=20,
     reruns=0,
+    search_messages=2000,
+    search_rounds=1,
     counter_writers=(1, 2),
     counter_messages=40,
     counter_window=8,
@@ -179,7 +193,7 @@ class Bench:
 
     @contextmanager
     def server(self, contender: Contender, users: int = 0) -> Iterator[Service]:
-        options = {"db": self.users_db(users)} if contender is BESEDA else {}
+        options = {"db": self.users_db(users)} if contender in BESEDAS else {}
         service = servers.start(contender, self.workdir, self.placement, **options)
         try:
             yield service
@@ -187,7 +201,9 @@ class Bench:
             service.stop()
 
     def generator(self, service: Service) -> LoadGenerator:
-        return LoadGenerator(service.port, self.placement, self.sizes.processes)
+        # Several nodes standing in for one service (bench/cluster.py) give several ports.
+        ports = getattr(service, "ports", None)
+        return LoadGenerator(service.port, self.placement, self.sizes.processes, ports)
 
     def load(self, contender: Contender, clients: list[Any], **kwargs: Any) -> Load:
         return Load(
@@ -288,16 +304,17 @@ class Bench:
         return median_of(rows, key)
 
     def runnable(self, contenders: tuple[Contender, ...]) -> list[Contender]:
-        chosen = []
+        """Those of ``contenders`` that were chosen and can run here (a note says why not)."""
         for contender in contenders:
-            if contender not in self.contenders:
-                continue
             reason = servers.unavailable(contender)
-            if reason is None:
-                chosen.append(contender)
-            elif reason not in self.notes:
+            if contender in self.contenders and reason is not None and reason not in self.notes:
                 self.notes.append(reason)
-        return chosen
+        return runnable(contenders, self.contenders)
+
+
+def runnable(contenders: tuple[Contender, ...], chosen: tuple[Contender, ...]) -> list[Contender]:
+    """Those of ``contenders`` that are in ``chosen`` and can run on this machine."""
+    return [c for c in contenders if c in chosen and servers.unavailable(c) is None]
 
 
 def settle(service: Service, quiet: float = 0.02, timeout: float = 60.0) -> None:
@@ -396,11 +413,29 @@ def fanout_load(
     )
 
 
+def fanout_contenders(sizes: Sizes, n: int) -> tuple[Contender, ...]:
+    """Who runs the fan-out at ``n``: beseda and the references at every N; beseda over
+    WebSocket and beseda without its search index at the targets' N, beside beseda over TCP
+    with the index (their goals are ratios to it, in the same run)."""
+    if n == _target_n(sizes):
+        return (BESEDA, BESEDA_WS, BESEDA_NO_INDEX, FLOOR, COALESCED, NGIRCD)
+    return (BESEDA, FLOOR, COALESCED, NGIRCD)
+
+
+def _target_n(sizes: Sizes) -> int:
+    """The targets' N: ``repeat_n`` if the fan-out runs it, else its largest N."""
+    return sizes.repeat_n if sizes.repeat_n in sizes.fanout_n else max(sizes.fanout_n)
+
+
+def _fanout_steps(sizes: Sizes, contenders: tuple[Contender, ...]) -> int:
+    return sum(2 * len(runnable(fanout_contenders(sizes, n), contenders)) for n in sizes.fanout_n)
+
+
 def fanout(bench: Bench) -> list[dict[str, Any]]:
     results = []
     size = bench.sizes
     for n in size.fanout_n:
-        for contender in bench.runnable(servers.CONTENDERS):
+        for contender in bench.runnable(fanout_contenders(size, n)):
             for mode, rate in (("burst", 0.0), ("paced", size.paced_rate)):
 
                 def once(
@@ -424,7 +459,7 @@ def fanout(bench: Bench) -> list[dict[str, Any]]:
                                 unit="delivery",
                             ),
                         )
-                    if contender is BESEDA:
+                    if contender in BESEDAS:
                         stats = servers.beseda_stats(service, bench.workdir)
                         row["commits"] = round(stats.get("batches", 0) / max(1, size.repeats))
                     return row
@@ -439,6 +474,9 @@ def fanout(bench: Bench) -> list[dict[str, Any]]:
 
 DM_SEED = 20261202
 """The phases of the direct-message senders come from it."""
+
+
+DM_CONTENDERS = (BESEDA, BESEDA_WS, FLOOR, COALESCED, NGIRCD)
 
 
 def direct_messages(bench: Bench) -> list[dict[str, Any]]:
@@ -460,7 +498,7 @@ def direct_messages(bench: Bench) -> list[dict[str, Any]]:
         )
         for i in range(users)
     ]
-    for contender in bench.runnable(servers.CONTENDERS):
+    for contender in bench.runnable(DM_CONTENDERS):
         bench.progress(f"direct messages {contender.name}")
 
         def once(contender: Contender = contender) -> dict[str, Any]:
@@ -485,7 +523,7 @@ def direct_messages(bench: Bench) -> list[dict[str, Any]]:
                         unit="message",
                     ),
                 )
-            if contender is BESEDA:
+            if contender in BESEDAS:
                 stats = servers.beseda_stats(service, bench.workdir)
                 row["commits"] = stats.get("batches")
                 row["writes"] = stats.get("writes")
@@ -537,6 +575,11 @@ def durable(bench: Bench) -> dict[str, Any]:
     for window in (1, PIPELINED_WINDOW):
         bench.progress(f"durable throughput beseda, window {window}")
         rows[window] = _durable_run(bench, senders, total, window)
+    # The target's run again on a server without the search index (the index's cost).
+    no_index = None
+    for contender in bench.runnable((BESEDA_NO_INDEX,)):
+        bench.progress(f"durable throughput {contender.name}, window 1")
+        no_index = _durable_run(bench, senders, total, 1, contender)
     row = rows[1]
     batch = row["mean_batch"]
     pipelined = rows[PIPELINED_WINDOW]
@@ -554,15 +597,20 @@ def durable(bench: Bench) -> dict[str, Any]:
     )
     one["batch"] = same_batch
     one["senders"] = 1
-    return {
+    result = {
         "beseda": row,
         "beseda_pipelined": pipelined,
         "raw_sqlite3": raw,
         "raw_sqlite3_one_conversation": one,
     }
+    if no_index is not None:
+        result["beseda_no_index"] = no_index
+    return result
 
 
-def _durable_run(bench: Bench, senders: int, total: int, window: int) -> dict[str, Any]:
+def _durable_run(
+    bench: Bench, senders: int, total: int, window: int, contender: Contender = BESEDA
+) -> dict[str, Any]:
     # Senders u0 … u(s-1) write to u(s) … u(2s-1), who never connect.
     sends = [
         SendPlan(
@@ -570,12 +618,12 @@ def _durable_run(bench: Bench, senders: int, total: int, window: int) -> dict[st
         )
         for i in range(senders)
     ]
-    with bench.server(BESEDA, users=2 * senders) as service:
-        load = bench.load(BESEDA, dataset.credentials(0, senders), sends=sends)
+    with bench.server(contender, users=2 * senders) as service:
+        load = bench.load(contender, dataset.credentials(0, senders), sends=sends)
         row = bench.timed(
             service,
             load,
-            lambda outcome, cpu: _durable_row(outcome, cpu, senders, total),
+            lambda outcome, cpu: _durable_row(contender, outcome, cpu, senders, total),
             "acks_per_s",
         )
         service.stop()
@@ -587,10 +635,12 @@ def _durable_run(bench: Bench, senders: int, total: int, window: int) -> dict[st
     return row
 
 
-def _durable_row(outcome: Outcome, cpu: float, senders: int, total: int) -> dict[str, Any]:
+def _durable_row(
+    contender: Contender, outcome: Outcome, cpu: float, senders: int, total: int
+) -> dict[str, Any]:
     wall = max(outcome.wall, 1e-9)
     return {
-        "contender": "beseda",
+        "contender": contender.name,
         "senders": senders,
         "messages": total,
         "acks": outcome.acks,
@@ -612,10 +662,13 @@ def _durable_row(outcome: Outcome, cpu: float, senders: int, total: int) -> dict
 # -- 4. idle connections -----------------------------------------------------------------------
 
 
+IDLE_CONTENDERS = (BESEDA, BESEDA_WS, FLOOR, NGIRCD)
+
+
 def idle(bench: Bench) -> list[dict[str, Any]]:
     results = []
     count = bench.sizes.idle
-    for contender in bench.runnable((BESEDA, FLOOR, NGIRCD)):
+    for contender in bench.runnable(IDLE_CONTENDERS):
         bench.progress(f"idle {count} {contender.name}")
 
         def once(contender: Contender = contender) -> dict[str, Any]:
@@ -1070,22 +1123,32 @@ def commit(bench: Bench) -> dict[str, Any]:
 Runner = Callable[[Bench], Any]
 RUNNERS: dict[str, Runner] = {}
 """The scenarios by name, in the order they run."""
-_STEPS: dict[str, Callable[[Sizes, int], int]] = {}
+Steps = Callable[[Sizes, tuple[Contender, ...]], int]
+_STEPS: dict[str, Steps] = {}
 
 
-def register(name: str, runner: Runner, steps: Callable[[Sizes, int], int]) -> None:
+def register(name: str, runner: Runner, steps: Steps) -> None:
     """Add a scenario: ``runner(bench)`` returns its data; ``steps(sizes, contenders)`` says
-    how many times it calls ``bench.progress``. Another module registers its own the same
-    way (import it in ``bench/__main__.py``)."""
+    how many times it calls ``bench.progress`` (``contenders``: those chosen for the run;
+    :func:`runnable` picks those of a scenario's that run). Another module registers its own
+    the same way (import it in ``bench/__main__.py``)."""
     RUNNERS[name] = runner
     _STEPS[name] = steps
 
 
 register("commit", commit, lambda sizes, contenders: 1)
-register("fanout", fanout, lambda sizes, contenders: len(sizes.fanout_n) * contenders * 2)
-register("dm", direct_messages, lambda sizes, contenders: contenders + 1)
-register("durable", durable, lambda sizes, contenders: 3)
-register("idle", idle, lambda sizes, contenders: min(3, contenders))
+register("fanout", fanout, _fanout_steps)
+register(
+    "dm",
+    direct_messages,
+    lambda sizes, contenders: len(runnable(DM_CONTENDERS, contenders)) + 1,
+)
+register(
+    "durable",
+    durable,
+    lambda sizes, contenders: 3 + len(runnable((BESEDA_NO_INDEX,), contenders)),
+)
+register("idle", idle, lambda sizes, contenders: len(runnable(IDLE_CONTENDERS, contenders)))
 register("history", history, lambda sizes, contenders: 2)
 register("storm", storm, lambda sizes, contenders: 4)
 register("channels", channels, lambda sizes, contenders: 2 * sizes.channel_repeats)
@@ -1096,7 +1159,7 @@ def scenarios() -> tuple[str, ...]:
     return tuple(RUNNERS)
 
 
-def steps(sizes: Sizes, contenders: int, chosen: tuple[str, ...]) -> int:
+def steps(sizes: Sizes, contenders: tuple[Contender, ...], chosen: tuple[str, ...]) -> int:
     """How many progress steps the chosen scenarios take (for the progress bar)."""
     # A scenario put into RUNNERS directly, without register(), counts as one step.
     return sum(_STEPS.get(name, lambda _s, _c: 1)(sizes, contenders) for name in chosen)

@@ -1,4 +1,5 @@
-"""The servers under test: beseda, the two Python reference servers, and ngIRCd.
+"""The servers under test: beseda (over TCP, over WebSocket, and without its search index),
+the two Python reference servers, and ngIRCd.
 
 Each starts as a child process pinned to the server core, on a free loopback port, with its
 own files in the run's work directory.
@@ -26,11 +27,17 @@ class Contender:
 
 
 BESEDA = Contender("beseda", "beseda", "beseda")
+BESEDA_WS = Contender("beseda-ws", "beseda-ws", "beseda over WebSocket")
+"""The same server, its clients on the HTTP port's ``/ws`` instead of the TCP port."""
+BESEDA_NO_INDEX = Contender("beseda-no-index", "beseda", "beseda, search index off")
+"""The same server started with ``--search-index off``: what the search index costs."""
+BESEDAS = (BESEDA, BESEDA_WS, BESEDA_NO_INDEX)
+"""Contenders that are a ``beseda serve`` (a prepared database, stats in the log)."""
 FLOOR = Contender("asyncio", "reference", "asyncio floor (one write per recipient)")
 COALESCED = Contender("asyncio-coalesced", "reference", "asyncio floor, writes coalesced")
 NGIRCD = Contender("ngircd", "irc", "ngIRCd (C)")
-CONTENDERS = (BESEDA, FLOOR, COALESCED, NGIRCD)
-DEFAULT_CONTENDERS = (BESEDA, FLOOR, NGIRCD)
+CONTENDERS = (BESEDA, BESEDA_WS, BESEDA_NO_INDEX, FLOOR, COALESCED, NGIRCD)
+DEFAULT_CONTENDERS = (BESEDA, BESEDA_WS, BESEDA_NO_INDEX, FLOOR, NGIRCD)
 """Run unless ``--contender`` says otherwise (the coalescing floor only when asked)."""
 
 
@@ -77,9 +84,15 @@ def start(contender: Contender, workdir: Path, placement: Placement, **options: 
     """Start ``contender``; for beseda pass ``db`` (a prepared database file)."""
     port = free_port()
     log = workdir / f"{contender.name}-{port}.log"
-    if contender is BESEDA:
+    if contender in BESEDAS:
+        # The generator's port (``port``): the TCP one, or for WebSocket the HTTP one.
+        tcp, http = (free_port(), str(port)) if contender is BESEDA_WS else (port, "off")
         command = [sys.executable, "-m", "beseda", "serve", "--host", LOOPBACK, "--port"]
-        command += [str(port), "--db", str(options["db"]), *BESEDA_FLAGS]
+        command += [str(tcp), "--http-port", http, "--db", str(options["db"]), *BESEDA_FLAGS]
+        if contender is BESEDA_NO_INDEX:
+            command += ["--search-index", "off"]
+        if options.get("bus"):  # one node of several (bench/cluster.py)
+            command += ["--bus", options["bus"], "--node-name", options.get("node", "bench")]
     elif contender in (FLOOR, COALESCED):
         command = [sys.executable, "-m", "bench.reference", "--port", str(port)]
         if contender is COALESCED:
@@ -107,7 +120,8 @@ BESEDA_FLAGS = (
 )
 """``beseda serve`` as an operator starts it, with the flags this load needs: more than
 the default 10,000 connections, and a per-user message rate that lets one sender feed the
-whole fan-out (the defaults allow 20/s per user). Everything else (log level INFO, the
+whole fan-out (the defaults allow 20/s per user). The HTTP port is off (its default, 7879,
+is a fixed port) but for ``beseda-ws``, which takes a free one. Everything else (log level INFO, the
 per-address limits, argon2 parameters, ``synchronous=FULL``) is the default; the generator
 connects from many loopback addresses, so the per-address limits hold as they would."""
 

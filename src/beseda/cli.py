@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         "WebSocket, besides the server's own (BESEDA_ALLOWED_ORIGINS)",
     )
     serve.add_argument(
+        "--search-index",
+        type=_argument(config.on_off),
+        help="on: index messages for search as they are written; off: do not (search then "
+        "answers search_off; for measuring the index's cost) (BESEDA_SEARCH_INDEX, default on)",
+    )
+    serve.add_argument(
         "--web-root",
         type=Path,
         help="serve the web app from this directory instead of the one built in (BESEDA_WEB_ROOT)",
@@ -190,6 +196,7 @@ def _serve(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         allowed_origins=args.allowed_origins,
         web_root=args.web_root,
+        search_index=args.search_index,
     )
     logging.basicConfig(
         level=settings.log_level,

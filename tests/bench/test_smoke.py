@@ -26,6 +26,7 @@ SCENARIOS = (
     "storm",
     "channels",
     "channel_sync",
+    "search",
     "postgres",
     "cluster",
 )
@@ -68,11 +69,34 @@ def test_every_scenario_has_figures(smoke: tuple[dict, str]) -> None:
     assert scenarios["commit"]["p99_ms"] > 0
     assert scenarios["storm"]["capacity"]["hashes_per_s"] > 0
     assert {row["mode"] for row in scenarios["fanout"]} == {"burst", "paced"}
-    # WebSocket rows beside the TCP ones, from the same run.
-    websocket = [row for row in scenarios["fanout"] if row["contender"] == "beseda-ws"]
-    assert {row["mode"] for row in websocket} == {"burst", "paced"}
-    assert all(row["deliveries"] == row["expected_deliveries"] > 0 for row in websocket)
-    assert {row["contender"] for row in scenarios["idle"]} >= {"beseda", "beseda-ws"}
+    # WebSocket rows and rows without the search index beside beseda's TCP rows, at the same
+    # N in the same run; each WebSocket delivery was read from a frame and kernel-stamped.
+    n = results["sizes"]["repeat_n"]
+    for contender in ("beseda-ws", "beseda-no-index"):
+        rows = [row for row in scenarios["fanout"] if row["contender"] == contender]
+        assert {(row["mode"], row["n"]) for row in rows} == {("burst", n), ("paced", n)}
+        for row in rows:
+            assert row["deliveries"] == row["expected_deliveries"] > 0, row
+            assert row["acks"] > 0, row
+            assert row["errors"] == 0, row
+            assert row["kernel_stamps"], row
+            assert row["p99_ms"] is not None, row
+            assert row["commits"] > 0, row
+    ws_dm = next(row for row in served if row["contender"] == "beseda-ws")
+    assert ws_dm["deliveries"] == ws_dm["expected_deliveries"] > 0
+    idle = {row["contender"]: row for row in scenarios["idle"]}
+    assert idle["beseda-ws"]["connections"] == results["sizes"]["idle"]
+    assert idle["beseda-ws"]["bytes_per_connection"] > 0
+    no_index = scenarios["durable"]["beseda_no_index"]
+    assert no_index["contender"] == "beseda-no-index"
+    assert no_index["acks"] == no_index["messages"] > 0
+    search = scenarios["search"]
+    assert search["build"]["messages"] == results["sizes"]["search_messages"]
+    assert search["build"]["index_rows"] > 0
+    assert set(search["queries"]) == {"word", "prefix", "substring", "phrase", "filtered"}
+    for kind, figures in search["queries"].items():
+        assert figures["p99_ms"] >= figures["p50_ms"] > 0, kind
+        assert figures["hits"] > 0, kind
     assert scenarios["durable"]["beseda"]["acks"] > 0
     assert scenarios["durable"]["raw_sqlite3"]["rows"] > 0
     assert all(row["connections"] > 0 for row in scenarios["idle"])
@@ -87,10 +111,12 @@ def test_every_scenario_has_figures(smoke: tuple[dict, str]) -> None:
     assert channels["cpu_ratio"] is not None
     cluster = scenarios["cluster"]
     for run in (cluster["single"], cluster["two_nodes"]):
-        # Every receiver on either node got every message.
+        # Every receiver on either node got every message, timed at the socket.
         assert run["deliveries"] == run["expected_deliveries"] > 0, run
         assert run["p99_ms"] is not None, run
+        assert run["kernel_stamps"], run
     assert cluster["two_nodes"]["nodes"] == 2
+    assert cluster["two_nodes"]["redis_cpu_s"] > 0
     assert cluster["p99_ratio"] is not None
     sync = scenarios["channel_sync"]
     assert sync["entries"] == results["sizes"]["sync_missed"]
@@ -127,6 +153,12 @@ def test_report_has_the_targets_table(smoke: tuple[dict, str]) -> None:
         "fan-out",
         "WebSocket fan-out",
         "WebSocket connections",
+        "with the search index",
+        "durable throughput with the search index",
+        "search over",
+        "over 2 nodes",
+        "## Fan-out across nodes",
+        "## Search",
         "durable throughput",
         "idle",
         "history",

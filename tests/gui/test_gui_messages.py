@@ -13,7 +13,7 @@ from beseda.client import EntryReceived, MessageReceived
 from beseda.gui import events
 from beseda.gui.preferences import Preferences
 from beseda.gui.presenter import GENERAL_KEY, Presenter, dm_key
-from beseda.protocol import schema
+from beseda.protocol import errors, schema
 
 from .fakes import Clock, FakeBackend, FakeView
 from .test_gui_conversations import info
@@ -479,6 +479,21 @@ def test_search_lists_hits_with_their_matches_and_opens_one_in_context(
     )
     assert view.search is not None
     assert (view.search.rows, view.search.status) == ((), "No messages found.")
+
+
+def test_a_server_without_search_says_so_in_the_search_window(
+    presenter: Presenter, view: FakeView, backend: FakeBackend
+) -> None:
+    sign_in(presenter)
+    presenter.search_messages("встреча")
+    request = backend.last("search")[0]
+    feed(presenter, events.SearchFailed(request, errors.SEARCH_OFF, "Search is off."))
+    assert view.search is not None
+    assert view.search.status == "Search is switched off on this server."
+    presenter.search_messages("встреча")
+    feed(presenter, events.SearchFailed(backend.last("search")[0], "bad_query", "Bad."))
+    assert view.search is not None
+    assert view.search.status == "The search failed: Bad."
 
 
 def test_general_is_a_conversation_like_the_others_for_replies(

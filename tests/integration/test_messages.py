@@ -18,7 +18,7 @@ from beseda.protocol.errors import ProtocolError
 from beseda.server.app import Server
 from beseda.storage import NewMessage, SearchRequest
 from beseda.storage.sqlite import SQLiteStorage, connect
-from conftest import TIMEOUT_FACTOR, wait_for
+from conftest import TIMEOUT_FACTOR, ServerProcess, wait_for
 
 Connect = Callable[..., object]
 
@@ -482,6 +482,31 @@ async def test_a_channels_owners_and_admins_delete_anyones_message(
         await alice.edit(channel.conversation, mine.seq, "too late")
     assert archived.value.code == errors.ARCHIVED
     await alice.delete(channel.conversation, mine.seq)  # deleting stays possible
+
+
+@pytest.mark.sqlite_only  # reads SQLite's index tables; the refusal is the same on both
+async def test_a_server_without_the_search_index_says_so(
+    server_process: Callable[..., ServerProcess],
+) -> None:
+    """``beseda serve --search-index off`` stores and delivers messages as ever, indexes none,
+    and answers ``search`` with ``search_off``."""
+    proc = server_process("--search-index", "off")
+    alice = Client("127.0.0.1", proc.port)
+    await alice.connect()
+    try:
+        await alice.register("alice", "password123")
+        await alice.post(schema.GENERAL, "встреча в пятницу")
+        with pytest.raises(ProtocolError) as refused:
+            await alice.search("встреча")
+        assert refused.value.code == errors.SEARCH_OFF
+        page = await alice.history(schema.GENERAL, limit=10)
+        assert [e.text for e in page.entries if e.kind == "message"] == ["встреча в пятницу"]
+    finally:
+        await alice.close()
+    proc.terminate()
+    with sqlite3.connect(proc.db) as conn:
+        (indexed,) = conn.execute("SELECT count(*) FROM search_docsize").fetchone()
+    assert indexed == 0
 
 
 async def test_a_text_with_u0000_is_refused_and_nothing_is_stored(

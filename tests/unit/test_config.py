@@ -108,3 +108,17 @@ def test_the_web_flags_are_documented() -> None:
     for name in ("--http-port", "BESEDA_HTTP_PORT", "--allowed-origins", "BESEDA_ALLOWED_ORIGINS"):
         assert f"`{name}`" in docs, name
     assert "`--web-root`" in docs
+
+
+def test_the_search_index_is_on_unless_switched_off(tmp_path: Path) -> None:
+    assert config.from_environment({}, db=tmp_path / "db").search_index is True
+    for text, on in (("on", True), ("off", False), ("OFF", False), (" On ", True)):
+        assert config.from_environment({"BESEDA_SEARCH_INDEX": text}).search_index is on
+        args = cli._parser().parse_args(["serve", "--search-index", text])
+        assert config.from_environment({}, search_index=args.search_index).search_index is on
+    # A flag wins over the variable.
+    settings = config.from_environment({"BESEDA_SEARCH_INDEX": "off"}, search_index=True)
+    assert settings.search_index is True
+    for bad in ("yes", "1", ""):
+        with pytest.raises(SystemExit):
+            cli._parser().parse_args(["serve", "--search-index", bad])

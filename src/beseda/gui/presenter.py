@@ -829,8 +829,10 @@ class Presenter:
             self._search_found(event)
         elif isinstance(event, events.SearchFailed):
             if event.request == self._search_request:
-                self._search_status = _("The search failed: {reason}").format(
-                    reason=sanitize_name(event.detail)
+                self._search_status = (
+                    _("Search is switched off on this server.")
+                    if event.code == errors.SEARCH_OFF
+                    else _("The search failed: {reason}").format(reason=sanitize_name(event.detail))
                 )
                 self._show_search()
         elif isinstance(event, events.ActionFailed):

@@ -73,6 +73,7 @@ UNKNOWN_MESSAGE: Final = "unknown_message"
 INVALID_EMOJI: Final = "invalid_emoji"
 TOO_MANY_REACTIONS: Final = "too_many_reactions"
 BAD_QUERY: Final = "bad_query"
+SEARCH_OFF: Final = "search_off"
 # The server's side.
 STORAGE_UNAVAILABLE: Final = "storage_unavailable"
 INTERNAL_ERROR: Final = "internal_error"
@@ -115,6 +116,7 @@ MESSAGES: Final[dict[str, str]] = {
     INVALID_EMOJI: "A reaction is one emoji.",
     TOO_MANY_REACTIONS: "The message has the most different reactions allowed.",
     BAD_QUERY: "The search query cannot be understood.",
+    SEARCH_OFF: "Search is switched off on this server.",
     STORAGE_UNAVAILABLE: "The server cannot store data right now; try again later.",
     INTERNAL_ERROR: "The server failed to handle the request.",
     AUTH_TIMEOUT: "No login within the time allowed.",

@@ -44,12 +44,16 @@ def is_loopback(host: str) -> bool:
 
 def open_storage(settings: Settings) -> Storage:
     """The store ``settings.db`` names: PostgreSQL for a ``postgresql://`` URL, otherwise the
-    embedded SQLite file. Not yet opened (``Server.start`` opens it)."""
+    embedded SQLite file. Not yet opened (``Server.start`` opens it). ``--search-index off``
+    keeps SQLite from indexing (PostgreSQL's trigram index is the database's own and stays;
+    ``search`` is refused on both)."""
     if is_postgres_url(settings.db):
         from ..storage.postgres import PostgresStorage
 
         return PostgresStorage(str(settings.db), connect_timeout=settings.db_busy_timeout)
-    return SQLiteStorage(settings.db, busy_timeout=settings.db_busy_timeout)
+    return SQLiteStorage(
+        settings.db, busy_timeout=settings.db_busy_timeout, search_index=settings.search_index
+    )
 
 
 def redact_url(url: str) -> str:
@@ -130,6 +134,7 @@ class Server:
             hasher=self.hasher,
             limits=settings.limits,
             limiters=limiters or open_limiters(settings, self.bus),
+            search_index=settings.search_index,
         )
         self.replica: Replica | None = None
         """Between a shared bus and delivery: entries in order, exactly once, gaps read from

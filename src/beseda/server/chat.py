@@ -166,8 +166,11 @@ class Chat:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         limiters: Limiters | None = None,
+        search_index: bool = True,
     ) -> None:
         self._storage = storage
+        self._search_index = search_index
+        """False with ``--search-index off``: nothing is indexed, so ``search`` is refused."""
         self._bus = bus
         self._hub = hub
         self._hasher = hasher
@@ -1550,6 +1553,8 @@ class Chat:
     async def _search(self, session: Session, request: schema.Search) -> schema.SearchResult:
         user = session.user
         assert user is not None
+        if not self._search_index:
+            raise ProtocolError(errors.SEARCH_OFF)
         if request.order not in schema.SEARCH_ORDERS:
             raise ProtocolError(errors.BAD_REQUEST, "order is newest or best.")
         query = search.parse_query(request.query)

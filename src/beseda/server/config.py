@@ -23,6 +23,8 @@ DEFAULT_HTTP_PORT = 7879
 """The web app and its WebSocket (``/ws``), beside the TCP port."""
 HTTP_OFF = "off"
 """``--http-port off``: no HTTP listener (TCP only)."""
+SEARCH_INDEX_DEFAULT = True
+"""``--search-index on``: every message is indexed as it is written, and ``search`` answers."""
 
 
 def default_node_name() -> str:
@@ -301,6 +303,10 @@ class Settings:
     the server's own (the page's origin matching the ``Host`` it asked)."""
     web_root: Path | None = None
     """The web app's built files; None: the ones shipped in the package."""
+    search_index: bool = SEARCH_INDEX_DEFAULT
+    """Index messages for ``search`` as they are written. Off (``--search-index off``) only
+    to measure what the index costs: messages written meanwhile are never indexed (turning it
+    on again does not add them), and ``search`` answers ``search_off``."""
     bus: str | None = None
     """``redis://…``: the bus shared by several nodes; None: this process alone."""
     node_name: str = field(default_factory=default_node_name)
@@ -334,9 +340,18 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "http_port": ("BESEDA_HTTP_PORT", lambda value: http_port(value)),
     "allowed_origins": ("BESEDA_ALLOWED_ORIGINS", lambda value: origin_list(value)),
     "web_root": ("BESEDA_WEB_ROOT", Path),
+    "search_index": ("BESEDA_SEARCH_INDEX", lambda value: on_off(value)),
     "bus": ("BESEDA_BUS", str),
     "node_name": ("BESEDA_NODE_NAME", str),
 }
+
+
+def on_off(text: str) -> bool:
+    """``on`` or ``off`` (for ``--search-index``)."""
+    word = text.strip().lower()
+    if word not in ("on", "off"):
+        raise ValueError(f"on or off, not {text!r}")
+    return word == "on"
 
 
 def http_port(text: str) -> int | str:
