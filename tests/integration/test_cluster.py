@@ -218,6 +218,11 @@ async def test_presence_and_typing_cross_nodes(cluster: Cluster, raw: Callable[.
     bob = await raw(b.port, "bob")
     zoe = await raw(b.port, "zoe")
     await zoe.close()
+    # Her node takes her offline once it has seen the close, a moment after it: wait for it.
+    deadline = time.monotonic() + 10 * TIMEOUT_FACTOR
+    while (await ann.call("users", query="zoe"))["users"] != [{"name": "zoe", "online": False}]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
     watched = await ann.call("watch", users=["zoe", "bob"])
     assert {u["name"]: u["online"] for u in watched["users"]} == {"zoe": False, "bob": True}
     zoe = await raw(b.port, "zoe")
