@@ -1,6 +1,7 @@
 // The web app: what the desktop client's presenter does (gui/presenter.py), in the browser.
 // State lives here; the DOM is redrawn from it once per animation frame after a change.
 
+import { highlightPieces, preview } from "./changes.js";
 import { byId, fill, h, textWithMentions } from "./dom.js";
 import { Translator } from "./i18n.js";
 import {
@@ -14,6 +15,7 @@ import {
   type ConversationInfo,
   type Entry,
   type MemberEntry,
+  type SearchHit,
   type UserEntry,
 } from "./protocol.js";
 import { ConnectionLostError, ServerError, Session, type SessionEvent } from "./session.js";
@@ -54,6 +56,8 @@ interface SavedOutgoing {
 }
 
 const SESSION_KEY = "beseda.session";
+/** The reaction picker's common emoji (as the desktop client's). */
+export const COMMON_EMOJI = ["👍", "❤️", "😂", "😮", "😢", "🎉", "🙏", "👀"];
 const fold = (name: string): string => name.toLocaleLowerCase();
 export const dmKey = (peer: string): string => `@${fold(peer)}`;
 
@@ -104,6 +108,9 @@ export class App {
   private watched = "";
   private left = new Set<string>();
   private typingSentAt = 0;
+  /** The message the composer answers, or the own message it edits (version 4). */
+  private replyTo: Entry | null = null;
+  private editing: Entry | null = null;
   private frame = 0;
   private timelineView: TimelineView | null = null;
   private shownRows = "";
@@ -452,7 +459,7 @@ export class App {
           .catch(() => undefined);
       }
     }
-    if (!conversation.timeline.add(entry)) return;
+    if (!conversation.timeline.add(entry, this.user)) return;
     this.forgetOutgoing(entry.client_id);
     conversation.lastSeq = Math.max(conversation.lastSeq, entry.seq);
     conversation.lastActivity = Math.max(conversation.lastActivity, entry.ts);
@@ -584,6 +591,7 @@ export class App {
   select(key: string): void {
     const conversation = this.conversations.get(key);
     if (conversation === undefined) return;
+    if (key !== this.selected) this.setComposerMode(null, null);
     this.selected = key;
     this.phoneView = "conversation";
     this.open(conversation);
@@ -657,6 +665,8 @@ export class App {
       failed: null,
       final: false,
     };
+    if (this.replyTo !== null && conversation.id !== null) outgoing.replyTo = this.replyTo.seq;
+    this.setComposerMode(null, null);
     conversation.timeline.addOutgoing(outgoing);
     conversation.lastActivity = Math.max(conversation.lastActivity, outgoing.sentAt);
     const saved = this.loadOutbox();
@@ -677,9 +687,14 @@ export class App {
 
   private deliver(conversation: Conversation, outgoing: Outgoing): void {
     const request =
-      conversation.kind === "direct" && conversation.peer !== null
+      conversation.kind === "direct" && conversation.peer !== null && outgoing.replyTo === undefined
         ? this.session.dm(conversation.peer, outgoing.text, outgoing.clientId)
-        : this.session.post(conversation.id ?? GENERAL, outgoing.text, outgoing.clientId);
+        : this.session.post(
+            conversation.id ?? GENERAL,
+            outgoing.text,
+            outgoing.clientId,
+            outgoing.replyTo,
+          );
     request
       .then((entry) => {
         // Delivered through the cursors as an entry; an older duplicate is only dropped here.
@@ -843,6 +858,9 @@ export class App {
     if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "k") {
       event.preventDefault();
       this.showSwitcher();
+    } else if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "f") {
+      event.preventDefault();
+      this.showSearch();
     } else if (event.key === "Escape" && this.openDialog === null) {
       if (this.phoneView === "conversation" && window.matchMedia("(max-width: 700px)").matches) {
         this.phoneView = "list";
@@ -884,7 +902,22 @@ export class App {
     composer.addEventListener("keydown", (event) => {
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
-        if (this.send(composer.value)) composer.value = "";
+        if (this.submit(composer.value)) composer.value = "";
+      } else if (event.key === "Escape" && (this.replyTo !== null || this.editing !== null)) {
+        event.preventDefault();
+        event.stopPropagation();
+        if (this.editing !== null) composer.value = "";
+        this.setComposerMode(null, null);
+      } else if (event.key === "ArrowUp" && composer.value === "" && this.editing === null) {
+        // As in Slack and Telegram: Up in an empty composer edits one's last message.
+        const own = this.current()
+          .timeline.messages()
+          .filter((entry) => fold(entry.sender) === fold(this.user));
+        const last = own[own.length - 1];
+        if (last !== undefined) {
+          event.preventDefault();
+          this.startEdit(last);
+        }
       }
     });
     composer.addEventListener("input", () => this.composerChanged());
@@ -894,7 +927,7 @@ export class App {
       this.t("Send"),
     );
     sendButton.addEventListener("click", () => {
-      if (this.send(composer.value)) composer.value = "";
+      if (this.submit(composer.value)) composer.value = "";
       composer.focus();
     });
     const search = h("input", {
@@ -974,6 +1007,7 @@ export class App {
           h(
             "div",
             { class: "tools" },
+            button("search", this.t("Search messages"), () => this.showSearch()),
             button("members", this.t("Members"), () => void this.showMembers()),
             button("settings", this.t("Channel settings"), () => this.showSettings()),
           ),
@@ -992,6 +1026,7 @@ export class App {
         ),
         h("div", { id: "typing", class: "typing", "aria-live": "polite" }),
         h("p", { id: "composer-note", class: "composer-note" }),
+        h("div", { id: "composer-context", class: "composer-context", hidden: true }),
         h("div", { class: "composer" }, composer, sendButton),
         h("p", { id: "composer-error", class: "form-error", role: "alert" }),
       ),
@@ -1194,6 +1229,12 @@ export class App {
       const o = row.outgoing;
       return `${row.key}|${o.failed ?? ""}|${this.session.state}`;
     }
+    if (row.type === "message") {
+      const e = row.entry;
+      const reactions = (e.reactions ?? []).map((r) => `${r.emoji}${r.count}${r.me === true}`);
+      const quote = e.reply === undefined ? "" : `${e.reply.deleted === true}${e.reply.text ?? ""}`;
+      return `${row.key}|${e.edited ?? ""}|${e.text ?? ""}|${reactions.join()}|${quote}`;
+    }
     return row.key;
   }
 
@@ -1214,7 +1255,14 @@ export class App {
         const classes = ["message"];
         if (own) classes.push("own");
         if (this.mentionsMe(entry)) classes.push("mentioned");
-        return h(
+        if (entry.seq === this.flashSeq) classes.push("flash");
+        const more = h(
+          "button",
+          { type: "button", class: "link more", "aria-label": this.t("Message actions") },
+          "⋯",
+        );
+        more.addEventListener("click", () => this.showActions(entry));
+        const element = h(
           "div",
           { class: classes.join(" "), "data-seq": entry.seq, "data-client-id": entry.client_id },
           h(
@@ -1222,10 +1270,21 @@ export class App {
             { class: "meta" },
             h("span", { class: "sender", dir: "auto" }, entry.sender),
             h("time", { datetime: new Date(entry.ts).toISOString() }, formatTime(entry.ts)),
+            entry.edited !== undefined
+              ? h("span", { class: "note edited" }, this.t("(edited)"))
+              : null,
             own ? h("span", { class: "note sent" }, "✓") : null,
+            more,
           ),
+          this.renderQuote(entry),
           h("div", { class: "text", dir: "auto" }, textWithMentions(entry.text ?? "", this.user)),
+          this.renderReactions(entry),
         );
+        element.addEventListener("contextmenu", (event) => {
+          event.preventDefault();
+          this.showActions(entry);
+        });
+        return element;
       }
       case "outgoing": {
         const o = row.outgoing;
@@ -1257,6 +1316,339 @@ export class App {
           h("div", { class: "text", dir: "auto" }, textWithMentions(o.text, this.user)),
         );
       }
+    }
+  }
+
+  private renderQuote(entry: Entry): HTMLElement | null {
+    const reply = entry.reply;
+    if (reply === undefined) return null;
+    const quote = h(
+      "button",
+      { type: "button", class: "quote", "data-reply-to": reply.seq, dir: "auto" },
+      h("span", { class: "sender" }, reply.sender),
+      " ",
+      reply.deleted === true
+        ? h("em", {}, this.t("deleted message"))
+        : h("span", { class: "quote-text" }, reply.text ?? ""),
+    );
+    quote.addEventListener("click", () => {
+      if (reply.deleted !== true) void this.jumpTo(entry.conversation, reply.seq);
+    });
+    return quote;
+  }
+
+  private renderReactions(entry: Entry): HTMLElement | null {
+    const reactions = entry.reactions ?? [];
+    if (reactions.length === 0) return null;
+    return h(
+      "div",
+      { class: "reactions" },
+      ...reactions.map((reaction) => {
+        const chip = h(
+          "button",
+          {
+            type: "button",
+            class: reaction.me === true ? "reaction mine" : "reaction",
+            "data-emoji": reaction.emoji,
+            "aria-pressed": reaction.me === true ? "true" : "false",
+          },
+          `${reaction.emoji} ${reaction.count}`,
+        );
+        chip.addEventListener("click", () => {
+          this.react(entry, reaction.emoji, reaction.me !== true);
+        });
+        return chip;
+      }),
+    );
+  }
+
+  // -- replies, edits, deletes, reactions, search (protocol 4) -------------------------------
+
+  private flashSeq: number | null = null;
+
+  /** Sends the composer's text: an edit when editing, else a message (a reply when one is
+   * chosen). */
+  private submit(text: string): boolean {
+    const editing = this.editing;
+    if (editing === null) return this.send(text);
+    text = text.trim();
+    if (text === "") return false;
+    // eslint-disable-next-line @typescript-eslint/no-misused-spread -- code points
+    if ([...text].length > MAX_TEXT_CHARS) return this.send(text);
+    this.setComposerMode(null, null);
+    if (text !== editing.text) {
+      this.session
+        .edit(editing.conversation, editing.seq, text)
+        .catch((error: unknown) => this.showError(this.explain(error)));
+    }
+    return true;
+  }
+
+  private setComposerMode(replyTo: Entry | null, editing: Entry | null): void {
+    this.replyTo = replyTo;
+    this.editing = editing;
+    const context = document.getElementById("composer-context");
+    if (context === null) return;
+    const subject = replyTo ?? editing;
+    if (subject === null) {
+      fill(context);
+      context.hidden = true;
+      return;
+    }
+    const cancel = h(
+      "button",
+      {
+        type: "button",
+        class: "link close",
+        id: "composer-cancel",
+        "aria-label": this.t("Cancel"),
+      },
+      "×",
+    );
+    cancel.addEventListener("click", () => {
+      if (this.editing !== null) byId<HTMLTextAreaElement>("composer").value = "";
+      this.setComposerMode(null, null);
+    });
+    fill(
+      context,
+      h(
+        "div",
+        { class: "quote", dir: "auto" },
+        h(
+          "strong",
+          {},
+          replyTo !== null
+            ? this.t("Reply to {sender}", { sender: replyTo.sender })
+            : this.t("Editing message"),
+        ),
+        " ",
+        h("span", { class: "quote-text" }, preview(subject.text ?? "")),
+      ),
+      cancel,
+    );
+    context.hidden = false;
+  }
+
+  private startReply(entry: Entry): void {
+    this.setComposerMode(entry, null);
+    byId<HTMLTextAreaElement>("composer").focus();
+  }
+
+  private startEdit(entry: Entry): void {
+    this.setComposerMode(null, entry);
+    const composer = byId<HTMLTextAreaElement>("composer");
+    composer.value = entry.text ?? "";
+    composer.focus();
+  }
+
+  private react(entry: Entry, emoji: string, on: boolean): void {
+    this.session
+      .react(entry.conversation, entry.seq, emoji, on)
+      .catch((error: unknown) => this.showError(this.explain(error)));
+  }
+
+  /** The server's rule: the author, or a channel's owner or admin, may delete. */
+  private mayDelete(entry: Entry): boolean {
+    if (fold(entry.sender) === fold(this.user)) return true;
+    const conversation = this.byId(entry.conversation);
+    return (
+      conversation?.kind === "channel" &&
+      (conversation.role === "owner" || conversation.role === "admin")
+    );
+  }
+
+  private showActions(entry: Entry): void {
+    const own = fold(entry.sender) === fold(this.user);
+    const conversation = this.byId(entry.conversation);
+    const writable = conversation !== undefined && conversation.member && !conversation.archived;
+    const action = (id: string, text: string, run: () => void): HTMLButtonElement => {
+      const element = h("button", { type: "button", id, class: "action" }, text);
+      element.addEventListener("click", () => {
+        dialog.close();
+        run();
+      });
+      return element;
+    };
+    const mine = new Set((entry.reactions ?? []).filter((r) => r.me === true).map((r) => r.emoji));
+    const picker = h(
+      "div",
+      { class: "emoji-picker", role: "group", "aria-label": this.t("React") },
+      ...COMMON_EMOJI.map((emoji) => {
+        const chip = h(
+          "button",
+          {
+            type: "button",
+            class: mine.has(emoji) ? "reaction mine" : "reaction",
+            "data-emoji": emoji,
+          },
+          emoji,
+        );
+        chip.addEventListener("click", () => {
+          dialog.close();
+          this.react(entry, emoji, !mine.has(emoji));
+        });
+        return chip;
+      }),
+    );
+    const dialog = this.dialog(
+      "actions",
+      this.t("Message actions"),
+      writable ? picker : null,
+      h(
+        "div",
+        { class: "action-list" },
+        writable ? action("action-reply", this.t("Reply"), () => this.startReply(entry)) : null,
+        writable && own ? action("action-edit", this.t("Edit"), () => this.startEdit(entry)) : null,
+        writable && this.mayDelete(entry)
+          ? action("action-delete", this.t("Delete"), () => this.confirmDelete(entry))
+          : null,
+        action("action-copy", this.t("Copy text"), () => {
+          void navigator.clipboard.writeText(entry.text ?? "").catch(() => undefined);
+        }),
+      ),
+    );
+  }
+
+  private confirmDelete(entry: Entry): void {
+    const yes = h(
+      "button",
+      { type: "button", id: "confirm-delete", class: "primary danger" },
+      this.t("Delete"),
+    );
+    const no = h("button", { type: "button", id: "cancel-delete" }, this.t("Cancel"));
+    const dialog = this.dialog(
+      "delete",
+      this.t("Delete this message?"),
+      h("p", {}, this.t("It is deleted for everyone, and cannot be brought back.")),
+      h("p", { class: "quote", dir: "auto" }, preview(entry.text ?? "")),
+      h("div", { class: "buttons" }, no, yes),
+    );
+    no.addEventListener("click", () => dialog.close());
+    yes.addEventListener("click", () => {
+      dialog.close();
+      if (this.editing?.seq === entry.seq) this.setComposerMode(null, null);
+      this.session
+        .delete(entry.conversation, entry.seq)
+        .catch((error: unknown) => this.showError(this.explain(error)));
+    });
+    yes.focus();
+  }
+
+  private showSearch(): void {
+    const input = h("input", {
+      id: "search-query",
+      type: "search",
+      placeholder: this.t("Search messages"),
+      "aria-label": this.t("Search messages"),
+    });
+    const results = h("ul", { id: "search-results", class: "search-results" });
+    const status = h("p", { id: "search-status", class: "hint", role: "status" });
+    const more = h("button", { type: "button", class: "link", hidden: true }, this.t("More…"));
+    let next: string | undefined;
+    let asked = 0;
+    const run = async (query: string, cursor: string | null): Promise<void> => {
+      const ticket = ++asked;
+      if (query.trim() === "") {
+        fill(results);
+        status.textContent = "";
+        more.hidden = true;
+        return;
+      }
+      try {
+        const page = await this.session.search(query, cursor);
+        if (ticket !== asked) return;
+        if (cursor === null) fill(results);
+        for (const hit of page.results) results.appendChild(this.renderHit(hit, dialog));
+        next = page.next;
+        more.hidden = next === undefined;
+        status.textContent = results.childElementCount === 0 ? this.t("Nothing found.") : "";
+      } catch (error) {
+        if (ticket === asked) status.textContent = this.explain(error);
+      }
+    };
+    let timer = 0;
+    input.addEventListener("input", () => {
+      window.clearTimeout(timer);
+      timer = window.setTimeout(() => void run(input.value, null), 250);
+    });
+    input.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") {
+        event.preventDefault();
+        window.clearTimeout(timer);
+        void run(input.value, null);
+      }
+    });
+    more.addEventListener("click", () => {
+      if (next !== undefined) void run(input.value, next);
+    });
+    const dialog = this.dialog("search", this.t("Search messages"), input, status, results, more);
+    input.focus();
+  }
+
+  private renderHit(hit: SearchHit, dialog: HTMLDialogElement): HTMLElement {
+    const conversation = this.byId(hit.conversation);
+    const where = conversation === undefined ? hit.conversation : this.title(conversation);
+    const snippet = h("span", { class: "snippet", dir: "auto" });
+    for (const piece of highlightPieces(hit.snippet, hit.highlights)) {
+      snippet.appendChild(
+        piece.hit ? h("mark", {}, piece.text) : document.createTextNode(piece.text),
+      );
+    }
+    const item = h(
+      "button",
+      { type: "button", class: "hit", "data-conversation": hit.conversation, "data-seq": hit.seq },
+      h(
+        "span",
+        { class: "meta" },
+        h("span", { class: "sender", dir: "auto" }, hit.sender),
+        h("span", { class: "where" }, ` · ${where} · `),
+        h("time", {}, formatTime(hit.ts)),
+      ),
+      snippet,
+    );
+    item.addEventListener("click", () => {
+      dialog.close();
+      void this.jumpTo(hit.conversation, hit.seq);
+    });
+    return h("li", {}, item);
+  }
+
+  /** Open `conversationId` at message `seq`: loaded with `history` `around` it when it is not
+   * (then `after` pages up to what was loaded, so the timeline stays without gaps). */
+  private async jumpTo(conversationId: string, seq: number): Promise<void> {
+    const conversation = this.byId(conversationId);
+    if (conversation === undefined) return;
+    if (this.selected !== conversation.key) this.select(conversation.key);
+    const timeline = conversation.timeline;
+    try {
+      if (timeline.message(seq) === undefined) {
+        const oldest = timeline.oldestSeq;
+        const around = await this.session.historyAround(conversationId, seq);
+        timeline.addEntries(around.entries);
+        if (oldest === null || (around.entries[0]?.seq ?? oldest) < oldest) {
+          timeline.hasOlder = around.more;
+        }
+        let last = around.entries[around.entries.length - 1]?.seq ?? seq;
+        let newer = around.newer;
+        while (newer && (oldest === null || last + 1 < oldest)) {
+          const page = await this.session.historyAfter(conversationId, last);
+          timeline.addEntries(page.entries);
+          const end = page.entries[page.entries.length - 1]?.seq;
+          if (end === undefined) break;
+          last = end;
+          newer = page.newer;
+        }
+      }
+    } catch (error) {
+      this.showError(this.explain(error));
+      return;
+    }
+    this.flashSeq = seq;
+    timeline.touch();
+    this.shownRows = "";
+    this.draw();
+    if (this.timelineView?.reveal(`s${seq}`) !== true) {
+      this.showError(this.t("That message is no longer there."));
     }
   }
 

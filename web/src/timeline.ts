@@ -1,14 +1,17 @@
 // One conversation's timeline: the entries loaded so far (in seq order, each once) and the
 // user's messages not yet acknowledged. Pure data; the view renders only rows near the
-// viewport (see heights.ts). A later entry kind (a reply, an edit, a reaction) is one more
-// case of `rowKind` and of the view's row renderer: entries that change an earlier message
-// (edits, reactions) update the message they name here, in `apply`, rather than adding rows.
+// viewport (see heights.ts). Entries that change an earlier message (edits, deletes,
+// reactions: protocol 4) update the message they name, and the quotes of the replies to it,
+// rather than adding rows (changes.ts).
 
+import { applyChange, applyToQuote, isChange } from "./changes.js";
 import { kindOf, type Entry } from "./protocol.js";
 
 export interface Outgoing {
   clientId: string;
   text: string;
+  /** The seq of the message it answers. */
+  replyTo?: number;
   sentAt: number;
   /** Why it was not sent (null while it is on its way). */
   failed: string | null;
@@ -66,10 +69,31 @@ export class Timeline {
     return this.entries.length;
   }
 
-  /** Add one entry (live); false when it was there already. Its outgoing copy goes. */
-  add(entry: Entry): boolean {
+  /** The message at `seq`, when it is loaded. */
+  message(seq: number): Entry | undefined {
+    if (!this.seqs.has(seq)) return undefined;
+    const found = this.entries.find((entry) => entry.seq === seq);
+    return found !== undefined && kindOf(found) === "message" ? found : undefined;
+  }
+
+  /** The loaded messages, oldest first. */
+  messages(): Entry[] {
+    return this.entries.filter((entry) => kindOf(entry) === "message");
+  }
+
+  /** Add one entry (live); false when it was there already. Its outgoing copy goes. A change
+   * entry (`me` is the reader, for the own mark of reactions) changes the message it names. */
+  add(entry: Entry, me = ""): boolean {
     if (this.seqs.has(entry.seq)) return false;
     this.seqs.add(entry.seq);
+    if (isChange(entry)) {
+      this.entries = this.entries.flatMap((item) => {
+        const changed = applyChange(item, entry, me);
+        return changed === null ? [] : [applyToQuote(changed, entry)];
+      });
+      this.version += 1;
+      return true;
+    }
     const last = this.entries[this.entries.length - 1];
     if (last === undefined || last.seq < entry.seq) {
       this.entries.push(entry);
@@ -91,6 +115,13 @@ export class Timeline {
     this.hasOlder = more;
     this.version += 1;
     return fresh.length;
+  }
+
+  /** Entries of a `history` page after or around a seq: hasOlder is left as it was. */
+  addEntries(entries: readonly Entry[]): number {
+    const more = this.hasOlder;
+    const count = this.addPage(entries, more);
+    return count;
   }
 
   addOutgoing(outgoing: Outgoing): void {

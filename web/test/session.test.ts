@@ -78,11 +78,11 @@ async function signedIn(r: Rig, last: Record<string, number> = { general: 2 }): 
   await settle();
 }
 
-test("connecting waits for hello; login says protocol 3 and starts at the newest entries", async () => {
+test("connecting waits for hello; login says protocol 4 and starts at the newest entries", async () => {
   const r = rig();
   await signedIn(r, { general: 2, "c:1": 5 });
   assert.equal(r.session.state, "connected");
-  assert.equal(r.socket().last("login").protocol, 3);
+  assert.equal(r.socket().last("login").protocol, 4);
   assert.deepEqual(r.socket().last("sync").cursors, { general: 2, "c:1": 5 });
   assert.deepEqual(r.session.cursors.snapshot(), { general: 2, "c:1": 5 });
 });
