@@ -252,3 +252,29 @@ async def test_the_new_strings_speak_russian(sign_up: SignUp, browser: Browser) 
     await anna.click("#cancel-delete")
     await expect(anna.locator("#search")).to_have_text("Поиск сообщений")
     assert browser.errors == []
+
+
+async def test_the_timeline_groups_a_senders_messages_and_links_only_web_addresses(
+    sign_up: SignUp, browser: Browser
+) -> None:
+    anna = await sign_up("anna")
+    boris = await sign_up("boris")
+    await send(anna, "See https://example.org/plan, please")
+    await send(anna, "javascript:alert(1) is no link")
+    await send(boris, "Looking")
+    await expect(message(anna, "Looking")).to_be_visible()
+    # A date line; Anna's two messages under one header (one avatar), Boris's with his own.
+    await expect(anna.locator(".day")).to_have_text("Today")
+    first = row(anna, "See https://")
+    await expect(first.locator(".avatar")).to_have_text("AN")
+    second = row(anna, "javascript:")
+    await expect(second).to_have_class("message own grouped row")
+    await expect(second.locator(".avatar")).to_have_count(0)
+    await expect(row(anna, "Looking").locator(".avatar")).to_have_text("BO")
+    # The address is a link (without its trailing comma), opening apart from the app.
+    link = first.locator("a")
+    await expect(link).to_have_text("https://example.org/plan")
+    await expect(link).to_have_attribute("href", "https://example.org/plan")
+    await expect(link).to_have_attribute("rel", "noopener noreferrer")
+    await expect(second.locator("a")).to_have_count(0)
+    assert browser.errors == []

@@ -2,7 +2,7 @@
 // State lives here; the DOM is redrawn from it once per animation frame after a change.
 
 import { highlightPieces, preview } from "./changes.js";
-import { byId, fill, h, textWithMentions } from "./dom.js";
+import { byId, colourOf, fill, h, initials, textWithMentions } from "./dom.js";
 import { Translator } from "./i18n.js";
 import {
   GENERAL,
@@ -53,6 +53,7 @@ interface SavedOutgoing {
   peer: string | null;
   text: string;
   sentAt: number;
+  replyTo?: number;
 }
 
 const SESSION_KEY = "beseda.session";
@@ -677,6 +678,7 @@ export class App {
       peer: conversation.peer,
       text,
       sentAt: outgoing.sentAt,
+      replyTo: outgoing.replyTo,
     });
     this.writeOutbox(saved);
     this.deliver(conversation, outgoing);
@@ -769,6 +771,7 @@ export class App {
         failed: null,
         final: false,
       };
+      if (item.replyTo !== undefined) outgoing.replyTo = item.replyTo;
       conversation.timeline.addOutgoing(outgoing);
       this.deliver(conversation, outgoing);
     }
@@ -1189,7 +1192,10 @@ export class App {
       const shown = `${conversation.key}|${conversation.timeline.version}|${conversation.markerSeq ?? ""}|${this.session.state}`;
       if (shown !== this.shownRows) {
         this.shownRows = shown;
-        view.show(conversation.key, conversation.timeline.rows(conversation.markerSeq, this.user));
+        view.show(
+          conversation.key,
+          conversation.timeline.rows(conversation.markerSeq, this.user, true),
+        );
       }
       const jump = byId("jump");
       jump.hidden = view.following;
@@ -1233,7 +1239,8 @@ export class App {
       const e = row.entry;
       const reactions = (e.reactions ?? []).map((r) => `${r.emoji}${r.count}${r.me === true}`);
       const quote = e.reply === undefined ? "" : `${e.reply.deleted === true}${e.reply.text ?? ""}`;
-      return `${row.key}|${e.edited ?? ""}|${e.text ?? ""}|${reactions.join()}|${quote}`;
+      const grouped = row.grouped === true ? "g" : "";
+      return `${row.key}|${grouped}|${e.edited ?? ""}|${e.text ?? ""}|${reactions.join()}|${quote}`;
     }
     return row.key;
   }
@@ -1242,6 +1249,8 @@ export class App {
     switch (row.type) {
       case "marker":
         return h("div", { class: "marker" }, h("span", {}, this.t("New messages")));
+      case "day":
+        return h("div", { class: "day" }, h("span", {}, this.dayLabel(row.ts)));
       case "event":
         return h(
           "div",
@@ -1256,6 +1265,7 @@ export class App {
         if (own) classes.push("own");
         if (this.mentionsMe(entry)) classes.push("mentioned");
         if (entry.seq === this.flashSeq) classes.push("flash");
+        if (row.grouped === true) classes.push("grouped");
         const more = h(
           "button",
           { type: "button", class: "link more", "aria-label": this.t("Message actions") },
@@ -1265,6 +1275,13 @@ export class App {
         const element = h(
           "div",
           { class: classes.join(" "), "data-seq": entry.seq, "data-client-id": entry.client_id },
+          row.grouped === true
+            ? null
+            : h(
+                "span",
+                { class: `avatar c${colourOf(entry.sender)}`, "aria-hidden": "true" },
+                initials(entry.sender),
+              ),
           h(
             "div",
             { class: "meta" },
@@ -1305,6 +1322,11 @@ export class App {
             class: o.failed !== null ? "message own outgoing failed" : "message own outgoing",
             "data-client-id": o.clientId,
           },
+          h(
+            "span",
+            { class: `avatar c${colourOf(this.user)}`, "aria-hidden": "true" },
+            initials(this.user),
+          ),
           h(
             "div",
             { class: "meta" },
@@ -1365,6 +1387,16 @@ export class App {
   // -- replies, edits, deletes, reactions, search (protocol 4) -------------------------------
 
   private flashSeq: number | null = null;
+
+  /** "Today", "Yesterday", or the date (with the year when it is not this one). */
+  private dayLabel(ts: number): string {
+    const date = new Date(ts);
+    const today = new Date();
+    const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+    if (date.toDateString() === today.toDateString()) return this.t("Today");
+    if (date.toDateString() === yesterday.toDateString()) return this.t("Yesterday");
+    return (date.getFullYear() === today.getFullYear() ? dateFormat : yearFormat).format(date);
+  }
 
   /** Sends the composer's text: an edit when editing, else a message (a reply when one is
    * chosen). */
@@ -2055,6 +2087,8 @@ function splitNames(text: string): string[] {
 // Formatters are costly to make: one of each, made once (a row is drawn per frame or more).
 const timeFormat = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
 const dayFormat = new Intl.DateTimeFormat([], { day: "numeric", month: "short" });
+const dateFormat = new Intl.DateTimeFormat([], { weekday: "long", day: "numeric", month: "long" });
+const yearFormat = new Intl.DateTimeFormat([], { day: "numeric", month: "long", year: "numeric" });
 
 export function formatTime(ts: number): string {
   const date = new Date(ts);

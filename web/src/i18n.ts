@@ -127,6 +127,8 @@ const RU: Record<string, string | Plural> = {
   "Load older messages": "Загрузить более ранние",
   you: "вы",
   "Search messages": "Поиск сообщений",
+  Today: "Сегодня",
+  Yesterday: "Вчера",
   "(edited)": "(изменено)",
   "Message actions": "Действия с сообщением",
   "deleted message": "удалённое сообщение",

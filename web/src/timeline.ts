@@ -20,7 +20,8 @@ export interface Outgoing {
 }
 
 export type Row =
-  | { type: "message"; key: string; entry: Entry }
+  | { type: "message"; key: string; entry: Entry; grouped?: boolean }
+  | { type: "day"; key: string; ts: number }
   | { type: "event"; key: string; entry: Entry }
   | { type: "outgoing"; key: string; outgoing: Outgoing }
   | { type: "marker"; key: string };
@@ -45,6 +46,15 @@ export function rowKind(entry: Entry): "message" | "event" | null {
     return "event";
   }
   return null; // a kind this version does not know: its cursor moves on, nothing is shown
+}
+
+/** A sender's messages closer than this to the one before are grouped under one header. */
+export const GROUP_MS = 5 * 60 * 1000;
+
+/** The local calendar day of `ts` (a key: equal for two times of one day). */
+export function dayOf(ts: number): string {
+  const date = new Date(ts);
+  return `${date.getFullYear()}-${date.getMonth() + 1}-${date.getDate()}`;
 }
 
 export class Timeline {
@@ -146,10 +156,20 @@ export class Timeline {
    * The rows to show: entries in order, then outgoing ones. The "new messages" marker goes
    * above the first message of someone else (not `me`) at or after `markerSeq`.
    */
-  rows(markerSeq: number | null, me = ""): Row[] {
+  rows(markerSeq: number | null, me = "", readable = false): Row[] {
     const rows: Row[] = [];
     let marker = markerSeq;
+    let day = "";
+    let previous: Entry | null = null;
     for (const entry of this.entries) {
+      const kind = rowKind(entry);
+      if (kind === null) continue;
+      if (readable && dayOf(entry.ts) !== day) {
+        // A date line above the first entry of each day.
+        day = dayOf(entry.ts);
+        rows.push({ type: "day", key: `d${day}`, ts: entry.ts });
+        previous = null;
+      }
       if (
         marker !== null &&
         entry.seq >= marker &&
@@ -158,9 +178,20 @@ export class Timeline {
       ) {
         rows.push({ type: "marker", key: "marker" });
         marker = null;
+        previous = null;
       }
-      const kind = rowKind(entry);
-      if (kind !== null) rows.push({ type: kind, key: `s${entry.seq}`, entry });
+      if (kind === "event") {
+        rows.push({ type: kind, key: `s${entry.seq}`, entry });
+        previous = null;
+        continue;
+      }
+      const grouped =
+        readable &&
+        previous !== null &&
+        previous.sender === entry.sender &&
+        entry.ts - previous.ts < GROUP_MS;
+      rows.push({ type: kind, key: `s${entry.seq}`, entry, grouped });
+      previous = entry;
     }
     for (const outgoing of this.outgoing.values()) {
       rows.push({ type: "outgoing", key: `o${outgoing.clientId}`, outgoing });
