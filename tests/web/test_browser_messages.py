@@ -213,6 +213,7 @@ async def test_search_finds_word_forms_and_parts_and_opens_the_hit_in_context(
         # Enough after it that it is not on the first page of history.
         for n in range(80):
             await writer.post("general", f"filler {n}")
+        await writer.post("general", "Still on for Friday?", reply_to=1)
     finally:
         await writer.close()
     await expect(message(boris, "filler 79")).to_be_visible()
@@ -237,6 +238,12 @@ async def test_search_finds_word_forms_and_parts_and_opens_the_hit_in_context(
     await expect(target).to_have_class("message flash row")
     # The messages around it are loaded, and the newest ones are still there below.
     await expect(message(boris, "filler 0")).to_have_count(1)
+    await expect(message(boris, "Still on for Friday?")).to_have_count(1)
+    # A quote's click opens its original the same way, loading it when it is not.
+    cara = await sign_up("cara")
+    await expect(message(cara, "Перенесём")).to_have_count(0)
+    await row(cara, "Still on for Friday?").locator(".quote").click()
+    await expect(row(cara, "Перенесём встречу")).to_be_in_viewport()
     assert browser.errors == []
 
 
