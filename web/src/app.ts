@@ -1406,7 +1406,17 @@ export class App {
     text = text.trim();
     if (text === "") return false;
     // eslint-disable-next-line @typescript-eslint/no-misused-spread -- code points
-    if ([...text].length > MAX_TEXT_CHARS) return this.send(text);
+    const length = [...text].length;
+    if (length > MAX_TEXT_CHARS) {
+      this.showComposerError(
+        this.t("A message may have at most {limit} characters; this one has {n}.", {
+          limit: MAX_TEXT_CHARS,
+          n: length,
+        }),
+      );
+      return false;
+    }
+    this.showComposerError("");
     this.setComposerMode(null, null);
     if (text !== editing.text) {
       this.session
