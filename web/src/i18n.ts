@@ -132,7 +132,7 @@ const RU: Record<string, string | Plural> = {
   "(edited)": "(изменено)",
   "Message actions": "Действия с сообщением",
   "deleted message": "удалённое сообщение",
-  "Reply to {sender}": "Ответ {sender}",
+  "Reply to {sender}": "Ответ на сообщение {sender}",
   "Editing message": "Изменение сообщения",
   React: "Реакция",
   Reply: "Ответить",
