@@ -260,7 +260,9 @@ async def test_the_new_strings_speak_russian(sign_up: SignUp, browser: Browser) 
     await anna.click("#action-delete")
     await expect(anna.locator("#delete-dialog h2")).to_have_text("Удалить это сообщение?")
     await anna.click("#cancel-delete")
-    await expect(anna.locator("#search")).to_have_text("Поиск сообщений")
+    await expect(anna.locator("#search")).to_have_attribute("aria-label", "Поиск сообщений")
+    await anna.click("#search")
+    await expect(anna.locator("#search-query")).to_have_attribute("placeholder", "Поиск сообщений")
     assert browser.errors == []
 
 

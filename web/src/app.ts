@@ -950,6 +950,19 @@ export class App {
       element.addEventListener("click", action);
       return element;
     };
+    // A magnifier, named for screen readers and on hover: a word would crowd a phone's header.
+    const searchButton = h(
+      "button",
+      {
+        id: "search",
+        type: "button",
+        class: "icon",
+        title: this.t("Search messages"),
+        "aria-label": this.t("Search messages"),
+      },
+      "⌕",
+    );
+    searchButton.addEventListener("click", () => this.showSearch());
     const notifications =
       "Notification" in window && Notification.permission === "default"
         ? button("enable-notifications", this.t("Enable notifications"), () => {
@@ -1010,7 +1023,7 @@ export class App {
           h(
             "div",
             { class: "tools" },
-            button("search", this.t("Search messages"), () => this.showSearch()),
+            searchButton,
             button("members", this.t("Members"), () => void this.showMembers()),
             button("settings", this.t("Channel settings"), () => this.showSettings()),
           ),
