@@ -31,8 +31,8 @@ GENERAL = [
     ),
     ("anna", "That was the cursor work. Every entry has a seq; the app resumes after it."),
     ("dmitry", "Отлично, значит можно обновлять сервер днём ☕"),
+    ("dmitry", "Release notes: https://example.org/beseda/releases"),
     ("boris", "Lunch at 12:30?"),
-    ("anna", "Sure, see you there."),
 ]
 
 
@@ -43,8 +43,17 @@ async def seed(port: int) -> dict[str, Client]:
         await client.connect()
         await client.register(name, PASSWORD)
         clients[name] = client
+    seqs = []
     for name, text in GENERAL:
-        await clients[name].post("general", text)
+        seqs.append((await clients[name].post("general", text)).seq)
+    # Protocol 4 at work: reactions, an edit, a reply quoting its original.
+    await clients["anna"].react("general", seqs[2], "👍")
+    await clients["boris"].react("general", seqs[2], "👍")
+    await clients["elena"].react("general", seqs[2], "🎉")
+    await clients["dmitry"].edit(
+        "general", seqs[4], "Отлично, значит можно обновлять сервер днём ☕ 🚀"
+    )
+    await clients["anna"].post("general", "Sure, see you there.", reply_to=seqs[-1])
     design = await clients["anna"].create_channel(
         "design", topic="Logos, colours and the new icon", members=["boris", "elena", "carol"]
     )

@@ -1,7 +1,8 @@
 // The web app: what the desktop client's presenter does (gui/presenter.py), in the browser.
 // State lives here; the DOM is redrawn from it once per animation frame after a change.
 
-import { byId, fill, h, textWithMentions } from "./dom.js";
+import { highlightPieces, preview } from "./changes.js";
+import { byId, colourOf, fill, h, initials, textWithMentions } from "./dom.js";
 import { Translator } from "./i18n.js";
 import {
   GENERAL,
@@ -14,6 +15,7 @@ import {
   type ConversationInfo,
   type Entry,
   type MemberEntry,
+  type SearchHit,
   type UserEntry,
 } from "./protocol.js";
 import { ConnectionLostError, ServerError, Session, type SessionEvent } from "./session.js";
@@ -51,9 +53,12 @@ interface SavedOutgoing {
   peer: string | null;
   text: string;
   sentAt: number;
+  replyTo?: number;
 }
 
 const SESSION_KEY = "beseda.session";
+/** The reaction picker's common emoji (as the desktop client's). */
+export const COMMON_EMOJI = ["👍", "❤️", "😂", "😮", "😢", "🎉", "🙏", "👀"];
 const fold = (name: string): string => name.toLocaleLowerCase();
 export const dmKey = (peer: string): string => `@${fold(peer)}`;
 
@@ -104,6 +109,9 @@ export class App {
   private watched = "";
   private left = new Set<string>();
   private typingSentAt = 0;
+  /** The message the composer answers, or the own message it edits (version 4). */
+  private replyTo: Entry | null = null;
+  private editing: Entry | null = null;
   private frame = 0;
   private timelineView: TimelineView | null = null;
   private shownRows = "";
@@ -452,7 +460,7 @@ export class App {
           .catch(() => undefined);
       }
     }
-    if (!conversation.timeline.add(entry)) return;
+    if (!conversation.timeline.add(entry, this.user)) return;
     this.forgetOutgoing(entry.client_id);
     conversation.lastSeq = Math.max(conversation.lastSeq, entry.seq);
     conversation.lastActivity = Math.max(conversation.lastActivity, entry.ts);
@@ -584,6 +592,7 @@ export class App {
   select(key: string): void {
     const conversation = this.conversations.get(key);
     if (conversation === undefined) return;
+    if (key !== this.selected) this.setComposerMode(null, null);
     this.selected = key;
     this.phoneView = "conversation";
     this.open(conversation);
@@ -657,6 +666,8 @@ export class App {
       failed: null,
       final: false,
     };
+    if (this.replyTo !== null && conversation.id !== null) outgoing.replyTo = this.replyTo.seq;
+    this.setComposerMode(null, null);
     conversation.timeline.addOutgoing(outgoing);
     conversation.lastActivity = Math.max(conversation.lastActivity, outgoing.sentAt);
     const saved = this.loadOutbox();
@@ -667,6 +678,7 @@ export class App {
       peer: conversation.peer,
       text,
       sentAt: outgoing.sentAt,
+      replyTo: outgoing.replyTo,
     });
     this.writeOutbox(saved);
     this.deliver(conversation, outgoing);
@@ -677,9 +689,14 @@ export class App {
 
   private deliver(conversation: Conversation, outgoing: Outgoing): void {
     const request =
-      conversation.kind === "direct" && conversation.peer !== null
+      conversation.kind === "direct" && conversation.peer !== null && outgoing.replyTo === undefined
         ? this.session.dm(conversation.peer, outgoing.text, outgoing.clientId)
-        : this.session.post(conversation.id ?? GENERAL, outgoing.text, outgoing.clientId);
+        : this.session.post(
+            conversation.id ?? GENERAL,
+            outgoing.text,
+            outgoing.clientId,
+            outgoing.replyTo,
+          );
     request
       .then((entry) => {
         // Delivered through the cursors as an entry; an older duplicate is only dropped here.
@@ -754,6 +771,7 @@ export class App {
         failed: null,
         final: false,
       };
+      if (item.replyTo !== undefined) outgoing.replyTo = item.replyTo;
       conversation.timeline.addOutgoing(outgoing);
       this.deliver(conversation, outgoing);
     }
@@ -843,6 +861,9 @@ export class App {
     if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "k") {
       event.preventDefault();
       this.showSwitcher();
+    } else if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "f") {
+      event.preventDefault();
+      this.showSearch();
     } else if (event.key === "Escape" && this.openDialog === null) {
       if (this.phoneView === "conversation" && window.matchMedia("(max-width: 700px)").matches) {
         this.phoneView = "list";
@@ -884,7 +905,22 @@ export class App {
     composer.addEventListener("keydown", (event) => {
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
-        if (this.send(composer.value)) composer.value = "";
+        if (this.submit(composer.value)) composer.value = "";
+      } else if (event.key === "Escape" && (this.replyTo !== null || this.editing !== null)) {
+        event.preventDefault();
+        event.stopPropagation();
+        if (this.editing !== null) composer.value = "";
+        this.setComposerMode(null, null);
+      } else if (event.key === "ArrowUp" && composer.value === "" && this.editing === null) {
+        // As in Slack and Telegram: Up in an empty composer edits one's last message.
+        const own = this.current()
+          .timeline.messages()
+          .filter((entry) => fold(entry.sender) === fold(this.user));
+        const last = own[own.length - 1];
+        if (last !== undefined) {
+          event.preventDefault();
+          this.startEdit(last);
+        }
       }
     });
     composer.addEventListener("input", () => this.composerChanged());
@@ -894,7 +930,7 @@ export class App {
       this.t("Send"),
     );
     sendButton.addEventListener("click", () => {
-      if (this.send(composer.value)) composer.value = "";
+      if (this.submit(composer.value)) composer.value = "";
       composer.focus();
     });
     const search = h("input", {
@@ -914,6 +950,19 @@ export class App {
       element.addEventListener("click", action);
       return element;
     };
+    // A magnifier, named for screen readers and on hover: a word would crowd a phone's header.
+    const searchButton = h(
+      "button",
+      {
+        id: "search",
+        type: "button",
+        class: "icon",
+        title: this.t("Search messages"),
+        "aria-label": this.t("Search messages"),
+      },
+      "⌕",
+    );
+    searchButton.addEventListener("click", () => this.showSearch());
     const notifications =
       "Notification" in window && Notification.permission === "default"
         ? button("enable-notifications", this.t("Enable notifications"), () => {
@@ -974,6 +1023,7 @@ export class App {
           h(
             "div",
             { class: "tools" },
+            searchButton,
             button("members", this.t("Members"), () => void this.showMembers()),
             button("settings", this.t("Channel settings"), () => this.showSettings()),
           ),
@@ -992,6 +1042,7 @@ export class App {
         ),
         h("div", { id: "typing", class: "typing", "aria-live": "polite" }),
         h("p", { id: "composer-note", class: "composer-note" }),
+        h("div", { id: "composer-context", class: "composer-context", hidden: true }),
         h("div", { class: "composer" }, composer, sendButton),
         h("p", { id: "composer-error", class: "form-error", role: "alert" }),
       ),
@@ -1154,7 +1205,10 @@ export class App {
       const shown = `${conversation.key}|${conversation.timeline.version}|${conversation.markerSeq ?? ""}|${this.session.state}`;
       if (shown !== this.shownRows) {
         this.shownRows = shown;
-        view.show(conversation.key, conversation.timeline.rows(conversation.markerSeq, this.user));
+        view.show(
+          conversation.key,
+          conversation.timeline.rows(conversation.markerSeq, this.user, true),
+        );
       }
       const jump = byId("jump");
       jump.hidden = view.following;
@@ -1194,6 +1248,13 @@ export class App {
       const o = row.outgoing;
       return `${row.key}|${o.failed ?? ""}|${this.session.state}`;
     }
+    if (row.type === "message") {
+      const e = row.entry;
+      const reactions = (e.reactions ?? []).map((r) => `${r.emoji}${r.count}${r.me === true}`);
+      const quote = e.reply === undefined ? "" : `${e.reply.deleted === true}${e.reply.text ?? ""}`;
+      const grouped = row.grouped === true ? "g" : "";
+      return `${row.key}|${grouped}|${e.edited ?? ""}|${e.text ?? ""}|${reactions.join()}|${quote}`;
+    }
     return row.key;
   }
 
@@ -1201,6 +1262,8 @@ export class App {
     switch (row.type) {
       case "marker":
         return h("div", { class: "marker" }, h("span", {}, this.t("New messages")));
+      case "day":
+        return h("div", { class: "day" }, h("span", {}, this.dayLabel(row.ts)));
       case "event":
         return h(
           "div",
@@ -1214,18 +1277,44 @@ export class App {
         const classes = ["message"];
         if (own) classes.push("own");
         if (this.mentionsMe(entry)) classes.push("mentioned");
-        return h(
+        if (entry.seq === this.flashSeq) classes.push("flash");
+        if (row.grouped === true) classes.push("grouped");
+        const more = h(
+          "button",
+          { type: "button", class: "link more", "aria-label": this.t("Message actions") },
+          "⋯",
+        );
+        more.addEventListener("click", () => this.showActions(entry));
+        const element = h(
           "div",
           { class: classes.join(" "), "data-seq": entry.seq, "data-client-id": entry.client_id },
+          row.grouped === true
+            ? null
+            : h(
+                "span",
+                { class: `avatar c${colourOf(entry.sender)}`, "aria-hidden": "true" },
+                initials(entry.sender),
+              ),
           h(
             "div",
             { class: "meta" },
             h("span", { class: "sender", dir: "auto" }, entry.sender),
             h("time", { datetime: new Date(entry.ts).toISOString() }, formatTime(entry.ts)),
+            entry.edited !== undefined
+              ? h("span", { class: "note edited" }, this.t("(edited)"))
+              : null,
             own ? h("span", { class: "note sent" }, "✓") : null,
+            more,
           ),
+          this.renderQuote(entry),
           h("div", { class: "text", dir: "auto" }, textWithMentions(entry.text ?? "", this.user)),
+          this.renderReactions(entry),
         );
+        element.addEventListener("contextmenu", (event) => {
+          event.preventDefault();
+          this.showActions(entry);
+        });
+        return element;
       }
       case "outgoing": {
         const o = row.outgoing;
@@ -1247,6 +1336,11 @@ export class App {
             "data-client-id": o.clientId,
           },
           h(
+            "span",
+            { class: `avatar c${colourOf(this.user)}`, "aria-hidden": "true" },
+            initials(this.user),
+          ),
+          h(
             "div",
             { class: "meta" },
             h("span", { class: "sender" }, this.user),
@@ -1257,6 +1351,359 @@ export class App {
           h("div", { class: "text", dir: "auto" }, textWithMentions(o.text, this.user)),
         );
       }
+    }
+  }
+
+  private renderQuote(entry: Entry): HTMLElement | null {
+    const reply = entry.reply;
+    if (reply === undefined) return null;
+    const quote = h(
+      "button",
+      { type: "button", class: "quote", "data-reply-to": reply.seq, dir: "auto" },
+      h("span", { class: "sender" }, reply.sender),
+      " ",
+      reply.deleted === true
+        ? h("em", {}, this.t("deleted message"))
+        : h("span", { class: "quote-text" }, reply.text ?? ""),
+    );
+    quote.addEventListener("click", () => {
+      if (reply.deleted !== true) void this.jumpTo(entry.conversation, reply.seq);
+    });
+    return quote;
+  }
+
+  private renderReactions(entry: Entry): HTMLElement | null {
+    const reactions = entry.reactions ?? [];
+    if (reactions.length === 0) return null;
+    return h(
+      "div",
+      { class: "reactions" },
+      ...reactions.map((reaction) => {
+        const chip = h(
+          "button",
+          {
+            type: "button",
+            class: reaction.me === true ? "reaction mine" : "reaction",
+            "data-emoji": reaction.emoji,
+            "aria-pressed": reaction.me === true ? "true" : "false",
+          },
+          `${reaction.emoji} ${reaction.count}`,
+        );
+        chip.addEventListener("click", () => {
+          this.react(entry, reaction.emoji, reaction.me !== true);
+        });
+        return chip;
+      }),
+    );
+  }
+
+  // -- replies, edits, deletes, reactions, search (protocol 4) -------------------------------
+
+  private flashSeq: number | null = null;
+
+  /** "Today", "Yesterday", or the date (with the year when it is not this one). */
+  private dayLabel(ts: number): string {
+    const date = new Date(ts);
+    const today = new Date();
+    const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+    if (date.toDateString() === today.toDateString()) return this.t("Today");
+    if (date.toDateString() === yesterday.toDateString()) return this.t("Yesterday");
+    return (date.getFullYear() === today.getFullYear() ? dateFormat : yearFormat).format(date);
+  }
+
+  /** Sends the composer's text: an edit when editing, else a message (a reply when one is
+   * chosen). */
+  private submit(text: string): boolean {
+    const editing = this.editing;
+    if (editing === null) return this.send(text);
+    text = text.trim();
+    if (text === "") return false;
+    // eslint-disable-next-line @typescript-eslint/no-misused-spread -- code points
+    const length = [...text].length;
+    if (length > MAX_TEXT_CHARS) {
+      this.showComposerError(
+        this.t("A message may have at most {limit} characters; this one has {n}.", {
+          limit: MAX_TEXT_CHARS,
+          n: length,
+        }),
+      );
+      return false;
+    }
+    this.showComposerError("");
+    this.setComposerMode(null, null);
+    if (text !== editing.text) {
+      this.session
+        .edit(editing.conversation, editing.seq, text)
+        .catch((error: unknown) => this.showError(this.explain(error)));
+    }
+    return true;
+  }
+
+  private setComposerMode(replyTo: Entry | null, editing: Entry | null): void {
+    this.replyTo = replyTo;
+    this.editing = editing;
+    const context = document.getElementById("composer-context");
+    if (context === null) return;
+    const subject = replyTo ?? editing;
+    if (subject === null) {
+      fill(context);
+      context.hidden = true;
+      return;
+    }
+    const cancel = h(
+      "button",
+      {
+        type: "button",
+        class: "link close",
+        id: "composer-cancel",
+        "aria-label": this.t("Cancel"),
+      },
+      "×",
+    );
+    cancel.addEventListener("click", () => {
+      if (this.editing !== null) byId<HTMLTextAreaElement>("composer").value = "";
+      this.setComposerMode(null, null);
+    });
+    fill(
+      context,
+      h(
+        "div",
+        { class: "quote", dir: "auto" },
+        h(
+          "strong",
+          {},
+          replyTo !== null
+            ? this.t("Reply to {sender}", { sender: replyTo.sender })
+            : this.t("Editing message"),
+        ),
+        " ",
+        h("span", { class: "quote-text" }, preview(subject.text ?? "")),
+      ),
+      cancel,
+    );
+    context.hidden = false;
+  }
+
+  private startReply(entry: Entry): void {
+    this.setComposerMode(entry, null);
+    byId<HTMLTextAreaElement>("composer").focus();
+  }
+
+  private startEdit(entry: Entry): void {
+    this.setComposerMode(null, entry);
+    const composer = byId<HTMLTextAreaElement>("composer");
+    composer.value = entry.text ?? "";
+    composer.focus();
+  }
+
+  private react(entry: Entry, emoji: string, on: boolean): void {
+    this.session
+      .react(entry.conversation, entry.seq, emoji, on)
+      .catch((error: unknown) => this.showError(this.explain(error)));
+  }
+
+  /** The server's rule: the author, or a channel's owner or admin, may delete. */
+  private mayDelete(entry: Entry): boolean {
+    if (fold(entry.sender) === fold(this.user)) return true;
+    const conversation = this.byId(entry.conversation);
+    return (
+      conversation?.kind === "channel" &&
+      (conversation.role === "owner" || conversation.role === "admin")
+    );
+  }
+
+  private showActions(entry: Entry): void {
+    const own = fold(entry.sender) === fold(this.user);
+    const conversation = this.byId(entry.conversation);
+    const writable = conversation !== undefined && conversation.member && !conversation.archived;
+    const action = (id: string, text: string, run: () => void): HTMLButtonElement => {
+      const element = h("button", { type: "button", id, class: "action" }, text);
+      element.addEventListener("click", () => {
+        dialog.close();
+        run();
+      });
+      return element;
+    };
+    const mine = new Set((entry.reactions ?? []).filter((r) => r.me === true).map((r) => r.emoji));
+    const picker = h(
+      "div",
+      { class: "emoji-picker", role: "group", "aria-label": this.t("React") },
+      ...COMMON_EMOJI.map((emoji) => {
+        const chip = h(
+          "button",
+          {
+            type: "button",
+            class: mine.has(emoji) ? "reaction mine" : "reaction",
+            "data-emoji": emoji,
+          },
+          emoji,
+        );
+        chip.addEventListener("click", () => {
+          dialog.close();
+          this.react(entry, emoji, !mine.has(emoji));
+        });
+        return chip;
+      }),
+    );
+    const dialog = this.dialog(
+      "actions",
+      this.t("Message actions"),
+      writable ? picker : null,
+      h(
+        "div",
+        { class: "action-list" },
+        writable ? action("action-reply", this.t("Reply"), () => this.startReply(entry)) : null,
+        writable && own ? action("action-edit", this.t("Edit"), () => this.startEdit(entry)) : null,
+        writable && this.mayDelete(entry)
+          ? action("action-delete", this.t("Delete"), () => this.confirmDelete(entry))
+          : null,
+        action("action-copy", this.t("Copy text"), () => {
+          void navigator.clipboard.writeText(entry.text ?? "").catch(() => undefined);
+        }),
+      ),
+    );
+  }
+
+  private confirmDelete(entry: Entry): void {
+    const yes = h(
+      "button",
+      { type: "button", id: "confirm-delete", class: "primary danger" },
+      this.t("Delete"),
+    );
+    const no = h("button", { type: "button", id: "cancel-delete" }, this.t("Cancel"));
+    const dialog = this.dialog(
+      "delete",
+      this.t("Delete this message?"),
+      h("p", {}, this.t("It is deleted for everyone, and cannot be brought back.")),
+      h("p", { class: "quote", dir: "auto" }, preview(entry.text ?? "")),
+      h("div", { class: "buttons" }, no, yes),
+    );
+    no.addEventListener("click", () => dialog.close());
+    yes.addEventListener("click", () => {
+      dialog.close();
+      if (this.editing?.seq === entry.seq) this.setComposerMode(null, null);
+      this.session
+        .delete(entry.conversation, entry.seq)
+        .catch((error: unknown) => this.showError(this.explain(error)));
+    });
+    yes.focus();
+  }
+
+  private showSearch(): void {
+    const input = h("input", {
+      id: "search-query",
+      type: "search",
+      placeholder: this.t("Search messages"),
+      "aria-label": this.t("Search messages"),
+    });
+    const results = h("ul", { id: "search-results", class: "search-results" });
+    const status = h("p", { id: "search-status", class: "hint", role: "status" });
+    const more = h("button", { type: "button", class: "link", hidden: true }, this.t("More…"));
+    let next: string | undefined;
+    let asked = 0;
+    const run = async (query: string, cursor: string | null): Promise<void> => {
+      const ticket = ++asked;
+      if (query.trim() === "") {
+        fill(results);
+        status.textContent = "";
+        more.hidden = true;
+        return;
+      }
+      try {
+        const page = await this.session.search(query, cursor);
+        if (ticket !== asked) return;
+        if (cursor === null) fill(results);
+        for (const hit of page.results) results.appendChild(this.renderHit(hit, dialog));
+        next = page.next;
+        more.hidden = next === undefined;
+        status.textContent = results.childElementCount === 0 ? this.t("Nothing found.") : "";
+      } catch (error) {
+        if (ticket === asked) status.textContent = this.explain(error);
+      }
+    };
+    let timer = 0;
+    input.addEventListener("input", () => {
+      window.clearTimeout(timer);
+      timer = window.setTimeout(() => void run(input.value, null), 250);
+    });
+    input.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") {
+        event.preventDefault();
+        window.clearTimeout(timer);
+        void run(input.value, null);
+      }
+    });
+    more.addEventListener("click", () => {
+      if (next !== undefined) void run(input.value, next);
+    });
+    const dialog = this.dialog("search", this.t("Search messages"), input, status, results, more);
+    input.focus();
+  }
+
+  private renderHit(hit: SearchHit, dialog: HTMLDialogElement): HTMLElement {
+    const conversation = this.byId(hit.conversation);
+    const where = conversation === undefined ? hit.conversation : this.title(conversation);
+    const snippet = h("span", { class: "snippet", dir: "auto" });
+    for (const piece of highlightPieces(hit.snippet, hit.highlights)) {
+      snippet.appendChild(
+        piece.hit ? h("mark", {}, piece.text) : document.createTextNode(piece.text),
+      );
+    }
+    const item = h(
+      "button",
+      { type: "button", class: "hit", "data-conversation": hit.conversation, "data-seq": hit.seq },
+      h(
+        "span",
+        { class: "meta" },
+        h("span", { class: "sender", dir: "auto" }, hit.sender),
+        h("span", { class: "where" }, ` · ${where} · `),
+        h("time", {}, formatTime(hit.ts)),
+      ),
+      snippet,
+    );
+    item.addEventListener("click", () => {
+      dialog.close();
+      void this.jumpTo(hit.conversation, hit.seq);
+    });
+    return h("li", {}, item);
+  }
+
+  /** Open `conversationId` at message `seq`: loaded with `history` `around` it when it is not
+   * (then `after` pages up to what was loaded, so the timeline stays without gaps). */
+  private async jumpTo(conversationId: string, seq: number): Promise<void> {
+    const conversation = this.byId(conversationId);
+    if (conversation === undefined) return;
+    if (this.selected !== conversation.key) this.select(conversation.key);
+    const timeline = conversation.timeline;
+    try {
+      if (timeline.message(seq) === undefined) {
+        const oldest = timeline.oldestSeq;
+        const around = await this.session.historyAround(conversationId, seq);
+        timeline.addEntries(around.entries);
+        if (oldest === null || (around.entries[0]?.seq ?? oldest) < oldest) {
+          timeline.hasOlder = around.more;
+        }
+        let last = around.entries[around.entries.length - 1]?.seq ?? seq;
+        let newer = around.newer;
+        while (newer && (oldest === null || last + 1 < oldest)) {
+          const page = await this.session.historyAfter(conversationId, last);
+          timeline.addEntries(page.entries);
+          const end = page.entries[page.entries.length - 1]?.seq;
+          if (end === undefined) break;
+          last = end;
+          newer = page.newer;
+        }
+      }
+    } catch (error) {
+      this.showError(this.explain(error));
+      return;
+    }
+    this.flashSeq = seq;
+    timeline.touch();
+    this.shownRows = "";
+    this.draw();
+    if (this.timelineView?.reveal(`s${seq}`) !== true) {
+      this.showError(this.t("That message is no longer there."));
     }
   }
 
@@ -1663,6 +2110,8 @@ function splitNames(text: string): string[] {
 // Formatters are costly to make: one of each, made once (a row is drawn per frame or more).
 const timeFormat = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
 const dayFormat = new Intl.DateTimeFormat([], { day: "numeric", month: "short" });
+const dateFormat = new Intl.DateTimeFormat([], { weekday: "long", day: "numeric", month: "long" });
+const yearFormat = new Intl.DateTimeFormat([], { day: "numeric", month: "long", year: "numeric" });
 
 export function formatTime(ts: number): string {
   const date = new Date(ts);

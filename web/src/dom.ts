@@ -43,16 +43,56 @@ export function byId<T extends HTMLElement>(id: string): T {
 /** A message's text with `@name` mentions marked (plain text otherwise). */
 export function textWithMentions(text: string, me: string): DocumentFragment {
   const fragment = document.createDocumentFragment();
-  const pattern = /@[\p{L}\p{N}_.-]+/gu;
+  const pattern = /@[\p{L}\p{N}_.-]+|\bhttps?:\/\/[^\s<>"]+/giu;
   let at = 0;
   for (const match of text.matchAll(pattern)) {
     const index = match.index;
     if (index > at) fragment.append(text.slice(at, index));
-    const name = match[0].slice(1);
-    const mine = name.toLowerCase() === me.toLowerCase();
-    fragment.append(h("span", { class: mine ? "mention me" : "mention" }, match[0]));
-    at = index + match[0].length;
+    if (match[0].startsWith("@")) {
+      const name = match[0].slice(1);
+      const mine = name.toLowerCase() === me.toLowerCase();
+      fragment.append(h("span", { class: mine ? "mention me" : "mention" }, match[0]));
+      at = index + match[0].length;
+      continue;
+    }
+    // A link: trailing punctuation belongs to the sentence, not the address.
+    const link = match[0].replace(/[.,;:!?)\]'»]+$/u, "");
+    const href = safeLink(link);
+    fragment.append(
+      href === null
+        ? link
+        : h("a", { href, rel: "noopener noreferrer", target: "_blank", dir: "auto" }, link),
+    );
+    at = index + link.length;
   }
   if (at < text.length) fragment.append(text.slice(at));
   return fragment;
+}
+
+/** The address to link to, or null: http and https only (never javascript: or data:). */
+export function safeLink(text: string): string | null {
+  try {
+    const url = new URL(text);
+    return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Up to two initials of a name, for its avatar. */
+export function initials(name: string): string {
+  const words = name.split(/[\s._-]+/u).filter((word) => word !== "");
+  // eslint-disable-next-line @typescript-eslint/no-misused-spread -- code points, on purpose
+  const letters = words.slice(0, 2).map((word) => [...word][0] ?? "");
+  // eslint-disable-next-line @typescript-eslint/no-misused-spread -- code points, on purpose
+  const text = letters.length === 1 ? [...(words[0] ?? "")].slice(0, 2).join("") : letters.join("");
+  return text.toLocaleUpperCase();
+}
+
+/** One of eight avatar colours (classes c0…c7 of the stylesheet), the same for a name always. */
+export function colourOf(name: string): number {
+  let hash = 0;
+  for (const unit of name.toLocaleLowerCase())
+    hash = (hash * 31 + (unit.codePointAt(0) ?? 0)) >>> 0;
+  return hash % 8;
 }

@@ -126,6 +126,24 @@ const RU: Record<string, string | Plural> = {
   "Sign in to beseda": "Вход в beseda",
   "Load older messages": "Загрузить более ранние",
   you: "вы",
+  "Search messages": "Поиск сообщений",
+  Today: "Сегодня",
+  Yesterday: "Вчера",
+  "(edited)": "(изменено)",
+  "Message actions": "Действия с сообщением",
+  "deleted message": "удалённое сообщение",
+  "Reply to {sender}": "Ответ на сообщение {sender}",
+  "Editing message": "Изменение сообщения",
+  React: "Реакция",
+  Reply: "Ответить",
+  Edit: "Изменить",
+  Delete: "Удалить",
+  "Copy text": "Копировать текст",
+  "Delete this message?": "Удалить это сообщение?",
+  "It is deleted for everyone, and cannot be brought back.":
+    "Оно удалится у всех, и вернуть его будет нельзя.",
+  "Nothing found.": "Ничего не найдено.",
+  "That message is no longer there.": "Этого сообщения больше нет.",
 };
 
 /** The first of the browser's languages that we have; English otherwise. */

@@ -1,8 +1,8 @@
-// The wire types of docs/protocol.md (version 3) that the web app uses. The server is the
+// The wire types of docs/protocol.md (version 4) that the web app uses. The server is the
 // authority: these only describe what arrives, and unknown fields are ignored.
 
 export const GENERAL = "general";
-export const PROTOCOL = 3;
+export const PROTOCOL = 4;
 export const MAX_TEXT_CHARS = 16_384;
 export const MAX_WATCH = 1000;
 export const TYPING_INTERVAL_MS = 3000;
@@ -26,6 +26,42 @@ export interface Entry {
   name?: string;
   topic?: string;
   role?: string;
+  /** Version 4: the seq of the message this one answers, and that message as it is now. */
+  reply_to?: number;
+  reply?: Quote;
+  /** When the text was last edited (ms). */
+  edited?: number;
+  reactions?: Reaction[];
+  /** A change (`edited`, `deleted`, `reacted`, `unreacted`): the message it is about. */
+  ref?: number;
+  emoji?: string;
+  count?: number;
+}
+
+export interface Quote {
+  seq: number;
+  sender: string;
+  text?: string;
+  deleted?: boolean;
+}
+
+export interface Reaction {
+  emoji: string;
+  count: number;
+  me?: boolean;
+}
+
+/** One result of `search`: `highlights` are [start, end) offsets in code points. */
+export interface SearchHit {
+  conversation: string;
+  seq: number;
+  id: number;
+  sender: string;
+  ts: number;
+  snippet: string;
+  highlights: [number, number][];
+  edited?: number;
+  reply_to?: number;
 }
 
 export function kindOf(entry: Entry): string {

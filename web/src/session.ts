@@ -14,6 +14,7 @@ import {
   type Entry,
   type Hello,
   type Request,
+  type SearchHit,
   type ServerMessage,
   type UserEntry,
 } from "./protocol.js";
@@ -291,9 +292,71 @@ export class Session {
 
   /** Post a message; resolves with the stored entry once committed (resent after a reconnect
    * with the same client id, so it is stored once however often the link drops). */
-  async post(conversation: string, text: string, clientId: string): Promise<Entry> {
-    const data = await this.call({ type: "post", conversation, client_id: clientId, text });
+  async post(
+    conversation: string,
+    text: string,
+    clientId: string,
+    replyTo?: number,
+  ): Promise<Entry> {
+    const data = await this.call({
+      type: "post",
+      conversation,
+      client_id: clientId,
+      text,
+      ...(replyTo === undefined ? {} : { reply_to: replyTo }),
+    });
     return this.acceptStored(data);
+  }
+
+  /** Version 4: replace the text of one's own message; the `edited` entry comes back (and
+   * goes through the cursors like every entry). Repeating it is harmless. */
+  async edit(conversation: string, seq: number, text: string): Promise<Entry> {
+    return this.acceptStored({ entry: await this.call({ type: "edit", conversation, seq, text }) });
+  }
+
+  /** Delete a message (one's own, or as a channel's owner or admin anyone's). */
+  async delete(conversation: string, seq: number): Promise<Entry> {
+    return this.acceptStored({ entry: await this.call({ type: "delete", conversation, seq }) });
+  }
+
+  /** Add (`on`) or remove one's reaction; the change entry, when there was one, is delivered
+   * through the cursors. */
+  async react(conversation: string, seq: number, emoji: string, on: boolean): Promise<void> {
+    const data = await this.call({ type: on ? "react" : "unreact", conversation, seq, emoji });
+    if (data.entry !== undefined) this.accept(data.entry as Entry);
+  }
+
+  async search(
+    query: string,
+    cursor: string | null = null,
+    limit = 20,
+  ): Promise<{ results: SearchHit[]; next: string | undefined }> {
+    const data = await this.call({ type: "search", query, cursor, limit });
+    return { results: (data.results ?? []) as SearchHit[], next: data.next as string | undefined };
+  }
+
+  /** The page right after `seq`, oldest first (version 4). */
+  async historyAfter(
+    conversation: string,
+    seq: number,
+    limit = 200,
+  ): Promise<{ entries: Entry[]; newer: boolean }> {
+    const data = await this.call({ type: "history", conversation, after: seq, limit });
+    return { entries: (data.entries ?? []) as Entry[], newer: data.newer === true };
+  }
+
+  /** The page centred on `seq` (version 4): `more` and `newer` say what lies beyond it. */
+  async historyAround(
+    conversation: string,
+    seq: number,
+    limit = 50,
+  ): Promise<{ entries: Entry[]; more: boolean; newer: boolean }> {
+    const data = await this.call({ type: "history", conversation, around: seq, limit });
+    return {
+      entries: (data.entries ?? []) as Entry[],
+      more: data.more === true,
+      newer: data.newer === true,
+    };
   }
 
   /** A direct message by the peer's name (creates the conversation with its first message). */

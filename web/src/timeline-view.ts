@@ -85,6 +85,16 @@ export class TimelineView {
     this.layout(anchor);
   }
 
+  /** Scroll so the row `key` shows a third of the way down (a jump to a quoted message or a
+   * search hit); false when no such row is shown. */
+  reveal(key: string): boolean {
+    if (this.heights.indexOf(key) < 0) return false;
+    this.atBottom = false;
+    this.callbacks.bottomChanged(false);
+    this.layout({ key, delta: -Math.round(this.scroller.clientHeight / 3) });
+    return true;
+  }
+
   scrollToBottom(): void {
     this.atBottom = true;
     this.callbacks.bottomChanged(true);

@@ -1,14 +1,17 @@
 // One conversation's timeline: the entries loaded so far (in seq order, each once) and the
 // user's messages not yet acknowledged. Pure data; the view renders only rows near the
-// viewport (see heights.ts). A later entry kind (a reply, an edit, a reaction) is one more
-// case of `rowKind` and of the view's row renderer: entries that change an earlier message
-// (edits, reactions) update the message they name here, in `apply`, rather than adding rows.
+// viewport (see heights.ts). Entries that change an earlier message (edits, deletes,
+// reactions: protocol 4) update the message they name, and the quotes of the replies to it,
+// rather than adding rows (changes.ts).
 
+import { applyChange, applyToQuote, isChange } from "./changes.js";
 import { kindOf, type Entry } from "./protocol.js";
 
 export interface Outgoing {
   clientId: string;
   text: string;
+  /** The seq of the message it answers. */
+  replyTo?: number;
   sentAt: number;
   /** Why it was not sent (null while it is on its way). */
   failed: string | null;
@@ -17,7 +20,8 @@ export interface Outgoing {
 }
 
 export type Row =
-  | { type: "message"; key: string; entry: Entry }
+  | { type: "message"; key: string; entry: Entry; grouped?: boolean }
+  | { type: "day"; key: string; ts: number }
   | { type: "event"; key: string; entry: Entry }
   | { type: "outgoing"; key: string; outgoing: Outgoing }
   | { type: "marker"; key: string };
@@ -44,6 +48,15 @@ export function rowKind(entry: Entry): "message" | "event" | null {
   return null; // a kind this version does not know: its cursor moves on, nothing is shown
 }
 
+/** A sender's messages closer than this to the one before are grouped under one header. */
+export const GROUP_MS = 5 * 60 * 1000;
+
+/** The local calendar day of `ts` (a key: equal for two times of one day). */
+export function dayOf(ts: number): string {
+  const date = new Date(ts);
+  return `${date.getFullYear()}-${date.getMonth() + 1}-${date.getDate()}`;
+}
+
 export class Timeline {
   private entries: Entry[] = [];
   private readonly seqs = new Set<number>();
@@ -66,10 +79,31 @@ export class Timeline {
     return this.entries.length;
   }
 
-  /** Add one entry (live); false when it was there already. Its outgoing copy goes. */
-  add(entry: Entry): boolean {
+  /** The message at `seq`, when it is loaded. */
+  message(seq: number): Entry | undefined {
+    if (!this.seqs.has(seq)) return undefined;
+    const found = this.entries.find((entry) => entry.seq === seq);
+    return found !== undefined && kindOf(found) === "message" ? found : undefined;
+  }
+
+  /** The loaded messages, oldest first. */
+  messages(): Entry[] {
+    return this.entries.filter((entry) => kindOf(entry) === "message");
+  }
+
+  /** Add one entry (live); false when it was there already. Its outgoing copy goes. A change
+   * entry (`me` is the reader, for the own mark of reactions) changes the message it names. */
+  add(entry: Entry, me = ""): boolean {
     if (this.seqs.has(entry.seq)) return false;
     this.seqs.add(entry.seq);
+    if (isChange(entry)) {
+      this.entries = this.entries.flatMap((item) => {
+        const changed = applyChange(item, entry, me);
+        return changed === null ? [] : [applyToQuote(changed, entry)];
+      });
+      this.version += 1;
+      return true;
+    }
     const last = this.entries[this.entries.length - 1];
     if (last === undefined || last.seq < entry.seq) {
       this.entries.push(entry);
@@ -91,6 +125,13 @@ export class Timeline {
     this.hasOlder = more;
     this.version += 1;
     return fresh.length;
+  }
+
+  /** Entries of a `history` page after or around a seq: hasOlder is left as it was. */
+  addEntries(entries: readonly Entry[]): number {
+    const more = this.hasOlder;
+    const count = this.addPage(entries, more);
+    return count;
   }
 
   addOutgoing(outgoing: Outgoing): void {
@@ -115,10 +156,20 @@ export class Timeline {
    * The rows to show: entries in order, then outgoing ones. The "new messages" marker goes
    * above the first message of someone else (not `me`) at or after `markerSeq`.
    */
-  rows(markerSeq: number | null, me = ""): Row[] {
+  rows(markerSeq: number | null, me = "", readable = false): Row[] {
     const rows: Row[] = [];
     let marker = markerSeq;
+    let day = "";
+    let previous: Entry | null = null;
     for (const entry of this.entries) {
+      const kind = rowKind(entry);
+      if (kind === null) continue;
+      if (readable && dayOf(entry.ts) !== day) {
+        // A date line above the first entry of each day.
+        day = dayOf(entry.ts);
+        rows.push({ type: "day", key: `d${day}`, ts: entry.ts });
+        previous = null;
+      }
       if (
         marker !== null &&
         entry.seq >= marker &&
@@ -127,9 +178,20 @@ export class Timeline {
       ) {
         rows.push({ type: "marker", key: "marker" });
         marker = null;
+        previous = null;
       }
-      const kind = rowKind(entry);
-      if (kind !== null) rows.push({ type: kind, key: `s${entry.seq}`, entry });
+      if (kind === "event") {
+        rows.push({ type: kind, key: `s${entry.seq}`, entry });
+        previous = null;
+        continue;
+      }
+      const grouped =
+        readable &&
+        previous !== null &&
+        previous.sender === entry.sender &&
+        entry.ts - previous.ts < GROUP_MS;
+      rows.push({ type: kind, key: `s${entry.seq}`, entry, grouped });
+      previous = entry;
     }
     for (const outgoing of this.outgoing.values()) {
       rows.push({ type: "outgoing", key: `o${outgoing.clientId}`, outgoing });

@@ -78,11 +78,11 @@ async function signedIn(r: Rig, last: Record<string, number> = { general: 2 }): 
   await settle();
 }
 
-test("connecting waits for hello; login says protocol 3 and starts at the newest entries", async () => {
+test("connecting waits for hello; login says protocol 4 and starts at the newest entries", async () => {
   const r = rig();
   await signedIn(r, { general: 2, "c:1": 5 });
   assert.equal(r.session.state, "connected");
-  assert.equal(r.socket().last("login").protocol, 3);
+  assert.equal(r.socket().last("login").protocol, 4);
   assert.deepEqual(r.socket().last("sync").cursors, { general: 2, "c:1": 5 });
   assert.deepEqual(r.session.cursors.snapshot(), { general: 2, "c:1": 5 });
 });
@@ -334,4 +334,71 @@ test("a remembered session waits for an unreachable server, with messages in the
   assert.deepEqual(await resuming, { user: "anna", token: "T" });
   r.socket().reply(r.socket().last("post"), { entry: message("general", 5, "cid-6") });
   assert.equal((await posting).seq, 5);
+});
+
+test("edit, delete and react (protocol 4): their change entries come through the cursors once", async () => {
+  const r = rig();
+  await signedIn(r);
+  const change = (seq: number, kind: string, extra: Partial<Entry> = {}): Entry => ({
+    id: seq,
+    conversation: "general",
+    seq,
+    sender: "anna",
+    ts: seq,
+    kind,
+    ref: 1,
+    ...extra,
+  });
+  const editing = r.session.edit("general", 1, "fixed");
+  await settle();
+  assert.deepEqual(
+    { ...r.socket().last("edit"), id: 0 },
+    { id: 0, type: "edit", conversation: "general", seq: 1, text: "fixed" },
+  );
+  // The live event may come before the reply: delivered once all the same.
+  r.socket().receive({ type: "entry", entry: change(3, "edited", { text: "fixed" }) });
+  r.socket().reply(r.socket().last("edit"), { ...change(3, "edited", { text: "fixed" }) });
+  assert.equal((await editing).seq, 3);
+  const reacting = r.session.react("general", 1, "👍", false);
+  await settle();
+  assert.equal(r.socket().last("unreact").emoji, "👍");
+  r.socket().reply(r.socket().last("unreact"), {
+    conversation: "general",
+    seq: 1,
+    reactions: [],
+    entry: change(4, "unreacted", { emoji: "👍", count: 0 }),
+  });
+  await reacting;
+  // Nothing changed: no entry in the reply, nothing delivered.
+  const again = r.session.react("general", 1, "👍", false);
+  await settle();
+  r.socket().reply(r.socket().last("unreact"), { conversation: "general", seq: 1, reactions: [] });
+  await again;
+  const deleting = r.session.delete("general", 1);
+  await settle();
+  r.socket().reply(r.socket().last("delete"), { ...change(5, "deleted") });
+  await deleting;
+  await settle();
+  assert.deepEqual(entries(r.events), ["general#3", "general#4", "general#5"]);
+});
+
+test("search and history around and after send the version-4 fields", async () => {
+  const r = rig();
+  await signedIn(r);
+  const searching = r.session.search("встреча", "n:3", 10);
+  await settle();
+  const request = r.socket().last("search");
+  assert.deepEqual([request.query, request.cursor, request.limit], ["встреча", "n:3", 10]);
+  r.socket().reply(request, { results: [], next: "n:1" });
+  assert.deepEqual(await searching, { results: [], next: "n:1" });
+  const around = r.session.historyAround("general", 40, 20);
+  await settle();
+  assert.equal(r.socket().last("history").around, 40);
+  r.socket().reply(r.socket().last("history"), { entries: [], more: true, newer: true });
+  assert.deepEqual(await around, { entries: [], more: true, newer: true });
+  const after = r.session.historyAfter("general", 50);
+  await settle();
+  assert.equal(r.socket().last("history").after, 50);
+  r.socket().reply(r.socket().last("history"), { entries: [], more: true });
+  assert.deepEqual(await after, { entries: [], newer: false });
 });
