@@ -19,8 +19,9 @@ import {
   type UserEntry,
 } from "./protocol.js";
 import { ConnectionLostError, ServerError, Session, type SessionEvent } from "./session.js";
-import { Timeline, type Outgoing, type Row } from "./timeline.js";
+import { listTime, previewLine, Timeline, type Outgoing, type Row } from "./timeline.js";
 import { TimelineView } from "./timeline-view.js";
+import { COMPOSER_EMOJI, EMOJI_COLUMNS } from "./emoji.js";
 
 type Kind = "general" | "channel" | "group" | "direct";
 
@@ -60,6 +61,11 @@ const SESSION_KEY = "beseda.session";
 /** The reaction picker's common emoji (as the desktop client's). */
 export const COMMON_EMOJI = ["👍", "❤️", "😂", "😮", "😢", "🎉", "🙏", "👀"];
 const fold = (name: string): string => name.toLocaleLowerCase();
+/** The most recent conversations whose last message is fetched after sign-in for the list's
+ * preview (as the desktop client's PREVIEWS_AT_SIGN_IN); the others show it once opened or
+ * once a message comes. */
+export const PREVIEWS_AT_SIGN_IN = 30;
+
 export const dmKey = (peer: string): string => `@${fold(peer)}`;
 
 /**
@@ -311,6 +317,7 @@ export class App {
       for (const info of list) if (info.member !== false) this.opened(info, false);
       this.open(this.current());
       this.restoreOutbox();
+      this.fetchPreviews();
       this.render();
     });
     this.searchPeople("");
@@ -631,6 +638,54 @@ export class App {
     }
   }
 
+  /** The last message of the most recent conversations, for the list's previews (as the
+   * desktop client: `history` with limit 1, for at most PREVIEWS_AT_SIGN_IN of them). The
+   * entry goes into the timeline, whose older pages load once the conversation is opened. */
+  private fetchPreviews(): void {
+    const recent = this.ordered().filter(
+      (c) => c.key !== this.selected && c.lastSeq > 0 && (c.id !== null || c.peer !== null),
+    );
+    for (const conversation of recent.slice(0, PREVIEWS_AT_SIGN_IN)) {
+      const timeline = conversation.timeline;
+      if (timeline.oldestSeq !== null || timeline.loading) continue;
+      timeline.loading = true;
+      const target =
+        conversation.id !== null
+          ? { conversation: conversation.id }
+          : { peer: conversation.peer ?? "" };
+      this.session
+        .history(target, null, 1)
+        .then((page) => {
+          conversation.id = page.conversation;
+          timeline.addPage(page.entries, page.more);
+        })
+        .catch(() => undefined)
+        .finally(() => {
+          timeline.loading = false;
+          this.render();
+        });
+    }
+  }
+
+  /** The list's line under a conversation's name: its last message, and when it came. */
+  private lastLine(conversation: Conversation, now: number): [string, string] {
+    const outgoing = conversation.timeline.pendingOutgoing();
+    const pending = outgoing[outgoing.length - 1];
+    if (pending !== undefined) {
+      const text = this.t("You: {text}", { text: previewLine(pending.text) });
+      return [text, listTime(pending.sentAt, now, this.t("Yesterday"))];
+    }
+    const messages = conversation.timeline.messages();
+    const last = messages[messages.length - 1];
+    if (last === undefined) return ["", ""];
+    const line = previewLine(last.text ?? "");
+    let text: string;
+    if (fold(last.sender) === fold(this.user)) text = this.t("You: {text}", { text: line });
+    else if (conversation.kind === "direct") text = line;
+    else text = `${last.sender}: ${line}`;
+    return [text, listTime(last.ts, now, this.t("Yesterday"))];
+  }
+
   openDm(name: string): void {
     if (fold(name) === fold(this.user)) return;
     const key = dmKey(name);
@@ -933,6 +988,25 @@ export class App {
       if (this.submit(composer.value)) composer.value = "";
       composer.focus();
     });
+    const emojiButton = h(
+      "button",
+      {
+        id: "emoji",
+        class: "emoji-button",
+        type: "button",
+        title: this.t("Insert emoji"),
+        "aria-label": this.t("Insert emoji"),
+        "aria-haspopup": "true",
+        "aria-expanded": "false",
+        "aria-controls": "emoji-grid",
+      },
+      "☺",
+    );
+    const emojiGrid = this.buildEmojiGrid(composer, emojiButton);
+    emojiButton.addEventListener("click", () => {
+      if (emojiGrid.hidden) this.openEmojiGrid(emojiGrid, emojiButton);
+      else this.closeEmojiGrid(emojiGrid, emojiButton, true);
+    });
     const search = h("input", {
       id: "people-search",
       type: "search",
@@ -1043,7 +1117,8 @@ export class App {
         h("div", { id: "typing", class: "typing", "aria-live": "polite" }),
         h("p", { id: "composer-note", class: "composer-note" }),
         h("div", { id: "composer-context", class: "composer-context", hidden: true }),
-        h("div", { class: "composer" }, composer, sendButton),
+        emojiGrid,
+        h("div", { class: "composer" }, composer, emojiButton, sendButton),
         h("p", { id: "composer-error", class: "form-error", role: "alert" }),
       ),
     );
@@ -1061,6 +1136,75 @@ export class App {
         this.render();
       },
     });
+  }
+
+  /** The composer's emoji picker: a grid of COMPOSER_EMOJI; a click or Enter puts the chosen
+   * one in at the caret and closes it, the arrow keys move in the grid, Escape closes it. */
+  private buildEmojiGrid(composer: HTMLTextAreaElement, button: HTMLButtonElement): HTMLDivElement {
+    const cells = COMPOSER_EMOJI.map((emoji) => {
+      const cell = h("button", { type: "button", class: "emoji-cell", tabindex: "-1" }, emoji);
+      cell.addEventListener("click", () => {
+        const start = composer.selectionStart;
+        const end = composer.selectionEnd;
+        composer.setRangeText(emoji, start, end, "end");
+        this.closeEmojiGrid(grid, button, false);
+        composer.focus();
+        this.composerChanged();
+      });
+      return cell;
+    });
+    const grid = h(
+      "div",
+      {
+        id: "emoji-grid",
+        class: "emoji-grid",
+        role: "group",
+        "aria-label": this.t("Emoji"),
+        hidden: true,
+      },
+      ...cells,
+    );
+    grid.addEventListener("keydown", (event) => {
+      const index = cells.indexOf(document.activeElement as HTMLButtonElement);
+      const moves: Record<string, number> = {
+        ArrowLeft: -1,
+        ArrowRight: 1,
+        ArrowUp: -EMOJI_COLUMNS,
+        ArrowDown: EMOJI_COLUMNS,
+      };
+      const move = moves[event.key];
+      if (event.key === "Escape") {
+        event.preventDefault();
+        event.stopPropagation();
+        this.closeEmojiGrid(grid, button, true);
+      } else if (move !== undefined && index >= 0) {
+        event.preventDefault();
+        const next = cells[Math.min(cells.length - 1, Math.max(0, index + move))];
+        this.focusEmojiCell(cells, next);
+      } else if (event.key === "Tab") {
+        this.closeEmojiGrid(grid, button, false);
+      }
+    });
+    return grid;
+  }
+
+  private focusEmojiCell(cells: HTMLButtonElement[], cell: HTMLButtonElement | undefined): void {
+    if (cell === undefined) return;
+    for (const other of cells) other.tabIndex = other === cell ? 0 : -1;
+    cell.focus();
+  }
+
+  private openEmojiGrid(grid: HTMLDivElement, button: HTMLButtonElement): void {
+    grid.hidden = false;
+    button.setAttribute("aria-expanded", "true");
+    const cells = [...grid.querySelectorAll<HTMLButtonElement>("button")];
+    this.focusEmojiCell(cells, cells[0]);
+  }
+
+  private closeEmojiGrid(grid: HTMLDivElement, button: HTMLButtonElement, refocus: boolean): void {
+    grid.hidden = true;
+    button.setAttribute("aria-expanded", "false");
+    if (refocus) button.focus();
   }
 
   render(): void {
@@ -1114,10 +1258,12 @@ export class App {
       (c.kind === "general" || c.kind === "channel" ? sections[0] : sections[1])?.[1].push(c);
     }
     const nodes: Node[] = [];
+    const now = Date.now();
     for (const [heading, items] of sections) {
       if (items.length === 0) continue;
       nodes.push(h("h2", {}, heading));
       for (const c of items) {
+        const [last, when] = this.lastLine(c, now);
         const row = h(
           "button",
           {
@@ -1129,7 +1275,21 @@ export class App {
           c.kind === "direct" && c.peer !== null
             ? h("span", { class: this.isOnline(c.peer) ? "dot online" : "dot" })
             : null,
-          h("span", { class: c.unread > 0 ? "name unread" : "name", dir: "auto" }, this.title(c)),
+          h(
+            "span",
+            { class: "conv-text" },
+            h(
+              "span",
+              { class: "conv-top" },
+              h(
+                "span",
+                { class: c.unread > 0 ? "name unread" : "name", dir: "auto" },
+                this.title(c),
+              ),
+              when === "" ? null : h("span", { class: "conv-time" }, when),
+            ),
+            last === "" ? null : h("span", { class: "conv-last", dir: "auto" }, last),
+          ),
           c.mentions > 0 ? h("span", { class: "badge mention" }, `@${c.mentions}`) : null,
           c.unread > 0 ? h("span", { class: "badge" }, String(Math.min(c.unread, 1000))) : null,
         );
@@ -1161,7 +1321,7 @@ export class App {
     error.textContent = this.errorText;
     error.hidden = this.errorText === "";
     // Typing.
-    const now = Date.now();
+    // (now: this frame's time, as in the list above.)
     for (const [name, until] of conversation.typing)
       if (until <= now) conversation.typing.delete(name);
     const typing = [...conversation.typing.keys()];

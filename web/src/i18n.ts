@@ -144,6 +144,9 @@ const RU: Record<string, string | Plural> = {
     "Оно удалится у всех, и вернуть его будет нельзя.",
   "Nothing found.": "Ничего не найдено.",
   "That message is no longer there.": "Этого сообщения больше нет.",
+  "Insert emoji": "Вставить эмодзи",
+  Emoji: "Эмодзи",
+  "You: {text}": "Вы: {text}",
 };
 
 /** The first of the browser's languages that we have; English otherwise. */

@@ -199,3 +199,39 @@ export class Timeline {
     return rows;
   }
 }
+
+/** The most of a message's text the conversation list shows (the row's CSS clips the rest),
+ * as the desktop client's PREVIEW_CHARS. */
+export const PREVIEW_CHARS = 60;
+
+const graphemeSegmenter = new Intl.Segmenter([], { granularity: "grapheme" });
+
+/** A message's text on one short line, for the conversation list. */
+export function previewLine(text: string): string {
+  const line = text.split(/\s+/u).filter(Boolean).join(" ");
+  if (line.length <= PREVIEW_CHARS) return line;
+  // Cut between graphemes, never inside an emoji or a letter with its accents.
+  const graphemes = Array.from(graphemeSegmenter.segment(line), (part) => part.segment);
+  if (graphemes.length <= PREVIEW_CHARS) return line;
+  return `${graphemes.slice(0, PREVIEW_CHARS - 1).join("")}…`;
+}
+
+const clockFormat = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
+const shortDayFormat = new Intl.DateTimeFormat([], { day: "numeric", month: "short" });
+const shortDateFormat = new Intl.DateTimeFormat([], {
+  day: "2-digit",
+  month: "2-digit",
+  year: "numeric",
+});
+
+/** When a conversation's last message came, for the list: 14:05 today, `yesterday`, 12 Mar
+ * this year, 12.03.2024 before (as the desktop client's list_time). */
+export function listTime(ts: number, now: number, yesterday: string): string {
+  const date = new Date(ts);
+  const today = new Date(now);
+  if (dayOf(ts) === dayOf(now) || ts > now) return clockFormat.format(date);
+  const before = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+  if (dayOf(ts) === dayOf(before.getTime())) return yesterday;
+  if (date.getFullYear() === today.getFullYear()) return shortDayFormat.format(date);
+  return shortDateFormat.format(date);
+}
