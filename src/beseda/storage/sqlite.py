@@ -67,6 +67,11 @@ from . import (
     TooManyReactionsError,
     UserRecord,
 )
+from .entries import NO_DATA as _NO_DATA
+from .entries import Budget as _Budget
+from .entries import EntryData as _EntryData
+from .entries import data_decoder as _data_decoder
+from .entries import data_encoder as _data_encoder
 from .migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -116,25 +121,6 @@ _MESSAGE_COLUMNS = """
     LEFT JOIN users r ON r.id = m.recipient_id
     LEFT JOIN users t ON t.id = m.target_id
 """
-
-
-class _EntryData(msgspec.Struct, omit_defaults=True):
-    """The kind-specific fields of an entry, kept as JSON in ``messages.data``: a new kind
-    of entry adds fields here, not columns."""
-
-    mentions: list[str] = []
-    name: str | None = None
-    topic: str | None = None
-    role: str | None = None
-    reply_to: int | None = None
-    edited: int | None = None
-    emoji: str | None = None
-    count: int | None = None
-
-
-_data_encoder = msgspec.json.Encoder()
-_data_decoder = msgspec.json.Decoder(_EntryData)
-_NO_DATA = _EntryData()
 
 
 _BY_CLIENT_ID = f"SELECT {_MESSAGE_COLUMNS} WHERE m.sender_id = ? AND m.client_id = ?"
@@ -1439,25 +1425,6 @@ class SQLiteStorage:
 
     async def search(self, request: SearchRequest) -> tuple[list[Entry], int | None]:
         return await self._read(lambda conn: _search(conn, request))
-
-
-class _Budget:
-    """Bytes left for the entries of one reply, counted as they will be encoded."""
-
-    __slots__ = ("left",)
-
-    def __init__(self, max_bytes: int | None) -> None:
-        self.left = max_bytes
-
-    def take(self, entry: Entry, *, first: bool) -> bool:
-        """Count ``entry``; False when it does not fit (the first always does)."""
-        if self.left is None:
-            return True
-        size = len(_data_encoder.encode(entry)) + 1
-        if size > self.left and not first:
-            return False
-        self.left -= size
-        return True
 
 
 _LAST_CONVERSATION_NUMBER = (
