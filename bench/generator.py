@@ -69,8 +69,8 @@ class Outcome:
     """Generator CPU seconds per second of wall time per generator core."""
     process_shares: list[float] = field(default_factory=list)
     """Each generator process's own CPU share (CPU seconds per second of its run)."""
-    stamped: bool = True
-    """Every read carried a kernel timestamp."""
+    unstamped: int = 0
+    """Deliveries read without a kernel timestamp (their read time stood in)."""
     foreign_cores: float = 0.0
     """Cores other processes kept busy during the run (set by the harness)."""
     threads: dict[str, float] = field(default_factory=dict)
@@ -212,7 +212,7 @@ class Session:
             generator_cpu=cpu,
             generator_share=cpu / max(walls, 1e-9) / cores,
             process_shares=[round(r["cpu"] / max(r["wall"], 1e-9), 3) for r in reports],
-            stamped=all(r["stamped"] for r in reports),
+            unstamped=sum(r["unstamped"] for r in reports),
         )
 
 

@@ -389,7 +389,7 @@ def summary(
         "generator_share": round(outcome.generator_share, 3),
         "generator_process_shares": outcome.process_shares,
         "generator_saturated": outcome.generator_saturated,
-        "kernel_stamps": outcome.stamped,
+        "kernel_stamps": round(1 - outcome.unstamped / max(outcome.deliveries, 1), 6),
         "foreign_cores": round(outcome.foreign_cores, 3),
     }
 
