@@ -10,10 +10,11 @@ the same results file and docs/performance.md as the rest.
 The corpus is generated (seeded, so every run is the same): chat lines built from Russian
 words in their case forms and English words in their inflections, names with diacritics,
 numbers and times, in about the proportions of a team's chat. The database is built the way
-an existing one is upgraded: messages written without the index (``search_index=False``), then
-the migration's backfill statement indexes them all, timed. Queries go through the server's
-own path (``server.search.parse_query`` → ``SQLiteStorage.search``), newest first, over a
-reader of three conversations out of twenty.
+an existing one is upgraded: messages written straight into the table (not through the
+writer, so none is indexed), then the writer's backfill indexes them from the watermark, one
+transaction per run of ``INDEX_CHUNK`` (storage/search_index.py), timed. Queries go through
+the server's own path (``server.search.parse_query`` → ``SQLiteStorage.search``), newest
+first, over a reader of three conversations out of twenty.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 
 from beseda.server.search import fold, parse_query, search_body, stem
 from beseda.storage import MessageDeletion, SearchRequest
-from beseda.storage.migrations import _index_messages
+from beseda.storage.search_index import index_all
 from beseda.storage.sqlite import SQLiteStorage, connect, migrate
 
 from . import report, scenarios
@@ -181,7 +182,7 @@ def build(path: Path, messages: int, seed: int = 11) -> dict[str, float]:
     """A database of ``messages`` chat lines in 20 conversations, written without the index
     and then indexed as the upgrade's migration does; the timings."""
     rng = random.Random(seed)
-    conn = connect(path, search_index=False)
+    conn = connect(path)
     migrate(conn)
     conn.execute("PRAGMA synchronous = OFF")
     conn.executemany(
@@ -229,13 +230,10 @@ def build(path: Path, messages: int, seed: int = 11) -> dict[str, float]:
     conn.execute("COMMIT")
     written = time.perf_counter() - started
     conn.close()
-    # The upgrade: the migration's own backfill, on a connection that indexes.
+    # The upgrade: the writer's backfill from the watermark, in its runs (one transaction each).
     conn = connect(path)
     started = time.perf_counter()
-    conn.execute("BEGIN")
-    conn.execute("DELETE FROM search")
-    _index_messages(conn)
-    conn.execute("COMMIT")
+    index_all(conn)
     indexed = time.perf_counter() - started
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     pages, index_bytes = conn.execute(

@@ -282,30 +282,6 @@ async def test_reaction_limits(server: Server, connect: Connect) -> None:
     assert result.entry.count == 1
 
 
-async def test_the_index_can_be_switched_off_for_a_benchmark_only(tmp_path: Path) -> None:
-    """``search_index=False`` (the benchmark's reference run) writes no index rows; the
-    default indexes every message by itself."""
-    counts = {}
-    for indexed in (True, False):
-        storage = SQLiteStorage(tmp_path / f"{indexed}.db", search_index=indexed)
-        await storage.open()
-        try:
-            alice = await storage.create_user("alice", "alice", "h", 1)
-            await asyncio.gather(
-                *(
-                    storage.append_message(
-                        NewMessage(schema.GENERAL, alice, None, f"c{n}", f"встреча {n}", 1)
-                    )
-                    for n in range(50)
-                )
-            )
-        finally:
-            await storage.close()
-        with sqlite3.connect(tmp_path / f"{indexed}.db") as conn:
-            (counts[indexed],) = conn.execute("SELECT count(*) FROM search_docsize").fetchone()
-    assert counts == {True: 50, False: 0}
-
-
 async def test_quotes_and_reactions_stay_within_a_replys_byte_budget(tmp_path: Path) -> None:
     storage = SQLiteStorage(tmp_path / "budget.db")
     await storage.open()
@@ -386,6 +362,7 @@ async def test_an_erasure_cut_short_is_finished_at_the_next_start(tmp_path: Path
     secret, _ = await storage.append_message(
         NewMessage(schema.GENERAL, alice, None, "s", f"the code is {SECRET}", 1)
     )
+    assert await storage.catch_up_index() == 0  # its words are in the index's segments
     await storage.close()
     conn = connect(path)
     try:

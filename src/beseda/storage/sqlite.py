@@ -66,6 +66,7 @@ from . import (
     StorageError,
     TooManyReactionsError,
     UserRecord,
+    search_index,
 )
 from .entries import NO_DATA as _NO_DATA
 from .entries import Budget as _Budget
@@ -231,13 +232,10 @@ def connect(
     *,
     readonly: bool = False,
     busy_timeout_ms: int = 5000,
-    search_index: bool = True,
 ) -> sqlite3.Connection:
     """Open a connection with the settings every beseda connection uses.
 
-    It registers the functions the search index's triggers call (``beseda_search_body``,
-    ``beseda_search_on``). ``search_index=False`` is for a benchmark's reference run only:
-    messages written on that connection are not indexed, so search misses them.
+    It registers the function the search index's triggers call (``beseda_search_body``).
     """
     uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
@@ -247,8 +245,6 @@ def connect(
     # "Deletes").
     conn.execute("PRAGMA secure_delete = ON")
     conn.create_function("beseda_search_body", 3, search_body, deterministic=True)
-    on = 1 if search_index else 0
-    conn.create_function("beseda_search_on", 0, lambda: on, deterministic=True)
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
@@ -484,6 +480,10 @@ class _Writer(threading.Thread):
         self._data_version: int | None = None
         """``PRAGMA data_version`` after our last commit: it changes when another connection
         commits, and then ``_seqs`` may be stale."""
+        self.unindexed = 0
+        """Entries stored after the search index's watermark, as of the last commit."""
+        self.index_runs = 0
+        """Runs of the search indexer (in a batch's transaction or alone)."""
 
     def submit(self, work: Callable[[_Transaction], T]) -> asyncio.Future[T]:
         future: asyncio.Future[T] = self._loop.create_future()
@@ -508,9 +508,7 @@ class _Writer(threading.Thread):
                 self._conn.close()
 
     def _open(self) -> None:
-        conn = connect(
-            self._path, busy_timeout_ms=self._busy_timeout_ms, search_index=self._search_index
-        )
+        conn = connect(self._path, busy_timeout_ms=self._busy_timeout_ms)
         try:
             migrate(conn)
             status = os.stat(self._path)
@@ -521,6 +519,7 @@ class _Writer(threading.Thread):
         self._identity = (status.st_dev, status.st_ino)
         self._seqs.clear()
         self._data_version = None
+        self.unindexed = search_index.behind(conn) if self._search_index else 0
 
     def _file_problem(self) -> str | None:
         """Why the open database can no longer be trusted, or None. Reopens when it can."""
@@ -548,7 +547,14 @@ class _Writer(threading.Thread):
         get = self._queue.get
         previous = time.monotonic()
         while True:
-            item = get()
+            if self.unindexed:
+                try:
+                    item = get(timeout=search_index.INDEX_IDLE)
+                except queue.Empty:
+                    self._index_alone()
+                    continue
+            else:
+                item = get()
             began = time.monotonic()
             stopping = item is None
             batch: Batch = [] if item is None else [item]
@@ -622,8 +628,10 @@ class _Writer(threading.Thread):
                     reruns += 1
                     self.reruns += 1
                     continue
+                unindexed = self._index_within(conn)
                 tx.finish()
                 conn.execute("COMMIT")
+                self.unindexed = unindexed
             except sqlite3.Error as exc:
                 log.error("commit of %d writes failed: %s", len(batch), exc)
                 self._seqs.clear()  # whatever happened, the database tells the truth
@@ -646,6 +654,44 @@ class _Writer(threading.Thread):
             (future, None, failed[index]) if index in failed else (future, results[index], None)
             for index, (_, future) in enumerate(batch)
         ]
+
+    def _index_within(self, conn: sqlite3.Connection) -> int:
+        """Index what waits inside the batch's transaction when enough waits; how many entries
+        are behind the index's watermark then. A failure of the index leaves the batch alone
+        (the messages wait for the next run)."""
+        if not self._search_index:
+            return 0
+        waiting = search_index.behind(conn)
+        if waiting < search_index.INDEX_AFTER:
+            return waiting
+        conn.execute("SAVEPOINT search_index")
+        try:
+            _, waiting = search_index.index_pending(conn)
+        except sqlite3.Error:
+            log.exception("indexing messages for search failed; they wait for the next run")
+            conn.execute("ROLLBACK TO search_index")
+        conn.execute("RELEASE search_index")
+        self.index_runs += 1
+        return waiting
+
+    def _index_alone(self) -> None:
+        """One run of the indexer in a transaction of its own (the writer has been idle)."""
+        conn = self._conn
+        if conn is None or self._file_problem() is not None:
+            self.unindexed = 0  # nothing to do until a write reopens the file
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            _, waiting = search_index.index_pending(conn)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.error("indexing messages for search failed: %s", exc)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self.unindexed = 0  # tried again after the next write
+            return
+        self.index_runs += 1
+        self.unindexed = waiting
 
     def _run(
         self,
@@ -907,9 +953,9 @@ class SQLiteStorage:
         busy_timeout: float = 5.0,
         search_index: bool = True,
     ) -> None:
-        """``search_index=False`` is for a benchmark's reference run only: messages written
-        are not indexed for search (and an upgrade's backfill does not run either), so the
-        cost of the index can be measured against the same server without it."""
+        """``search_index=False`` (``beseda serve --search-index off``): messages written are
+        not indexed for search (and an upgrade's backfill does not run either); a later start
+        with the index on indexes them then, from the watermark."""
         self.path = Path(path)
         self._search_index = search_index
         self._readers = readers
@@ -967,11 +1013,13 @@ class SQLiteStorage:
         """Counts of committed batches, writes, and batches the writer waited to gather
         (group-commit efficiency)."""
         if self._writer is None:
-            return {"batches": 0, "writes": 0, "gathered": 0}
+            return {"batches": 0, "writes": 0, "gathered": 0, "index_runs": 0, "unindexed": 0}
         return {
             "batches": self._writer.batches,
             "writes": self._writer.writes,
             "gathered": self._writer.gathered,
+            "index_runs": self._writer.index_runs,
+            "unindexed": self._writer.unindexed,
         }
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -1424,7 +1472,15 @@ class SQLiteStorage:
         return self._submit(lambda tx: _react(tx, change))
 
     async def search(self, request: SearchRequest) -> tuple[list[Entry], int | None]:
+        await self.catch_up_index()
         return await self._read(lambda conn: _search(conn, request))
+
+    async def catch_up_index(self, limit: int = search_index.SEARCH_CATCH_UP) -> int:
+        """Index up to ``limit`` of the messages waiting for the search index now (a search
+        finds what was sent a moment ago); how many entries still wait after it."""
+        if not self._search_index:
+            return 0
+        return await self._submit(lambda tx: search_index.index_pending(tx.conn, limit)[1])
 
 
 _LAST_CONVERSATION_NUMBER = (
