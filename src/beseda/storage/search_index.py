@@ -33,9 +33,9 @@ from ..server.search import search_body
 
 log = logging.getLogger(__name__)
 
-INDEX_AFTER: Final = 256
+INDEX_AFTER: Final = 512
 """Entries waiting for the index that make a batch index them in its transaction."""
-INDEX_CHUNK: Final = 1024
+INDEX_CHUNK: Final = 2048
 """Most messages one run indexes (a few milliseconds of the writer; writes queue meanwhile)."""
 INDEX_IDLE: Final = 0.2
 """Seconds of a writer with nothing to do after which what waits is indexed alone."""
