@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from beseda.server.accounts import PasswordHasher
+from beseda.storage.search_index import index_all
 from beseda.storage.sqlite import connect, migrate
 
 from .wire import Credential
@@ -59,6 +60,13 @@ def _bulk(path: Path) -> sqlite3.Connection:
     # Building, not serving: durability does not matter until the file is complete.
     conn.execute("PRAGMA synchronous = OFF")
     return conn
+
+
+def _caught_up(conn: sqlite3.Connection) -> None:
+    """Index what was inserted for search, as a running server's writer would have by now
+    (otherwise the server under test would spend the run on the backfill), and checkpoint."""
+    index_all(conn)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def build_users(path: Path, count: int, hashed: str) -> None:
@@ -107,7 +115,7 @@ def add_general_messages(path: Path, count: int, senders: int, batch: int = 50_0
             (last + first + size, now),
         )
         conn.execute("COMMIT")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    _caught_up(conn)
     conn.close()
     return int(last + count)
 
@@ -265,7 +273,7 @@ def add_channels(path: Path, members: list[list[int]], *, prefix: str = "bench")
                 for place, user in enumerate(group)
             ),
         )
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    _caught_up(conn)
     conn.close()
     return ids
 
@@ -301,6 +309,6 @@ def add_channel_messages(
             "UPDATE conversations SET last_seq = ?, last_ts = ? WHERE id = ?",
             ((seq, now, cid) for cid, seq in last.items()),
         )
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    _caught_up(conn)
     conn.close()
     return last
