@@ -51,11 +51,15 @@ _PENDING = (
 )
 
 
+_BEHIND = (
+    "SELECT (SELECT coalesce(max(id), 0) FROM messages) - indexed FROM search_progress WHERE id = 1"
+)
+
+
 def behind(conn: sqlite3.Connection) -> int:
     """How many entries (of any kind) were stored after the watermark."""
-    (mark,) = conn.execute(_MARK).fetchone()
-    (top,) = conn.execute(_TOP).fetchone()
-    return max(0, int(top) - int(mark))
+    (waiting,) = conn.execute(_BEHIND).fetchone()
+    return max(0, int(waiting))
 
 
 def index_pending(conn: sqlite3.Connection, limit: int = INDEX_CHUNK) -> tuple[int, int]:

@@ -481,7 +481,11 @@ class _Writer(threading.Thread):
         """``PRAGMA data_version`` after our last commit: it changes when another connection
         commits, and then ``_seqs`` may be stale."""
         self.unindexed = 0
-        """Entries stored after the search index's watermark, as of the last commit."""
+        """Entries stored after the search index's watermark as of the last commit: counted
+        exactly after each run of the indexer, estimated in between (one per write), so that
+        a batch reads the count from the file only when a run may be due."""
+        self._recount = True
+        """The estimate must be read again from the file (opened, or written elsewhere)."""
         self.index_runs = 0
         """Runs of the search indexer (in a batch's transaction or alone)."""
 
@@ -520,6 +524,7 @@ class _Writer(threading.Thread):
         self._seqs.clear()
         self._data_version = None
         self.unindexed = search_index.behind(conn) if self._search_index else 0
+        self._recount = False
 
     def _file_problem(self) -> str | None:
         """Why the open database can no longer be trusted, or None. Reopens when it can."""
@@ -622,13 +627,14 @@ class _Writer(threading.Thread):
                     # first batch): what we remember of the file may be stale.
                     self._seqs.clear()
                     self._data_version = version
+                    self._recount = True
                 if self._run(tx, batch, results, failed, careful=reruns >= _CAREFUL_AFTER):
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     reruns += 1
                     self.reruns += 1
                     continue
-                unindexed = self._index_within(conn)
+                unindexed = self._index_within(conn, len(batch))
                 tx.finish()
                 conn.execute("COMMIT")
                 self.unindexed = unindexed
@@ -655,12 +661,20 @@ class _Writer(threading.Thread):
             for index, (_, future) in enumerate(batch)
         ]
 
-    def _index_within(self, conn: sqlite3.Connection) -> int:
+    def _index_within(self, conn: sqlite3.Connection, writes: int) -> int:
         """Index what waits inside the batch's transaction when enough waits; how many entries
-        are behind the index's watermark then. A failure of the index leaves the batch alone
-        (the messages wait for the next run)."""
+        are behind the index's watermark then (estimated: one per write, read from the file
+        when a run may be due). A failure of the index leaves the batch alone (the messages
+        wait for the next run)."""
         if not self._search_index:
             return 0
+        if self._recount:
+            self._recount = False
+            waiting = search_index.behind(conn)
+        else:
+            waiting = self.unindexed + writes
+        if waiting < search_index.INDEX_AFTER:
+            return waiting
         waiting = search_index.behind(conn)
         if waiting < search_index.INDEX_AFTER:
             return waiting
@@ -673,6 +687,12 @@ class _Writer(threading.Thread):
         conn.execute("RELEASE search_index")
         self.index_runs += 1
         return waiting
+
+    def catch_up(self, tx: _Transaction, limit: int) -> int:
+        """A write: one run of the indexer of up to ``limit`` in the batch (before a search);
+        the entries still waiting. The batch's count is read from the file again after it."""
+        self._recount = True
+        return search_index.index_pending(tx.conn, limit)[1]
 
     def _index_alone(self) -> None:
         """One run of the indexer in a transaction of its own (the writer has been idle)."""
@@ -1478,9 +1498,10 @@ class SQLiteStorage:
     async def catch_up_index(self, limit: int = search_index.SEARCH_CATCH_UP) -> int:
         """Index up to ``limit`` of the messages waiting for the search index now (a search
         finds what was sent a moment ago); how many entries still wait after it."""
-        if not self._search_index:
+        writer = self._writer
+        if not self._search_index or writer is None:
             return 0
-        return await self._submit(lambda tx: search_index.index_pending(tx.conn, limit)[1])
+        return await self._submit(lambda tx: writer.catch_up(tx, limit))
 
 
 _LAST_CONVERSATION_NUMBER = (
