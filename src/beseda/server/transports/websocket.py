@@ -31,6 +31,7 @@ import logging
 import socket
 import ssl
 import struct
+from collections.abc import Callable
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -401,9 +402,10 @@ class HttpConnection(asyncio.Protocol):
             self._scheduled = True
             self._listener.schedule_flush(self)
 
-    def flush(self) -> None:
+    def flush(self, get: Callable[[bytes], bytes | None], add: Callable[[bytes], bytes]) -> None:
         """Send the chat connection's queued lines, one frame each, in one write; then do
-        what it asks (close, read again, a new deadline). Called once per loop iteration."""
+        what it asks (close, read again, a new deadline). Called once per loop iteration,
+        with the iteration's :class:`FrameCache` look-up and add (taken once for all)."""
         self._scheduled = False
         connection = self.connection
         transport = self._transport
@@ -414,8 +416,6 @@ class HttpConnection(asyncio.Protocol):
         # websockets' own output (a response, pongs, a close) is written as soon as it is
         # made, so only ours is left here: each line a frame, all in one write.
         if lines and self.protocol.state is FrameState.OPEN:
-            frames = self._listener.frames
-            get, add = frames.get, frames.add
             if len(lines) == 1:
                 transport.write(get(lines[0]) or add(lines[0]))
             else:
@@ -543,11 +543,13 @@ class HttpListener:
 
     def _flush_all(self) -> None:
         dirty, self._dirty = self._dirty, []
+        frames = self.frames
+        get, add = frames.get, frames.add
         try:
             for connection in dirty:
-                connection.flush()
+                connection.flush(get, add)
         finally:
-            self.frames.clear()
+            frames.clear()
 
     async def start(
         self, host: str, port: int, tls: ssl.SSLContext | None = None, *, hsts: bool = False
