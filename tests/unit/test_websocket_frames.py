@@ -44,3 +44,22 @@ def test_a_line_sent_to_many_is_framed_once_per_flush() -> None:
     assert cache.frame(reply) == text_frame(reply[:-1])  # large replies are framed directly
     cache.clear()
     assert cache.frame(event) is not first
+
+
+def test_a_run_of_lines_sent_to_many_is_joined_once_per_flush() -> None:
+    cache = FrameCache()
+    lines = [b'{"type":"message","n":%d}\n' % n for n in range(5)]
+    expected = b"".join(text_frame(line[:-1]) for line in lines)
+    first = cache.run(list(lines))
+    assert first == expected
+    second = cache.run(list(lines))  # a second recipient of the same run: kept from here on
+    assert second == expected
+    assert cache.run(list(lines)) is second
+    assert cache.run(lines[:3]) == expected[: len(b"".join(text_frame(x[:-1]) for x in lines[:3]))]
+    big = [b'"' + b"x" * SHARED_LINE_BYTES + b'"\n', lines[0]]
+    framed = b"".join(text_frame(line[:-1]) for line in big)
+    assert cache.run(big) == framed
+    assert cache.run(big) == framed
+    assert cache.run(big) is not cache.run(big)  # too large to keep: framed each time
+    cache.clear()
+    assert cache.run(list(lines)) is not second

@@ -31,7 +31,6 @@ import logging
 import socket
 import ssl
 import struct
-from collections.abc import Callable
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -104,11 +103,32 @@ class FrameCache:
     On the hot path use ``cache.get(line) or cache.add(line)``: a hit costs no method call
     of ours (a frame is never empty, so ``or`` only runs ``add`` on a miss)."""
 
-    __slots__ = ("_frames", "get")
+    __slots__ = ("_frames", "_runs", "get")
 
     def __init__(self) -> None:
         self._frames: dict[bytes, bytes] = {}
+        self._runs: dict[tuple[bytes, ...], bytes | None] = {}
+        """Runs of lines flushed this iteration → their frames joined (None: seen once)."""
         self.get = self._frames.get
+
+    def run(self, lines: list[bytes]) -> bytes:
+        """The frames of ``lines``, joined. In a burst every recipient of one iteration gets
+        the same run of events in the same order: from the second recipient of a run on, its
+        frames are one look-up by the run's tuple (the lines' hashes are kept by the
+        objects), not a look-up per line and a join; a run seen once (replies, direct
+        messages) costs that tuple and nothing is kept of it."""
+        key = tuple(lines)
+        runs = self._runs
+        joined = runs.get(key)
+        if joined is not None:
+            return joined
+        get, add = self.get, self.add
+        joined = b"".join([get(line) or add(line) for line in lines])
+        if key in runs:
+            runs[key] = joined  # the second recipient: kept for the others
+        elif len(joined) <= SHARED_LINE_BYTES:
+            runs[key] = None
+        return joined
 
     def add(self, line: bytes) -> bytes:
         """The text frame of ``line`` without its newline, kept for the next recipients."""
@@ -122,6 +142,7 @@ class FrameCache:
 
     def clear(self) -> None:
         self._frames.clear()
+        self._runs.clear()
 
 
 class HttpConnection(asyncio.Protocol):
@@ -402,10 +423,10 @@ class HttpConnection(asyncio.Protocol):
             self._scheduled = True
             self._listener.schedule_flush(self)
 
-    def flush(self, get: Callable[[bytes], bytes | None], add: Callable[[bytes], bytes]) -> None:
+    def flush(self, frames: FrameCache) -> None:
         """Send the chat connection's queued lines, one frame each, in one write; then do
         what it asks (close, read again, a new deadline). Called once per loop iteration,
-        with the iteration's :class:`FrameCache` look-up and add (taken once for all)."""
+        with the iteration's :class:`FrameCache`."""
         self._scheduled = False
         connection = self.connection
         transport = self._transport
@@ -417,9 +438,9 @@ class HttpConnection(asyncio.Protocol):
         # made, so only ours is left here: each line a frame, all in one write.
         if lines and self.protocol.state is FrameState.OPEN:
             if len(lines) == 1:
-                transport.write(get(lines[0]) or add(lines[0]))
+                transport.write(frames.get(lines[0]) or frames.add(lines[0]))
             else:
-                transport.write(b"".join([get(line) or add(line) for line in lines]))
+                transport.write(frames.run(lines))
             connection.note_unsent(transport.get_write_buffer_size())
         if connection.state is State.CLOSED:
             self._close(transport)
@@ -544,10 +565,9 @@ class HttpListener:
     def _flush_all(self) -> None:
         dirty, self._dirty = self._dirty, []
         frames = self.frames
-        get, add = frames.get, frames.add
         try:
             for connection in dirty:
-                connection.flush(get, add)
+                connection.flush(frames)
         finally:
             frames.clear()
 
