@@ -696,8 +696,9 @@ class _Writer(threading.Thread):
 
     def _index_alone(self) -> None:
         """One run of the indexer in a transaction of its own (the writer has been idle)."""
+        problem = self._file_problem()  # (which reopens a replaced file: take conn after it)
         conn = self._conn
-        if conn is None or self._file_problem() is not None:
+        if conn is None or problem is not None:
             self.unindexed = 0  # nothing to do until a write reopens the file
             return
         try:
