@@ -203,6 +203,9 @@ def test_two_reply_edit_react_and_delete_and_a_third_offline_sees_the_end_state(
     # Boris adds 🎉 and takes it back with a click.
     choose(boris, "Friday the 12th?", "🎉", submenu="React")
     windows.wait(lambda: " 🎉 1 " in row_shows(anna, "Friday the 12th?"))
+    # His own window shows it from the reply or the live entry, whichever comes first: the
+    # chip he clicks must be there (it was not yet, once, on a busy machine).
+    windows.wait(lambda: " 🎉 1 " in row_shows(boris, "Friday the 12th?"))
     click_reaction(boris, "Friday the 12th?", "🎉")
     windows.wait(lambda: "🎉" not in row_shows(anna, "Friday the 12th?"))
 
