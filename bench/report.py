@@ -268,6 +268,8 @@ def _search_index_targets(results: dict[str, Any]) -> list[Target]:
         share = off.get("paired_ratio")  # the median of alternating rounds' own ratios
         if share is None and off["acks_per_s"]:
             share = round(on["acks_per_s"] / off["acks_per_s"], 3)
+        paired = off.get("paired_ratios")
+        rounds = f" (median of alternating rounds: {', '.join(map(str, paired))})" if paired else ""
         rows.append(
             row_(
                 "durable throughput with the search index: acknowledged messages/s",
@@ -275,14 +277,7 @@ def _search_index_targets(results: dict[str, Any]) -> list[Target]:
                 f"index off {_with_spread(off, 'acks_per_s', 0)}",
                 f"≥ {INDEX_SHARE:g}× index off (≤ 15 % below)",
                 None if share is None else share >= INDEX_SHARE,
-                ""
-                if share is None
-                else f"{share}× index off"
-                + (
-                    f" (median of alternating rounds: {', '.join(map(str, off['paired_ratios']))})"
-                    if off.get("paired_ratios")
-                    else ""
-                ),
+                "" if share is None else f"{share}× index off{rounds}",
             )
         )
     return rows

@@ -610,8 +610,7 @@ def durable(bench: Bench) -> dict[str, Any]:
         ]
         no_index["paired_ratios"] = ratios
         no_index["paired_ratio"] = statistics.median(ratios) if ratios else None
-    for name in ("commits", "writes", "mean_batch"):
-        if pairs:
+        for name in ("commits", "writes", "mean_batch"):  # over the rounds, as the row is
             rows[1][name] = statistics.median(row[name] for row in rounds[BESEDA.name])
     row = rows[1]
     batch = row["mean_batch"]

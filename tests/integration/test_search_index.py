@@ -154,13 +154,18 @@ async def test_a_database_that_migration_4_indexed_is_not_indexed_again(tmp_path
     watermark starts past those messages, so none of them is indexed twice."""
     db = tmp_path / "v4.db"
     conn = connect(db)
-    conn.create_function("beseda_search_on", 0, lambda: 1)  # what that release registered
     for number, steps in enumerate(MIGRATIONS[:4], start=1):
         conn.execute("BEGIN")
         for step in steps:
             step(conn) if callable(step) else conn.execute(step)
         conn.execute(f"PRAGMA user_version = {number}")
         conn.execute("COMMIT")
+    # That release's trigger: each message indexed in its own INSERT.
+    conn.execute(
+        "CREATE TRIGGER search_insert AFTER INSERT ON messages WHEN new.kind = 'message' "
+        "BEGIN INSERT INTO search (rowid, body) "
+        "VALUES (new.id, beseda_search_body(new.text, new.sender_id, new.conversation)); END"
+    )
     conn.execute(
         "INSERT INTO users (id, name, key, password_hash, created_at, folded) "
         "VALUES (1, 'anna', 'anna', 'x', 0, 'anna')"

@@ -2,7 +2,9 @@
 
 ``PRAGMA user_version`` holds how many have been applied. Each migration is a list of steps
 run in one transaction: SQL statements, or Python callables given the connection (for a
-backfill that SQL cannot compute). Never edit a released migration: append a new one.
+backfill that SQL cannot compute). Never change the schema a released migration leaves:
+append a new one. (A step whose work a later migration undoes may go, as schema 4's search
+triggers and backfill did once schema 5 replaced them.)
 """
 
 from __future__ import annotations
@@ -46,52 +48,6 @@ def _backfill_folded_names(conn: sqlite3.Connection) -> None:
 
 
 SEARCH_TRIGGERS: Final = (
-    # Migration 4's triggers, dropped by migration 5 (and never run since): they indexed each
-    # message inside its own INSERT. ``beseda_search_body`` (registered on every connection
-    # by ``sqlite.connect``) is the indexed form of a text; ``beseda_search_on()`` was 0 only
-    # for a benchmark's reference run without the index.
-    """
-    CREATE TRIGGER search_insert AFTER INSERT ON messages
-    WHEN new.kind = 'message' AND beseda_search_on()
-    BEGIN
-        INSERT INTO search (rowid, body)
-        VALUES (new.id, beseda_search_body(new.text, new.sender_id, new.conversation));
-    END
-    """,
-    # One trigger for both halves of an update, in this order: SQLite runs several triggers
-    # of one event newest first, and the index must lose the old words before it gets the
-    # new ones (words in both would be lost otherwise).
-    """
-    CREATE TRIGGER search_update AFTER UPDATE OF text, kind ON messages
-    WHEN beseda_search_on() AND 'message' IN (old.kind, new.kind)
-    BEGIN
-        INSERT INTO search (search, rowid, body)
-        SELECT 'delete', old.id, beseda_search_body(old.text, old.sender_id, old.conversation)
-        WHERE old.kind = 'message';
-        INSERT INTO search (rowid, body)
-        SELECT new.id, beseda_search_body(new.text, new.sender_id, new.conversation)
-        WHERE new.kind = 'message';
-    END
-    """,
-    """
-    CREATE TRIGGER search_delete AFTER DELETE ON messages
-    WHEN old.kind = 'message' AND beseda_search_on()
-    BEGIN
-        INSERT INTO search (search, rowid, body)
-        VALUES ('delete', old.id, beseda_search_body(old.text, old.sender_id, old.conversation));
-    END
-    """,
-)
-
-
-def _index_messages(conn: sqlite3.Connection) -> None:
-    """Migration 4's backfill, which indexed every stored message inside the migration (a
-    start of 29 s per 1,000,000 messages). It now does nothing: migration 5's watermark
-    starts below the messages that migration 4 did not index, and the writer indexes them in
-    the background (storage/search_index.py)."""
-
-
-SEARCH_TRIGGERS_5: Final = (
     # Messages are indexed after their commit, in runs, by the writer (search_index.py), up
     # to the watermark in ``search_progress``. An edit or a delete of a message the index
     # already holds changes the index in its own transaction; of one not yet indexed, there
@@ -233,7 +189,7 @@ MIGRATIONS: Final[list[list[Step]]] = [
     # 4: replies, edits, deletes, reactions and search. Change entries name the message they
     # change by its seq in ``ref``; reactions are rows of their own (counted per emoji); the
     # search index is a contentless FTS5 table of each message's folded words (see
-    # server/search.py), kept by triggers, filled here for the messages already stored.
+    # server/search.py), filled by the writer since migration 5.
     [
         "ALTER TABLE messages ADD COLUMN ref INTEGER",
         "CREATE INDEX messages_by_ref ON messages (conversation, ref) WHERE ref IS NOT NULL",
@@ -254,8 +210,10 @@ MIGRATIONS: Final[list[list[Step]]] = [
             body, content = '', tokenize = 'trigram'
         )
         """,
-        _index_messages,
-        *SEARCH_TRIGGERS,
+        # (Here the release of schema 4 created triggers that indexed each message in its
+        # INSERT, and indexed every stored message: migration 5 drops those triggers if
+        # present and fills the index from its watermark instead, so a database arrives at
+        # the same schema either way.)
         # Deletes whose text may still be in free pages or old index segments: counted in
         # the delete's transaction, cleared when the index has been merged since, so that an
         # erasure cut short by a stop or a crash is finished at the next start.
@@ -265,10 +223,11 @@ MIGRATIONS: Final[list[list[Step]]] = [
             deletes INTEGER NOT NULL
         )
         """,
-    ],  # 5: the index is filled after the commit, by the writer (storage/search_index.py),
+    ],
+    # 5: the index is filled after the commit, by the writer (storage/search_index.py),
     # instead of by a trigger per message inside it. The watermark starts at the last message
-    # the index holds: all of them in a database that migration 4 indexed, none in one that
-    # comes from version 3 now (its backfill runs in the background).
+    # the index holds: all of them in a database that schema 4's release indexed, none in one
+    # that comes from version 3 now (its backfill runs in the background).
     [
         "DROP TRIGGER IF EXISTS search_insert",
         "DROP TRIGGER IF EXISTS search_update",
@@ -280,7 +239,7 @@ MIGRATIONS: Final[list[list[Step]]] = [
         )
         """,
         "INSERT INTO search_progress VALUES (1, (SELECT coalesce(max(id), 0) FROM search_docsize))",
-        *SEARCH_TRIGGERS_5,
+        *SEARCH_TRIGGERS,
         # FTS5 merges a level's segments when 16 have gathered instead of 4: a message is
         # rewritten by fewer merges (measured: 14 µs of indexing per message instead of 22,
         # in runs of 512 over 100,000 chat lines) for queries that read more segments (at
