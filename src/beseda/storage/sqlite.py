@@ -1032,7 +1032,8 @@ class SQLiteStorage:
     @property
     def stats(self) -> dict[str, int]:
         """Counts of committed batches, writes, and batches the writer waited to gather
-        (group-commit efficiency)."""
+        (group-commit efficiency); runs of the search indexer, and the entries waiting for it
+        (estimated between runs)."""
         if self._writer is None:
             return {"batches": 0, "writes": 0, "gathered": 0, "index_runs": 0, "unindexed": 0}
         return {
