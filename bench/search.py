@@ -297,7 +297,10 @@ def compare(messages: int, seed: int = 11) -> dict[str, object]:
         conn = sqlite3.connect(":memory:", isolation_level=None)
         conn.execute("BEGIN")
         if design == "trigram":
-            conn.execute("CREATE VIRTUAL TABLE t USING fts5(body, content='', tokenize='trigram')")
+            conn.execute(
+                "CREATE VIRTUAL TABLE t USING fts5(body, content='', "
+                "tokenize='trigram case_sensitive 1')"
+            )
             prepare = search_body  # without marks, as the words design
         else:
             conn.execute(

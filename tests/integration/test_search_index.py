@@ -6,6 +6,7 @@ database is indexed later without doubles. Real SQLite files throughout."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import time
 from pathlib import Path
@@ -67,14 +68,15 @@ async def test_every_message_is_indexed_once_after_its_commit(tmp_path: Path) ->
     try:
         alice = await storage.create_user("alice", "alice", "h", 1)
         # More than a batch's threshold: runs inside batches, then one alone when quiet.
-        await _post(storage, alice, [f"встреча номер {n}" for n in range(700)], "c")
+        count = index.INDEX_AFTER + 300
+        await _post(storage, alice, [f"встреча номер {n}" for n in range(count)], "c")
         assert storage.stats["unindexed"] > 0 or storage.stats["index_runs"] > 0
         await _until_indexed(storage)
         assert storage.stats["index_runs"] >= 2
     finally:
         await storage.close()
     documents, mark, top = _counts(tmp_path / "b.db")
-    assert (documents, mark) == (700, top)
+    assert (documents, mark) == (count, top)
 
 
 async def test_a_search_finds_what_was_sent_a_moment_ago(
@@ -149,26 +151,59 @@ async def test_messages_stored_with_the_index_off_are_indexed_at_a_later_start(
     assert (documents, mark) == (50, top)
 
 
-async def test_a_database_that_migration_4_indexed_is_not_indexed_again(tmp_path: Path) -> None:
-    """A database of the release whose triggers indexed each message in its INSERT: the
-    watermark starts past those messages, so none of them is indexed twice."""
-    db = tmp_path / "v4.db"
+def _schema(db: Path, version: int) -> sqlite3.Connection:
+    """A file at schema ``version``, as that release left it."""
     conn = connect(db)
-    for number, steps in enumerate(MIGRATIONS[:4], start=1):
+    for number, steps in enumerate(MIGRATIONS[:version], start=1):
         conn.execute("BEGIN")
         for step in steps:
             step(conn) if callable(step) else conn.execute(step)
         conn.execute(f"PRAGMA user_version = {number}")
         conn.execute("COMMIT")
+    conn.execute(
+        "INSERT INTO users (id, name, key, password_hash, created_at, folded) "
+        "VALUES (1, 'anna', 'anna', 'x', 0, 'anna')"
+    )
+    return conn
+
+
+async def _reindexed(db: Path, conn: sqlite3.Connection, messages: int) -> None:
+    """Upgrade to the current schema: the old index is gone, and the writer builds the new
+    one in the background, each message once; searches with a sender's mark then work."""
+    assert migrate(conn) == len(MIGRATIONS)
+    conn.close()
+    assert _counts(db) == (0, 0, messages)
+    storage = SQLiteStorage(db)
+    await storage.open()
+    try:
+        assert storage.stats["unindexed"] == messages
+        await _until_indexed(storage)  # without a search: the idle writer's backfill
+        assert _counts(db) == (messages, messages, messages)
+        request = _request(1, "сообщение")
+        hits, _ = await storage.search(request)
+        assert sorted(hit.seq for hit in hits) == list(range(1, messages + 1))
+        # The marks: of the one readable conversation (above), of a sender (here).
+        hits, _ = await storage.search(dataclasses.replace(request, senders=(1,)))
+        assert len(hits) == messages
+        hits, _ = await storage.search(dataclasses.replace(request, senders=(2,)))
+        assert hits == []
+        with sqlite3.connect(db) as check:
+            check.execute("INSERT INTO search (search) VALUES ('integrity-check')")
+    finally:
+        await storage.close()
+    assert _counts(db) == (messages, messages, messages)
+
+
+async def test_a_database_that_schema_4_indexed_is_indexed_anew_once(tmp_path: Path) -> None:
+    """A database of the release whose triggers indexed each message in its INSERT (old
+    marks, a case folding tokenizer): schema 6 drops that index and builds the new one."""
+    db = tmp_path / "v4.db"
+    conn = _schema(db, 4)
     # That release's trigger: each message indexed in its own INSERT.
     conn.execute(
         "CREATE TRIGGER search_insert AFTER INSERT ON messages WHEN new.kind = 'message' "
         "BEGIN INSERT INTO search (rowid, body) "
         "VALUES (new.id, beseda_search_body(new.text, new.sender_id, new.conversation)); END"
-    )
-    conn.execute(
-        "INSERT INTO users (id, name, key, password_hash, created_at, folded) "
-        "VALUES (1, 'anna', 'anna', 'x', 0, 'anna')"
     )
     conn.executemany(
         "INSERT INTO messages (conversation, seq, sender_id, client_id, text, ts) "
@@ -177,15 +212,22 @@ async def test_a_database_that_migration_4_indexed_is_not_indexed_again(tmp_path
     )
     (indexed_then,) = conn.execute("SELECT count(*) FROM search_docsize").fetchone()
     assert indexed_then == 30  # the old insert trigger did it
-    assert migrate(conn) == len(MIGRATIONS)
-    conn.close()
-    assert _counts(db) == (30, 30, 30)
-    storage = SQLiteStorage(db)
-    await storage.open()
-    try:
-        assert storage.stats["unindexed"] == 0
-        hits, _ = await storage.search(_request(1, "сообщение"))
-        assert sorted(hit.seq for hit in hits) == list(range(1, 31))
-    finally:
-        await storage.close()
-    assert _counts(db) == (30, 30, 30)
+    await _reindexed(db, conn, 30)
+
+
+async def test_a_database_of_schema_5_is_indexed_anew_once(tmp_path: Path) -> None:
+    db = tmp_path / "v5.db"
+    conn = _schema(db, 5)
+    conn.executemany(
+        "INSERT INTO messages (conversation, seq, sender_id, client_id, text, ts) "
+        "VALUES ('general', ?, 1, ?, ?, 0)",
+        [(n, f"c{n}", f"Старое сообщение {n}") for n in range(1, 41)],
+    )
+    # Schema 5's writer indexed them, with its own (longer) marks.
+    old_mark = "\x02\x011\x03\x04" + "".join("\x01" + c for c in "general") + "\x05"
+    conn.executemany(
+        "INSERT INTO search (rowid, body) VALUES (?, ?)",
+        [(n, f" старое сообщение {n} {old_mark}") for n in range(1, 41)],
+    )
+    conn.execute("UPDATE search_progress SET indexed = 40")
+    await _reindexed(db, conn, 40)

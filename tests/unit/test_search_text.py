@@ -3,12 +3,23 @@ entries on the client (both plain code)."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from beseda.client import apply_change, quote_deleted
 from beseda.protocol import errors, schema
 from beseda.protocol.errors import ProtocolError
-from beseda.server.search import fold, parse_query, search_body, snippet
+from beseda.server.search import (
+    _WORDS_TABLE,
+    conversation_mark,
+    fold,
+    folded_words,
+    parse_query,
+    search_body,
+    sender_mark,
+    snippet,
+)
 
 
 def test_folding_removes_case_and_diacritics_but_keeps_short_i() -> None:
@@ -21,8 +32,30 @@ def test_folding_removes_case_and_diacritics_but_keeps_short_i() -> None:
 def test_the_indexed_form_is_folded_words_between_single_spaces() -> None:
     assert search_body("Встреча, в 10:00!  Zoë") == " встреча в 10 00 zoe "
     assert search_body("?!") == ""
-    # The sender's and the conversation's marks, which no folded query word can match.
-    assert search_body("Hi", 7, "c:3") == " hi \x02\x017\x03\x04\x01c\x01:\x013\x05"
+    # The sender's and the conversation's marks, which no folded query word can match: the
+    # id's UTF-8 two bytes to a private use character, between control characters.
+    assert search_body("Hi", 7, "c:3") == " hi \x02\U000f3700\x03\x04\U000f633a\U000f3300\x05"
+    assert len(sender_mark(123_456_789)) == 2 + 5  # nine digits, five characters
+    marks = [sender_mark(n) for n in range(1, 2000)] + [
+        conversation_mark(c) for c in ("general", "c:1", "c:10", "dm:1:2", "dm:1:20", "dm:12:0")
+    ]
+    assert len(set(marks)) == len(marks)
+    # No mark is inside another (sender 12 in 123), and none holds a folded word character.
+    assert not any(a in b for a in marks for b in marks if a != b)
+    assert not any(folded_words(mark) for mark in marks)
+
+
+def test_the_fast_fold_of_plain_text_agrees_with_the_full_one() -> None:
+    rng = random.Random(7)
+    alphabet = (
+        [chr(c) for c in range(0x20, 0x7F)]
+        + [chr(c) for c in range(0x400, 0x460)]
+        + [chr(c) for c in range(0xC0, 0x180)]
+        + list("İıẞßKÅ²①ﬁ\u0301\u0306\t\n")
+    )
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        assert folded_words(text) == text.translate(_WORDS_TABLE).split(), text
 
 
 def test_a_query_becomes_terms_and_filters() -> None:

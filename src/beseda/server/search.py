@@ -89,8 +89,17 @@ def _word_chars(char: str) -> str:
 _WORDS_TABLE: Final = _TranslateTable(_word_chars)
 
 
+_NOT_PLAIN: Final = re.compile("[^\x00-\x7f\u0430-\u044f]")
+"""After ``str.lower``, a character that folding may change further: ASCII and the Russian
+alphabet's lower case letters (but ``ё``) fold to themselves."""
+
+
 def folded_words(text: str) -> list[str]:
     """The words of ``fold(text)`` (runs of word characters), in order."""
+    lowered = text.lower()
+    if _NOT_PLAIN.search(lowered) is None:
+        # Most chat lines: lower case is the whole fold (in C, 2.7 µs a line instead of 3.8).
+        return _WORD.findall(lowered)
     return text.translate(_WORDS_TABLE).split()
 
 
@@ -119,12 +128,25 @@ def search_body(text: str, sender: int | None = None, conversation: str | None =
     return body
 
 
+_MARK_BASE: Final = 0xF0000
+"""The first code point of Supplementary Private Use Area-A, the alphabet of the marks."""
+
+
 def _mark(start: str, value: str, end: str) -> str:
-    """``value`` with a control character before each of its characters, between ``start``
-    and ``end``: every trigram of the mark holds a control character, which no folded query
-    word has, so a word or a part of one (``general``, ``123``) never matches a mark; and
-    the distinct ends keep one mark from matching inside another (sender 12 in sender 123)."""
-    return start + "".join("\x01" + char for char in value) + end
+    """``value`` (an id) as UTF-8 packed two bytes to a character of a private use area,
+    between the control characters ``start`` and ``end``. No folded query word holds a
+    control or a private use character (neither is a word character), so no word or part of
+    a word (``general``, ``123``) matches a mark; the distinct ends keep one mark from
+    matching inside another (sender 12 in sender 123). Packed, a mark is a few characters
+    (``dm:12:345``: 7 instead of 20 with a control character before each), and the index
+    holds fewer trigrams per message (schema 6)."""
+    data = value.encode()
+    if len(data) % 2:
+        data += b"\x00"  # (no id holds NUL, so "1" and "1\x00" cannot both be ids)
+    # (The last two code points of the area, U+FFFFE and U+FFFFF, would take a byte 0xFF,
+    # which UTF-8 never has.)
+    packed = "".join(chr(_MARK_BASE + data[i] * 256 + data[i + 1]) for i in range(0, len(data), 2))
+    return start + packed + end
 
 
 @lru_cache(maxsize=4096)

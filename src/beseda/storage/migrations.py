@@ -247,4 +247,22 @@ MIGRATIONS: Final[list[list[Step]]] = [
         # Stored in the index's own config table.
         "INSERT INTO search (search, rank) VALUES ('automerge', 16)",
     ],
+    # 6: the index is built anew, cheaper per message: the marks of sender and conversation
+    # packed into a few private use characters (server/search.py, ``_mark``: a sixth of a
+    # direct message's trigrams before), and the tokenizer case sensitive, since every form
+    # it gets, indexed or queried, is folded already (it no longer folds each character
+    # again). The old index's forms cannot be deleted with the new ones (a contentless index
+    # deletes a message by its form), so it goes whole (``secure_delete`` zeroes its pages)
+    # and the watermark starts again at 0: the writer indexes every message again in the
+    # background, as after an upgrade from version 3 (docs/operations.md, "Upgrades").
+    [
+        "DROP TABLE search",
+        """
+        CREATE VIRTUAL TABLE search USING fts5 (
+            body, content = '', tokenize = 'trigram case_sensitive 1'
+        )
+        """,
+        "INSERT INTO search (search, rank) VALUES ('automerge', 16)",
+        "UPDATE search_progress SET indexed = 0",
+    ],
 ]
