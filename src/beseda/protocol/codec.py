@@ -76,7 +76,8 @@ class LineBuffer:
 
     def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
         self.max_line = max_line
-        self._buffer = bytearray()
+        self._buffer: bytearray | None = None
+        """An unfinished line (None while there is none: an idle connection holds no buffer)."""
         self.overflowed = False
 
     def feed(self, data: bytes) -> Iterator[bytes]:
@@ -96,7 +97,7 @@ class LineBuffer:
             if buffer:
                 buffer += data[start:end]
                 line = bytes(buffer)
-                buffer.clear()
+                buffer = self._buffer = None
             else:
                 line = data[start:end]
             start = end + 1
@@ -105,13 +106,16 @@ class LineBuffer:
             yield line
         rest = len(data) - start
         if rest:
-            if len(buffer) + rest > self.max_line:
+            if (len(buffer) if buffer else 0) + rest > self.max_line:
                 self._overflow()
-            buffer += data[start:]
+            if buffer is None:
+                self._buffer = bytearray(data[start:])
+            else:
+                buffer += data[start:]
 
     def _overflow(self) -> None:
         self.overflowed = True
-        self._buffer = bytearray()
+        self._buffer = None
         raise errors.ProtocolError(
             errors.LINE_TOO_LONG,
             f"A line may be at most {self.max_line} bytes.",
@@ -120,12 +124,12 @@ class LineBuffer:
 
     def clear(self) -> None:
         """Let go of an unfinished line (the connection is closing)."""
-        self._buffer = bytearray()
+        self._buffer = None
 
     @property
     def pending(self) -> int:
         """Bytes of an unfinished line held."""
-        return len(self._buffer)
+        return len(self._buffer) if self._buffer else 0
 
 
 def decode_request(line: bytes) -> AnyRequest:

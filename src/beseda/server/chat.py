@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import unicodedata
@@ -181,8 +182,10 @@ class Chat:
         limiters = limiters or Limiters.in_memory(limits)
         self._throttle = limiters.logins
         self._message_rate = limiters.messages
-        self._user_cache: OrderedDict[str, UserRecord] = OrderedDict()
-        self._users_by_id: OrderedDict[int, UserRecord] = OrderedDict()
+        # Plain dicts, least recently used first (an OrderedDict's links cost another 40
+        # bytes an entry, and a signed-in user has an entry in both).
+        self._user_cache: dict[str, UserRecord] = {}
+        self._users_by_id: dict[int, UserRecord] = {}
         self._registrations = limiters.registrations
         self._channel_creations = limiters.channels
         self._invitations = limiters.invitations
@@ -380,10 +383,10 @@ class Chat:
     ) -> schema.AuthResult:
         if session.user is not None:  # a concurrent login on this connection won the race
             raise ProtocolError(errors.ALREADY_AUTHENTICATED)
+        user = self._remember(user)
         session.user = user
         session.token_hash = token_hash
         self._hub.attach(session)
-        self._remember(user)
         if await self._bus.user_connected(user.id, user.name):
             self._bus.publish(PresenceChanged(user.id, user.name, online=True))
         log.info("conn %d: logged in as %s", session.peer.conn_id, user.name)
@@ -572,18 +575,30 @@ class Chat:
             self._remember(user)
         return user
 
-    def _remember(self, user: UserRecord) -> None:
-        """Keep ``user`` in the bounded caches by name and by id, as the most recently used."""
+    def _remember(self, user: UserRecord) -> UserRecord:
+        """Keep ``user`` in the bounded caches by name and by id, as the most recently used;
+        the record kept, which a session holds too. It is kept without the password hash (a
+        password login reads the hash from the store, never from here) and with one string
+        for name and key when they are equal: with the sockets, this record is most of what
+        an idle signed-in connection holds (docs/architecture.md, "Lean sockets")."""
+        cached = self._users_by_id.get(user.id)
+        if cached is not None and cached.name == user.name and cached.key == user.key:
+            user = cached
+        elif user.password_hash or (user.key == user.name and user.key is not user.name):
+            user = dataclasses.replace(
+                user, key=user.name if user.key == user.name else user.key, password_hash=""
+            )
         users = self._user_cache
+        users.pop(user.key, None)  # then in again: the most recently used is the last
         users[user.key] = user
-        users.move_to_end(user.key)
         if len(users) > USER_CACHE_SIZE:
-            users.popitem(last=False)
+            del users[next(iter(users))]
         by_id = self._users_by_id
+        by_id.pop(user.id, None)
         by_id[user.id] = user
-        by_id.move_to_end(user.id)
         if len(by_id) > USER_CACHE_SIZE:
-            by_id.popitem(last=False)
+            del by_id[next(iter(by_id))]
+        return user
 
     async def _user_by_id(self, user_id: int) -> UserRecord | None:
         """The user with this id, from the cache (a direct message needs no database read)."""

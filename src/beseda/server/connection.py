@@ -229,7 +229,8 @@ class ServerConnection:
         self._replies: deque[Reply] | None = None
         """Replies of begun requests, in request order, not yet sent."""
         self._worker: asyncio.Task[None] | None = None
-        self._out: list[bytes] = []
+        self._out: list[bytes] | None = None
+        """Lines queued for the transport (None while there are none)."""
         self._out_bytes = 0
         self._auth_deadline: float | None = None
         self._paused = False
@@ -601,9 +602,11 @@ class ServerConnection:
         if self.state is _CLOSED:
             return
         out = self._out
-        if not out:
+        if out is None:
+            self._out = [data]
             self._on_output()
-        out.append(data)
+        else:
+            out.append(data)
         queued = self._out_bytes + len(data)
         self._out_bytes = queued
         if queued > self._send_limit:
@@ -612,20 +615,19 @@ class ServerConnection:
     def data_to_send(self) -> bytes:
         """What is queued, in one piece (empty when nothing is)."""
         out = self._out
-        if not out:
+        if out is None:
             return b""
-        data = b"".join(out) if len(out) > 1 else out[0]
-        out.clear()
+        self._out = None
         self._out_bytes = 0
-        return data
+        return b"".join(out) if len(out) > 1 else out[0]
 
     def lines_to_send(self) -> list[bytes]:
         """What is queued, line by line, each with its newline (for a framed transport, which
         sends each as one message); empty when nothing is."""
         out = self._out
-        if not out:
-            return out
-        self._out = []
+        if out is None:
+            return []
+        self._out = None
         self._out_bytes = 0
         return out
 
@@ -651,7 +653,7 @@ class ServerConnection:
         log.warning("conn %d: dropped as a slow consumer (%d bytes unsent)", self.conn_id, unsent)
         # It is not reading, so a goodbye would not reach it: drop at once and free the
         # buffer. It loses nothing: after reconnecting it syncs from its cursors.
-        self._out.clear()
+        self._out = None
         self._out_bytes = 0
         self._aborted = True
         self._transition(Event.CLOSE)
