@@ -54,6 +54,7 @@ from ..web import (
     security_headers,
     text_response,
 )
+from . import sockets
 
 log = logging.getLogger(__name__)
 
@@ -530,7 +531,7 @@ class HttpListener:
         """Strict-Transport-Security: with an operator's certificate only (a self-signed one
         must stay something a person can choose to trust)."""
         self.connections: set[HttpConnection] = set()
-        self._server: asyncio.Server | None = None
+        self._server: asyncio.Server | sockets.SocketServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._dirty: list[HttpConnection] = []
         self.frames = FrameCache()
@@ -577,6 +578,12 @@ class HttpListener:
         self.tls = tls is not None
         self.hsts = hsts and self.tls
         loop = asyncio.get_running_loop()
+        if tls is None and sockets.available(loop):
+            # Plain HTTP: the lean transport, as for TCP (docs/architecture.md, "Lean sockets").
+            self._server = await sockets.serve(
+                lambda: HttpConnection(self), host, port, backlog=1024
+            )
+            return
         self._server = await loop.create_server(
             lambda: HttpConnection(self),
             host,
