@@ -6,15 +6,23 @@ write). In the paced fan-out each message is alone in its iteration, so this pai
 per recipient per message. This times the pair on a real ``ServerConnection`` (no socket: the
 write itself is the kernel's, and the fan-out scenario measures the whole); the best of
 ``--rounds`` rounds. Run it pinned (``taskset -c 0``) and compare two versions of the code.
+
+The second row times the same through the TCP transport's side as well: 500 signed-in
+``TcpConnection`` objects each get the line, then the listener's end-of-iteration flush
+writes each one's (to a transport that takes everything at once, so the kernel's part is
+left out again).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
+from typing import Any
 
 from beseda.server.config import Limits
-from beseda.server.connection import Capacity, ServerConnection
+from beseda.server.connection import Capacity, ServerConnection, State
+from beseda.server.transports.tcp import TcpConnection, TcpListener
 
 LINE = b"x" * 200
 """About the size of an encoded chat entry."""
@@ -37,6 +45,44 @@ def deliver_and_take(calls: int) -> float:
     return (time.perf_counter_ns() - began) / calls
 
 
+class _Taker:
+    """A transport whose kernel takes every write whole."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def _deliver_and_flush(rounds: int, recipients: int = 500, messages: int = 20) -> float:
+    listener = TcpListener(None, Limits())  # type: ignore[arg-type]  # no request is handled
+    listener.clock = asyncio.get_running_loop().time
+    connections = []
+    for n in range(recipients):
+        tcp = TcpConnection(listener)
+        tcp._transport = _Taker()  # type: ignore[assignment]
+        connection: Any = tcp.connection
+        connection.start(f"127.0.{n // 200}.{n % 200 + 1}")
+        connection.data_to_send()  # the hello
+        connection.state = State.AUTHENTICATED  # as after a login: no deadline left
+        connection._auth_deadline = None
+        connections.append(tcp.connection)
+    best = float("inf")
+    for _ in range(rounds):
+        began = time.perf_counter_ns()
+        for _ in range(messages):
+            for connection in connections:
+                connection.deliver(LINE)
+            listener._flush_all()
+        best = min(best, (time.perf_counter_ns() - began) / (messages * recipients))
+        await asyncio.sleep(0)  # (the flush the loop was asked for finds nothing)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__)
     parser.add_argument("--calls", type=int, default=200_000)
@@ -44,6 +90,8 @@ def main() -> None:
     args = parser.parse_args()
     best = min(deliver_and_take(args.calls) for _ in range(args.rounds))
     print(f"deliver + data_to_send: {best:.1f} ns per recipient (best of {args.rounds})")
+    flushed = asyncio.run(_deliver_and_flush(2 * args.rounds))
+    print(f"deliver + the TCP flush: {flushed:.1f} ns per recipient (best of {2 * args.rounds})")
 
 
 if __name__ == "__main__":

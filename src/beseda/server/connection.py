@@ -70,6 +70,7 @@ class State(enum.Enum):
 
 
 _CLOSED = State.CLOSED
+_CONNECTED = State.CONNECTED
 """For the per-delivery check (an enum member looked up on its class costs more)."""
 
 
@@ -274,7 +275,7 @@ class ServerConnection:
     @property
     def deadline(self) -> float | None:
         """The earliest time (of ``clock``) at which :meth:`timeout` has something to do."""
-        auth = self._auth_deadline if self.state is State.CONNECTED else None
+        auth = self._auth_deadline if self.state is _CONNECTED else None
         since = self._partial_since
         line = None if since is None else since + self._limits.line_timeout
         if auth is None:

@@ -30,6 +30,8 @@ from . import sockets
 
 log = logging.getLogger(__name__)
 
+_CLOSED: Final = State.CLOSED
+
 LINGER: Final = 2.0
 """Seconds a closing connection waits for the peer to close its side before it is closed."""
 
@@ -155,16 +157,22 @@ class TcpConnection(asyncio.Protocol):
         data = connection.data_to_send()
         if transport is None or transport.is_closing():
             return
+        # Once per recipient of every message in the paced fan-out: the fewest calls (a
+        # write the kernel took whole leaves nothing to report; no deadline and no timer
+        # leave nothing to arm).
         if data:
             transport.write(data)
-            connection.note_unsent(transport.get_write_buffer_size())
-        if connection.state is State.CLOSED:
+            unsent = transport.get_write_buffer_size()
+            if unsent:
+                connection.note_unsent(unsent)
+        if connection.state is _CLOSED:
             self._close(transport)
             return
         if self._paused and connection.wants_reading:
             transport.resume_reading()
             self._paused = False
-        self._arm()
+        if self._timer is not None or connection.deadline is not None:
+            self._arm()
 
     def _arm(self) -> None:
         """Keep one timer, at the connection's deadline or before it."""
