@@ -584,10 +584,9 @@ class Chat:
         cached = self._users_by_id.get(user.id)
         if cached is not None and cached.name == user.name and cached.key == user.key:
             user = cached
-        elif user.password_hash or (user.key == user.name and user.key is not user.name):
-            user = dataclasses.replace(
-                user, key=user.name if user.key == user.name else user.key, password_hash=""
-            )
+        else:
+            key = user.name if user.key == user.name else user.key
+            user = dataclasses.replace(user, key=key, password_hash="")
         users = self._user_cache
         users.pop(user.key, None)  # then in again: the most recently used is the last
         users[user.key] = user

@@ -64,8 +64,7 @@ class SocketTransport(asyncio.Transport):
         if self._sock is None:
             return  # aborted before it began
         self._protocol.connection_made(self)
-        if self._sock is not None and not self._closing:
-            self.resume_reading()
+        self.resume_reading()  # (not if connection_made closed it)
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -303,12 +303,12 @@ class TcpListener:
         self._server.close()
         connections = list(self.connections)
         await asyncio.gather(*(c.finish(grace) for c in connections))
-        await self._wait_closed(connections, grace)
+        await self._wait_closed(grace)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._server = None
 
-    async def _wait_closed(self, connections: list[TcpConnection], grace: float) -> None:
+    async def _wait_closed(self, grace: float) -> None:
         # No new connection comes (the server stopped accepting): wait until none is left.
         if not self.connections:
             return
