@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import cluster as _cluster  # noqa: F401  (registers the cluster scenario)
 from . import postgres as _postgres  # noqa: F401  (registers the postgres scenario)
-from . import report, scenarios, servers
+from . import profile, report, scenarios, servers
 from . import search as _search  # noqa: F401  (registers the search scenario)
 from .scenarios import FOREIGN_RERUN, FULL, SMOKE, Bench
 from .system import ForeignLoad, cpu_source, pin_self, placement, raise_fd_limit
@@ -135,6 +135,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="replace only the scenarios run in an existing results file, keep the others",
     )
     parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="record every timed run of every server with perf; the split by thread and by "
+        "system call or library in DIR/profile.md (results and report go to DIR too, unless "
+        "--out and --docs say otherwise)",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="rewrite docs/performance.md and its plot from the results JSON, run nothing",
@@ -162,6 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     if servers.BESEDA not in contenders:
         contenders = (servers.BESEDA, *contenders)
     results_dir = ROOT / "bench" / "results"
+    if args.profile:
+        why = profile.available()
+        if why:
+            print(f"--profile: {why}", file=sys.stderr)
+            return 1
+        # A profiled run carries perf's cost: it never replaces the figures of record.
+        args.out = args.out or args.profile / "results.json"
+        args.docs = args.docs or args.profile / "performance.md"
     out = args.out or (
         results_dir
         / ("smoke" if args.smoke else "")
@@ -216,8 +232,12 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(1)
 
         bench = Bench(sizes, where, workdir, contenders, progress, notes)
+        if args.profile:
+            bench.profiler = profile.Profiler(args.profile)
         try:
             for name in chosen:
+                if bench.profiler:
+                    bench.profiler.scenario = name
                 if args.wait_quiet:
                     wait_quiet(args.wait_quiet)
                 foreign = ForeignLoad()
@@ -246,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(results, out)
     write_report(results, docs, with_analysis=not args.smoke)
     print(f"results: {out}\nreport: {docs}\n({results['meta']['seconds']} s)")
+    if bench.profiler:
+        print(f"profile: {bench.profiler.write()}")
     missing = [name for name in chosen if not results["scenarios"].get(name)]
     if missing:
         print(f"no figures for: {', '.join(missing)}", file=sys.stderr)

@@ -35,6 +35,7 @@ import numpy
 
 from . import dataset, servers
 from .generator import Load, LoadGenerator, Outcome, Session
+from .profile import Profiler
 from .servers import (
     BESEDA,
     BESEDA_NO_INDEX,
@@ -177,6 +178,8 @@ class Bench:
     _hash: str | None = None
     reruns: int = 0
     """Runs done again because other processes disturbed them."""
+    profiler: Profiler | None = None
+    """Set by ``--profile``: every timed run is recorded with perf (bench/profile.py)."""
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -267,13 +270,14 @@ class Bench:
         """One timed run. Also sets the outcome's ``foreign_cores`` (CPU that neither the
         server, the generator nor the harness used, per second of the run, from /proc/stat)
         and ``threads`` (the server's CPU seconds per thread over the run)."""
-        threads0 = service.threads()
-        busy0, own0 = machine_busy_seconds(), own_seconds()
-        cpu0, wall0 = service.cpu(), time.monotonic()
-        outcome = session.run()
-        cpu, wall = service.cpu() - cpu0, time.monotonic() - wall0
-        busy, own = machine_busy_seconds() - busy0, own_seconds() - own0
-        threads1 = service.threads()
+        with self._recorded(service):  # perf attached before, detached after the timed part
+            threads0 = service.threads()
+            busy0, own0 = machine_busy_seconds(), own_seconds()
+            cpu0, wall0 = service.cpu(), time.monotonic()
+            outcome = session.run()
+            cpu, wall = service.cpu() - cpu0, time.monotonic() - wall0
+            busy, own = machine_busy_seconds() - busy0, own_seconds() - own0
+            threads1 = service.threads()
         outcome.connect_seconds = session.connect_seconds
         foreign = busy - cpu - outcome.generator_cpu - own
         outcome.foreign_cores = max(0.0, foreign / max(wall, 1e-9))
@@ -281,6 +285,15 @@ class Bench:
             name: round(threads1[name] - threads0.get(name, 0.0), 6) for name in threads1
         }
         return outcome, cpu, wall
+
+    @contextmanager
+    def _recorded(self, service: Service) -> Iterator[None]:
+        pid = getattr(service, "pid", None)  # several nodes have no one pid: not recorded
+        if self.profiler is None or not isinstance(pid, int):
+            yield
+            return
+        with self.profiler.record(service.name, pid):
+            yield
 
     def repeated(
         self,
@@ -351,15 +364,16 @@ def _sort_key(value: Any) -> float:
 
 
 def thread_shares(outcome: Outcome, count: int) -> dict[str, float]:
-    """Server CPU µs per unit on the event loop (the first thread) and on all other threads
-    (for beseda in these runs: the SQLite writer; readers and hashing are idle but in the
-    storm). Python does not name its threads for the kernel, so they cannot be told apart."""
+    """Server CPU µs per unit on the event loop (the first thread), on all other threads, and
+    of those on beseda's SQLite writer (``beseda-writer``: beseda names its threads for the
+    kernel, docs/operations.md, "Threads"; 0 for the other servers)."""
     threads = outcome.threads
     main = threads.get("main", 0.0)
     rest = sum(threads.values()) - main
     return {
         "loop": round(main / max(count, 1) * 1e6, 3),
         "threads": round(rest / max(count, 1) * 1e6, 3),
+        "writer": round(threads.get("beseda-writer", 0.0) / max(count, 1) * 1e6, 3),
     }
 
 

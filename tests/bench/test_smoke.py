@@ -200,3 +200,55 @@ def test_the_search_scenario_measures_every_query_kind(tmp_path: Path) -> None:
     for kind, figures in queries.items():
         assert figures["p99_ms"] >= figures["p50_ms"] > 0, kind
         assert figures["hits"] > 0, kind  # the corpus has what each kind looks for
+
+
+def test_place_names_system_calls_libraries_and_the_rest() -> None:
+    from bench.profile import place
+
+    kernel = "[kernel.kallsyms]"
+    sendto = [("__sys_sendto", kernel), ("__x64_sys_sendto", kernel), ("do_syscall_64", kernel)]
+    assert place(sendto) == "syscall sendto"
+    fault = [("clear_page_erms", kernel), ("asm_exc_page_fault", kernel)]
+    assert place(fault) == "kernel: page faults"
+    assert place([("schedule", kernel)]) == "kernel: other"
+    python = "/usr/lib/libpython3.11.so.1.0"
+    assert place([("_PyEval_EvalFrameDefault", python)]) == "Python interpreter"
+    assert place([("sqlite3VdbeExec", "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0")]) == "SQLite"
+    assert place([("[unknown]", "[unknown]")]) == "unsymbolized"
+    assert place([]) == "unknown"
+
+
+@pytest.mark.timeout(300)
+def test_profile_splits_the_server_by_thread_and_system_call(tmp_path: Path) -> None:
+    """``--profile`` records the timed runs with perf: the event loop and the SQLite writer
+    are told apart (the writer names itself), and the writer's commits show as fdatasync."""
+    from bench.profile import available
+
+    why = available()
+    if why:
+        pytest.skip(why)
+    directory = tmp_path / "profile"
+    completed = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench", "--smoke", "--scenario", "dm"),
+            *("--contender", "beseda", "--profile", str(directory)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240 * TIMEOUT_FACTOR,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    runs = json.loads((directory / "profile.json").read_text())
+    assert runs
+    assert all(run["label"].startswith("dm/beseda, run ") for run in runs)
+    for run in runs:
+        assert (directory / run["file"]).stat().st_size > 0
+        threads = run["threads"]
+        assert {"event loop (main)", "beseda-writer"} <= set(threads), threads
+        assert sum(t["share"] for t in threads.values()) == pytest.approx(100, abs=0.5)
+        assert "syscall fdatasync" in threads["beseda-writer"]["places"], threads
+    assert "| event loop (main) |" in (directory / "profile.md").read_text()
+    # The figures of record are untouched: results and report went into the directory.
+    assert (directory / "results.json").exists()
+    assert (directory / "performance.md").exists()

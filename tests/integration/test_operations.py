@@ -216,3 +216,35 @@ async def test_a_file_that_is_not_a_database_is_a_clear_error(serve, tmp_path: P
     assert "Traceback" not in child.stderr
     assert child.stderr.strip().splitlines()[-1].startswith("beseda: ")
     assert db.read_text().startswith("these are my notes")
+
+
+def thread_names(pid: int) -> Counter[str]:
+    names: Counter[str] = Counter()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            names[(task / "comm").read_text().strip()] += 1
+        except OSError:
+            continue  # the thread ended meanwhile
+    return names
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names are Linux's")
+async def test_the_server_threads_carry_names_the_operating_system_shows(
+    serve, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """``top -H``, ``ps -L`` and ``perf`` tell the event loop from the writer, the readers
+    and the hashing threads (docs/operations.md, "Threads")."""
+    port = free_port()
+    child = serve("--host", "127.0.0.1", "--port", str(port), "--db", str(tmp_path / "c.db"))
+    await asyncio.to_thread(child.wait_listening)
+    alice = await Newcomer.user(port, "alice")  # a password hashed: a hashing thread
+    await alice.call("history", conversation="general", limit=10)  # a read: a reader thread
+    names = thread_names(child.proc.pid)
+    await alice.close()
+    assert names["beseda-writer"] == 1
+    assert names["beseda-reader"] >= 1
+    assert names["beseda-argon2"] >= 1
+    # The event loop keeps the process's own name: the first thread is not renamed.
+    main = (Path(f"/proc/{child.proc.pid}/task/{child.proc.pid}") / "comm").read_text().strip()
+    assert not main.startswith("beseda-")
+    assert await asyncio.to_thread(child.stop) == 0

@@ -41,6 +41,7 @@ import icu
 
 from ..protocol import errors
 from ..protocol.errors import ProtocolError
+from ..threadname import name_this_thread
 from .config import Limits
 
 MIN_NAME = 1
@@ -291,7 +292,8 @@ class PasswordHasher:
         self._pool = ThreadPoolExecutor(
             workers,
             thread_name_prefix="beseda-argon2",
-            initializer=self._lower_priority if low_priority else None,
+            initializer=self._start_thread,
+            initargs=(low_priority,),
         )
         # Verifying against this when the user does not exist makes both cases cost the same.
         self._dummy = self._hasher.hash(secrets.token_hex(16))
@@ -359,9 +361,11 @@ class PasswordHasher:
             return False
         return real is not None
 
-    def _lower_priority(self) -> None:
+    def _start_thread(self, low_priority: bool) -> None:
         # Runs in each hashing thread as it starts, so it affects that thread only.
-        self.lowered = lower_thread_priority()
+        name_this_thread("beseda-argon2")
+        if low_priority:
+            self.lowered = lower_thread_priority()
 
     def needs_rehash(self, password_hash: str) -> bool:
         return self._hasher.check_needs_rehash(password_hash)

@@ -47,6 +47,7 @@ from ..protocol.schema import (
     Reaction,
 )
 from ..server.search import conversation_mark, fold, fts_phrase, search_body, sender_mark
+from ..threadname import name_this_thread
 from . import (
     ConversationRecord,
     ConversationState,
@@ -498,6 +499,7 @@ class _Writer(threading.Thread):
         self._queue.put(None)
 
     def run(self) -> None:
+        name_this_thread("beseda-writer")
         try:
             self._open()
         except (sqlite3.Error, StorageError, OSError) as exc:
@@ -1004,7 +1006,12 @@ class SQLiteStorage:
         except StorageError as exc:
             self._writer = None
             raise StorageError(f"Cannot open the database {self.path}: {exc}") from exc
-        self._pool = ThreadPoolExecutor(self._readers, thread_name_prefix="beseda-sqlite-reader")
+        self._pool = ThreadPoolExecutor(
+            self._readers,
+            thread_name_prefix="beseda-sqlite-reader",
+            initializer=name_this_thread,
+            initargs=("beseda-reader",),
+        )
         # An erasure a stop or a crash cut short is finished now.
         pending = await self._read(
             lambda conn: conn.execute("SELECT 1 FROM erasures WHERE id = 1").fetchone()
