@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{done[0]}/{total}] {label}", file=sys.stderr, flush=True)
             bar.set_description_str(label)
             bar.update(1)
+            if bench.profiler:
+                bench.profiler.step = label
 
         bench = Bench(sizes, where, workdir, contenders, progress, notes)
         if args.profile:

@@ -74,13 +74,15 @@ class Profiler:
     directory: Path
     recordings: list[Recording] = field(default_factory=list)
     scenario: str = ""
-    """The scenario running now (set by the harness), for the labels."""
+    """The scenario running now (set by the harness), for the file names."""
+    step: str = ""
+    """The harness's progress label of the step running now, for the labels."""
     _runs: Counter[str] = field(default_factory=Counter)
 
     @contextmanager
     def record(self, name: str, pid: int) -> Iterator[None]:
         """Record ``pid`` for the length of the ``with`` block."""
-        key = f"{self.scenario}/{name}"
+        key = f"{self.step or self.scenario}: {name}"
         self._runs[key] += 1
         label = f"{key}, run {self._runs[key]}"
         self.directory.mkdir(parents=True, exist_ok=True)

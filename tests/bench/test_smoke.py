@@ -241,7 +241,7 @@ def test_profile_splits_the_server_by_thread_and_system_call(tmp_path: Path) -> 
     assert completed.returncode == 0, completed.stderr[-3000:]
     runs = json.loads((directory / "profile.json").read_text())
     assert runs
-    assert all(run["label"].startswith("dm/beseda, run ") for run in runs)
+    assert all(run["label"].startswith("direct messages beseda: beseda, run ") for run in runs)
     for run in runs:
         assert (directory / run["file"]).stat().st_size > 0
         threads = run["threads"]
