@@ -7,7 +7,8 @@ the process's first thread; beseda's other threads carry names, docs/operations.
 and, within a thread, by where the sample fell: in a system call (by name, from the kernel
 stack), elsewhere in the kernel (interrupts, page faults), or in user space by library (the
 Python interpreter, SQLite, the C library, …). ``DIR/profile.md`` gets one table per run,
-``DIR/profile.json`` the same figures, and the recordings stay in ``DIR`` for ``perf report``.
+``DIR/profile.json`` the same figures, and the recordings stay in ``DIR`` for ``perf report``
+(``python -m bench.profile DIR`` splits them again).
 
 The figures of a profiled run include perf's own cost (about 1 % at 2,000 samples/s), so its
 results go to ``DIR`` and never replace ``bench/results/latest.json``.
@@ -34,7 +35,9 @@ TOP = 6
 """Places listed per thread in profile.md; the rest are summed as "other" (profile.json has
 them all)."""
 
-_SYSCALL = re.compile(r"^(?:__x64_sys_|__ia32_sys_|__do_sys_|__se_sys_)(\w+)")
+_SYSCALL = re.compile(r"^(?:__x64_sys_|__ia32_sys_|__do_sys_|__se_sys_|ksys_)(\w+)")
+"""A system call's entry in a kernel stack (``ksys_write`` where ``__x64_sys_write`` is
+inlined); the one nearest the stack's root counts."""
 _USER = (
     ("python", "Python interpreter"),
     ("sqlite", "SQLite"),
@@ -114,7 +117,13 @@ class Profiler:
     def write(self) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         data = [
-            {"label": r.label, "file": r.path.name, "seconds": round(r.seconds, 3), **r.split}
+            {
+                "label": r.label,
+                "file": r.path.name,
+                "pid": r.pid,
+                "seconds": round(r.seconds, 3),
+                **r.split,
+            }
             for r in self.recordings
         ]
         (self.directory / "profile.json").write_text(json.dumps(data, indent=2) + "\n")
@@ -129,7 +138,7 @@ def place(frames: list[tuple[str, str]]) -> str:
         return "unknown"
     dso = frames[0][1]
     if dso == "[kernel.kallsyms]":
-        for sym, _ in frames:
+        for sym, _ in reversed(frames):
             match = _SYSCALL.match(sym)
             if match:
                 return f"syscall {match.group(1)}"
@@ -139,10 +148,12 @@ def place(frames: list[tuple[str, str]]) -> str:
         if any(sym.startswith(("asm_sysvec", "asm_common_interrupt", "__irq")) for sym in names):
             return "kernel: interrupts"
         return "kernel: other"
-    library = dso.rsplit("/", 1)[-1].lower()
+    library = dso.lower().rsplit("/", 1)[-1]
     for key, name in _USER:
         if key in library:
             return name
+    if "argon2" in dso.lower():  # argon2-cffi's library is a plain ``_ffi.abi3.so``
+        return "argon2"
     return "unsymbolized" if library in ("[unknown]", "") else library
 
 
@@ -230,3 +241,29 @@ def markdown(data: list[dict[str, Any]]) -> str:
             where = ", ".join(cells)
             lines.append(f"| {thread} | {figures['share']} % | {figures['kernel']} % | {where} |")
     return "\n".join(lines) + "\n"
+
+
+def resplit(directory: Path) -> Path:
+    """Split the recordings of ``directory`` again (after a change to :func:`place`) and
+    rewrite its profile.md; the labels and durations are kept from its profile.json."""
+    data = json.loads((directory / "profile.json").read_text())
+    for run in data:
+        pid = run.get("pid")
+        if pid is None:  # written before the pid was kept: the busiest thread is the loop
+            pid = _main_tid(directory / run["file"])
+        run.update(split(directory / run["file"], pid), pid=pid)
+    (directory / "profile.json").write_text(json.dumps(data, indent=2) + "\n")
+    out = directory / "profile.md"
+    out.write_text(markdown(data))
+    return out
+
+
+def _main_tid(path: Path) -> int:
+    """The lowest thread id of a recording: the process's first thread."""
+    return min(tid for _, tid, _, _ in samples(path))
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(resplit(Path(sys.argv[1])))

@@ -208,6 +208,10 @@ def test_place_names_system_calls_libraries_and_the_rest() -> None:
     kernel = "[kernel.kallsyms]"
     sendto = [("__sys_sendto", kernel), ("__x64_sys_sendto", kernel), ("do_syscall_64", kernel)]
     assert place(sendto) == "syscall sendto"
+    write = [("tcp_sendmsg", kernel), ("ksys_write", kernel), ("do_syscall_64", kernel)]
+    assert place(write) == "syscall write"
+    argon2 = "/venv/lib/python3.11/site-packages/_argon2_cffi_bindings/_ffi.abi3.so"
+    assert place([("fill_segment", argon2)]) == "argon2"
     fault = [("clear_page_erms", kernel), ("asm_exc_page_fault", kernel)]
     assert place(fault) == "kernel: page faults"
     assert place([("schedule", kernel)]) == "kernel: other"
