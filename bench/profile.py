@@ -38,14 +38,15 @@ them all)."""
 _SYSCALL = re.compile(r"^(?:__x64_sys_|__ia32_sys_|__do_sys_|__se_sys_|ksys_)(\w+)")
 """A system call's entry in a kernel stack (``ksys_write`` where ``__x64_sys_write`` is
 inlined); the one nearest the stack's root counts."""
+_MODULE = re.compile(r"^(\w+)\.cpython-\d+")
+"""A compiled module of the standard library or a package (``_socket.cpython-311-….so``)."""
 _USER = (
-    ("python", "Python interpreter"),
-    ("sqlite", "SQLite"),
+    ("libpython", "Python interpreter"),
+    ("python3", "Python interpreter"),
+    ("libsqlite3", "SQLite"),
     ("libc.so", "C library (malloc, memcpy, …)"),
-    ("argon2", "argon2"),
     ("ld-linux", "dynamic loader"),
-    ("msgspec", "msgspec"),
-    ("icu", "ICU"),
+    ("libicu", "ICU"),
 )
 
 
@@ -149,6 +150,10 @@ def place(frames: list[tuple[str, str]]) -> str:
             return "kernel: interrupts"
         return "kernel: other"
     library = dso.lower().rsplit("/", 1)[-1]
+    module = _MODULE.match(library)
+    if module:
+        package = dso.split("site-packages/", 1)[1].split("/")[0] if "site-packages/" in dso else ""
+        return f"module {package + '.' if package else ''}{module.group(1)}"
     for key, name in _USER:
         if key in library:
             return name

@@ -219,6 +219,12 @@ def test_place_names_system_calls_libraries_and_the_rest() -> None:
     assert place([("_PyEval_EvalFrameDefault", python)]) == "Python interpreter"
     assert place([("sqlite3VdbeExec", "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0")]) == "SQLite"
     assert place([("[unknown]", "[unknown]")]) == "unsymbolized"
+    # The compiled modules are named, not counted as the interpreter or as SQLite itself.
+    glue = "/usr/lib/python3.11/lib-dynload/_sqlite3.cpython-311-x86_64-linux-gnu.so"
+    assert place([("pysqlite_step", glue)]) == "module _sqlite3"
+    assert place([("sock_send", "/x/_socket.cpython-311-x86_64-linux-gnu.so")]) == "module _socket"
+    core = "/venv/lib/python3.11/site-packages/msgspec/_core.cpython-311-x86_64-linux-gnu.so"
+    assert place([("encode", core)]) == "module msgspec._core"
     assert place([]) == "unknown"
 
 
