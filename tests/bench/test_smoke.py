@@ -5,11 +5,13 @@ It checks that results are produced, not how fast: the full run is ``make bench`
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -202,8 +204,19 @@ def test_the_search_scenario_measures_every_query_kind(tmp_path: Path) -> None:
         assert figures["hits"] > 0, kind  # the corpus has what each kind looks for
 
 
+def _profile() -> ModuleType:
+    """``bench/profile.py`` itself: ``bench`` on ``sys.path`` here is this test directory."""
+    spec = importlib.util.spec_from_file_location("bench_profile", ROOT / "bench" / "profile.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (its dataclasses look their module up)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_place_names_system_calls_libraries_and_the_rest() -> None:
-    from bench.profile import place
+    place = _profile().place
 
     kernel = "[kernel.kallsyms]"
     sendto = [("__sys_sendto", kernel), ("__x64_sys_sendto", kernel), ("do_syscall_64", kernel)]
@@ -232,9 +245,7 @@ def test_place_names_system_calls_libraries_and_the_rest() -> None:
 def test_profile_splits_the_server_by_thread_and_system_call(tmp_path: Path) -> None:
     """``--profile`` records the timed runs with perf: the event loop and the SQLite writer
     are told apart (the writer names itself), and the writer's commits show as fdatasync."""
-    from bench.profile import available
-
-    why = available()
+    why = _profile().available()
     if why:
         pytest.skip(why)
     directory = tmp_path / "profile"
