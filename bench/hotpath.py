@@ -10,7 +10,9 @@ write itself is the kernel's, and the fan-out scenario measures the whole); the 
 The second row times the same through the TCP transport's side as well: 500 signed-in
 ``TcpConnection`` objects each get the line, then the listener's end-of-iteration flush
 writes each one's (to a transport that takes everything at once, so the kernel's part is
-left out again).
+left out again). The third does the same for 500 WebSockets of the HTTP port (each opened
+by a real handshake, then signed in as above), whose flush frames the line once for all
+(``FrameCache``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from beseda.server.config import Limits
 from beseda.server.connection import Capacity, ServerConnection, State
 from beseda.server.transports.tcp import TcpConnection, TcpListener
+from beseda.server.transports.websocket import HttpConnection, HttpListener
 
 LINE = b"x" * 200
 """About the size of an encoded chat entry."""
@@ -45,8 +48,21 @@ def deliver_and_take(calls: int) -> float:
     return (time.perf_counter_ns() - began) / calls
 
 
-class _Taker:
+class _Taker(asyncio.Transport):
     """A transport whose kernel takes every write whole."""
+
+    def __init__(self, address: str = "127.0.0.1") -> None:
+        super().__init__()
+        self._address = address
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return (self._address, 40000) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
 
     def write(self, data: bytes) -> None:
         pass
@@ -83,6 +99,39 @@ async def _deliver_and_flush(rounds: int, recipients: int = 500, messages: int =
     return best
 
 
+_UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+async def _ws_deliver_and_flush(rounds: int, recipients: int = 500, messages: int = 20) -> float:
+    limits = Limits()
+    listener = HttpListener(None, limits, Capacity(limits), b"hello\n", None)  # type: ignore[arg-type]
+    connections = []
+    for n in range(recipients):
+        http = HttpConnection(listener)
+        http.connection_made(_Taker(f"127.0.{n // 200}.{n % 200 + 1}"))
+        http.data_received(_UPGRADE)
+        connection: Any = http.connection
+        assert connection is not None, "the handshake did not open a WebSocket"
+        connection.data_to_send()  # the hello
+        connection.state = State.AUTHENTICATED  # as after a login: no deadline left
+        connection._auth_deadline = None
+        connections.append(connection)
+    listener._flush_all()
+    best = float("inf")
+    for _ in range(rounds):
+        began = time.perf_counter_ns()
+        for _ in range(messages):
+            for connection in connections:
+                connection.deliver(LINE)
+            listener._flush_all()
+        best = min(best, (time.perf_counter_ns() - began) / (messages * recipients))
+        await asyncio.sleep(0)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__)
     parser.add_argument("--calls", type=int, default=200_000)
@@ -92,6 +141,10 @@ def main() -> None:
     print(f"deliver + data_to_send: {best:.1f} ns per recipient (best of {args.rounds})")
     flushed = asyncio.run(_deliver_and_flush(2 * args.rounds))
     print(f"deliver + the TCP flush: {flushed:.1f} ns per recipient (best of {2 * args.rounds})")
+    framed = asyncio.run(_ws_deliver_and_flush(2 * args.rounds))
+    print(
+        f"deliver + the WebSocket flush: {framed:.1f} ns per recipient (best of {2 * args.rounds})"
+    )
 
 
 if __name__ == "__main__":
