@@ -778,6 +778,50 @@ async def test_writes_arriving_during_the_wait_share_its_commit(
     await assert_stored_as_acknowledged(storage, results)
 
 
+def _waits_until_they_stop() -> int:
+    """How many waits that gather nothing the writer makes before it stops waiting."""
+    gain, waits = 1.0, 0
+    while gain >= sqlite_module.GATHER_FLOOR:
+        waits += 1
+        gain += sqlite_module._GATHER_WEIGHT * (0 - gain)
+    return waits
+
+
+async def test_a_lone_client_waiting_for_each_acknowledgement_stops_paying_the_wait(
+    storage: SQLiteStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its next write comes only after the commit, so a wait never gathers anything: once
+    the last waits gathered nothing the writer commits at once, until another writer shows
+    up (checked again after ``GATHER_PROBE``)."""
+    alice = await storage.create_user("alice", "alice", "h", TS)
+    bob = await storage.create_user("bob", "bob", "h", TS)
+    monkeypatch.setattr(sqlite_module, "MAX_GATHER", 0.02)
+    monkeypatch.setattr(sqlite_module, "_RATE_WINDOW", 3600.0)  # the rate set below holds
+    monkeypatch.setattr(sqlite_module, "GATHER_PROBE", 0.3)
+    writer = storage._writer
+    assert writer is not None
+    writer.rate = 1000.0  # 20 writes expected within each wait: the rate alone says wait
+    before = dict(storage.stats)
+    for n in range(20):  # one at a time, each after the previous one's acknowledgement
+        await storage.append_message(direct(alice, bob, f"m{n}"))
+    assert storage.stats["gathered"] - before["gathered"] == _waits_until_they_stop()
+    assert storage.stats["batches"] - before["batches"] == 20
+
+    # Once GATHER_PROBE has passed it waits again, and a write that arrives during that wait
+    # (another client) shares its commit and makes the writer wait again from then on.
+    await asyncio.sleep(0.35)
+    probed = dict(storage.stats)
+    first = storage.append_message(direct(alice, bob, "probe"))
+    await asyncio.sleep(0.005)
+    second = storage.append_message(direct(bob, alice, "another client"))
+    await asyncio.gather(first, second)
+    assert storage.stats["gathered"] - probed["gathered"] == 1
+    assert storage.stats["batches"] - probed["batches"] == 1
+    assert writer.gain >= sqlite_module.GATHER_FLOOR
+    await storage.append_message(direct(alice, bob, "waits again"))
+    assert storage.stats["gathered"] - probed["gathered"] == 2
+
+
 async def test_closing_during_a_wait_commits_what_was_gathered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

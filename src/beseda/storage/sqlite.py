@@ -93,6 +93,19 @@ after the previous one (or longer) sets the rate alone, so a pause forgets a pas
 once; batches closer together are averaged in proportion to the time between them."""
 
 
+GATHER_FLOOR = 0.5
+"""Writes a wait must have gathered lately (a moving average over the last waits) for the
+writer to go on waiting: a client that waits for each acknowledgement before its next write
+brings nothing during the wait, and each such wait cost it the whole wait and more CPU
+(``python -m bench.storage_cost --batch 1``)."""
+_GATHER_WEIGHT = 0.25
+"""Weight of the latest wait's gain in that average."""
+GATHER_PROBE = 0.05
+"""Seconds: while the waits gather nothing, the writer waits all the same once this long has
+passed since its last wait, to notice when other writers arrive again (so a lone client
+loses at most about one wait in this time: 4 %)."""
+
+
 def gather_wait(rate: float, queued: int) -> float:
     """Seconds the writer should wait before committing ``queued`` writes, or 0.
 
@@ -468,6 +481,10 @@ class _Writer(threading.Thread):
         """Batches for which the writer waited a moment to gather more writes."""
         self.rate = 0.0
         """Writes per second arriving lately (averaged over :data:`_RATE_WINDOW`)."""
+        self.gain = 1.0
+        """Writes the last waits gathered, a moving average (see :data:`GATHER_FLOOR`)."""
+        self._waited = 0.0
+        """When the writer last waited (``time.monotonic``)."""
         self.together = 0
         """Messages inserted in a run of appends (one ``executemany``), not one by one."""
         self.reruns = 0
@@ -572,11 +589,13 @@ class _Writer(threading.Thread):
                 # all there is to go by (a write after a quiet second does not wait).
                 rate = self.rate if elapsed < _RATE_WINDOW else len(batch) / elapsed
                 wait = gather_wait(rate, len(batch))
-                if wait:
+                if wait and self._worth_waiting(began):
                     # One sleep, not a wake-up per arriving write; then take what came.
                     time.sleep(wait)
                     self.gathered += 1
+                    queued = len(batch)
                     stopping = self._drain(batch)
+                    self.gain += _GATHER_WEIGHT * (len(batch) - queued - self.gain)
             if batch:
                 # Writes per second since the previous batch began: the arrival rate.
                 weight = min(1.0, elapsed / _RATE_WINDOW)
@@ -592,6 +611,15 @@ class _Writer(threading.Thread):
                 self._loop.call_soon_threadsafe(_resolve, outcomes)
             if stopping:
                 return
+
+    def _worth_waiting(self, now: float) -> bool:
+        """Whether a wait the rate calls for is worth it: yes while the last waits gathered
+        writes; while they gathered none, once :data:`GATHER_PROBE` has passed since the
+        last."""
+        if self.gain < GATHER_FLOOR and now - self._waited < GATHER_PROBE:
+            return False
+        self._waited = now
+        return True
 
     def _drain(self, batch: Batch) -> bool:
         """Move what is queued into ``batch`` (up to :data:`MAX_BATCH`); True on ``stop``."""
