@@ -68,7 +68,6 @@ class Recording:
     pid: int
     path: Path
     seconds: float = 0.0
-    split: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,25 +111,30 @@ class Profiler:
             except subprocess.TimeoutExpired:
                 perf.kill()
                 perf.wait()
-            recording.split = split(path, pid)
             self.recordings.append(recording)
 
     def write(self) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Split every recording (after the runs: ``perf script`` takes seconds of CPU) and
+        write profile.json and profile.md."""
         data = [
             {
                 "label": r.label,
                 "file": r.path.name,
                 "pid": r.pid,
                 "seconds": round(r.seconds, 3),
-                **r.split,
+                **split(r.path, r.pid),
             }
             for r in self.recordings
         ]
-        (self.directory / "profile.json").write_text(json.dumps(data, indent=2) + "\n")
-        out = self.directory / "profile.md"
-        out.write_text(markdown(data))
-        return out
+        return _write(self.directory, data)
+
+
+def _write(directory: Path, data: list[dict[str, Any]]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "profile.json").write_text(json.dumps(data, indent=2) + "\n")
+    out = directory / "profile.md"
+    out.write_text(markdown(data))
+    return out
 
 
 def place(frames: list[tuple[str, str]]) -> str:
@@ -253,19 +257,8 @@ def resplit(directory: Path) -> Path:
     rewrite its profile.md; the labels and durations are kept from its profile.json."""
     data = json.loads((directory / "profile.json").read_text())
     for run in data:
-        pid = run.get("pid")
-        if pid is None:  # written before the pid was kept: the busiest thread is the loop
-            pid = _main_tid(directory / run["file"])
-        run.update(split(directory / run["file"], pid), pid=pid)
-    (directory / "profile.json").write_text(json.dumps(data, indent=2) + "\n")
-    out = directory / "profile.md"
-    out.write_text(markdown(data))
-    return out
-
-
-def _main_tid(path: Path) -> int:
-    """The lowest thread id of a recording: the process's first thread."""
-    return min(tid for _, tid, _, _ in samples(path))
+        run.update(split(directory / run["file"], run["pid"]))
+    return _write(directory, data)
 
 
 if __name__ == "__main__":

@@ -199,6 +199,10 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
+HASHING_THREAD = "beseda-argon2"
+"""The hashing threads' name, in Python and for the kernel (docs/operations.md, "Threads")."""
+
+
 def lower_thread_priority() -> bool:
     """Give the calling thread the lowest CPU priority (nice 19); True when done.
 
@@ -291,7 +295,7 @@ class PasswordHasher:
         self._seconds = 0.0  # mean wall time of one hash (moving average), for retry_after
         self._pool = ThreadPoolExecutor(
             workers,
-            thread_name_prefix="beseda-argon2",
+            thread_name_prefix=HASHING_THREAD,
             initializer=self._start_thread,
             initargs=(low_priority,),
         )
@@ -363,7 +367,7 @@ class PasswordHasher:
 
     def _start_thread(self, low_priority: bool) -> None:
         # Runs in each hashing thread as it starts, so it affects that thread only.
-        name_this_thread("beseda-argon2")
+        name_this_thread(HASHING_THREAD)
         if low_priority:
             self.lowered = lower_thread_priority()
 
